@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUF := node_modules/.bin/buf
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install test lint protos demo bench clean
+
+# torch is pinned: 2.13.0 resolves to the CPU build; an unpinned torch pulls
+# several GB of CUDA wheels.
+$(INSTALLED): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[services,inference,s3,dev]'
+	touch $@
+
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+install: $(INSTALLED) $(BUF)
+
+lint: $(BUF)
+	$(BUF) lint
+
+# Regenerate the committed stubs in sdk/v1 after editing protos/.
+protos: $(INSTALLED)
+	$(BIN)/python scripts/gen-protos
+
+test: install lint
+	$(BIN)/python -m pytest
+
+demo: $(INSTALLED)
+	$(BIN)/python scripts/demo.py
+
+clean:
+	rm -rf $(VENV) node_modules .demo-data .pytest_cache

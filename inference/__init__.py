@@ -1,0 +1,1 @@
+"""The App framework and the InferenceService runner."""

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for the ferry.v1 contract (scripts/gen-protos)."""

@@ -1,0 +1,1 @@
+"""Ferry's gRPC services: downloader, encoder, storage and the plumbing that serves them."""

@@ -1,0 +1,80 @@
+"""Bearer-token access control for the gRPC server and the CDN's upload paths.
+
+Health and reflection stay open so load balancers and `buf curl` can probe a
+locked server. Tokens are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from ferry.services.errors import to_status
+
+OPEN_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+)
+
+
+def bearer_matches(header_value: str | None, token: str) -> bool:
+    """True when `header_value` is exactly `Bearer <token>`, compared in constant time."""
+    expected = f"Bearer {token}".encode()
+    return hmac.compare_digest((header_value or "").encode(), expected)
+
+
+def _rejecting_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as `handler` that answers UNAUTHENTICATED."""
+    status = to_status(grpc.StatusCode.UNAUTHENTICATED, "BAD_TOKEN", "missing or wrong bearer token")
+
+    async def reject(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        reject,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_METHOD_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if bearer_matches(metadata.get("authorization"), self._token):
+            return handler
+        return _rejecting_handler(handler)
+
+
+def cdn_auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Reads (GET, HEAD) are public — file URLs are capabilities; anything that writes needs the token."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not bearer_matches(
+            request.headers.get("Authorization"), token
+        ):
+            raise web.HTTPUnauthorized(text="missing or wrong bearer token\n", headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return middleware

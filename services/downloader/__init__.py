@@ -1,0 +1,1 @@
+"""DownloaderService: URLs and data URIs into files under the data dir."""

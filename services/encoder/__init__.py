@@ -1,0 +1,1 @@
+"""EncoderService: tensors into media files, uploads into storage."""

@@ -1,0 +1,176 @@
+"""`ferry serve`: host the services on one grpc.aio server, plus the CDN HTTP server.
+
+`ferry serve` hosts everything (the embedded default); `ferry serve downloader`
+(or any subset) hosts only those, so each service can scale on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_reflection.v1alpha import reflection
+
+from ferry.services import config as config_module
+from ferry.services.auth import BearerTokenInterceptor
+from ferry.services.config import DownloaderConfig, ServerConfig
+from ferry.services.health import add_health
+from ferry.services.storage.cdn import create_cdn_app
+from ferry.v1 import downloader_pb2_grpc, encoder_pb2_grpc, inference_pb2_grpc
+
+log = logging.getLogger("ferry.serve")
+
+
+@dataclass(frozen=True)
+class HostedService:
+    full_name: str
+    register: Callable[[grpc.aio.Server], None]
+    needs_cdn: bool = False
+
+
+def _downloader(server: grpc.aio.Server) -> None:
+    from ferry.services.downloader.servicer import create_servicer
+
+    downloader_pb2_grpc.add_DownloaderServiceServicer_to_server(create_servicer(), server)
+
+
+def _encoder(server: grpc.aio.Server) -> None:
+    from ferry.services.encoder.servicer import create_servicer
+
+    encoder_pb2_grpc.add_EncoderServiceServicer_to_server(create_servicer(), server)
+
+
+def _inference(server: grpc.aio.Server) -> None:
+    from ferry.inference.servicer import create_servicer
+
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(create_servicer(), server)
+
+
+SERVICES: dict[str, HostedService] = {
+    "downloader": HostedService("ferry.v1.DownloaderService", _downloader),
+    "encoder": HostedService("ferry.v1.EncoderService", _encoder, needs_cdn=True),
+    "inference": HostedService("ferry.v1.InferenceService", _inference),
+}
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _read(path: Any) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class Stack:
+    """The running servers of one `ferry serve`: start, report where, drain on stop."""
+
+    def __init__(self, server_config: ServerConfig, services: Sequence[str]) -> None:
+        self.config = server_config
+        self.hosted = [SERVICES[name] for name in services]
+        self.grpc_port = 0
+        self.cdn_url: str | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._cdn: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        interceptors = [BearerTokenInterceptor(cfg.token)] if cfg.token else []
+        server = grpc.aio.server(interceptors=interceptors)
+        for service in self.hosted:
+            service.register(server)
+        names = [s.full_name for s in self.hosted]
+        self._health = await add_health(server, names)
+        reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+        address = _hostport(cfg.host, cfg.grpc_port)
+        if cfg.tls_cert:
+            credentials = grpc.ssl_server_credentials([(_read(cfg.tls_key), _read(cfg.tls_cert))])
+            self.grpc_port = server.add_secure_port(address, credentials)
+        else:
+            self.grpc_port = server.add_insecure_port(address)
+        await server.start()
+        self._grpc = server
+        if any(s.needs_cdn for s in self.hosted):
+            await self._start_cdn()
+
+    async def _start_cdn(self) -> None:
+        cfg = self.config
+        ssl_context = None
+        if cfg.tls_cert:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        runner = web.AppRunner(create_cdn_app(cfg.token), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.cdn_port, ssl_context=ssl_context)
+        await site.start()
+        self._cdn = runner
+        port = runner.addresses[0][1]
+        self.cdn_url = f"{'https' if ssl_context else 'http'}://{_hostport(cfg.host, port)}"
+
+    @property
+    def ready_line(self) -> str:
+        line = f"ferry ready grpc={_hostport(self.config.host, self.grpc_port)}"
+        return f"{line} cdn={self.cdn_url}" if self.cdn_url else line
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, let in-flight calls finish (up to drain_seconds), then close."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(self.config.drain_seconds)
+        if self._cdn is not None:
+            await self._cdn.cleanup()
+
+
+async def serve(server_config: ServerConfig, services: Sequence[str]) -> None:
+    stack = Stack(server_config, services)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stack.start()
+    print(stack.ready_line, flush=True)
+    await stop.wait()
+    log.info("stopping: draining in-flight calls for up to %ss", server_config.drain_seconds)
+    await stack.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferry serve", description="Run ferry's services on one gRPC port, plus the CDN.")
+    parser.add_argument(
+        "services",
+        nargs="*",
+        metavar="SERVICE",
+        help=f"services to host ({', '.join(SERVICES)}); default: all",
+    )
+    config_module.add_arguments(parser, ServerConfig)
+    config_module.add_arguments(parser, DownloaderConfig)
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    unknown = sorted(set(args.services) - set(SERVICES))
+    if unknown:
+        print(f"ferry serve: unknown service {', '.join(unknown)} (choose from {', '.join(SERVICES)})", file=sys.stderr)
+        return 2
+    try:
+        server_config = config_module.from_arguments(ServerConfig, args)
+        config_module.from_arguments(DownloaderConfig, args)
+    except ValueError as error:
+        print(f"ferry serve: {error}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(server_config, args.services or list(SERVICES)))
+    return 0

@@ -1,0 +1,72 @@
+"""Fixtures that start real servers on ephemeral loopback ports.
+
+pytest-grpc supplies `grpc_addr`, `grpc_channel` and `grpc_stub`; its own
+`grpc_server` starts a *sync* server, so it is overridden here to host our
+grpc.aio servicers on a background event loop (the aio server is created
+inside that loop, as grpc.aio requires). A test module provides
+`grpc_add_to_server` and `grpc_servicer` (and optionally `grpc_interceptors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ferry.testing import StackProcess
+from tests.harness import BackgroundLoop, HttpFileServer
+
+
+@pytest.fixture(scope="session")
+def background_loop() -> Iterator[BackgroundLoop]:
+    loop = BackgroundLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_server(background_loop, grpc_addr, grpc_add_to_server, grpc_servicer, grpc_interceptors):
+    async def start() -> grpc.aio.Server:
+        server = grpc.aio.server(interceptors=grpc_interceptors or None)
+        grpc_add_to_server(grpc_servicer, server)
+        server.add_insecure_port(grpc_addr)
+        await server.start()
+        return server
+
+    server = background_loop.run(start())
+    yield server
+    background_loop.run(server.stop(None))
+
+
+@pytest.fixture
+def http_server(background_loop, tmp_path: Path) -> Iterator[HttpFileServer]:
+    """A real HTTP server over a temp dir, for download sources."""
+    root = tmp_path / "http-root"
+    root.mkdir()
+    server = HttpFileServer(root)
+    background_loop.run(server.start())
+    yield server
+    background_loop.run(server.stop())
+
+
+@pytest.fixture
+def start_ferry(tmp_path: Path) -> Iterator:
+    """Start `ferry serve ARGS` (free ports, its own data dir); every started stack is stopped afterwards."""
+    started: list[StackProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> StackProcess:
+        stack = StackProcess(["--data-dir", str(tmp_path / f"data{len(started)}"), *args], env=env)
+        started.append(stack)
+        return stack.start()
+
+    yield start
+    for stack in started:
+        stack.stop()
+
+
+@pytest.fixture
+def ferry_serve(start_ferry) -> StackProcess:
+    """The embedded stack (`ferry serve`, every service) in a subprocess."""
+    return start_ferry()

@@ -1,0 +1,84 @@
+"""Real servers for tests: a background asyncio loop and an HTTP file server.
+
+`ferry serve` subprocesses come from `ferry.testing.StackProcess`, which app authors use too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BackgroundLoop:
+    """An asyncio loop on its own thread, so sync tests can host grpc.aio and aiohttp servers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+class HttpFileServer:
+    """A real aiohttp server: files under `root` (Range, ETag, HEAD via FileResponse), plus scripted routes.
+
+    `route(path, handler)` installs a handler for misbehaving-server cases
+    (lying Content-Length, stalls, redirects); `hits` counts requests per path.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.routes: dict[str, Handler] = {}
+        self.hits: dict[str, int] = {}
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        if handler := self.routes.get(request.path):
+            return await handler(request)
+        path = (self.root / request.path.lstrip("/")).resolve()
+        if not path.is_relative_to(self.root.resolve()) or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def add_file(self, name: str, data: bytes) -> str:
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        return self.url(name)
+
+    def route(self, path: str, handler: Handler) -> str:
+        self.routes[path] = handler
+        return self.url(path)
