@@ -16,8 +16,10 @@ $(INSTALLED): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[services,inference,s3,dev]'
 	touch $@
 
-$(BUF): package.json package-lock.json
-	npm ci --no-audit --no-fund
+# package.json pins buf exactly; npm's lock file cannot record buf's
+# per-platform optional packages portably, so none is kept.
+$(BUF): package.json
+	npm install --no-audit --no-fund --no-package-lock
 	touch $@
 
 install: $(INSTALLED) $(BUF)
