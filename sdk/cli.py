@@ -9,6 +9,9 @@ from collections.abc import Sequence
 import grpc
 
 from ferry.client import SERVICE_NAMES, Client
+from ferry.downloads import DownloadProgress
+from ferry.errors import FerryError
+from ferry.progress import ProgressDisplay
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -22,6 +25,39 @@ def _health(args: argparse.Namespace) -> int:
     return 0
 
 
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME:VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _download(args: argparse.Namespace) -> int:
+    display = ProgressDisplay("download")
+
+    def show(progress: DownloadProgress) -> None:
+        display.label = progress.file_name or "download"
+        display.update(progress.bytes_done, progress.total_bytes, progress.bytes_per_second)
+
+    with Client(args.address) as client:
+        try:
+            path = client.download_file(
+                args.url,
+                target_dir=args.to,
+                force=args.force,
+                request_headers=dict(args.header),
+                filesize_limit=args.limit_mb,
+                on_progress=show,
+            )
+        except FerryError as error:
+            display.finish()
+            print(f"ferry download: {error.code.name}: {error.message}", file=sys.stderr)
+            return 1
+    display.finish()
+    print(path)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry", description="Move media in and out of GPU inference.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -29,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     # Listed for --help; `main` hands `serve` to the services package, which
     # the SDK imports only when asked to serve.
     commands.add_parser("serve", help="run the stack (all services, or the ones named); see `ferry serve --help`")
+
+    download = commands.add_parser("download", help="download a URL or data: URI through the stack; prints the path")
+    download.add_argument("url")
+    download.add_argument("--to", metavar="DIR", help="target dir (relative: under the service's data dir)")
+    download.add_argument("--force", action="store_true", help="download again even when cached")
+    download.add_argument("--header", action="append", type=_header, default=[], metavar="NAME:VALUE")
+    download.add_argument("--limit-mb", type=float, help="refuse files larger than this many MB")
+    download.add_argument("--address", help="host:port [env FERRY_ADDRESS]")
+    download.set_defaults(handler=_download)
 
     health = commands.add_parser("health", help="print the serving status of the stack and each service")
     health.add_argument("--address", help="host:port [env FERRY_ADDRESS]")

@@ -54,11 +54,25 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class DownloaderConfig:
-    """What the downloader may fetch."""
+    """What the downloader may fetch, and how hard it tries."""
 
     allow_private_networks: bool = setting(
         "allow downloads from loopback, private and link-local addresses (development and tests only)", False
     )
+    allow_hosts: str = setting("comma-separated host names or CIDRs the network guard lets through", "")
+    temp_dir: Path | None = setting("root for per-request download folders (default: DATA_DIR/tmp)")
+    chunk_mib: int = setting("body bytes buffered per disk write, in MiB", 64)
+    data_uri_limit_mib: float = setting("largest decoded data: URI, in MiB", 10.0)
+    max_download_mib: float | None = setting("server-wide cap on one download, in MiB (default: none)")
+    cache_budget_mib: float | None = setting("evict least-recently-used downloads past this total, in MiB")
+    retries: int = setting("retries of a transient failure (reset, 5xx, 408, 429) before UNAVAILABLE", 4)
+    retry_backoff_seconds: float = setting("first retry delay; doubles per retry, jittered", 0.25)
+    connect_timeout_seconds: float = setting("TCP/TLS connect timeout per attempt", 10.0)
+    read_timeout_seconds: float = setting("a source silent this long is stalled (retried, then UNAVAILABLE)", 30.0)
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        return tuple(entry.strip() for entry in self.allow_hosts.split(",") if entry.strip())
 
 
 def env_name(field_name: str) -> str:

@@ -49,6 +49,11 @@ class NotFound(FerryError):
     reason = "NOT_FOUND"
 
 
+class FailedPrecondition(FerryError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
 class Unavailable(FerryError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "UNAVAILABLE"

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,42 +25,39 @@ from ferry.services import config as config_module
 from ferry.services.auth import BearerTokenInterceptor
 from ferry.services.config import DownloaderConfig, ServerConfig
 from ferry.services.health import add_health
+from ferry.services.settings import Settings
 from ferry.services.storage.cdn import create_cdn_app
-from ferry.v1 import downloader_pb2_grpc, encoder_pb2_grpc, inference_pb2_grpc
 
 log = logging.getLogger("ferry.serve")
+
+
+Closer = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class HostedService:
     full_name: str
-    register: Callable[[grpc.aio.Server], None]
+    module: str  # has `async def host(server, settings) -> Closer | None`; imported only when hosted
     needs_cdn: bool = False
 
-
-def _downloader(server: grpc.aio.Server) -> None:
-    from ferry.services.downloader.servicer import create_servicer
-
-    downloader_pb2_grpc.add_DownloaderServiceServicer_to_server(create_servicer(), server)
-
-
-def _encoder(server: grpc.aio.Server) -> None:
-    from ferry.services.encoder.servicer import create_servicer
-
-    encoder_pb2_grpc.add_EncoderServiceServicer_to_server(create_servicer(), server)
-
-
-def _inference(server: grpc.aio.Server) -> None:
-    from ferry.inference.servicer import create_servicer
-
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(create_servicer(), server)
+    async def host(self, server: grpc.aio.Server, settings: Settings) -> Closer | None:
+        return await importlib.import_module(self.module).host(server, settings)  # type: ignore[no-any-return]
 
 
 SERVICES: dict[str, HostedService] = {
-    "downloader": HostedService("ferry.v1.DownloaderService", _downloader),
-    "encoder": HostedService("ferry.v1.EncoderService", _encoder, needs_cdn=True),
-    "inference": HostedService("ferry.v1.InferenceService", _inference),
+    "downloader": HostedService("ferry.v1.DownloaderService", "ferry.services.downloader.servicer"),
+    "encoder": HostedService("ferry.v1.EncoderService", "ferry.services.encoder.servicer", needs_cdn=True),
+    "inference": HostedService("ferry.v1.InferenceService", "ferry.inference.servicer"),
 }
+
+
+def max_receive_bytes(settings: Settings) -> int:
+    """Room for the largest data: URI a Download request may carry (base64 is 4/3 of the bytes).
+
+    Everything else streams in ≤ 1 MiB messages; only this one request body is
+    inherently whole, and the data-URI cap bounds it.
+    """
+    return max(4 << 20, int(settings.downloader.data_uri_limit_mib * (1 << 20) * 4 / 3) + (1 << 20))
 
 
 def _hostport(host: str, port: int) -> str:
@@ -74,9 +72,11 @@ def _read(path: Any) -> bytes:
 class Stack:
     """The running servers of one `ferry serve`: start, report where, drain on stop."""
 
-    def __init__(self, server_config: ServerConfig, services: Sequence[str]) -> None:
-        self.config = server_config
+    def __init__(self, settings: Settings, services: Sequence[str]) -> None:
+        self.settings = settings
+        self.config = settings.server
         self.hosted = [SERVICES[name] for name in services]
+        self._closers: list[Closer] = []
         self.grpc_port = 0
         self.cdn_url: str | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -87,9 +87,12 @@ class Stack:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         interceptors = [BearerTokenInterceptor(cfg.token)] if cfg.token else []
-        server = grpc.aio.server(interceptors=interceptors)
+        server = grpc.aio.server(
+            interceptors=interceptors, options=[("grpc.max_receive_message_length", max_receive_bytes(self.settings))]
+        )
         for service in self.hosted:
-            service.register(server)
+            if (closer := await service.host(server, self.settings)) is not None:
+                self._closers.append(closer)
         names = [s.full_name for s in self.hosted]
         self._health = await add_health(server, names)
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
@@ -129,12 +132,14 @@ class Stack:
             await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_seconds)
+        for close in self._closers:
+            await close()
         if self._cdn is not None:
             await self._cdn.cleanup()
 
 
-async def serve(server_config: ServerConfig, services: Sequence[str]) -> None:
-    stack = Stack(server_config, services)
+async def serve(settings: Settings, services: Sequence[str]) -> None:
+    stack = Stack(settings, services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -142,7 +147,7 @@ async def serve(server_config: ServerConfig, services: Sequence[str]) -> None:
     await stack.start()
     print(stack.ready_line, flush=True)
     await stop.wait()
-    log.info("stopping: draining in-flight calls for up to %ss", server_config.drain_seconds)
+    log.info("stopping: draining in-flight calls for up to %ss", settings.server.drain_seconds)
     await stack.stop()
 
 
@@ -167,10 +172,12 @@ def main(argv: Sequence[str]) -> int:
         print(f"ferry serve: unknown service {', '.join(unknown)} (choose from {', '.join(SERVICES)})", file=sys.stderr)
         return 2
     try:
-        server_config = config_module.from_arguments(ServerConfig, args)
-        config_module.from_arguments(DownloaderConfig, args)
+        settings = Settings(
+            server=config_module.from_arguments(ServerConfig, args),
+            downloader=config_module.from_arguments(DownloaderConfig, args),
+        )
     except ValueError as error:
         print(f"ferry serve: {error}", file=sys.stderr)
         return 2
-    asyncio.run(serve(server_config, args.services or list(SERVICES)))
+    asyncio.run(serve(settings, args.services or list(SERVICES)))
     return 0

@@ -38,13 +38,15 @@ class HttpFileServer:
     """A real aiohttp server: files under `root` (Range, ETag, HEAD via FileResponse), plus scripted routes.
 
     `route(path, handler)` installs a handler for misbehaving-server cases
-    (lying Content-Length, stalls, redirects); `hits` counts requests per path.
+    (lying Content-Length, stalls, redirects); `hits` counts requests per path
+    and `requests` logs (method, path, headers) of each.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.routes: dict[str, Handler] = {}
         self.hits: dict[str, int] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.base_url = ""
         self._runner: web.AppRunner | None = None
 
@@ -63,12 +65,17 @@ class HttpFileServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        self.requests.append((request.method, request.path, dict(request.headers)))
         if handler := self.routes.get(request.path):
             return await handler(request)
         path = (self.root / request.path.lstrip("/")).resolve()
         if not path.is_relative_to(self.root.resolve()) or not path.is_file():
             raise web.HTTPNotFound()
         return web.FileResponse(path)
+
+    def gets(self, path: str) -> list[dict[str, str]]:
+        """Headers of each GET of `path` (HEADs are not transfers)."""
+        return [headers for method, p, headers in self.requests if method == "GET" and p == path]
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
@@ -82,3 +89,29 @@ class HttpFileServer:
     def route(self, path: str, handler: Handler) -> str:
         self.routes[path] = handler
         return self.url(path)
+
+
+class RawHttpServer:
+    """Answers every connection with fixed bytes, then closes: for sources that break HTTP itself."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+        self.connections = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(self.response)
+        await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -1,10 +1,112 @@
-"""DownloaderService servicer (the engine lands with the downloader issue)."""
+"""DownloaderService: maps `Download` and `Read` onto the engine, and engine errors onto statuses."""
 
-from ferry.services.unbuilt import unbuilt_servicer
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from ferry.services.downloader.engine import Completed, DownloadJob, Downloader, Event, Progress, Started
+from ferry.services.downloader.locks import path_lock_key
+from ferry.services.errors import FerryError, InvalidArgument, NotFound, abort_with
+from ferry.services.settings import Settings
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
 
-SERVICE = downloader_pb2.DESCRIPTOR.services_by_name["DownloaderService"]
+READ_CHUNK_BYTES = 1 << 20  # the contract's largest data message
 
 
-def create_servicer() -> downloader_pb2_grpc.DownloaderServiceServicer:
-    return unbuilt_servicer(downloader_pb2_grpc.DownloaderServiceServicer, SERVICE)
+def _job(request: downloader_pb2.DownloadRequest) -> DownloadJob:
+    if request.kind not in downloader_pb2.DownloadKind.values():
+        raise InvalidArgument(f"unknown download kind {request.kind}", reason="INVALID_KIND")
+    if not request.url:
+        raise InvalidArgument("url is required", reason="MALFORMED_URL")
+    return DownloadJob(
+        url=request.url,
+        target_dir=request.target_dir,
+        force=request.force,
+        request_headers=dict(request.request_headers),
+        filesize_limit=request.filesize_limit_bytes if request.HasField("filesize_limit_bytes") else None,
+        model_weights=request.kind == downloader_pb2.DOWNLOAD_KIND_MODEL_WEIGHTS,
+    )
+
+
+def _message(event: Event) -> downloader_pb2.DownloadResponse:
+    if isinstance(event, Started):
+        return downloader_pb2.DownloadResponse(
+            started=downloader_pb2.DownloadStarted(total_bytes=event.total_bytes, file_name=event.file_name)
+        )
+    if isinstance(event, Progress):
+        return downloader_pb2.DownloadResponse(
+            progress=downloader_pb2.DownloadProgress(
+                bytes_done=event.bytes_done, total_bytes=event.total_bytes, bytes_per_second=event.bytes_per_second
+            )
+        )
+    assert isinstance(event, Completed)
+    return downloader_pb2.DownloadResponse(
+        completed=downloader_pb2.DownloadCompleted(
+            path=str(event.path),
+            file_size=event.file_size,
+            cache_hit=event.cache_hit,
+            content_type=event.content_type,
+            file_name=event.file_name,
+        )
+    )
+
+
+class DownloaderServicer(downloader_pb2_grpc.DownloaderServiceServicer):
+    def __init__(self, downloader: Downloader) -> None:
+        self.downloader = downloader
+
+    async def Download(  # noqa: N802 (generated name)
+        self, request: downloader_pb2.DownloadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[downloader_pb2.DownloadResponse]:
+        try:
+            async for event in self.downloader.download(_job(request)):
+                yield _message(event)
+        except FerryError as error:
+            await abort_with(context, error)
+
+    async def Read(  # noqa: N802
+        self, request: downloader_pb2.ReadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[downloader_pb2.ReadResponse]:
+        try:
+            path = self.downloader.roots.readable_file(request.path)
+        except FerryError as error:
+            await abort_with(context, error)
+        # Held (shared) for the whole stream: eviction passes over a file being read.
+        async with self.downloader.locks.hold(path_lock_key(path), shared=True):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                await abort_with(context, NotFound(f"no file at {request.path!r}", reason="FILE_NOT_FOUND"))
+            try:
+                size = os.fstat(fd).st_size
+                if request.offset > size:
+                    await abort_with(
+                        context, InvalidArgument(f"offset {request.offset} is past the end ({size} bytes)", reason="BAD_RANGE")
+                    )
+                end = min(size, request.offset + request.length) if request.HasField("length") else size
+                content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                yield downloader_pb2.ReadResponse(
+                    header=downloader_pb2.ReadHeader(file_size=size, file_name=path.name, content_type=content_type)
+                )
+                position = request.offset
+                while position < end:
+                    chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK_BYTES, end - position), position)
+                    if not chunk:
+                        break
+                    position += len(chunk)
+                    yield downloader_pb2.ReadResponse(chunk=chunk)
+            finally:
+                os.close(fd)
+
+
+async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
+    """Serve DownloaderService on `server`; returns what to await on shutdown."""
+    downloader = Downloader(settings.downloader, settings.server.data_dir)
+    await asyncio.to_thread(downloader.sweep_abandoned_parts)
+    downloader_pb2_grpc.add_DownloaderServiceServicer_to_server(DownloaderServicer(downloader), server)
+    return downloader.close

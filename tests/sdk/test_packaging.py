@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -12,12 +13,27 @@ ROOT = Path(__file__).resolve().parents[2]
 IMPORT_CHECK = """
 import importlib.util, ferry, ferry.v1.downloader_pb2_grpc, ferry.v1.encoder_pb2_grpc, ferry.v1.inference_pb2_grpc
 import ferry.services, ferry.inference
+# the services ship in the wheel (their own dependencies come with the [services] extra)
+assert importlib.util.find_spec("ferry.services.downloader.engine") is not None
 assert importlib.util.find_spec("torch") is None, "torch leaked into the SDK install"
 assert importlib.util.find_spec("av") is None, "av leaked into the SDK install"
 client = ferry.Client("127.0.0.1:1")
 client.close()
 print("ok", ferry.__version__)
 """
+
+
+PACKAGE_DIRS = {"ferry": "sdk", "ferry.services": "services", "ferry.inference": "inference"}
+
+
+def test_every_code_folder_is_a_listed_package():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for package, folder in PACKAGE_DIRS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([package, *relative.parts]))
+    assert found == listed
 
 
 @pytest.mark.timeout(600)

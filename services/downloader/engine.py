@@ -1,0 +1,324 @@
+"""The downloader engine: URLs and data URIs into files under the data roots, as a stream of events.
+
+    async for event in downloader.download(job):   # Started, Progress…, Completed
+        ...
+
+Concurrent jobs for the same (target dir, URL) share one `Flight` in this
+process and one lock file across processes, so the source is fetched once.
+The flight's transfer runs as its own task: a caller that leaves stops
+listening, and the transfer is cancelled only when no caller is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ferry.services.config import DownloaderConfig
+from ferry.services.downloader.datauri import extension_for, parse_data_uri, write_decoded
+from ferry.services.downloader.fetch import HttpSource, RemoteFile
+from ferry.services.downloader.guard import NetworkGuard
+from ferry.services.downloader.locks import LockFiles, path_lock_key
+from ferry.services.downloader.names import hashed_name
+from ferry.services.downloader.paths import DataRoots
+from ferry.services.downloader.records import DownloadRecord, RecordStore, flight_key
+from ferry.services.downloader.writer import PART_SUFFIX, AtomicFile, part_prefix
+from ferry.services.errors import FerryError
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+PROGRESS_INTERVAL_SECONDS = 0.1  # at most ~10 progress events per second
+
+
+@dataclass(frozen=True)
+class DownloadJob:
+    url: str
+    target_dir: str = ""
+    force: bool = False
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    filesize_limit: int | None = None
+    model_weights: bool = False
+
+
+@dataclass(frozen=True)
+class Started:
+    total_bytes: int | None
+    file_name: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    bytes_done: int
+    total_bytes: int | None
+    bytes_per_second: float
+
+
+@dataclass(frozen=True)
+class Completed:
+    path: Path
+    file_size: int
+    cache_hit: bool
+    content_type: str
+    file_name: str
+
+
+Event = Started | Progress | Completed
+
+
+class Flight:
+    """One transfer and everyone waiting for it: events fan out to each subscriber's queue."""
+
+    def __init__(self) -> None:
+        self.started: Started | None = None
+        self.progress: Progress | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._queues: set[asyncio.Queue[Event | BaseException]] = set()
+
+    def subscribe(self) -> asyncio.Queue[Event | BaseException]:
+        queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        for known in (self.started, self.progress):  # a late joiner catches up
+            if known is not None:
+                queue.put_nowait(known)
+        self._queues.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Event | BaseException]) -> None:
+        self._queues.discard(queue)
+        if not self._queues and self.task is not None and not self.task.done():
+            self.task.cancel()  # nobody is listening any more: stop the transfer
+
+    def publish(self, event: Event | BaseException) -> None:
+        if isinstance(event, Started):
+            self.started = event
+        elif isinstance(event, Progress):
+            self.progress = event
+        for queue in self._queues:
+            queue.put_nowait(event)
+
+
+class ProgressReporter:
+    """Turns byte counts into Progress events, at most one per interval (plus the last)."""
+
+    def __init__(self, flight: Flight) -> None:
+        self._flight = flight
+        self._began = time.monotonic()
+        self._last = 0.0
+        self.total: int | None = None
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_INTERVAL_SECONDS or done == self.total:
+            self._last = now
+            rate = done / max(now - self._began, 1e-6)
+            self._flight.publish(Progress(done, self.total, rate))
+
+
+class Downloader:
+    def __init__(self, config: DownloaderConfig, data_dir: Path) -> None:
+        self.config = config
+        self.roots = DataRoots(data_dir, config.temp_dir)
+        self.records = RecordStore(self.roots.internal / "records")
+        self.locks = LockFiles(self.roots.internal / "locks")
+        self.guard = NetworkGuard(config.allow_private_networks, config.allowed)
+        self.http = HttpSource(self.guard, config)
+        self._flights: dict[tuple[object, ...], Flight] = {}
+        self._block_size = max(1, config.chunk_mib) * MIB
+
+    async def close(self) -> None:
+        for flight in list(self._flights.values()):
+            if flight.task is not None:
+                flight.task.cancel()
+        await self.http.close()
+
+    # -- the public operation -------------------------------------------------------------
+
+    async def download(self, job: DownloadJob) -> AsyncIterator[Event]:
+        """Events for `job`: Started, Progress…, then Completed; failures raise FerryError."""
+        scheme = job.url.split(":", 1)[0].lower() if ":" in job.url else ""
+        if scheme != "data":
+            self.guard.check_url(job.url)  # refuse bad schemes and blocked literals before touching disk
+        target = self.roots.model_weights_dir(job.url) if job.model_weights else self.roots.target_dir(job.target_dir)
+        key = flight_key(target, job.url)
+        flight_id = (key, job.force, job.filesize_limit, tuple(sorted(job.request_headers.items())))
+        flight = self._flights.get(flight_id)
+        if flight is None:
+            flight = Flight()
+            self._flights[flight_id] = flight
+            runner = self._data_uri if scheme == "data" else self._http
+            flight.task = asyncio.create_task(self._fly(flight, flight_id, runner(flight, job, target, key)))
+        queue = flight.subscribe()
+        try:
+            while True:
+                event = await queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Completed):
+                    return
+        finally:
+            flight.unsubscribe(queue)
+
+    async def _fly(self, flight: Flight, flight_id: tuple[object, ...], work: object) -> None:
+        try:
+            flight.publish(await work)  # type: ignore[misc]
+        except asyncio.CancelledError:
+            flight.publish(asyncio.CancelledError())
+        except FerryError as error:
+            flight.publish(error)
+        except Exception as error:  # a bug: still tell every waiter, and log it
+            log.exception("download failed unexpectedly")
+            flight.publish(error)
+        finally:
+            self._flights.pop(flight_id, None)
+
+    # -- http(s) --------------------------------------------------------------------------
+
+    def _hit(self, flight: Flight, key: str, record: DownloadRecord) -> Completed:
+        self.records.touch(key, record)
+        path = Path(record.path)
+        flight.publish(Started(record.size, path.name))
+        return Completed(path, record.size, True, record.content_type, path.name)
+
+    async def _http(self, flight: Flight, job: DownloadJob, target: Path, key: str) -> Completed:
+        began = time.time()
+        record = self.records.load(key)
+        if record is not None and not job.force and record.url == job.url and record.vouches_for_file():
+            if job.model_weights:  # weights are immutable by URL: present means done
+                return self._hit(flight, key, record)
+            remote = await self.http.head(job.url, job.request_headers)
+            if remote is not None and _still_current(record, remote):
+                return self._hit(flight, key, record)
+        async with self.locks.hold(key):
+            record = self.records.load(key)
+            if record is not None and record.completed_at >= began and record.vouches_for_file():
+                return self._hit(flight, key, record)  # another process fetched it while we waited
+            _sweep_parts(target, key)
+            limit = self._limit(job)
+            reporter = ProgressReporter(flight)
+
+            async def started(remote: RemoteFile) -> None:
+                reporter.total = remote.size
+                flight.publish(Started(remote.size, remote.file_name))
+
+            out = AtomicFile(target, key, self._block_size)
+            try:
+                remote = await self.http.fetch(
+                    job.url, job.request_headers, out, limit=limit, on_started=started, on_progress=reporter
+                )
+                path = await out.commit(target / remote.file_name)
+            finally:
+                await out.discard()
+            record = DownloadRecord.for_file(job.url, path, remote.content_type, remote.etag, remote.last_modified)
+            self.records.save(key, record)
+        self._schedule_eviction()
+        return Completed(path, record.size, False, remote.content_type, path.name)
+
+    def _limit(self, job: DownloadJob) -> int | None:
+        limits = [job.filesize_limit]
+        if self.config.max_download_mib is not None:
+            limits.append(int(self.config.max_download_mib * MIB))
+        given = [limit for limit in limits if limit is not None]
+        return min(given) if given else None
+
+    # -- data: URIs -----------------------------------------------------------------------
+
+    async def _data_uri(self, flight: Flight, job: DownloadJob, target: Path, key: str) -> Completed:
+        parsed = parse_data_uri(job.url)
+        cap = int(self.config.data_uri_limit_mib * MIB)
+        limit = min(cap, job.filesize_limit) if job.filesize_limit is not None else cap
+        name = hashed_name(job.url, extension_for(parsed.media_type))
+        path = target / name
+        record = self.records.load(key)
+        if record is not None and not job.force and record.vouches_for_file():
+            return self._hit(flight, key, record)  # same URI, same bytes
+        async with self.locks.hold(key):
+            _sweep_parts(target, key)
+            flight.publish(Started(None, name))
+            out = AtomicFile(target, key, self._block_size)
+            try:
+                await out.fill(lambda f: write_decoded(job.url, parsed, f, limit=limit))
+                await out.commit(path)
+            finally:
+                await out.discard()
+            record = DownloadRecord.for_file(job.url, path, parsed.media_type, None, None)
+            self.records.save(key, record)
+        flight.publish(Progress(record.size, record.size, 0.0))
+        self._schedule_eviction()
+        return Completed(path, record.size, False, parsed.media_type, name)
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def _schedule_eviction(self) -> None:
+        if self.config.cache_budget_mib is not None:
+            asyncio.get_running_loop().run_in_executor(None, self.evict_to_budget)
+
+    def evict_to_budget(self) -> int:
+        """Delete least-recently-used downloads until the cache fits its budget; returns bytes freed.
+
+        Skips anything in flight here, and anything whose lock another process
+        holds (being written or read there).
+        """
+        if self.config.cache_budget_mib is None:
+            return 0
+        budget = int(self.config.cache_budget_mib * MIB)
+        live = [(key, r) for key, r in self.records.all() if r.vouches_for_file()]
+        total = sum(r.size for _, r in live)
+        busy = {flight_id[0] for flight_id in list(self._flights)}
+        freed = 0
+        for key, record in sorted(live, key=lambda item: item[1].last_access):
+            if total - freed <= budget:
+                break
+            if key in busy:
+                continue
+            held = [self.locks.try_exclusive(k) for k in (key, path_lock_key(record.path))]
+            try:
+                if None in held:
+                    continue  # being written or read, here or in another process
+                if record.vouches_for_file():
+                    os.unlink(record.path)
+                    freed += record.size
+                self.records.remove(key)
+            finally:
+                for fd in held:
+                    if fd is not None:
+                        os.close(fd)
+        return freed
+
+    def sweep_abandoned_parts(self) -> int:
+        """Remove temp files a killed process left behind (their lock is free); returns how many."""
+        removed = 0
+        for root in self.roots.roots:
+            for part in root.rglob(f".*{PART_SUFFIX}"):
+                key = part.name[1:].split(".", 1)[0]
+                fd = self.locks.try_exclusive(key)
+                if fd is None:
+                    continue  # a live writer holds it
+                try:
+                    part.unlink(missing_ok=True)
+                    removed += 1
+                finally:
+                    os.close(fd)
+        return removed
+
+
+def _still_current(record: DownloadRecord, remote: RemoteFile) -> bool:
+    """Same size as before, and the same validator when the source gives one."""
+    if remote.size is None or remote.size != record.size:
+        return False
+    if remote.etag and record.etag:
+        return remote.etag == record.etag
+    if remote.last_modified and record.last_modified:
+        return remote.last_modified == record.last_modified
+    return True
+
+
+def _sweep_parts(folder: Path, key: str) -> None:
+    """Leftovers of this key's earlier, killed transfers (the caller holds the key's lock)."""
+    for part in folder.glob(f"{part_prefix(key)}*{PART_SUFFIX}"):
+        part.unlink(missing_ok=True)

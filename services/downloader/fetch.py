@@ -1,0 +1,257 @@
+"""HTTP(S) sources: redirects under the network guard, retries with jittered backoff, resume with Range.
+
+Every hop of a redirect chain is checked by the guard (the URL here, the
+resolved address in the connector's resolver), at most `MAX_REDIRECTS` hops.
+Credentials never follow a redirect to another origin. Transient failures
+(connection reset, stall, 5xx, 408, 429) retry; a body cut short resumes from
+where it stopped when the source supports ranges and its validator (ETag or
+Last-Modified) still matches, else restarts. A body shorter than its
+Content-Length is never a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from ferry.services.config import DownloaderConfig
+from ferry.services.downloader.guard import AddressBlocked, NetworkGuard
+from ferry.services.downloader.names import choose_file_name
+from ferry.services.downloader.writer import AtomicFile
+from ferry.services.errors import FailedPrecondition, FerryError, NotFound, PermissionDenied, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+MAX_RETRY_AFTER_SECONDS = 60.0
+REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+TRANSIENT_STATUSES = {408, 429, 500, 502, 503, 504}
+CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization"}
+
+
+@dataclass
+class RemoteFile:
+    """What the source said about the file."""
+
+    size: int | None
+    etag: str | None
+    last_modified: str | None
+    content_type: str
+    file_name: str
+    accepts_ranges: bool
+
+    @property
+    def validator(self) -> str | None:
+        """What If-Range may carry: a strong ETag, else Last-Modified."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+
+class Transient(Exception):
+    """A failure worth retrying; `retry_after` when the source said how long to wait."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _CutShort(Transient):
+    """The body stopped early; `remote` is what the source had promised, for resuming."""
+
+    def __init__(self, remote: RemoteFile, message: str) -> None:
+        super().__init__(message)
+        self.remote = remote
+
+
+StartedCallback = Callable[[RemoteFile], Awaitable[None]]
+ProgressCallback = Callable[[int], None]
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _refusal(status: int, url: URL) -> FerryError:
+    """The permanent error for a final non-2xx status."""
+    shown = url.with_query(None)
+    if status in (404, 410):
+        return NotFound(f"source answered {status} for {shown}", reason="SOURCE_NOT_FOUND")
+    if status in (401, 403):
+        return PermissionDenied(f"source refused access ({status}) to {shown}", reason="SOURCE_FORBIDDEN")
+    return FailedPrecondition(f"source answered {status} for {shown}", reason="SOURCE_REFUSED")
+
+
+class HttpSource:
+    def __init__(self, guard: NetworkGuard, config: DownloaderConfig) -> None:
+        self._guard = guard
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created lazily: it must live on the serving loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=self._guard.resolver(), limit=256),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self._config.connect_timeout_seconds, sock_read=self._config.read_timeout_seconds
+                ),
+                trust_env=False,  # no proxy from the environment may sidestep the guard
+                auto_decompress=False,  # store what the source serves, byte for byte
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _open(self, method: str, url: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        """The final response after following redirects; every hop passes the guard."""
+        current = self._guard.check_url(url)
+        sent = dict(headers)
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                response = await self._client().request(method, current, headers=sent, allow_redirects=False)
+            except AddressBlocked:
+                raise  # from the resolver, unwrapped by aiohttp: never retried
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:
+                raise Transient(f"{type(error).__name__}: {error}") from error
+            if response.status not in REDIRECT_STATUSES:
+                return response
+            location = response.headers.get("Location")
+            response.release()
+            if not location:
+                raise FailedPrecondition(f"redirect without Location from {current.with_query(None)}", reason="BAD_REDIRECT")
+            following = self._guard.check_url(current.join(URL(location)))
+            if following.origin() != current.origin():
+                sent = {k: v for k, v in sent.items() if k.lower() not in CREDENTIAL_HEADERS}
+            if response.status == 303:
+                method = "GET" if method != "HEAD" else method
+            current = following
+        raise FailedPrecondition(f"more than {MAX_REDIRECTS} redirects from {url}", reason="TOO_MANY_REDIRECTS")
+
+    async def head(self, url: str, headers: Mapping[str, str]) -> RemoteFile | None:
+        """What the source says about `url` without its body; None when HEAD is not answered usefully."""
+        try:
+            response = await self._open("HEAD", url, {**headers, "Accept-Encoding": "identity"})
+        except Transient:
+            return None
+        async with response:
+            if response.status != 200:
+                return None
+            return self._describe(url, response)
+
+    def _describe(self, url: str, response: aiohttp.ClientResponse) -> RemoteFile:
+        return RemoteFile(
+            size=response.content_length,
+            etag=response.headers.get("ETag"),
+            last_modified=response.headers.get("Last-Modified"),
+            content_type=response.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip(),
+            file_name=choose_file_name(url, response.headers.get("Content-Disposition")),
+            accepts_ranges=response.headers.get("Accept-Ranges", "").lower() == "bytes",
+        )
+
+    async def fetch(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        out: AtomicFile,
+        *,
+        limit: int | None,
+        on_started: StartedCallback,
+        on_progress: ProgressCallback,
+    ) -> RemoteFile:
+        """Stream `url`'s body into `out`, retrying and resuming; returns what the source said."""
+        remote: RemoteFile | None = None
+        retries = self._config.retries
+        for attempt in range(retries + 1):
+            try:
+                remote = await self._attempt(url, headers, out, remote, limit, on_started, on_progress)
+                return remote
+            except Transient as failure:
+                if isinstance(failure, _CutShort):
+                    remote = failure.remote  # what a resume must match
+                if attempt == retries:
+                    raise Unavailable(f"source failed {retries + 1} times, last: {failure}", reason="SOURCE_UNAVAILABLE") from None
+                delay = self._backoff(attempt, failure.retry_after)
+                log.info("retrying %s in %.2fs after: %s", URL(url).with_query(None), delay, failure)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            if retry_after > MAX_RETRY_AFTER_SECONDS:
+                raise Unavailable(f"source asks to retry after {retry_after:.0f}s", reason="SOURCE_UNAVAILABLE")
+            return retry_after
+        base = self._config.retry_backoff_seconds * (2**attempt)
+        return random.uniform(base / 2, base)  # jitter: replicas retrying together do not stampede
+
+    async def _attempt(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        out: AtomicFile,
+        known: RemoteFile | None,
+        limit: int | None,
+        on_started: StartedCallback,
+        on_progress: ProgressCallback,
+    ) -> RemoteFile:
+        request = {**headers, "Accept-Encoding": "identity"}
+        resuming = bool(out.size and known and known.accepts_ranges and known.validator and known.size)
+        if resuming:
+            assert known is not None and known.validator is not None
+            request["Range"] = f"bytes={out.size}-"
+            request["If-Range"] = known.validator
+        elif out.size:
+            await out.truncate()
+        response = await self._open("GET", url, request)
+        async with response:
+            if response.status in TRANSIENT_STATUSES:
+                raise Transient(f"source answered {response.status}", _retry_after(response.headers.get("Retry-After")))
+            if response.status == 206 and resuming:
+                assert known is not None
+                if response.headers.get("Content-Range", "").split("/")[-1] != str(known.size) or not response.headers.get(
+                    "Content-Range", ""
+                ).startswith(f"bytes {out.size}-"):
+                    await out.truncate()
+                    raise Transient("source answered a range that does not continue the file")
+                remote = known
+            elif response.status == 200:
+                if out.size:  # the source ignored the range, or the file changed: start over
+                    await out.truncate()
+                remote = self._describe(url, response)
+                if known is None:
+                    if limit is not None and remote.size is not None and remote.size > limit:
+                        raise ResourceExhausted(
+                            f"source declares {remote.size} bytes, over the {limit}-byte limit", reason="FILE_TOO_LARGE"
+                        )
+                    await on_started(remote)
+            else:
+                raise _refusal(response.status, response.url)
+            try:
+                async for piece in response.content.iter_any():
+                    await out.write(piece)
+                    if limit is not None and out.size > limit:
+                        raise ResourceExhausted(f"body grew past the {limit}-byte limit", reason="FILE_TOO_LARGE")
+                    on_progress(out.size)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as error:
+                # Keep what arrived: the next attempt resumes from it if it can.
+                raise _CutShort(remote, f"body cut short at {out.size} bytes: {type(error).__name__}") from error
+            if remote.size is not None and out.size != remote.size:
+                raise _CutShort(remote, f"body ended at {out.size} of {remote.size} bytes")
+            return remote

@@ -1,0 +1,64 @@
+"""Where downloads may land and what may be read back: everything stays inside the data roots.
+
+Relative target dirs resolve under the data dir (the reference toolkit resolves
+under /data); absolute ones must already lie inside a root. Symlinks are
+resolved before the check, so a link cannot smuggle a path out. Ferry's own
+bookkeeping (records, locks) under `.ferry/` is off limits to callers, except
+the model-weights store it manages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+from ferry.services.errors import NotFound, PermissionDenied
+
+INTERNAL_DIR = ".ferry"
+
+
+class DataRoots:
+    def __init__(self, data_dir: Path, temp_dir: Path | None = None) -> None:
+        self.data_dir = data_dir.resolve()
+        self.temp_dir = (temp_dir or self.data_dir / "tmp").resolve()
+        self.internal = self.data_dir / INTERNAL_DIR
+        self.model_weights = self.internal / "model_weights"
+        self.roots = (self.data_dir, self.temp_dir)
+        for folder in (self.data_dir, self.temp_dir, self.internal, self.model_weights):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def _inside_roots(self, path: Path, shown: str) -> Path:
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(root) for root in self.roots):
+            raise PermissionDenied(f"{shown!r} is outside the data roots", reason="PATH_OUTSIDE_ROOTS")
+        if resolved.is_relative_to(self.internal) and not resolved.is_relative_to(self.model_weights):
+            raise PermissionDenied(f"{shown!r} is ferry's own bookkeeping", reason="PATH_OUTSIDE_ROOTS")
+        return resolved
+
+    def target_dir(self, requested: str) -> Path:
+        """The folder a download lands in; "" means a fresh per-request folder."""
+        if "\x00" in requested:
+            raise PermissionDenied("target_dir contains NUL", reason="PATH_OUTSIDE_ROOTS")
+        if not requested:
+            folder = self.temp_dir / uuid.uuid4().hex
+        else:
+            given = Path(requested)
+            folder = self._inside_roots(given if given.is_absolute() else self.data_dir / given, requested)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def model_weights_dir(self, url: str) -> Path:
+        folder = self.model_weights / hashlib.sha256(url.encode()).hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def readable_file(self, requested: str) -> Path:
+        """A file under the roots that `Read` may stream."""
+        if not requested or "\x00" in requested:
+            raise PermissionDenied("path must name a file under the data roots", reason="PATH_OUTSIDE_ROOTS")
+        given = Path(requested)
+        path = self._inside_roots(given if given.is_absolute() else self.data_dir / given, requested)
+        if not path.is_file():
+            raise NotFound(f"no file at {requested!r}", reason="FILE_NOT_FOUND")
+        return path

@@ -1,0 +1,102 @@
+"""Atomic file writes: bytes go to a hidden temp file beside the target, fsync, then `os.replace`.
+
+Nothing partial is ever visible under the target name, whatever fails or is
+cancelled. Writing happens off the event loop, one block at a time, while the
+loop keeps receiving the next block (two blocks in memory at most), so memory
+stays flat whatever the file size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+PART_SUFFIX = ".ferry-part"
+
+
+def part_prefix(key: str) -> str:
+    """Temp files of one flight start with this, so the next holder of its lock can sweep leftovers."""
+    return f".{key}."
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+class AtomicFile:
+    def __init__(self, folder: Path, key: str, block_size: int) -> None:
+        self.temp_path = folder / f"{part_prefix(key)}{secrets.token_hex(6)}{PART_SUFFIX}"
+        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._block_size = block_size
+        self._pieces: list[bytes] = []
+        self._buffered = 0
+        self._writing: asyncio.Future[None] | None = None
+        self.size = 0
+
+    async def write(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+        self._buffered += len(piece)
+        self.size += len(piece)
+        if self._buffered >= self._block_size:
+            await self._flush_block()
+
+    async def fill(self, produce: Callable[[BinaryIO], int]) -> None:
+        """Let `produce` write into the temp file from a worker thread (CPU-bound producers: decoders)."""
+        await self._drain()
+
+        def run() -> int:
+            with os.fdopen(os.dup(self._fd), "wb") as file:
+                return produce(file)
+
+        self.size += await asyncio.to_thread(run)
+
+    async def _flush_block(self) -> None:
+        if self._writing is not None:
+            await self._writing
+        pieces, self._pieces, self._buffered = self._pieces, [], 0
+        self._writing = asyncio.ensure_future(asyncio.to_thread(_write_all, self._fd, pieces))
+
+    async def _drain(self) -> None:
+        if self._pieces:
+            await self._flush_block()
+        if self._writing is not None:
+            await self._writing
+            self._writing = None
+
+    async def truncate(self) -> None:
+        """Start over (the source could not resume)."""
+        self._pieces, self._buffered = [], 0
+        if self._writing is not None:
+            await self._writing
+            self._writing = None
+        await asyncio.to_thread(os.ftruncate, self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self.size = 0
+
+    async def commit(self, target: Path) -> Path:
+        """Flush, fsync and move into place under `target`; the temp file is gone afterwards."""
+        await self._drain()
+        await asyncio.to_thread(os.fsync, self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self.temp_path, target)
+        return target
+
+    async def discard(self) -> None:
+        """Drop the temp file. Safe in any state, including after commit or mid-cancellation."""
+        if self._writing is not None:
+            # Let the writer thread finish its block first: closing its fd under
+            # it could let a later open() reuse the number mid-write.
+            await asyncio.gather(self._writing, return_exceptions=True)
+            self._writing = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.temp_path.unlink(missing_ok=True)

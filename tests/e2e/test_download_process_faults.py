@@ -1,0 +1,185 @@
+"""The downloader across process faults: a killed server, replicas sharing a data dir, a drain on SIGTERM.
+
+Each test runs real `ferry serve` subprocesses against a real HTTP source on
+loopback, so the process boundary, file locks and signals are the ones
+production has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from aiohttp import web
+
+import ferry
+
+KIB = 1 << 10
+MIB = 1 << 20
+PART_GLOB = ".*.ferry-part"
+
+
+def _body(size: int) -> bytes:
+    """Distinct bytes per position block, so a reordered or truncated copy never compares equal."""
+    return b"".join(i.to_bytes(4, "big") * (KIB // 4) for i in range(size // KIB))[:size]
+
+
+def _trickle(body: bytes, piece: int = 64 * KIB, interval: float = 0.05) -> Callable[[web.Request], Any]:
+    """A source that sends `body` slowly: Content-Length up front, no Accept-Ranges (no resume)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": str(len(body))})
+        response = web.StreamResponse(
+            headers={"Content-Length": str(len(body)), "Content-Type": "application/octet-stream"}
+        )
+        await response.prepare(request)
+        try:
+            for start in range(0, len(body), piece):
+                await response.write(body[start : start + piece])
+                await asyncio.sleep(interval)
+        except ConnectionError:
+            pass  # the downloader went away (killed): stop sending
+        return response
+
+    return handler
+
+
+def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    """Poll until `condition()` is truthy; fail the test (not hang) if it never is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _parts(folder: Path) -> list[Path]:
+    return sorted(folder.rglob(PART_GLOB)) if folder.exists() else []
+
+
+def _visible_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
+
+
+class Background:
+    """`download_file` on a thread; `outcome()` is its path or the FerryError it raised."""
+
+    def __init__(self, address: str, url: str, **kwargs: Any) -> None:
+        self._result: list[Any] = []
+        self._thread = threading.Thread(target=self._run, args=(address, url, kwargs), daemon=True)
+        self._thread.start()
+
+    def _run(self, address: str, url: str, kwargs: dict[str, Any]) -> None:
+        with ferry.Client(address) as client:
+            try:
+                self._result.append(client.download_file(url, **kwargs))
+            except ferry.FerryError as error:
+                self._result.append(error)
+
+    def outcome(self, timeout: float = 30) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the download call did not return"
+        return self._result[0]
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_mid_download_leaves_no_file_and_a_restart_sweeps_the_stale_part(start_ferry, http_server, tmp_path):
+    data = tmp_path / "shared-data"
+    serve_args = ("downloader", "--data-dir", str(data), "--allow-private-networks")
+    stack = start_ferry(*serve_args)
+    slow_url = http_server.route("/slow.bin", _trickle(_body(8 * MIB)))  # ~6 s to send in full
+    folder = data / "in"
+
+    download = Background(stack.grpc_address, slow_url, target_dir="in")
+    _wait_for(lambda: http_server.gets("/slow.bin") and _parts(folder), "the transfer to start writing a part file")
+
+    stack.process.kill()
+    stack.process.wait(10)
+    error = download.outcome()
+    assert isinstance(error, ferry.FerryError) and error.code == grpc.StatusCode.UNAVAILABLE
+    assert _visible_files(folder) == [], "a killed transfer never shows a final file"
+    assert len(_parts(folder)) == 1, "the killed process left its temp file behind"
+
+    restarted = start_ferry(*serve_args)
+    assert _parts(folder) == [], "startup sweeps abandoned temp files"
+
+    fresh = _body(256 * KIB)
+    url = http_server.add_file("fresh.bin", fresh)
+    with ferry.Client(restarted.grpc_address) as client:
+        path = client.download_file(url, target_dir="in")
+        assert client.health() == "SERVING"
+    assert path == folder.resolve() / "fresh.bin"
+    assert path.read_bytes() == fresh
+    assert _visible_files(folder) == ["fresh.bin"]
+    assert _parts(data) == []
+
+
+@pytest.mark.timeout(60)
+def test_replicas_sharing_a_data_dir_fetch_the_source_once(start_ferry, http_server, tmp_path):
+    data = tmp_path / "shared-data"
+    replicas = [start_ferry("downloader", "--data-dir", str(data), "--allow-private-networks") for _ in range(2)]
+    body = _body(2 * MIB)
+
+    async def slow_start(request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            await asyncio.sleep(1)  # every caller arrives while the first fetch is still pending
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    url = http_server.route("/shared.bin", slow_start)
+    clients = [ferry.Client(replica.grpc_address) for replica in replicas]
+    callers = 20
+    ready = threading.Barrier(callers)
+
+    def call(i: int) -> Path | ferry.FerryError:
+        ready.wait(10)
+        try:
+            return clients[i % 2].download_file(url, target_dir="in")
+        except ferry.FerryError as error:
+            return error
+
+    try:
+        with ThreadPoolExecutor(callers) as pool:
+            results = list(pool.map(call, range(callers), timeout=45))
+    finally:
+        for client in clients:
+            client.close()
+
+    errors = [r for r in results if isinstance(r, ferry.FerryError)]
+    assert errors == []
+    assert len(http_server.gets("/shared.bin")) == 1, "one GET across both replicas"
+    assert set(results) == {(data / "in" / "shared.bin").resolve()}
+    assert results[0].read_bytes() == body
+    assert _visible_files(data / "in") == ["shared.bin"]
+    assert _parts(data) == []
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_lets_an_active_download_finish_then_exits_zero(start_ferry, http_server, tmp_path):
+    data = tmp_path / "data"
+    stack = start_ferry("downloader", "--data-dir", str(data), "--allow-private-networks")
+    body = _body(2 * MIB)  # 32 pieces, ~1.6 s
+    url = http_server.route("/drain.bin", _trickle(body))
+
+    download = Background(stack.grpc_address, url, target_dir="in")
+    _wait_for(lambda: http_server.gets("/drain.bin") and _parts(data / "in"), "the transfer to start")
+    stack.signal(signal.SIGTERM)
+
+    path = download.outcome()
+    assert not isinstance(path, ferry.FerryError), path
+    assert path == (data / "in" / "drain.bin").resolve()
+    assert path.read_bytes() == body
+    assert stack.wait(timeout=30) == 0
+    assert len(http_server.gets("/drain.bin")) == 1
+    assert _parts(data) == []
+    assert os.listdir(data / "in") == ["drain.bin"]

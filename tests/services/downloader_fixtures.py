@@ -1,0 +1,63 @@
+"""Hosting a real DownloaderService for a test module, and helpers its tests share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+import ferry
+from ferry.services.config import DownloaderConfig
+from ferry.services.downloader.engine import Downloader
+from ferry.services.downloader.servicer import DownloaderServicer
+from ferry.v1 import downloader_pb2, downloader_pb2_grpc
+
+
+def host_downloader(config: DownloaderConfig):
+    """pytest-grpc fixtures serving a Downloader built from `config` on a module-scoped data dir."""
+
+    @pytest.fixture(scope="module")
+    def data_dir(tmp_path_factory) -> Path:
+        return tmp_path_factory.mktemp("data")
+
+    @pytest.fixture(scope="module")
+    def downloader(data_dir, background_loop):
+        downloader = Downloader(config, data_dir)
+        yield downloader
+        background_loop.run(downloader.close())
+
+    @pytest.fixture(scope="module")
+    def grpc_servicer(downloader):
+        return DownloaderServicer(downloader)
+
+    @pytest.fixture(scope="module")
+    def grpc_add_to_server():
+        return downloader_pb2_grpc.add_DownloaderServiceServicer_to_server
+
+    @pytest.fixture(scope="module")
+    def grpc_stub_cls():
+        return downloader_pb2_grpc.DownloaderServiceStub
+
+    @pytest.fixture
+    def client(grpc_addr, grpc_server):
+        with ferry.Client(grpc_addr) as client:
+            yield client
+
+    return data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client
+
+
+def events(stub, **fields) -> list[downloader_pb2.DownloadResponse]:
+    return list(stub.Download(downloader_pb2.DownloadRequest(**fields)))
+
+
+def status_of(stub, **fields) -> tuple[grpc.StatusCode, str]:
+    """The status a Download ends with (the test fails if it succeeds)."""
+    with pytest.raises(grpc.RpcError) as caught:
+        events(stub, **fields)
+    return caught.value.code(), caught.value.details()
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Temp files anywhere under `root`: there must never be any once a call has ended."""
+    return sorted(root.rglob("*.ferry-part"))

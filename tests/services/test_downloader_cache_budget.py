@@ -1,0 +1,53 @@
+"""With a cache budget, the least recently used downloads are evicted — never one being read."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import grpc
+
+from ferry.services.config import DownloaderConfig
+from ferry.v1 import downloader_pb2
+from tests.services.downloader_fixtures import events, host_downloader
+
+MIB = 1 << 20
+CONFIG = DownloaderConfig(allow_private_networks=True, cache_budget_mib=30, chunk_mib=1)
+data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client = host_downloader(CONFIG)
+
+
+def fetch(stub, url) -> Path:
+    return Path(events(stub, url=url, target_dir="budget")[-1].completed.path)
+
+
+def eventually_gone(path: Path) -> bool:
+    for _ in range(200):  # eviction runs after the download returns, off the event loop
+        if not path.exists():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_least_recently_used_goes_first_and_a_file_being_read_stays(grpc_stub, grpc_channel, http_server):
+    big = fetch(grpc_stub, http_server.add_file("big.bin", os.urandom(24 * MIB)))
+    small = fetch(grpc_stub, http_server.add_file("small.bin", os.urandom(3 * MIB)))
+    reading = grpc_stub.Read(downloader_pb2.ReadRequest(path=str(big)))
+    assert next(reading).WhichOneof("message") == "header"  # the reader now holds `big`
+
+    third = fetch(grpc_stub, http_server.add_file("third.bin", os.urandom(4 * MIB)))  # 31 MiB > 30
+    assert eventually_gone(small), "the oldest file not being read was evicted"
+    assert big.exists() and third.exists()
+
+    reading.cancel()
+    fetch(grpc_stub, http_server.add_file("fourth.bin", os.urandom(4 * MIB)))  # 32 MiB > 30 again
+    assert eventually_gone(big), "once nobody reads it, the least recently used goes"
+    assert third.exists()
+
+
+def test_a_cache_hit_counts_as_use(grpc_stub, http_server):
+    first = fetch(grpc_stub, http_server.add_file("first.bin", os.urandom(12 * MIB)))
+    second = fetch(grpc_stub, http_server.add_file("second.bin", os.urandom(12 * MIB)))
+    assert events(grpc_stub, url=http_server.url("first.bin"), target_dir="budget")[-1].completed.cache_hit
+    fetch(grpc_stub, http_server.add_file("last.bin", os.urandom(12 * MIB)))
+    assert eventually_gone(second) and first.exists()

@@ -1,0 +1,18 @@
+"""Out of the box (no allow-list, no private networks), a name resolving to loopback is refused at connect time."""
+
+from __future__ import annotations
+
+import grpc
+
+from ferry.services.config import DownloaderConfig
+from tests.services.downloader_fixtures import host_downloader, status_of
+
+data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client = host_downloader(DownloaderConfig())
+
+
+def test_localhost_is_checked_on_its_resolved_address(grpc_stub, http_server):
+    url = http_server.add_file("secret.txt", b"internal").replace("127.0.0.1", "localhost")
+    code, details = status_of(grpc_stub, url=url)
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "127.0.0.1 (loopback)" in details and "localhost" in details
+    assert http_server.requests == [], "no byte reached the internal server"
