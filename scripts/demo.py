@@ -6,33 +6,83 @@ Each landed issue extends this walk-through with its real work.
 
 from __future__ import annotations
 
+import base64
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+import ferry
 from ferry.client import SERVICE_NAMES
+from ferry.progress import ProgressDisplay
 from ferry.testing import StackProcess
 
-DATA_DIR = Path(__file__).resolve().parent.parent / ".demo-data"
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = ROOT / ".demo-data"
+MIB = 1 << 20
+
+
+def start_source(folder: Path) -> tuple[subprocess.Popen[str], str]:
+    """A local HTTP server standing in for the internet (this machine has none)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = folder / "sample-weights.bin"
+    if not sample.exists():
+        sample.write_bytes(os.urandom(256 * MIB))
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "http_source.py"), str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    port = process.stdout.readline().split()[1]
+    return process, f"http://127.0.0.1:{port}"
+
+
+def show_health(stack: StackProcess, client: ferry.Client) -> None:
+    print(f"health: server {client.health()}")
+    for name in SERVICE_NAMES:
+        print(f"health: {name} {client.health(name)}")
+    with grpc.insecure_channel(stack.grpc_address) as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    print("reflection lists:", ", ".join(sorted(services)))
+
+
+def show_downloads(client: ferry.Client, source_url: str) -> None:
+    url = f"{source_url}/sample-weights.bin"
+    display = ProgressDisplay("sample-weights.bin", stream=sys.stdout)
+    path = client.download_file(
+        url,
+        target_dir="inputs",
+        force=True,
+        on_progress=lambda p: display.update(p.bytes_done, p.total_bytes, p.bytes_per_second),
+    )
+    display.finish()
+    print(f"downloaded: {path} ({path.stat().st_size} bytes)")
+    print(f"again: {client.download_file(url, target_dir='inputs')} (cache hit: a HEAD, no body transferred)")
+    uri = "data:text/plain;base64," + base64.b64encode(b"hello from a data URI\n").decode()
+    print(f"data URI: {client.download_file(uri, target_dir='inputs')} (decoded locally, no network)")
+    try:
+        client.download_file("http://169.254.169.254/latest/meta-data/")
+    except ferry.FerryError as error:
+        print(f"refused: {error.code.name} {error.reason}: {error.message}")
 
 
 def main() -> int:
-    stack = StackProcess(["--data-dir", str(DATA_DIR)]).start()
+    source, source_url = start_source(DEMO_DIR / "source")
+    # Only the demo's local source is let through the network guard.
+    stack = StackProcess(["--data-dir", str(DEMO_DIR / "data"), "--allow-hosts", "127.0.0.1/32"]).start()
     print(stack.ready_line, flush=True)
     try:
         with stack.client() as client:
-            print(f"health: server {client.health()}")
-            for name in SERVICE_NAMES:
-                print(f"health: {name} {client.health(name)}")
-            with grpc.insecure_channel(stack.grpc_address) as channel:
-                services = ProtoReflectionDescriptorDatabase(channel).get_services()
-            print("reflection lists:", ", ".join(sorted(services)))
+            show_health(stack, client)
+            show_downloads(client, source_url)
     finally:
         stack.signal(2)  # SIGINT, as Ctrl-C would
         code = stack.wait()
         stack.stop()
+        source.terminate()
+        source.wait()
     print(f"stack stopped (exit {code})")
     return code
 

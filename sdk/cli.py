@@ -53,6 +53,10 @@ def _download(args: argparse.Namespace) -> int:
             display.finish()
             print(f"ferry download: {error.code.name}: {error.message}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # the SDK has cancelled the call, so the server stops too
+            display.finish()
+            print("ferry download: cancelled", file=sys.stderr)
+            return 130
     display.finish()
     print(path)
     return 0

@@ -30,6 +30,7 @@ class StackProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen[str] | None = None
         self.ready_line = ""
+        self.stderr = ""
         self.grpc_address = ""
         self.cdn_url = ""
 
@@ -58,9 +59,12 @@ class StackProcess:
         return self.process.wait(timeout)
 
     def stop(self, timeout: float = 30) -> str:
-        """SIGTERM (drain), kill if it outlasts `timeout`; returns what the server wrote to stderr."""
-        if self.process is None:
-            return ""
+        """SIGTERM (drain), kill if it outlasts `timeout`; returns what the server wrote to stderr.
+
+        Safe to call again: later calls return the same stderr.
+        """
+        if self.process is None or (self.process.stderr is not None and self.process.stderr.closed):
+            return self.stderr
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -68,11 +72,11 @@ class StackProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        stderr = self.process.stderr.read() if self.process.stderr else ""
+        self.stderr = self.process.stderr.read() if self.process.stderr else ""
         for stream in (self.process.stdout, self.process.stderr):
             if stream:
                 stream.close()
-        return stderr
+        return self.stderr
 
     def __enter__(self) -> StackProcess:
         return self.start()

