@@ -18,19 +18,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry.connection import Connection
-from ferry.downloads import (
-    EventReader,
-    ProgressCallback,
-    download_request,
-    local_destination,
-    server_target_dir,
-    shares_data_dir,
-    sharing_setting,
-    write_read_stream,
-    write_read_stream_async,
-)
+from ferry.downloads import DownloadPlan, EventReader, ProgressCallback, write_read_stream, write_read_stream_async
 from ferry.errors import FerryError
-from ferry.v1 import downloader_pb2, downloader_pb2_grpc, encoder_pb2_grpc, inference_pb2_grpc
+from ferry.v1 import downloader_pb2_grpc, encoder_pb2_grpc, inference_pb2_grpc
 
 SERVICE_NAMES = ("ferry.v1.DownloaderService", "ferry.v1.EncoderService", "ferry.v1.InferenceService")
 
@@ -105,21 +95,18 @@ class Client:
         on_progress: ProgressCallback | None,
         model_weights: bool,
     ) -> Path:
-        sharing = sharing_setting(self.shared_data_dir)
-        remote_dir = server_target_dir(target_dir, sharing)
-        request = download_request(url, remote_dir, force, request_headers, filesize_limit, model_weights)
+        plan = DownloadPlan.create(
+            url, target_dir, force, request_headers, filesize_limit, model_weights, self.shared_data_dir
+        )
         reader = EventReader(on_progress)
-        call = self.downloader.Download(request)
+        call = self.downloader.Download(plan.request)
         try:
             for response in call:
                 reader.feed(response)
             completed = reader.result()
-            if shares_data_dir(completed, sharing):
-                return Path(completed.path)
-            destination = local_destination(url, target_dir, model_weights, completed.file_name)
-            if model_weights and destination.is_file() and destination.stat().st_size == completed.file_size:
-                return destination
-            return write_read_stream(self.downloader.Read(downloader_pb2.ReadRequest(path=completed.path)), destination)
+            if (path := plan.local_path(completed)) is not None:
+                return path
+            return write_read_stream(self.downloader.Read(plan.read_request(completed)), plan.destination(completed))
         except grpc.RpcError as error:
             raise FerryError.from_rpc_error(error) from None
         except BaseException:
@@ -191,21 +178,18 @@ class AsyncClient:
         on_progress: ProgressCallback | None,
         model_weights: bool,
     ) -> Path:
-        sharing = sharing_setting(self.shared_data_dir)
-        remote_dir = server_target_dir(target_dir, sharing)
-        request = download_request(url, remote_dir, force, request_headers, filesize_limit, model_weights)
+        plan = DownloadPlan.create(
+            url, target_dir, force, request_headers, filesize_limit, model_weights, self.shared_data_dir
+        )
         reader = EventReader(on_progress)
         try:
-            async for response in self.downloader.Download(request):
+            async for response in self.downloader.Download(plan.request):
                 reader.feed(response)
             completed = reader.result()
-            if shares_data_dir(completed, sharing):
-                return Path(completed.path)
-            destination = local_destination(url, target_dir, model_weights, completed.file_name)
-            if model_weights and destination.is_file() and destination.stat().st_size == completed.file_size:
-                return destination
-            read = self.downloader.Read(downloader_pb2.ReadRequest(path=completed.path))
-            return await write_read_stream_async(read, destination)
+            if (path := plan.local_path(completed)) is not None:
+                return path
+            read = self.downloader.Read(plan.read_request(completed))
+            return await write_read_stream_async(read, plan.destination(completed))
         except grpc.RpcError as error:
             raise FerryError.from_rpc_error(error) from None
 

@@ -110,4 +110,4 @@ def _aio_metadata_interceptors(metadata: tuple[tuple[str, str], ...]) -> list[gr
         grpc.aio.StreamStreamClientInterceptor,
     )
     methods = ("intercept_unary_unary", "intercept_unary_stream", "intercept_stream_unary", "intercept_stream_stream")
-    return [type(f"Bearer{kind.__name__}", (kind,), {method: add})() for kind, method in zip(kinds, methods)]
+    return [type(f"Bearer{kind.__name__}", (kind,), {method: add})() for kind, method in zip(kinds, methods, strict=True)]

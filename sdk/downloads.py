@@ -35,26 +35,6 @@ class DownloadProgress:
 ProgressCallback = Callable[[DownloadProgress], None]
 
 
-def download_request(
-    url: str,
-    target_dir: str | os.PathLike[str] | None,
-    force: bool,
-    request_headers: Mapping[str, str] | None,
-    filesize_limit_mb: float | None,
-    model_weights: bool,
-) -> downloader_pb2.DownloadRequest:
-    request = downloader_pb2.DownloadRequest(
-        url=url,
-        target_dir=os.fspath(target_dir) if target_dir is not None else "",
-        force=force,
-        request_headers=dict(request_headers or {}),
-        kind=downloader_pb2.DOWNLOAD_KIND_MODEL_WEIGHTS if model_weights else downloader_pb2.DOWNLOAD_KIND_FILE,
-    )
-    if filesize_limit_mb is not None:
-        request.filesize_limit_bytes = int(filesize_limit_mb * MIB)  # MB like the reference toolkit; bytes on the wire
-    return request
-
-
 class EventReader:
     """Folds the Download stream into progress callbacks and the final `completed` message."""
 
@@ -89,28 +69,73 @@ def sharing_setting(configured: bool | None) -> bool | None:
     return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(env)
 
 
-def server_target_dir(target_dir: str | os.PathLike[str] | None, sharing: bool | None) -> str | os.PathLike[str] | None:
-    """A client known not to share the data dir means `target_dir` locally; the service uses a temp folder."""
-    return None if sharing is False else target_dir
+@dataclass(frozen=True)
+class DownloadPlan:
+    """One SDK download: the request to send, and where its result ends up on this machine.
 
+    The sync and async clients differ only in how they await the calls.
+    """
 
-def shares_data_dir(completed: downloader_pb2.DownloadCompleted, sharing: bool | None) -> bool:
-    if sharing is not None:
-        return sharing
-    path = Path(completed.path)
-    return path.is_file() and path.stat().st_size == completed.file_size
+    url: str
+    target_dir: str | os.PathLike[str] | None
+    model_weights: bool
+    sharing: bool | None
+    request: downloader_pb2.DownloadRequest
 
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        target_dir: str | os.PathLike[str] | None,
+        force: bool,
+        request_headers: Mapping[str, str] | None,
+        filesize_limit_mb: float | None,
+        model_weights: bool,
+        shared_data_dir: bool | None,
+    ) -> DownloadPlan:
+        sharing = sharing_setting(shared_data_dir)
+        # A client known not to share the data dir means `target_dir` locally;
+        # the service then uses a fresh temp folder of its own.
+        remote_dir = None if sharing is False else target_dir
+        request = downloader_pb2.DownloadRequest(
+            url=url,
+            target_dir=os.fspath(remote_dir) if remote_dir is not None else "",
+            force=force,
+            request_headers=dict(request_headers or {}),
+            kind=downloader_pb2.DOWNLOAD_KIND_MODEL_WEIGHTS if model_weights else downloader_pb2.DOWNLOAD_KIND_FILE,
+        )
+        if filesize_limit_mb is not None:
+            request.filesize_limit_bytes = int(filesize_limit_mb * MIB)  # MB like the reference toolkit; bytes on the wire
+        return cls(url, target_dir, model_weights, sharing, request)
 
-def local_destination(url: str, target_dir: str | os.PathLike[str] | None, model_weights: bool, name: str) -> Path:
-    """Where a file fetched through `Read` lands on this machine."""
-    if model_weights:
-        folder = Path(tempfile.gettempdir()) / "ferry-model-weights" / hashlib.sha256(url.encode()).hexdigest()
-    elif target_dir is not None:
-        folder = Path(target_dir)
-    else:
-        folder = Path(tempfile.mkdtemp(prefix="ferry-download-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / name
+    def local_path(self, completed: downloader_pb2.DownloadCompleted) -> Path | None:
+        """The result when no `Read` is needed: the service's own path, or weights already fetched here."""
+        sharing = self.sharing
+        if sharing is None:
+            served = Path(completed.path)
+            sharing = served.is_file() and served.stat().st_size == completed.file_size
+        if sharing:
+            return Path(completed.path)
+        destination = self.destination(completed)
+        if self.model_weights and destination.is_file() and destination.stat().st_size == completed.file_size:
+            return destination
+        return None
+
+    def destination(self, completed: downloader_pb2.DownloadCompleted) -> Path:
+        """Where a file fetched through `Read` lands on this machine."""
+        if self.model_weights:
+            digest = hashlib.sha256(self.url.encode()).hexdigest()
+            folder = Path(tempfile.gettempdir()) / "ferry-model-weights" / digest
+        elif self.target_dir is not None:
+            folder = Path(self.target_dir)
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="ferry-download-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / completed.file_name
+
+    @staticmethod
+    def read_request(completed: downloader_pb2.DownloadCompleted) -> downloader_pb2.ReadRequest:
+        return downloader_pb2.ReadRequest(path=completed.path)
 
 
 class LocalFile:

@@ -31,7 +31,7 @@ class ProgressDisplay:
         speed = f"{human_bytes(rate)}/s"
         if self.live:
             filled = int(self.width * done / total) if total else 0
-            bar = "#" * filled + "-" * (self.width - filled) if total else "…"
+            bar = "#" * filled + "-" * (self.width - filled) if total else "?" * self.width
             line = f"\r{self.label} [{bar}] {amount} {speed} {eta}".rstrip()
             self.stream.write(line.ljust(80))
             self.stream.flush()

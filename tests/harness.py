@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +16,16 @@ from aiohttp import web
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def wait_for(condition: Callable[[], T], what: str, timeout: float = 20) -> T:
+    """Poll until `condition()` is truthy and return it; fail the test (not hang) if it never is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class BackgroundLoop:

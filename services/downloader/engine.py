@@ -12,12 +12,14 @@ listening, and the transfer is cancelled only when no caller is left.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.datauri import extension_for, parse_data_uri, write_decoded
@@ -28,7 +30,7 @@ from ferry.services.downloader.names import hashed_name
 from ferry.services.downloader.paths import DataRoots
 from ferry.services.downloader.records import DownloadRecord, RecordStore, flight_key
 from ferry.services.downloader.writer import PART_SUFFIX, AtomicFile, part_prefix
-from ferry.services.errors import FerryError
+from ferry.services.errors import FerryError, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +166,18 @@ class Downloader:
         finally:
             flight.unsubscribe(queue)
 
-    async def _fly(self, flight: Flight, flight_id: tuple[object, ...], work: object) -> None:
+    async def _fly(self, flight: Flight, flight_id: tuple[object, ...], work: Coroutine[Any, Any, Completed]) -> None:
         try:
-            flight.publish(await work)  # type: ignore[misc]
+            flight.publish(await work)
         except asyncio.CancelledError:
             flight.publish(asyncio.CancelledError())
         except FerryError as error:
             flight.publish(error)
-        except Exception as error:  # a bug: still tell every waiter, and log it
+        except OSError as error:  # the local disk, not the source
+            flight.publish(_disk_error(error))
+        except Exception as error:  # a bug: still answer every waiter, and log it
             log.exception("download failed unexpectedly")
-            flight.publish(error)
+            flight.publish(FerryError(f"internal error: {type(error).__name__}: {error}"))
         finally:
             self._flights.pop(flight_id, None)
 
@@ -305,6 +309,12 @@ class Downloader:
                 finally:
                     os.close(fd)
         return removed
+
+
+def _disk_error(error: OSError) -> FerryError:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(f"the data dir is full: {error}", reason="DISK_FULL")
+    return Unavailable(f"cannot write to the data dir: {error}", reason="STORAGE_ERROR")
 
 
 def _still_current(record: DownloadRecord, remote: RemoteFile) -> bool:

@@ -225,11 +225,10 @@ class HttpSource:
                 raise Transient(f"source answered {response.status}", _retry_after(response.headers.get("Retry-After")))
             if response.status == 206 and resuming:
                 assert known is not None
-                if response.headers.get("Content-Range", "").split("/")[-1] != str(known.size) or not response.headers.get(
-                    "Content-Range", ""
-                ).startswith(f"bytes {out.size}-"):
+                content_range = response.headers.get("Content-Range", "")
+                if not (content_range.startswith(f"bytes {out.size}-") and content_range.endswith(f"/{known.size}")):
                     await out.truncate()
-                    raise Transient("source answered a range that does not continue the file")
+                    raise Transient(f"source answered range {content_range!r}, which does not continue the file")
                 remote = known
             elif response.status == 200:
                 if out.size:  # the source ignored the range, or the file changed: start over
@@ -249,7 +248,7 @@ class HttpSource:
                     if limit is not None and out.size > limit:
                         raise ResourceExhausted(f"body grew past the {limit}-byte limit", reason="FILE_TOO_LARGE")
                     on_progress(out.size)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as error:
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError) as error:
                 # Keep what arrived: the next attempt resumes from it if it can.
                 raise _CutShort(remote, f"body cut short at {out.size} bytes: {type(error).__name__}") from error
             if remote.size is not None and out.size != remote.size:

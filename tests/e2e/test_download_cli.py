@@ -16,14 +16,15 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+
+from tests.harness import wait_for
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -241,7 +242,7 @@ def test_ctrl_c_stops_the_transfer_on_the_server_and_leaves_nothing(stack, http_
         env=_environment(),
     )
     try:
-        _wait_for(lambda: http_server.gets("/slow.bin") and list((data / "in").glob(".*.ferry-part")), "the transfer")
+        wait_for(lambda: http_server.gets("/slow.bin") and list((data / "in").glob(".*.ferry-part")), "the transfer")
         process.send_signal(signal.SIGINT)
         stdout, _ = process.communicate(timeout=30)
     finally:
@@ -252,16 +253,8 @@ def test_ctrl_c_stops_the_transfer_on_the_server_and_leaves_nothing(stack, http_
     assert process.returncode != 0
     assert stdout == ""
     assert source_dropped.wait(10), "the server stopped reading from the source"
-    _wait_for(lambda: os.listdir(data / "in") == [], "the temp file to be removed")
+    wait_for(lambda: os.listdir(data / "in") == [], "the temp file to be removed")
 
-
-def _wait_for(condition: Callable[[], object], what: str, timeout: float = 20) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _read_until_closed(fd: int) -> bytes:

@@ -23,6 +23,8 @@ from aiohttp import web
 
 import ferry
 
+from tests.harness import wait_for
+
 KIB = 1 << 10
 MIB = 1 << 20
 PART_GLOB = ".*.ferry-part"
@@ -53,15 +55,6 @@ def _trickle(body: bytes, piece: int = 64 * KIB, interval: float = 0.05) -> Call
 
     return handler
 
-
-def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    """Poll until `condition()` is truthy; fail the test (not hang) if it never is."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _parts(folder: Path) -> list[Path]:
@@ -102,7 +95,7 @@ def test_sigkill_mid_download_leaves_no_file_and_a_restart_sweeps_the_stale_part
     folder = data / "in"
 
     download = Background(stack.grpc_address, slow_url, target_dir="in")
-    _wait_for(lambda: http_server.gets("/slow.bin") and _parts(folder), "the transfer to start writing a part file")
+    wait_for(lambda: http_server.gets("/slow.bin") and _parts(folder), "the transfer to start writing a part file")
 
     stack.process.kill()
     stack.process.wait(10)
@@ -178,7 +171,7 @@ def test_a_caller_on_another_replica_takes_over_when_the_fetching_replica_is_kil
 
     url = http_server.route("/weights.bin", stall_the_first_get)
     doomed = Background(first.grpc_address, url, target_dir="in")
-    _wait_for(lambda: http_server.gets("/weights.bin") and _parts(data / "in"), "the first replica to start fetching")
+    wait_for(lambda: http_server.gets("/weights.bin") and _parts(data / "in"), "the first replica to start fetching")
     survivor = Background(second.grpc_address, url, target_dir="in")
     time.sleep(0.3)  # most likely queued behind the first replica's lock by now; the outcome is the same if not
 
@@ -202,7 +195,7 @@ def test_sigterm_lets_an_active_download_finish_then_exits_zero(start_ferry, htt
     url = http_server.route("/drain.bin", _trickle(body))
 
     download = Background(stack.grpc_address, url, target_dir="in")
-    _wait_for(lambda: http_server.gets("/drain.bin") and _parts(data / "in"), "the transfer to start")
+    wait_for(lambda: http_server.gets("/drain.bin") and _parts(data / "in"), "the transfer to start")
     stack.signal(signal.SIGTERM)
 
     path = download.outcome()
@@ -222,7 +215,7 @@ def test_sigterm_past_the_drain_deadline_cancels_the_download_and_leaves_nothing
     url = http_server.route("/long.bin", _trickle(_body(8 * MIB)))  # ~6 s: outlasts the 1 s drain
 
     download = Background(stack.grpc_address, url, target_dir="in")
-    _wait_for(lambda: http_server.gets("/long.bin") and _parts(data / "in"), "the transfer to start")
+    wait_for(lambda: http_server.gets("/long.bin") and _parts(data / "in"), "the transfer to start")
     stack.signal(signal.SIGTERM)
 
     error = download.outcome()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
-
-import grpc
 
 from ferry.services.config import DownloaderConfig
 from ferry.v1 import downloader_pb2
+from tests.harness import wait_for
 from tests.services.downloader_fixtures import events, host_downloader
 
 MIB = 1 << 20
@@ -22,11 +20,8 @@ def fetch(stub, url) -> Path:
 
 
 def eventually_gone(path: Path) -> bool:
-    for _ in range(200):  # eviction runs after the download returns, off the event loop
-        if not path.exists():
-            return True
-        time.sleep(0.02)
-    return False
+    """Eviction runs after the download returns, off the event loop."""
+    return wait_for(lambda: not path.exists(), f"{path.name} to be evicted")
 
 
 def test_least_recently_used_goes_first_and_a_file_being_read_stays(grpc_stub, grpc_channel, http_server):
