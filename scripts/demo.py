@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 import ferry
@@ -68,6 +69,21 @@ def show_downloads(client: ferry.Client, source_url: str) -> None:
         print(f"refused: {error.code.name} {error.reason}: {error.message}")
 
 
+def show_encodes(client: ferry.Client) -> None:
+    """A model's outputs: an image, a short video with sound, and an audio clip, each at a URL."""
+    y, x = np.mgrid[0:256, 0:256] / 256
+    image = np.stack([x, y, (x + y) / 2], axis=-1).astype(np.float32)  # floats in [0, 1], HWC
+    (png,) = client.encode_tensor(image, "png", file_name="gradient")
+    print(f"image: {png.url} ({png.image.width}x{png.image.height}, {png.file_size} bytes)")
+    frames = np.stack([np.roll((image * 255).astype(np.uint8), 8 * t, axis=1) for t in range(48)])
+    t = np.arange(2 * 16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    (mp4,) = client.encode_tensor(frames, "mp4", fps=24, audio=(tone, 16000), file_name="scroll")
+    print(f"video: {mp4.url} ({mp4.video.frame_count} frames at {mp4.video.fps:g} fps, audio: {mp4.video.has_audio})")
+    (wav,) = client.encode_tensor(tone, "wav", sample_rate=16000, file_name="a440", expires_in=3600)
+    print(f"audio: {wav.url} ({wav.audio.duration_seconds:.1f} s, expires {wav.expires_at.ToDatetime():%Y-%m-%d %H:%M} UTC)")
+
+
 def main() -> int:
     source, source_url = start_source(DEMO_DIR / "source")
     # Only the demo's local source is let through the network guard.
@@ -77,6 +93,7 @@ def main() -> int:
         with stack.client() as client:
             show_health(stack, client)
             show_downloads(client, source_url)
+            show_encodes(client)
     finally:
         stack.signal(2)  # SIGINT, as Ctrl-C would
         code = stack.wait()

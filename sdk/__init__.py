@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ferry.client import AsyncClient, Client
 from ferry.connection import Connection
+from ferry.datauri import encode, encode_file, encode_image, image_bytes
 from ferry.downloads import DownloadProgress, ProgressCallback
 from ferry.errors import FerryError
 
@@ -51,7 +53,33 @@ def download_model_weights(
     return default_client().download_model_weights(url, force, request_headers)
 
 
+def upload_file(path: str | os.PathLike[str], expires_in: int | None = None) -> str:
+    """Store a local file through the stack at FERRY_ADDRESS; returns its URL."""
+    return default_client().upload_file(path, expires_in=expires_in).url
+
+
+def upload(data: bytes, content_type: str, file_name: str | None = None, expires_in: int | None = None) -> str:
+    """Store bytes; returns their URL."""
+    return default_client().upload_bytes(data, content_type, file_name, expires_in).url
+
+
+def upload_image(image: Any, format: str = "jpeg", expires_in: int | None = None) -> str:
+    """Store a PIL image (encoded here with Pillow); returns its URL."""
+    data, content_type = image_bytes(image, format)
+    return upload(data, content_type, f"image.{content_type.split('/')[1]}", expires_in)
+
+
+from ferry.toolkit import Audio, CompressedFile, File, Image, Video  # noqa: E402 (uses default_client lazily)
+
 __all__ = [
+    "Audio",
+    "CompressedFile",
+    "File",
+    "Image",
+    "Video",
+    "encode",
+    "encode_file",
+    "encode_image",
     "AsyncClient",
     "Client",
     "Connection",
@@ -61,4 +89,7 @@ __all__ = [
     "default_client",
     "download_file",
     "download_model_weights",
+    "upload",
+    "upload_file",
+    "upload_image",
 ]

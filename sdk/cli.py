@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 
@@ -62,6 +64,38 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+LARGE_UPLOAD_BYTES = 8 << 20  # below this a bar would only flash
+
+
+def _upload(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"ferry upload: no such file: {path}", file=sys.stderr)
+        return 2
+    display = ProgressDisplay(path.name)
+    began = time.monotonic()
+
+    def show(sent: int, total: int) -> None:
+        if total >= LARGE_UPLOAD_BYTES:
+            display.update(sent, total, sent / max(time.monotonic() - began, 1e-6))
+
+    with Client(args.address) as client:
+        try:
+            stored = client.upload_file(path, expires_in=args.expires_in, on_progress=show)
+        except FerryError as error:
+            display.finish()
+            print(f"ferry upload: {error.code.name}: {error.message}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:  # multipart uploads are aborted before this propagates
+            display.finish()
+            print("ferry upload: cancelled", file=sys.stderr)
+            return 130
+    if path.stat().st_size >= LARGE_UPLOAD_BYTES:
+        display.finish()
+    print(stored.url)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry", description="Move media in and out of GPU inference.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     download.add_argument("--limit-mb", type=float, help="refuse files larger than this many MB")
     download.add_argument("--address", help="host:port [env FERRY_ADDRESS]")
     download.set_defaults(handler=_download)
+
+    upload = commands.add_parser("upload", help="store a local file through the stack; prints its URL")
+    upload.add_argument("file")
+    upload.add_argument("--expires-in", type=int, metavar="SECONDS", help="delete the stored file after this long")
+    upload.add_argument("--address", help="host:port [env FERRY_ADDRESS]")
+    upload.set_defaults(handler=_upload)
 
     health = commands.add_parser("health", help="print the serving status of the stack and each service")
     health.add_argument("--address", help="host:port [env FERRY_ADDRESS]")

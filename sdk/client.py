@@ -9,7 +9,8 @@ contract; the task-level helpers build on them.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,9 +21,35 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ferry.connection import Connection
 from ferry.downloads import DownloadPlan, EventReader, ProgressCallback, write_read_stream, write_read_stream_async
 from ferry.errors import FerryError
-from ferry.v1 import downloader_pb2_grpc, encoder_pb2_grpc, inference_pb2_grpc
+from ferry.retry import call_with_retries
+from ferry.tensors import tensor_payload
+from ferry.uploads import (
+    MULTIPART_THRESHOLD,
+    PartSender,
+    UploadProgress,
+    encode_header,
+    encode_messages,
+    guess_content_type,
+    lifecycle,
+    upload_messages,
+)
+from ferry.v1 import common_pb2, downloader_pb2_grpc, encoder_pb2, encoder_pb2_grpc, inference_pb2_grpc
 
 SERVICE_NAMES = ("ferry.v1.DownloaderService", "ferry.v1.EncoderService", "ferry.v1.InferenceService")
+
+@contextmanager
+def _as_ferry_errors() -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise FerryError.from_rpc_error(error) from None
+
+
+def _encoder_addresses(given: Sequence[str] | None) -> list[str]:
+    if given:
+        return list(given)
+    return [a.strip() for a in os.environ.get("FERRY_ENCODER_ADDRESSES", "").split(",") if a.strip()]
+
 
 _STATUS_NAMES = {value: name for name, value in health_pb2.HealthCheckResponse.ServingStatus.items()}
 
@@ -42,6 +69,7 @@ class Client:
         ca_file: str | os.PathLike[str] | None = None,
         tls: bool | None = None,
         shared_data_dir: bool | None = None,
+        encoder_addresses: Sequence[str] | None = None,
     ) -> None:
         self.connection = Connection.resolve(address, token=token, ca_file=ca_file, tls=tls)
         self.shared_data_dir = shared_data_dir  # None: FERRY_SHARED_DATA_DIR, else detect per download
@@ -50,6 +78,12 @@ class Client:
         self.encoder = encoder_pb2_grpc.EncoderServiceStub(self.channel)
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+        # Encoder calls fail over across these (FERRY_ENCODER_ADDRESSES), else use the main address.
+        self._encoder_channels = [
+            Connection(a, self.connection.token, self.connection.ca_file, self.connection.tls).channel()
+            for a in _encoder_addresses(encoder_addresses)
+        ]
+        self._encoders = [encoder_pb2_grpc.EncoderServiceStub(c) for c in self._encoder_channels] or [self.encoder]
 
     def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         """The serving status ("SERVING", "NOT_SERVING", …) of `service` ("" = the whole server)."""
@@ -113,7 +147,140 @@ class Client:
             call.cancel()  # Ctrl-C or a failing callback: stop the transfer server-side too
             raise
 
+    # -- uploads and encodes -----------------------------------------------------------
+
+    def upload_bytes(
+        self, data: bytes, content_type: str, file_name: str | None = None, expires_in: int | None = None
+    ) -> common_pb2.File:
+        """Store `data` and return its `File` (URL, size, sha256, expiry)."""
+        header = encoder_pb2.UploadHeader(
+            file_name=file_name or "", content_type=content_type, file_size=len(data), lifecycle=lifecycle(expires_in)
+        )
+        with _as_ferry_errors():
+            return call_with_retries(
+                self._encoders, lambda stub: stub.Upload(upload_messages(header, None, data, None)).file, idempotent=True
+            )
+
+    def upload_file(
+        self,
+        path: str | os.PathLike[str],
+        content_type: str | None = None,
+        file_name: str | None = None,
+        expires_in: int | None = None,
+        on_progress: UploadProgress | None = None,
+    ) -> common_pb2.File:
+        """Store a local file; files over 100 MiB go multipart (10 MiB parts, 10 in parallel)."""
+        path = Path(path)
+        size = path.stat().st_size
+        name = file_name or path.name
+        content_type = guess_content_type(name, content_type)
+        if size > MULTIPART_THRESHOLD:
+            return self._upload_multipart(path, size, name, content_type, expires_in, on_progress)
+        header = encoder_pb2.UploadHeader(file_name=name, content_type=content_type, file_size=size, lifecycle=lifecycle(expires_in))
+
+        def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> common_pb2.File:
+            sent = 0
+
+            def progressed(count: int) -> None:
+                nonlocal sent
+                sent += count
+                if on_progress is not None:
+                    on_progress(sent, size)
+
+            return stub.Upload(upload_messages(header, path, None, progressed)).file
+
+        with _as_ferry_errors():
+            return call_with_retries(self._encoders, attempt, idempotent=True)
+
+    def _upload_multipart(
+        self, path: Path, size: int, name: str, content_type: str, expires_in: int | None, on_progress: UploadProgress | None
+    ) -> common_pb2.File:
+        request = encoder_pb2.CreateUploadRequest(
+            file_name=name, content_type=content_type, file_size=size, lifecycle=lifecycle(expires_in)
+        )
+        with _as_ferry_errors():
+            created: list[encoder_pb2_grpc.EncoderServiceStub] = []
+
+            def create(stub: encoder_pb2_grpc.EncoderServiceStub) -> str:
+                upload_id = stub.CreateUpload(request).upload_id
+                created.append(stub)
+                return upload_id
+
+            upload_id = call_with_retries(self._encoders, create, idempotent=False)
+            stub = created[-1]  # the upload lives where it was created: its parts go there too
+            sender = PartSender(stub, upload_id, path, size, on_progress)
+            try:
+                parts = sender.send_all()
+                complete = encoder_pb2.CompleteUploadRequest(upload_id=upload_id, parts=parts)
+                return call_with_retries([stub], lambda s: s.CompleteUpload(complete).file, idempotent=True)
+            except BaseException:
+                sender.cancel()
+                # Nothing half-made stays behind: abort is idempotent and best effort.
+                try:
+                    stub.AbortUpload(encoder_pb2.AbortUploadRequest(upload_id=upload_id), timeout=30)
+                except grpc.RpcError:
+                    pass
+                raise
+
+    def encode_tensor(
+        self,
+        tensor: Any,
+        format: str,
+        *,
+        file_name: str = "",
+        expires_in: int | None = None,
+        channel_order: str | None = None,
+        value_range: str | None = None,
+        quality: int | None = None,
+        lossless: bool = False,
+        png_compress_level: int | None = None,
+        animate: bool = False,
+        frame_duration_ms: int = 0,
+        loop: int = 0,
+        fps: float = 0,
+        crf: int | None = None,
+        preset: str = "",
+        allow_gpu: bool = True,
+        audio: tuple[Any, int] | None = None,
+        sample_rate: int = 0,
+        sample_format: str = "pcm16",
+    ) -> list[common_pb2.File]:
+        """Encode a numpy array or torch tensor (CPU or CUDA) as png/jpeg/webp/gif/mp4/wav and store it."""
+        payload = tensor_payload(tensor)
+        audio_payload = tensor_payload(audio[0]) if audio is not None else None
+        header = encode_header(
+            payload,
+            format,
+            file_name=file_name,
+            expires_in=expires_in,
+            channel_order=channel_order,
+            value_range=value_range,
+            audio_payload=audio_payload,
+            options=dict(
+                quality=quality,
+                lossless=lossless,
+                png_compress_level=png_compress_level,
+                animate=animate,
+                frame_duration_ms=frame_duration_ms,
+                loop=loop,
+                fps=fps,
+                crf=crf,
+                preset=preset,
+                allow_gpu=allow_gpu,
+                audio_rate=audio[1] if audio is not None else 0,
+                sample_rate=sample_rate,
+                sample_format=sample_format,
+            ),
+        )
+        with _as_ferry_errors():
+            response = call_with_retries(
+                self._encoders, lambda stub: stub.Encode(encode_messages(header, payload, audio_payload)), idempotent=True
+            )
+        return list(response.files)
+
     def close(self) -> None:
+        for channel in self._encoder_channels:
+            channel.close()
         self.channel.close()
 
     def __enter__(self) -> Client:

@@ -75,11 +75,22 @@ class DownloaderConfig:
         return tuple(entry.strip() for entry in self.allow_hosts.split(",") if entry.strip())
 
 
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What the encoder accepts."""
+
+    max_tensor_mib: float = setting("largest tensor (or upload) one request may send, in MiB", 4096.0)
+    max_pixels: int = setting("largest image or video frame, in pixels (width × height)", 64_000_000)
+    encode_threads: int = setting("worker threads for encoding (0 = one per CPU)", 0)
+
+
 def env_name(field_name: str) -> str:
     return "FERRY_" + field_name.upper()
 
 
 def _parse(raw: str, kind: Any, name: str) -> Any:
+    if kind is tuple:  # repeatable settings: comma-separated in the environment
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     if kind is bool:
         lowered = raw.strip().lower()
         if lowered in _TRUE:
@@ -91,7 +102,9 @@ def _parse(raw: str, kind: Any, name: str) -> Any:
 
 
 def _base_type(hint: Any) -> Any:
-    """`int`, `Path`, `str | None` → the concrete type to parse with."""
+    """`int`, `Path`, `str | None` → the concrete type to parse with (`tuple[str, ...]` stays a tuple)."""
+    if getattr(hint, "__origin__", None) is tuple:
+        return tuple
     args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
     return args[0] if args else hint
 
@@ -105,6 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
         help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}]"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+        elif kind is tuple:
+            parser.add_argument(flag, dest=f.name, action="append", default=None, help=f"{help_text} (repeatable)")
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
 
@@ -116,7 +131,7 @@ def from_arguments(config_type: type[Config], namespace: argparse.Namespace) -> 
     for f in dataclasses.fields(config_type):  # type: ignore[arg-type]
         given = getattr(namespace, f.name, None)
         if given is not None:
-            values[f.name] = given
+            values[f.name] = tuple(given) if isinstance(given, list) else given
         elif (raw := os.environ.get(env_name(f.name))) is not None:
             values[f.name] = _parse(raw, _base_type(hints[f.name]), f.name)
     return config_type(**values)

@@ -14,7 +14,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -23,10 +23,12 @@ from grpc_reflection.v1alpha import reflection
 
 from ferry.services import config as config_module
 from ferry.services.auth import BearerTokenInterceptor
-from ferry.services.config import DownloaderConfig, ServerConfig
+from ferry.services.config import DownloaderConfig, EncoderConfig, ServerConfig
 from ferry.services.health import add_health
 from ferry.services.settings import Settings
 from ferry.services.storage.cdn import create_cdn_app
+from ferry.services.storage.config import StorageConfig, build_storage
+from ferry.services.storage.sweeper import run_sweeper
 
 log = logging.getLogger("ferry.serve")
 
@@ -60,6 +62,16 @@ def max_receive_bytes(settings: Settings) -> int:
     return max(4 << 20, int(settings.downloader.data_uri_limit_mib * (1 << 20) * 4 / 3) + (1 << 20))
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_receive_bytes(settings)),
+        # The SDK pings every 30 s to keep long, quiet streams alive through
+        # proxies; accept that instead of answering GOAWAY "too_many_pings".
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -77,6 +89,7 @@ class Stack:
         self.config = settings.server
         self.hosted = [SERVICES[name] for name in services]
         self._closers: list[Closer] = []
+        self._sweeper: asyncio.Task[None] | None = None
         self.grpc_port = 0
         self.cdn_url: str | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -86,10 +99,10 @@ class Stack:
     async def start(self) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        if any(s.needs_cdn for s in self.hosted):
+            await self._start_storage()
         interceptors = [BearerTokenInterceptor(cfg.token)] if cfg.token else []
-        server = grpc.aio.server(
-            interceptors=interceptors, options=[("grpc.max_receive_message_length", max_receive_bytes(self.settings))]
-        )
+        server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
         for service in self.hosted:
             if (closer := await service.host(server, self.settings)) is not None:
                 self._closers.append(closer)
@@ -104,16 +117,28 @@ class Stack:
             self.grpc_port = server.add_insecure_port(address)
         await server.start()
         self._grpc = server
-        if any(s.needs_cdn for s in self.hosted):
-            await self._start_cdn()
 
-    async def _start_cdn(self) -> None:
+    async def _start_storage(self) -> None:
+        """Storage and the CDN that serves its local files; local URLs need the CDN's address first."""
+        storage_config = self.settings.storage_config
+        chain, local = build_storage(storage_config, self.config.data_dir, lambda: self.public_url)
+        await self._start_cdn(local)
+        self.settings = replace(self.settings, storage=chain)
+        self._sweeper = asyncio.create_task(run_sweeper(chain, storage_config.sweep_interval_seconds))
+        self._closers.append(chain.close)
+
+    @property
+    def public_url(self) -> str:
+        """Where users reach stored files: --public-url, else the CDN's own address."""
+        return (self.settings.storage_config.public_url or self.cdn_url or "").rstrip("/")
+
+    async def _start_cdn(self, local: Any) -> None:
         cfg = self.config
         ssl_context = None
         if cfg.tls_cert:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-        runner = web.AppRunner(create_cdn_app(cfg.token), access_log=None)
+        runner = web.AppRunner(create_cdn_app(cfg.token, local), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.cdn_port, ssl_context=ssl_context)
         await site.start()
@@ -132,6 +157,8 @@ class Stack:
             await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(self.config.drain_seconds)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for close in self._closers:
             await close()
         if self._cdn is not None:
@@ -161,6 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     config_module.add_arguments(parser, ServerConfig)
     config_module.add_arguments(parser, DownloaderConfig)
+    config_module.add_arguments(parser, EncoderConfig)
+    config_module.add_arguments(parser, StorageConfig)
     return parser
 
 
@@ -175,6 +204,8 @@ def main(argv: Sequence[str]) -> int:
         settings = Settings(
             server=config_module.from_arguments(ServerConfig, args),
             downloader=config_module.from_arguments(DownloaderConfig, args),
+            encoder=config_module.from_arguments(EncoderConfig, args),
+            storage_config=config_module.from_arguments(StorageConfig, args),
         )
     except ValueError as error:
         print(f"ferry serve: {error}", file=sys.stderr)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ferry.services.config import DownloaderConfig, ServerConfig
+from ferry.services.config import DownloaderConfig, EncoderConfig, ServerConfig
+from ferry.services.storage.base import Storage
+from ferry.services.storage.config import StorageConfig
 
 
 @dataclass(frozen=True)
 class Settings:
     server: ServerConfig
     downloader: DownloaderConfig = field(default_factory=DownloaderConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    storage_config: StorageConfig = field(default_factory=StorageConfig)
+    # Built by the launcher from storage_config once the CDN's URL is known.
+    storage: Storage | None = None

@@ -40,6 +40,21 @@ def grpc_server(background_loop, grpc_addr, grpc_add_to_server, grpc_servicer, g
     background_loop.run(server.stop(None))
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on loopback: a real HTTP S3 endpoint, not in-process mocking."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+AWS_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 @pytest.fixture
 def http_server(background_loop, tmp_path: Path) -> Iterator[HttpFileServer]:
     """A real HTTP server over a temp dir, for download sources."""

@@ -4,7 +4,8 @@ Relative target dirs resolve under the data dir (the reference toolkit resolves
 under /data); absolute ones must already lie inside a root. Symlinks are
 resolved before the check, so a link cannot smuggle a path out. Ferry's own
 bookkeeping (records, locks) under `.ferry/` is off limits to callers, except
-the model-weights store it manages.
+the model-weights store it manages, and so is `files/`, the local storage the
+CDN serves (a download there could overwrite a published file).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from ferry.services.errors import NotFound, PermissionDenied
 
 INTERNAL_DIR = ".ferry"
+STORED_FILES_DIR = "files"  # the local storage the CDN serves: written only by the encoder
 
 
 class DataRoots:
@@ -23,6 +25,7 @@ class DataRoots:
         self.data_dir = data_dir.resolve()
         self.temp_dir = (temp_dir or self.data_dir / "tmp").resolve()
         self.internal = self.data_dir / INTERNAL_DIR
+        self.stored_files = self.data_dir / STORED_FILES_DIR
         self.model_weights = self.internal / "model_weights"
         self.roots = (self.data_dir, self.temp_dir)
         for folder in (self.data_dir, self.temp_dir, self.internal, self.model_weights):
@@ -34,6 +37,8 @@ class DataRoots:
             raise PermissionDenied(f"{shown!r} is outside the data roots", reason="PATH_OUTSIDE_ROOTS")
         if resolved.is_relative_to(self.internal) and not resolved.is_relative_to(self.model_weights):
             raise PermissionDenied(f"{shown!r} is ferry's own bookkeeping", reason="PATH_OUTSIDE_ROOTS")
+        if resolved.is_relative_to(self.stored_files):
+            raise PermissionDenied(f"{shown!r} is the CDN's storage, written only by the encoder", reason="PATH_OUTSIDE_ROOTS")
         return resolved
 
     def target_dir(self, requested: str) -> Path:

@@ -1,17 +1,429 @@
-"""EncoderService servicer (the engine lands with the encoder issue)."""
+"""EncoderService: tensors into media files, uploads into storage, each answered with a `File`.
+
+Streams are read here; pixels, frames and samples are encoded by the engine
+modules in an executor sized to the machine, never on the event loop. A client
+that cancels or dies mid-stream cancels this handler: temp files and partial
+encodes are discarded and nothing reaches storage.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import mimetypes
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
 import grpc
 
+from ferry.services.config import EncoderConfig
+from ferry.services.downloader.names import safe_file_name
+from ferry.services.encoder.audio import audio_samples, encode_wav
+from ferry.services.encoder.images import encode_images
+from ferry.services.encoder.incoming import IncomingFile
+from ferry.services.encoder.tensors import expected_bytes, tensor_from_bytes
+from ferry.services.encoder.video import Mp4Writer, video_frames
+from ferry.services.errors import FerryError, InvalidArgument, ResourceExhausted, abort_with
 from ferry.services.settings import Settings
-from ferry.services.unbuilt import unbuilt_servicer
-from ferry.v1 import encoder_pb2, encoder_pb2_grpc
+from ferry.services.storage.base import Storage, StoredObject
+from ferry.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
-SERVICE = encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"]
+T = TypeVar("T")
+MIB = 1 << 20
+LIFECYCLE_HEADER = "x-ferry-object-lifecycle-preference"
+IMAGE_FORMATS = {
+    encoder_pb2.MEDIA_FORMAT_PNG: "png",
+    encoder_pb2.MEDIA_FORMAT_JPEG: "jpeg",
+    encoder_pb2.MEDIA_FORMAT_WEBP: "webp",
+    encoder_pb2.MEDIA_FORMAT_GIF: "gif",
+}
 
 
-async def host(server: grpc.aio.Server, settings: Settings) -> None:
-    encoder_pb2_grpc.add_EncoderServiceServicer_to_server(
-        unbuilt_servicer(encoder_pb2_grpc.EncoderServiceServicer, SERVICE), server
+def expires_in(lifecycle: common_pb2.Lifecycle, context: grpc.aio.ServicerContext) -> int | None:
+    """The request's field, else the lifecycle metadata header, else no expiry."""
+    if lifecycle.HasField("expiration_seconds"):
+        return lifecycle.expiration_seconds
+    for key, value in context.invocation_metadata() or ():
+        if key == LIFECYCLE_HEADER:
+            try:
+                seconds = json.loads(value)["expiration_duration_seconds"]
+            except (ValueError, KeyError, TypeError):
+                raise InvalidArgument(
+                    f'{LIFECYCLE_HEADER} must be JSON like {{"expiration_duration_seconds": 3600}}', reason="BAD_LIFECYCLE"
+                ) from None
+            if not isinstance(seconds, int) or seconds <= 0:
+                raise InvalidArgument("expiration_duration_seconds must be a positive integer", reason="BAD_LIFECYCLE")
+            return seconds
+    return None
+
+
+def file_message(stored: StoredObject) -> common_pb2.File:
+    message = common_pb2.File(
+        url=stored.url,
+        content_type=stored.content_type,
+        file_name=stored.file_name,
+        file_size=stored.size,
+        sha256=stored.sha256,
     )
+    if stored.expires_at is not None:
+        message.expires_at.FromDatetime(stored.expires_at)
+    return message
+
+
+def _upload_name(requested: str, content_type: str) -> str:
+    name = safe_file_name(requested) if requested else None
+    if requested and name is None:
+        raise InvalidArgument(f"file name {requested!r} is not a safe basename", reason="BAD_FILE_NAME")
+    return name or "upload" + (mimetypes.guess_extension(content_type) or ".bin")
+
+
+@dataclass
+class EncodeRequestHeader:
+    """The first message of an Encode stream, checked."""
+
+    header: encoder_pb2.EncodeHeader
+    tensor_bytes: int
+    audio_bytes: int
+
+
+class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
+    def __init__(self, storage: Storage, config: EncoderConfig, incoming: Path, executor: Executor) -> None:
+        self.storage = storage
+        self.config = config
+        self.incoming = incoming
+        self.executor = executor
+        self.cap = int(config.max_tensor_mib * MIB)
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    async def _store_bytes(self, data: bytes, *, file_name: str, content_type: str, lifetime: int | None) -> StoredObject:
+        incoming = IncomingFile(self.incoming, self.executor, limit=len(data))
+        try:
+            await incoming.write(data)
+            sha256 = await incoming.finish()
+            return await self.storage.put_file(
+                incoming.path, file_name=file_name, content_type=content_type, sha256=sha256, expires_in=lifetime
+            )
+        finally:
+            incoming.discard()
+
+    # -- Encode ---------------------------------------------------------------------------
+
+    def _check_header(self, header: encoder_pb2.EncodeHeader) -> EncodeRequestHeader:
+        if header.format not in encoder_pb2.MediaFormat.values() or header.format == encoder_pb2.MEDIA_FORMAT_UNSPECIFIED:
+            raise InvalidArgument(f"unknown format {header.format}", reason="BAD_FORMAT")
+        tensor_bytes = expected_bytes(header.tensor.dtype, header.tensor.shape)
+        audio_bytes = 0
+        if header.WhichOneof("options") == "video" and header.video.HasField("audio_track"):
+            track = header.video.audio_track
+            audio_bytes = expected_bytes(track.tensor.dtype, track.tensor.shape)
+        if tensor_bytes + audio_bytes > self.cap:
+            raise ResourceExhausted(
+                f"{tensor_bytes + audio_bytes} bytes is over the {self.cap}-byte cap", reason="TENSOR_TOO_LARGE"
+            )
+        return EncodeRequestHeader(header, tensor_bytes, audio_bytes)
+
+    async def Encode(  # noqa: N802 (generated name)
+        self, request_iterator: AsyncIterator[encoder_pb2.EncodeRequest], context: grpc.aio.ServicerContext
+    ) -> encoder_pb2.EncodeResponse:
+        try:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("message") != "header":
+                raise InvalidArgument("the first message must be the header", reason="MISSING_HEADER")
+            checked = self._check_header(first.header)
+            lifetime = expires_in(first.header.lifecycle, context)
+            if first.header.format == encoder_pb2.MEDIA_FORMAT_MP4:
+                stored = [await self._encode_video(checked, request_iterator, lifetime)]
+            else:
+                stored = await self._encode_buffered(checked, request_iterator, lifetime)
+            return encoder_pb2.EncodeResponse(files=stored)
+        except FerryError as error:
+            await abort_with(context, error)
+
+    async def _read_all(self, checked: EncodeRequestHeader, requests: AsyncIterator[encoder_pb2.EncodeRequest]) -> bytearray:
+        data = bytearray()
+        async for request in requests:
+            if request.WhichOneof("message") != "chunk":
+                raise InvalidArgument("only tensor chunks may follow the header", reason="UNEXPECTED_MESSAGE")
+            data += request.chunk
+            if len(data) > checked.tensor_bytes:
+                break  # tensor_from_bytes names the mismatch
+        return data
+
+    async def _encode_buffered(
+        self, checked: EncodeRequestHeader, requests: AsyncIterator[encoder_pb2.EncodeRequest], lifetime: int | None
+    ) -> list[common_pb2.File]:
+        header = checked.header
+        data = await self._read_all(checked, requests)
+        tensor = tensor_from_bytes(header.tensor.dtype, header.tensor.shape, data)
+        base = os.path.splitext(_upload_name(header.file_name, "application/octet-stream"))[0] if header.file_name else "output"
+        files: list[common_pb2.File] = []
+        if header.format == encoder_pb2.MEDIA_FORMAT_WAV:
+            if header.WhichOneof("options") != "audio":
+                raise InvalidArgument("wav needs audio options with a sample rate", reason="MISSING_SAMPLE_RATE")
+            samples = audio_samples(tensor, header.channel_order)
+            wav, info = await self._run(encode_wav, samples, header.audio.sample_rate, header.audio.sample_format)
+            stored = await self._store_bytes(wav, file_name=f"{base}.wav", content_type="audio/wav", lifetime=lifetime)
+            message = file_message(stored)
+            message.audio.CopyFrom(
+                common_pb2.AudioInfo(
+                    sample_rate=info.sample_rate,
+                    channels=info.channels,
+                    duration_seconds=info.duration_seconds,
+                    sample_count=info.sample_count,
+                )
+            )
+            return [message]
+        options = header.image
+        images = await self._run(
+            lambda: encode_images(
+                tensor,
+                IMAGE_FORMATS[header.format],
+                channel_order=header.channel_order,
+                value_range=options.value_range,
+                quality=options.quality if options.HasField("quality") else None,
+                lossless=options.lossless,
+                png_compress_level=options.png_compress_level if options.HasField("png_compress_level") else None,
+                animate=options.animate,
+                frame_duration_ms=options.frame_duration_ms,
+                loop=options.loop,
+                max_pixels=self.config.max_pixels,
+            )
+        )
+        for index, image in enumerate(images):
+            name = f"{base}{'' if len(images) == 1 else f'-{index}'}{image.extension}"
+            stored = await self._store_bytes(image.data, file_name=name, content_type=image.content_type, lifetime=lifetime)
+            message = file_message(stored)
+            message.image.CopyFrom(common_pb2.ImageInfo(width=image.width, height=image.height))
+            files.append(message)
+        return files
+
+    async def _encode_video(
+        self, checked: EncodeRequestHeader, requests: AsyncIterator[encoder_pb2.EncodeRequest], lifetime: int | None
+    ) -> common_pb2.File:
+        """Frames stream into the encoder as whole frames arrive; the video never sits whole in memory."""
+        header = checked.header
+        shape = list(header.tensor.shape)
+        if len(shape) != 4:
+            raise InvalidArgument(f"video tensors are THWC or TCHW, got shape {shape}", reason="BAD_SHAPE")
+        frame_count = shape[0]
+        frame_bytes = checked.tensor_bytes // frame_count
+        options = header.video
+        track = options.audio_track if options.HasField("audio_track") else None
+        base = os.path.splitext(_upload_name(header.file_name, "video/mp4"))[0] if header.file_name else "output"
+        out_path = self.incoming / f"{os.urandom(8).hex()}.mp4"
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        writer: Mp4Writer | None = None
+        pending = bytearray()
+        audio = bytearray()
+        received = 0
+
+        async def encode_frames(raw: bytes) -> None:
+            nonlocal writer
+            count = len(raw) // frame_bytes
+            chunk = tensor_from_bytes(header.tensor.dtype, [count, *shape[1:]], raw)
+            frames = await self._run(video_frames, chunk, header.channel_order, options.value_range)
+            if writer is None:
+                height, width = frames.shape[1:3]
+                if height * width > self.config.max_pixels:
+                    raise ResourceExhausted(f"{width}x{height} frames are over the pixel cap", reason="TOO_MANY_PIXELS")
+                writer = await self._run(
+                    lambda: Mp4Writer(
+                        out_path,
+                        width=width,
+                        height=height,
+                        fps=options.fps,
+                        crf=options.crf if options.HasField("crf") else None,
+                        preset=options.preset,
+                        codec_preference=options.codec_preference,
+                        odd_size_policy=options.odd_size_policy,
+                        audio_sample_rate=track.sample_rate if track else None,
+                        audio_channels=None if track is None else _channels(track, header.channel_order),
+                    )
+                )
+            assert writer is not None
+            await self._run(writer.write_frames, frames)
+
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("message")
+                if kind == "chunk":
+                    received += len(request.chunk)
+                    if received > checked.tensor_bytes:
+                        raise InvalidArgument(
+                            f"more than the {checked.tensor_bytes} bytes shape {shape} needs", reason="TENSOR_SIZE_MISMATCH"
+                        )
+                    pending += request.chunk
+                    whole = len(pending) - len(pending) % frame_bytes
+                    if whole:
+                        await encode_frames(bytes(pending[:whole]))
+                        del pending[:whole]
+                elif kind == "audio_chunk" and track is not None:
+                    audio += request.audio_chunk
+                    if len(audio) > checked.audio_bytes:
+                        raise InvalidArgument("more audio bytes than the audio track's shape", reason="TENSOR_SIZE_MISMATCH")
+                else:
+                    raise InvalidArgument(f"unexpected {kind} message in a video stream", reason="UNEXPECTED_MESSAGE")
+            if received != checked.tensor_bytes or writer is None:
+                raise InvalidArgument(
+                    f"{received} bytes arrived, shape {shape} needs {checked.tensor_bytes}", reason="TENSOR_SIZE_MISMATCH"
+                )
+            if track is not None:
+                samples = audio_samples(tensor_from_bytes(track.tensor.dtype, track.tensor.shape, audio), header.channel_order)
+                await self._run(writer.write_audio, samples)
+            info = await self._run(writer.close)
+            sha256 = await self._run(_sha256_file, out_path)
+            stored = await self.storage.put_file(
+                out_path, file_name=f"{base}.mp4", content_type="video/mp4", sha256=sha256, expires_in=lifetime
+            )
+        except BaseException:
+            if writer is not None:
+                await self._run(writer.abort)
+            raise
+        finally:
+            out_path.unlink(missing_ok=True)
+        message = file_message(stored)
+        message.video.CopyFrom(
+            common_pb2.VideoInfo(
+                width=info.width,
+                height=info.height,
+                fps=info.fps,
+                frame_count=info.frame_count,
+                duration_seconds=info.duration_seconds,
+                has_audio=info.has_audio,
+            )
+        )
+        return message
+
+    # -- Upload ---------------------------------------------------------------------------
+
+    async def _receive_file(
+        self, requests: AsyncIterator[encoder_pb2.UploadRequest | encoder_pb2.UploadPartRequest], declared: int | None
+    ) -> tuple[IncomingFile, str]:
+        incoming = IncomingFile(self.incoming, self.executor, limit=self.cap, declared_size=declared)
+        try:
+            async for request in requests:
+                if request.WhichOneof("message") != "chunk":
+                    raise InvalidArgument("only chunks may follow the header", reason="UNEXPECTED_MESSAGE")
+                await incoming.write(request.chunk)
+            return incoming, await incoming.finish()
+        except BaseException:
+            incoming.discard()
+            raise
+
+    async def Upload(  # noqa: N802
+        self, request_iterator: AsyncIterator[encoder_pb2.UploadRequest], context: grpc.aio.ServicerContext
+    ) -> encoder_pb2.UploadResponse:
+        try:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("message") != "header":
+                raise InvalidArgument("the first message must be the header", reason="MISSING_HEADER")
+            header = first.header
+            content_type = header.content_type or mimetypes.guess_type(header.file_name)[0] or "application/octet-stream"
+            name = _upload_name(header.file_name, content_type)
+            lifetime = expires_in(header.lifecycle, context)
+            incoming, sha256 = await self._receive_file(request_iterator, header.file_size if header.HasField("file_size") else None)
+            try:
+                stored = await self.storage.put_file(
+                    incoming.path, file_name=name, content_type=content_type, sha256=sha256, expires_in=lifetime
+                )
+            finally:
+                incoming.discard()
+            return encoder_pb2.UploadResponse(file=file_message(stored))
+        except FerryError as error:
+            await abort_with(context, error)
+
+    async def CreateUpload(  # noqa: N802
+        self, request: encoder_pb2.CreateUploadRequest, context: grpc.aio.ServicerContext
+    ) -> encoder_pb2.CreateUploadResponse:
+        try:
+            content_type = request.content_type or mimetypes.guess_type(request.file_name)[0] or "application/octet-stream"
+            upload_id = await self.storage.create_multipart(
+                file_name=_upload_name(request.file_name, content_type),
+                content_type=content_type,
+                expires_in=expires_in(request.lifecycle, context),
+            )
+            return encoder_pb2.CreateUploadResponse(upload_id=upload_id)
+        except FerryError as error:
+            await abort_with(context, error)
+
+    async def UploadPart(  # noqa: N802
+        self, request_iterator: AsyncIterator[encoder_pb2.UploadPartRequest], context: grpc.aio.ServicerContext
+    ) -> encoder_pb2.UploadPartResponse:
+        try:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("message") != "header":
+                raise InvalidArgument("the first message must be the part header", reason="MISSING_HEADER")
+            part = first.header
+            if part.part_number < 1 or part.part_number > 10_000:
+                raise InvalidArgument("part numbers run from 1 to 10000", reason="BAD_PART_NUMBER")
+            incoming, _ = await self._receive_file(request_iterator, None)
+            try:
+                etag = await self.storage.put_part(part.upload_id, part.part_number, incoming.path)
+            finally:
+                incoming.discard()
+            return encoder_pb2.UploadPartResponse(part_number=part.part_number, etag=etag, part_size=incoming.size)
+        except FerryError as error:
+            await abort_with(context, error)
+
+    async def CompleteUpload(  # noqa: N802
+        self, request: encoder_pb2.CompleteUploadRequest, context: grpc.aio.ServicerContext
+    ) -> encoder_pb2.CompleteUploadResponse:
+        try:
+            if not request.parts:
+                raise InvalidArgument("a multipart upload needs at least one part", reason="NO_PARTS")
+            parts = sorted((p.part_number, p.etag) for p in request.parts)
+            stored = await self.storage.complete_multipart(request.upload_id, parts)
+            return encoder_pb2.CompleteUploadResponse(file=file_message(stored))
+        except FerryError as error:
+            await abort_with(context, error)
+
+    async def AbortUpload(  # noqa: N802
+        self, request: encoder_pb2.AbortUploadRequest, context: grpc.aio.ServicerContext
+    ) -> encoder_pb2.AbortUploadResponse:
+        try:
+            await self.storage.abort_multipart(request.upload_id)
+            return encoder_pb2.AbortUploadResponse()
+        except FerryError as error:
+            await abort_with(context, error)
+
+
+def _channels(track: encoder_pb2.AudioTrack, channel_order: int) -> int:
+    """The audio track's channel count, by the layout rule `audio_samples` applies (which validates it)."""
+    shape = list(track.tensor.shape)
+    if len(shape) == 1:
+        return 1
+    if channel_order == encoder_pb2.CHANNEL_ORDER_FIRST:
+        return shape[0]
+    if channel_order == encoder_pb2.CHANNEL_ORDER_LAST:
+        return shape[-1]
+    return min(shape)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
+    """Serve EncoderService on `server` over the stack's storage chain."""
+    assert settings.storage is not None, "the launcher builds storage before hosting the encoder"
+    threads = settings.encoder.encode_threads or os.cpu_count() or 2
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ferry-encode")
+    incoming = settings.server.data_dir / ".ferry" / "incoming"
+    servicer = EncoderServicer(settings.storage, settings.encoder, incoming, executor)
+    encoder_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, server)
+
+    async def close() -> None:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    return close

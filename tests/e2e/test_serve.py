@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 import ferry
 from ferry.client import SERVICE_NAMES
-from ferry.v1 import downloader_pb2, encoder_pb2
+from ferry.v1 import downloader_pb2, inference_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"^ferry ready grpc=127\.0\.0\.1:(\d+) cdn=http://127\.0\.0\.1:(\d+)$")
@@ -59,9 +59,9 @@ def test_buf_curl_reaches_health_and_reflection(ferry_serve):
 
 def test_unbuilt_rpcs_say_which_rpc_is_missing(ferry_serve):
     with ferry.Client(ferry_serve.grpc_address) as client, pytest.raises(grpc.RpcError) as caught:
-        client.encoder.CreateUpload(encoder_pb2.CreateUploadRequest(file_name="a.bin"))
+        client.inference.ListEndpoints(inference_pb2.ListEndpointsRequest())
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ferry.v1.EncoderService/CreateUpload" in caught.value.details()
+    assert "ferry.v1.InferenceService/ListEndpoints" in caught.value.details()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

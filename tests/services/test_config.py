@@ -44,3 +44,19 @@ def test_a_malformed_boolean_is_an_error_not_a_guess(monkeypatch):
 def test_tls_needs_both_certificate_and_key():
     with pytest.raises(ValueError, match="--tls-cert and --tls-key"):
         parse(ServerConfig, "--tls-cert", "/tmp/cert.pem")
+
+
+def test_repeatable_settings_take_flags_in_order_or_comma_separated_environment(monkeypatch):
+    from dataclasses import dataclass
+
+    from ferry.services.config import setting
+
+    @dataclass(frozen=True)
+    class Chain:
+        storage: tuple[str, ...] = setting("backends in fallback order", ("local",))
+
+    monkeypatch.delenv("FERRY_STORAGE", raising=False)
+    assert parse(Chain).storage == ("local",)
+    assert parse(Chain, "--storage", "s3://b/p", "--storage", "local").storage == ("s3://b/p", "local")
+    monkeypatch.setenv("FERRY_STORAGE", "s3://b/p, local")
+    assert parse(Chain).storage == ("s3://b/p", "local")

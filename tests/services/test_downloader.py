@@ -166,7 +166,7 @@ class TestDataUris:
 
 
 class TestTargetsAndNames:
-    @pytest.mark.parametrize("target", ["../../etc", "/etc", "in/../../..", ".ferry/records"])
+    @pytest.mark.parametrize("target", ["../../etc", "/etc", "in/../../..", ".ferry/records", "files/AAAAAAAAAAAAAAAAAAAAAA"])
     def test_targets_outside_the_data_roots_are_refused(self, grpc_stub, http_server, target):
         url = http_server.add_file("f.txt", b"x")
         code, _ = status_of(grpc_stub, url=url, target_dir=target)

@@ -1,0 +1,166 @@
+"""Encode and upload benchmark: ferry's EncoderService against in-process encoders and copy tools, same run.
+
+    .venv/bin/python bench/encode.py [--upload-mib 1024] [--repeat 3]
+
+Prints one line per case: ferry's figure, the baseline's, and the ratio.
+ferry runs as `ferry serve encoder` in its own process (local storage, or a
+moto S3 server on loopback for the S3 case), so its figures include the
+tensor crossing gRPC, the encode, storing the file and returning its URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import boto3
+import grpc
+import numpy as np
+from moto.server import ThreadedMotoServer
+from PIL import Image
+
+from ferry.testing import StackProcess
+from ferry.v1 import common_pb2, encoder_pb2
+
+MIB = 1 << 20
+
+
+def median_seconds(run: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def line(case: str, ferry: str, baseline_name: str, baseline: str, ratio: float | None, goal: str) -> None:
+    shown = f"{ratio:6.3f}" if ratio is not None else "   n/a"
+    print(f"{case:<30} ferry {ferry:>12}   {baseline_name:<22} {baseline:>12}   ratio {shown}   ({goal})", flush=True)
+
+
+def natural_image(size: int = 1024) -> np.ndarray:
+    """Smooth gradients plus detail: closer to a model's output than noise (which no codec compresses)."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    rng = np.random.default_rng(0)
+    detail = rng.normal(0, 6, (size, size, 3))
+    base = np.stack([np.sin(6 * x) * 0.5 + 0.5, y, (x + y) / 2], axis=-1) * 230
+    return np.clip(base + detail, 0, 255).astype(np.uint8)
+
+
+def pyav_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "23", "preset": "medium"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_random_file(path: Path, size: int) -> None:
+    block = os.urandom(MIB)
+    with open(path, "wb") as f:
+        for _ in range(size // MIB):
+            f.write(block)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--upload-mib", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ferry-bench-encode-"))
+    repeat = args.repeat
+    try:
+        with StackProcess(["encoder", "--data-dir", str(work / "data")]) as stack, stack.client() as client:
+            image = natural_image()
+            for fmt, goal in (("jpeg", "goal <= 1.3"), ("png", "goal <= 1.1"), ("webp", "goal <= 1.1")):
+                ferry_s = median_seconds(lambda: client.encode_tensor(image, fmt), repeat)
+
+                def pillow() -> None:
+                    buffer = io.BytesIO()
+                    options = {"compress_level": 1} if fmt == "png" else {}
+                    Image.fromarray(image).save(buffer, format=fmt.upper(), **options)
+                    (work / f"local.{fmt}").write_bytes(buffer.getvalue())
+
+                local_s = median_seconds(pillow, repeat)
+                line(f"1. 1024x1024x3 -> {fmt}", f"{ferry_s * 1000:.1f} ms", "Pillow in-process", f"{local_s * 1000:.1f} ms", ferry_s / local_s, goal)
+
+            frames = np.stack([np.roll(natural_image(512), 4 * i, axis=1) for i in range(120)])
+            ferry_s = median_seconds(lambda: client.encode_tensor(frames, "mp4", fps=24), repeat)
+            local_s = median_seconds(lambda: pyav_mp4(frames, work / "local.mp4", 24), repeat)
+            line("2. 120x512x512 -> mp4", f"{ferry_s:.2f} s", "PyAV in-process", f"{local_s:.2f} s", ferry_s / local_s, "goal <= 1.1")
+            if shutil.which("ffmpeg"):
+                command = ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "512x512", "-r", "24",
+                           "-i", "-", "-c:v", "libx264", "-crf", "23", "-preset", "medium", "-pix_fmt", "yuv420p", str(work / "ffmpeg.mp4")]
+                ffmpeg_s = median_seconds(lambda: subprocess.run(command, input=frames.tobytes(), check=True), repeat)
+                line("2. 120x512x512 -> mp4", f"{ferry_s:.2f} s", "ffmpeg raw on stdin", f"{ffmpeg_s:.2f} s", ferry_s / ffmpeg_s, "report")
+            else:
+                line("2. 120x512x512 -> mp4", f"{ferry_s:.2f} s", "ffmpeg raw on stdin", "not installed", None, "report")
+
+            size = args.upload_mib * MIB
+            big = work / "big.bin"
+            write_random_file(big, size)
+            ferry_s = median_seconds(lambda: client.upload_file(big, expires_in=3600), repeat)
+            cp_s = median_seconds(lambda: subprocess.run(["cp", str(big), str(work / "copy.bin")], check=True), repeat)
+            line(f"3. {args.upload_mib} MiB upload, local CDN", f"{size / ferry_s / MIB:.0f} MiB/s", "cp", f"{size / cp_s / MIB:.0f} MiB/s", cp_s / ferry_s, "report")
+
+            # 4. Raw bytes into the service: an Encode whose shape asks for one byte more than is
+            # sent, so the server reads everything and answers INVALID_ARGUMENT without encoding.
+            raw = np.zeros(256 * MIB, dtype=np.uint8)
+            header = encoder_pb2.EncodeHeader(
+                tensor=common_pb2.TensorHeader(dtype=common_pb2.DATA_TYPE_UINT8, shape=[raw.size + 1]),
+                format=encoder_pb2.MEDIA_FORMAT_PNG,
+            )
+
+            def transfer() -> None:
+                view = memoryview(raw)
+                requests = [encoder_pb2.EncodeRequest(header=header)]
+                try:
+                    client.encoder.Encode(
+                        iter(requests + [encoder_pb2.EncodeRequest(chunk=bytes(view[o : o + MIB])) for o in range(0, raw.size, MIB)])
+                    )
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+            transfer_s = median_seconds(transfer, repeat)
+            line("4. tensor bytes into service", f"{raw.size / transfer_s / 1e9:.2f} GB/s", "", "", None, "report")
+
+        s3_case(big, size, work, repeat)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def s3_case(big: Path, size: int, work: Path, repeat: int) -> None:
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    moto.start()
+    endpoint = f"http://127.0.0.1:{moto._server.server_port}"  # noqa: SLF001 (moto exposes no public accessor)
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="bench")
+        flags = ["encoder", "--data-dir", str(work / "data-s3"), "--storage", "s3://bench/ferry", "--s3-endpoint-url", endpoint]
+        with StackProcess(flags) as stack, stack.client() as client:
+            ferry_s = median_seconds(lambda: client.upload_file(big), repeat)
+        boto_s = median_seconds(lambda: s3.upload_file(str(big), "bench", "baseline/big.bin"), repeat)
+        line(f"3. {size // MIB} MiB upload, moto S3", f"{size / ferry_s / MIB:.0f} MiB/s", "boto3 upload_file", f"{size / boto_s / MIB:.0f} MiB/s", boto_s / ferry_s, "goal >= 1.0")
+    finally:
+        moto.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Frames into an H.264 mp4, chunk by chunk: the video never sits whole in memory.
+
+`Mp4Writer` is fed from a worker thread (the servicer keeps encoding off the
+event loop), one call at a time; it holds no global state, so any number of
+writers can run side by side.
+
+Codec: h264_nvenc when the caller allows the GPU and NVENC opens at this size,
+else libx264. The only reliable test for "CUDA device present" without torch is
+opening an NVENC context: it fails in well under a millisecond where there is no
+GPU, no driver, or a size NVENC refuses, and every such failure falls back to
+libx264 (the path CI exercises: it has no GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ferry.services.encoder.tensors import DEFAULT_MAX_PIXELS, IMAGE_CHANNELS, image_batch, to_uint8
+from ferry.services.errors import InvalidArgument
+from ferry.v1 import encoder_pb2
+
+logger = logging.getLogger(__name__)
+
+CRF = 23  # libx264's own default; ≥ 35 dB PSNR on smooth content (tests/services/test_encode_video.py)
+PRESET = "medium"
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"
+)
+# NVENC names its speed/quality steps p1 (fastest) … p7 (best); matched to x264's by intent.
+NVENC_PRESETS = dict(zip(X264_PRESETS, ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7", "p7"), strict=True))
+MAX_FPS = 240.0
+MAX_AUDIO_SAMPLE_RATE = 768_000
+MAX_AUDIO_CHANNELS = 2  # mono or stereo: downmix surround before sending it
+# The rates AAC can carry; any other is resampled to the next one up (or the highest).
+AAC_SAMPLE_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+_AUDIO_BLOCK = 1 << 16  # samples handed to the encoder per call, so its queues stay small
+_BT601 = 6  # AVCOL_SPC/PRI/TRC_SMPTE170M: the matrix swscale converts RGB with, tagged so players agree
+_TV_RANGE = 1  # AVCOL_RANGE_MPEG: 16..235, what yuv420p H.264 players expect
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int  # as encoded: an odd size padded to even reports the padded size
+    height: int
+    fps: float
+    frame_count: int
+    duration_seconds: float
+    has_audio: bool
+    codec: str  # the encoder used: "libx264" or "h264_nvenc"
+
+
+def video_frames(
+    array: np.ndarray, channel_order: int, value_range: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """A THWC or TCHW chunk of any supported dtype as T×H×W×C uint8 (C in 1, 3, 4)."""
+    if array.ndim != 4:
+        raise InvalidArgument(f"video tensor shape {list(array.shape)} must be THWC or TCHW", reason="BAD_SHAPE")
+    return np.ascontiguousarray(to_uint8(image_batch(array, channel_order, max_pixels=max_pixels), value_range))
+
+
+class Mp4Writer:
+    """An mp4 at `path` (H.264 yuv420p, optional AAC track), written as frames arrive.
+
+    Odd sizes cannot be yuv420p: PAD (the default) repeats the last row or
+    column, REJECT refuses them. Audio is optional: give both its sample rate
+    and channel count to add the track, then `write_audio` any time before `close`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        width: int,
+        height: int,
+        fps: float,
+        crf: int | None = None,
+        preset: str = "",
+        codec_preference: int = 0,
+        odd_size_policy: int = 0,
+        audio_sample_rate: int | None = None,
+        audio_channels: int | None = None,
+    ) -> None:
+        crf = CRF if crf is None else crf
+        preset = preset or PRESET
+        _check_video_options(width, height, fps, crf, preset, codec_preference, odd_size_policy)
+        with_audio = _check_audio_options(audio_sample_rate, audio_channels)
+        self._path = path
+        self._width, self._height = width, height
+        self._encoded_width, self._encoded_height = width + width % 2, height + height % 2
+        self._rate = Fraction(fps).limit_denominator(1001)  # 29.97 → 2997/100, 30000/1001 stays exact
+        self._frame_count = 0
+        self._audio_rate = audio_sample_rate or 0
+        self._audio_channels = audio_channels or 0
+        self._audio_layout = "mono" if self._audio_channels == 1 else "stereo"
+        self._audio_samples = 0
+        self._closed = False
+        nvenc_options = _codec_options("h264_nvenc", crf, preset)
+        self._codec = _video_codec(
+            codec_preference, self._encoded_width, self._encoded_height, self._rate, nvenc_options
+        )
+        logger.info(
+            "encoding %dx%d at %s fps with %s", self._encoded_width, self._encoded_height, self._rate, self._codec
+        )
+        self._container = av.open(str(path), "w", format="mp4", container_options={"movflags": "+faststart"})
+        try:
+            video = self._container.add_stream(self._codec, rate=self._rate)
+            assert isinstance(video, av.VideoStream)  # an H.264 encoder makes a video stream
+            video.width, video.height = self._encoded_width, self._encoded_height
+            video.pix_fmt = "yuv420p"
+            video.options = {**_codec_options(self._codec, crf, preset)}
+            self._video = video
+            context = video.codec_context
+            context.colorspace = context.color_primaries = context.color_trc = _BT601
+            context.color_range = _TV_RANGE
+            self._audio: av.AudioStream | None = None
+            if with_audio:
+                self._audio = self._container.add_stream("aac", rate=_aac_rate(self._audio_rate))
+                self._audio.layout = self._audio_layout
+        except BaseException:
+            self.abort()
+            raise
+
+    def write_frames(self, frames: np.ndarray) -> None:
+        """Appends T×H×W×C uint8 frames (C 1, 3 or 4; alpha is dropped)."""
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] not in IMAGE_CHANNELS:
+            raise InvalidArgument(
+                f"frames must be T×H×W×C uint8 with 1, 3 or 4 channels, got {frames.dtype} {list(frames.shape)}",
+                reason="BAD_SHAPE",
+            )
+        if frames.shape[1:3] != (self._height, self._width):
+            raise InvalidArgument(
+                f"frames are {frames.shape[2]}×{frames.shape[1]}, the video is {self._width}×{self._height}",
+                reason="FRAME_SIZE_MISMATCH",
+            )
+        rgb = _rgb(frames)
+        if (self._encoded_height, self._encoded_width) != (self._height, self._width):
+            extra = ((0, 0), (0, self._encoded_height - self._height), (0, self._encoded_width - self._width), (0, 0))
+            rgb = np.pad(rgb, extra, mode="edge")
+        for pixels in rgb:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+            frame.pts = self._frame_count
+            frame.time_base = 1 / self._rate
+            self._container.mux(self._video.encode(frame))
+            self._frame_count += 1
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        """Appends float32 samples shaped (channels, samples), in [-1, 1], to the audio track."""
+        if self._audio is None:
+            raise InvalidArgument("this video was opened without an audio track", reason="NO_AUDIO_TRACK")
+        if samples.dtype != np.float32 or samples.ndim != 2 or samples.shape[0] != self._audio_channels:
+            raise InvalidArgument(
+                f"audio must be float32 ({self._audio_channels}, samples), got {samples.dtype} {list(samples.shape)}",
+                reason="BAD_SHAPE",
+            )
+        for start in range(0, samples.shape[1], _AUDIO_BLOCK):
+            block = np.ascontiguousarray(samples[:, start : start + _AUDIO_BLOCK])
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=self._audio_layout)
+            frame.sample_rate = self._audio_rate  # the encoder resamples when AAC cannot carry this rate
+            self._container.mux(self._audio.encode(frame))
+        self._audio_samples += samples.shape[1]
+
+    def close(self) -> VideoInfo:
+        """Flushes the encoders and finishes the file; a video without frames is refused and removed."""
+        if self._frame_count == 0:
+            self.abort()
+            raise InvalidArgument("a video needs at least one frame", reason="NO_FRAMES")
+        try:
+            self._container.mux(self._video.encode(None))
+            if self._audio is not None:
+                self._container.mux(self._audio.encode(None))
+            self._closed = True
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
+        return VideoInfo(
+            width=self._encoded_width,
+            height=self._encoded_height,
+            fps=float(self._rate),
+            frame_count=self._frame_count,
+            duration_seconds=float(self._frame_count / self._rate),
+            has_audio=self._audio_samples > 0,
+            codec=self._codec,
+        )
+
+    def abort(self) -> None:
+        """Stops and deletes the file (cancelled or failed request); safe to call at any point, and again."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 (the file is deleted next; whatever failed here does not matter)
+                logger.debug("closing an aborted mp4 failed", exc_info=True)
+        self._path.unlink(missing_ok=True)
+
+
+def _check_video_options(
+    width: int, height: int, fps: float, crf: int, preset: str, codec_preference: int, odd_size_policy: int
+) -> None:
+    if width <= 0 or height <= 0:
+        raise InvalidArgument(f"video size {width}×{height} must be positive", reason="BAD_SHAPE")
+    if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise InvalidArgument(f"fps {fps} must be above 0 and at most {MAX_FPS:g}", reason="BAD_FPS")
+    if not 0 <= crf <= 51:
+        raise InvalidArgument(f"crf {crf} is outside 0..51", reason="BAD_CRF")
+    if preset not in X264_PRESETS:
+        raise InvalidArgument(f"unknown preset {preset!r}; use one of {', '.join(X264_PRESETS)}", reason="BAD_PRESET")
+    if codec_preference not in encoder_pb2.VideoCodecPreference.values():
+        raise InvalidArgument(f"unknown codec_preference {codec_preference}", reason="BAD_CODEC_PREFERENCE")
+    if odd_size_policy not in encoder_pb2.OddSizePolicy.values():
+        raise InvalidArgument(f"unknown odd_size_policy {odd_size_policy}", reason="BAD_ODD_SIZE_POLICY")
+    if odd_size_policy == encoder_pb2.ODD_SIZE_POLICY_REJECT and (width % 2 or height % 2):
+        raise InvalidArgument(f"{width}×{height} is odd; yuv420p video needs even sizes", reason="ODD_SIZE")
+
+
+def _check_audio_options(sample_rate: int | None, channels: int | None) -> bool:
+    """Whether the video gets an audio track."""
+    if sample_rate is None and channels is None:
+        return False
+    if not sample_rate:
+        raise InvalidArgument("the audio track needs a sample rate", reason="MISSING_SAMPLE_RATE")
+    if not 0 < sample_rate <= MAX_AUDIO_SAMPLE_RATE:
+        raise InvalidArgument(
+            f"sample rate {sample_rate} is outside 1..{MAX_AUDIO_SAMPLE_RATE}", reason="BAD_SAMPLE_RATE"
+        )
+    if channels is None or not 1 <= channels <= MAX_AUDIO_CHANNELS:
+        raise InvalidArgument(f"a video's audio track has 1 or 2 channels, not {channels}", reason="BAD_CHANNELS")
+    return True
+
+
+def _video_codec(
+    codec_preference: int, width: int, height: int, rate: Fraction, nvenc_options: dict[str, str]
+) -> str:
+    # The contract lets UNSPECIFIED use the GPU as GPU_IF_AVAILABLE does; only CPU rules it out.
+    if codec_preference == encoder_pb2.VIDEO_CODEC_PREFERENCE_CPU:
+        return "libx264"
+    try:  # with the real size and options: an old driver may know NVENC but not its p1…p7 presets
+        probe = av.CodecContext.create("h264_nvenc", "w")
+        probe.width, probe.height, probe.pix_fmt, probe.time_base = width, height, "yuv420p", 1 / rate
+        probe.options = {**nvenc_options}
+        probe.open()
+    except Exception as error:  # noqa: BLE001 (no GPU, no driver, or a refused size: all mean libx264)
+        logger.debug("h264_nvenc unavailable (%s); using libx264", error)
+        return "libx264"
+    return "h264_nvenc"
+
+
+def _codec_options(codec: str, crf: int, preset: str) -> dict[str, str]:
+    if codec == "h264_nvenc":
+        # Constant quality: NVENC's cq plays the part of x264's crf (same 0..51 scale).
+        return {"preset": NVENC_PRESETS[preset], "rc": "vbr", "cq": str(crf), "b": "0"}
+    return {"crf": str(crf), "preset": preset}
+
+
+def _aac_rate(sample_rate: int) -> int:
+    return next((rate for rate in AAC_SAMPLE_RATES if rate >= sample_rate), AAC_SAMPLE_RATES[-1])
+
+
+def _rgb(frames: np.ndarray) -> np.ndarray:
+    channels = frames.shape[3]
+    if channels == 1:
+        return np.repeat(frames, 3, axis=3)
+    return frames[..., :3]

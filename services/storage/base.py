@@ -1,0 +1,126 @@
+"""The storage contract every backend (local CDN dir, S3 bucket) and the fallback chain fulfil.
+
+Failures come in three kinds, and the chain treats each differently:
+`TransientStorageError` (connection refused, 5xx, throttling) is retried with
+backoff; `Unavailable` or `ResourceExhausted` from a backend (missing bucket,
+denied credentials, full disk) means that backend cannot take the write now,
+so the chain falls back at once; any other `FerryError` (a bad name, an
+unknown upload) is the request's fault and would fail everywhere alike.
+
+Backends never consume the file they are handed: they link or copy it, and
+the caller deletes it afterwards. A failed attempt therefore leaves the file
+intact for the next attempt or the next backend.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ferry.services.downloader.names import safe_file_name
+from ferry.services.errors import InvalidArgument
+
+# S3's rules, enforced by every backend so that a client which works against
+# local storage keeps working when the chain lands it on S3.
+MIN_PART_SIZE = 5 * 1024 * 1024  # every part but the last
+MAX_PART_NUMBER = 10_000
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    url: str  # what users open
+    key: str  # backend-specific object id
+    file_name: str
+    content_type: str
+    size: int
+    sha256: str  # lowercase hex
+    expires_at: datetime | None  # UTC
+    backend: str  # "local" or "s3://bucket/prefix"
+
+
+class TransientStorageError(Exception):
+    """A failure worth retrying on the same backend: connection refused, 5xx, throttling."""
+
+
+class Storage(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    async def put_file(
+        self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
+    ) -> StoredObject:
+        """Store the finished file at `path` (left in place: the caller deletes it)."""
+
+    @abc.abstractmethod
+    async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:
+        """Start a multipart upload and return its id; the object's lifetime counts from completion."""
+
+    @abc.abstractmethod
+    async def put_part(self, upload_id: str, part_number: int, path: Path) -> str:
+        """Store one part and return its etag; parts may come in any order, and a re-sent part replaces the old."""
+
+    @abc.abstractmethod
+    async def complete_multipart(self, upload_id: str, parts: Sequence[tuple[int, str]]) -> StoredObject:
+        """Assemble the named parts in part-number order; the sha256 is of the assembled whole."""
+
+    @abc.abstractmethod
+    async def abort_multipart(self, upload_id: str) -> None:
+        """Drop the upload and its parts. Aborting an unknown or finished upload is not an error."""
+
+    @abc.abstractmethod
+    async def sweep(self, now: datetime) -> int:
+        """Delete expired objects and idle multipart uploads; return how many were removed."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+def check_file_name(file_name: str) -> None:
+    """Backends store names verbatim, so only names that are already safe are accepted (the servicer sanitizes)."""
+    if safe_file_name(file_name) != file_name:
+        raise InvalidArgument(
+            f"{file_name!r} is not a storable file name: no separators, control characters or leading '..', "
+            "at most 255 bytes",
+            reason="INVALID_FILE_NAME",
+        )
+
+
+def expiry(expires_in: int | None, now: datetime | None = None) -> datetime | None:
+    """When an object stored now with lifetime `expires_in` seconds expires; None keeps it forever."""
+    if expires_in is None:
+        return None
+    if expires_in <= 0:
+        raise InvalidArgument(
+            f"expires_in must be a positive number of seconds, not {expires_in}", reason="INVALID_EXPIRY"
+        )
+    return (now or datetime.now(UTC)) + timedelta(seconds=expires_in)
+
+
+def check_parts(parts: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
+    """The completion list in part-number order; each part named once."""
+    ordered = sorted(parts)
+    numbers = [number for number, _ in ordered]
+    if not ordered:
+        raise InvalidArgument("a multipart upload needs at least one part", reason="NO_PARTS")
+    if len(set(numbers)) != len(numbers):
+        raise InvalidArgument("each part number may appear once in the completion list", reason="PART_MISMATCH")
+    for number in numbers:
+        check_part_number(number)
+    return ordered
+
+
+def check_part_number(part_number: int) -> None:
+    if not 1 <= part_number <= MAX_PART_NUMBER:
+        raise InvalidArgument(
+            f"part numbers run from 1 to {MAX_PART_NUMBER}, not {part_number}", reason="BAD_PART_NUMBER"
+        )
+
+
+def part_too_small(part_number: int, size: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"part {part_number} has {size} bytes: every part but the last needs at least {MIN_PART_SIZE} (5 MiB)",
+        reason="PART_TOO_SMALL",
+    )

@@ -1,0 +1,380 @@
+"""Local storage: files in a folder the embedded CDN serves, metadata beside it where the CDN cannot reach.
+
+Layout, for `root` = DATA_DIR/files (what `build_storage` passes):
+
+    DATA_DIR/files/<id>/<file_name>                  served at /files/<id>/<file_name>
+    DATA_DIR/.ferry/storage/objects/<id>.json        content type, size, sha256, expiry
+    DATA_DIR/.ferry/storage/uploads/<upload id>/     upload.json + <n>.<etag>.part
+
+An object exists once its sidecar does: the file is put in place first and
+the sidecar written last (temp + fsync + `os.replace` for both), so the CDN
+never sees a partial file, and a crash in between leaves an orphan folder the
+sweep removes. Ids are `secrets.token_urlsafe(16)` (128 random bits): the URL
+is the capability. Etags sort by the time the part arrived, so a re-sent part
+can drop its older copies without racing a concurrent re-send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ferry.services.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ferry.services.storage.base import (
+    MIN_PART_SIZE,
+    Storage,
+    StoredObject,
+    check_file_name,
+    check_part_number,
+    check_parts,
+    expiry,
+    part_too_small,
+)
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16)
+ETAG_PATTERN = re.compile(r"[0-9a-f]{32}")
+STATE_DIR = Path(".ferry") / "storage"
+UPLOAD_RECORD = "upload.json"
+TEMP_SUFFIX = ".ferry-tmp"
+COPY_BLOCK = 1 << 20
+# Copying is the fallback when a hard link cannot be made.
+_CANNOT_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def _new_etag() -> str:
+    # Time first, so the newest copy of a part sorts last.
+    return f"{time.time_ns():016x}{secrets.token_hex(8)}"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_beside(target: Path) -> Path:
+    return target.parent / f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+
+
+def _write_json_atomic(target: Path, record: dict[str, Any]) -> None:
+    temp = _temp_beside(target)
+    try:
+        with open(temp, "x", encoding="utf-8") as file:
+            json.dump(record, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+
+
+def _place(source: Path, target: Path) -> int:
+    """Make `target` a durable copy of `source` (a hard link when possible), appearing whole or not at all."""
+    with open(source, "rb") as file:
+        os.fsync(file.fileno())
+        size = os.fstat(file.fileno()).st_size
+    try:
+        os.link(source, target)
+    except OSError as error:
+        if error.errno not in _CANNOT_LINK:
+            raise
+        temp = _temp_beside(target)
+        try:
+            shutil.copyfile(source, temp)
+            with open(temp, "rb") as copied:
+                os.fsync(copied.fileno())
+            os.replace(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+    return size
+
+
+def _concatenate(sources: Iterable[Path], target: Path) -> tuple[int, str]:
+    """Stream `sources` into `target` (atomically), hashing on the way; returns (size, sha256)."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(COPY_BLOCK)
+    view = memoryview(buffer)
+    temp = _temp_beside(target)
+    try:
+        with open(temp, "xb") as out:
+            for source in sources:
+                with open(source, "rb") as part:
+                    while count := part.readinto(buffer):
+                        digest.update(view[:count])
+                        out.write(view[:count])
+                        size += count
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+    return size, digest.hexdigest()
+
+
+def _disk_error(error: OSError) -> FerryError:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(f"local storage is full: {error}", reason="DISK_FULL")
+    return Unavailable(f"local storage failed: {error}", reason="STORAGE_ERROR")
+
+
+def _unknown_upload(upload_id: str) -> NotFound:
+    return NotFound(f"no multipart upload {upload_id!r}", reason="UNKNOWN_UPLOAD")
+
+
+class LocalStorage(Storage):
+    name = "local"
+
+    def __init__(self, root: Path, base_url: Callable[[], str], multipart_max_age_seconds: float = 24 * 3600) -> None:
+        self.root = root
+        self.state = root.parent / STATE_DIR
+        self.objects = self.state / "objects"
+        self.uploads = self.state / "uploads"
+        self._base_url = base_url
+        self._multipart_max_age = multipart_max_age_seconds
+        for folder in (self.root, self.objects, self.uploads):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def url(self, object_id: str, file_name: str) -> str:
+        return f"{self._base_url().rstrip('/')}/files/{object_id}/{quote(file_name, safe='')}"
+
+    def path_of(self, stored: StoredObject) -> Path:
+        return self.root / stored.key / stored.file_name
+
+    async def find(self, object_id: str, now: datetime) -> StoredObject | None:
+        """The live object with this id; None when unknown, malformed or expired (swept or not)."""
+        if not ID_PATTERN.fullmatch(object_id):
+            return None
+        stored = await asyncio.to_thread(self._read_object, object_id)
+        if stored is None or (stored.expires_at is not None and stored.expires_at <= now):
+            return None
+        return stored
+
+    def _read_object(self, object_id: str) -> StoredObject | None:
+        try:
+            record = json.loads((self.objects / f"{object_id}.json").read_text(encoding="utf-8"))
+            expires_at = record["expires_at"]
+            return StoredObject(
+                url=self.url(object_id, record["file_name"]),
+                key=object_id,
+                file_name=record["file_name"],
+                content_type=record["content_type"],
+                size=record["size"],
+                sha256=record["sha256"],
+                expires_at=datetime.fromisoformat(expires_at) if expires_at else None,
+                backend=self.name,
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("unreadable metadata for local object %s: %s", object_id, error)
+            return None
+
+    def _commit_object(
+        self, object_id: str, *, file_name: str, content_type: str, size: int, sha256: str, expires_at: datetime | None
+    ) -> StoredObject:
+        record = {
+            "file_name": file_name,
+            "content_type": content_type,
+            "size": size,
+            "sha256": sha256,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        }
+        _write_json_atomic(self.objects / f"{object_id}.json", record)
+        return StoredObject(
+            url=self.url(object_id, file_name),
+            key=object_id,
+            file_name=file_name,
+            content_type=content_type,
+            size=size,
+            sha256=sha256,
+            expires_at=expires_at,
+            backend=self.name,
+        )
+
+    async def put_file(
+        self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
+    ) -> StoredObject:
+        check_file_name(file_name)
+        expires_at = expiry(expires_in)
+
+        def store() -> StoredObject:
+            object_id = new_id()
+            folder = self.root / object_id
+            try:
+                folder.mkdir()
+                size = _place(path, folder / file_name)
+                return self._commit_object(
+                    object_id,
+                    file_name=file_name,
+                    content_type=content_type,
+                    size=size,
+                    sha256=sha256,
+                    expires_at=expires_at,
+                )
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+
+        try:
+            return await asyncio.to_thread(store)
+        except OSError as error:
+            raise _disk_error(error) from error
+
+    async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:
+        check_file_name(file_name)
+        expiry(expires_in)  # validated now, counted from completion
+
+        def create() -> str:
+            upload_id = new_id()
+            folder = self.uploads / upload_id
+            folder.mkdir()
+            record = {"file_name": file_name, "content_type": content_type, "expires_in": expires_in}
+            _write_json_atomic(folder / UPLOAD_RECORD, record)
+            return upload_id
+
+        try:
+            return await asyncio.to_thread(create)
+        except OSError as error:
+            raise _disk_error(error) from error
+
+    def _upload_folder(self, upload_id: str) -> Path:
+        folder = self.uploads / upload_id
+        if not ID_PATTERN.fullmatch(upload_id) or not folder.is_dir():
+            raise _unknown_upload(upload_id)
+        return folder
+
+    async def put_part(self, upload_id: str, part_number: int, path: Path) -> str:
+        check_part_number(part_number)
+
+        def store() -> str:
+            folder = self._upload_folder(upload_id)
+            etag = _new_etag()
+            try:
+                _place(path, folder / f"{part_number}.{etag}.part")
+            except FileNotFoundError:
+                if not folder.is_dir():  # aborted or completed meanwhile
+                    raise _unknown_upload(upload_id) from None
+                raise
+            for older in folder.glob(f"{part_number}.*.part"):
+                if older.name.split(".")[1] < etag:
+                    older.unlink(missing_ok=True)
+            return etag
+
+        try:
+            return await asyncio.to_thread(store)
+        except OSError as error:
+            raise _disk_error(error) from error
+
+    async def complete_multipart(self, upload_id: str, parts: Sequence[tuple[int, str]]) -> StoredObject:
+        ordered = check_parts(parts)
+        for number, etag in ordered:
+            if not ETAG_PATTERN.fullmatch(etag):
+                raise InvalidArgument(
+                    f"part {number}: {etag!r} is not an etag this server issued", reason="PART_MISMATCH"
+                )
+
+        def assemble() -> StoredObject:
+            folder = self._upload_folder(upload_id)
+            record = json.loads((folder / UPLOAD_RECORD).read_text(encoding="utf-8"))
+            sources = [folder / f"{number}.{etag}.part" for number, etag in ordered]
+            for index, ((number, etag), source) in enumerate(zip(ordered, sources, strict=True)):
+                try:
+                    size = source.stat().st_size
+                except FileNotFoundError:
+                    raise InvalidArgument(
+                        f"part {number} with etag {etag} was never stored here, or was replaced by a re-sent part",
+                        reason="PART_MISMATCH",
+                    ) from None
+                if index < len(sources) - 1 and size < MIN_PART_SIZE:
+                    raise part_too_small(number, size)
+            object_id = new_id()
+            target = self.root / object_id / record["file_name"]
+            try:
+                target.parent.mkdir()
+                size, sha256 = _concatenate(sources, target)
+                stored = self._commit_object(
+                    object_id,
+                    file_name=record["file_name"],
+                    content_type=record["content_type"],
+                    size=size,
+                    sha256=sha256,
+                    expires_at=expiry(record["expires_in"]),
+                )
+            except BaseException:
+                shutil.rmtree(target.parent, ignore_errors=True)
+                raise
+            shutil.rmtree(folder, ignore_errors=True)
+            return stored
+
+        try:
+            return await asyncio.to_thread(assemble)
+        except OSError as error:
+            raise _disk_error(error) from error
+
+    async def abort_multipart(self, upload_id: str) -> None:
+        if ID_PATTERN.fullmatch(upload_id):
+            await asyncio.to_thread(shutil.rmtree, self.uploads / upload_id, True)
+
+    async def sweep(self, now: datetime) -> int:
+        return await asyncio.to_thread(self._sweep, now)
+
+    def _sweep(self, now: datetime) -> int:
+        removed = 0
+        stale_before = now.timestamp() - self._multipart_max_age
+        for sidecar in self.objects.glob("*.json"):
+            object_id = sidecar.stem
+            stored = self._read_object(object_id)
+            if stored is not None and stored.expires_at is not None and stored.expires_at <= now:
+                sidecar.unlink(missing_ok=True)  # first: the object is gone the moment this is
+                shutil.rmtree(self.root / object_id, ignore_errors=True)
+                removed += 1
+        # Leftovers of crashes: object folders that never got a sidecar, temp files.
+        for folder in self.root.iterdir():
+            orphan = ID_PATTERN.fullmatch(folder.name) and not (self.objects / f"{folder.name}.json").exists()
+            if orphan and _modified_before(folder, stale_before):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        for temp in self.objects.glob(f"*{TEMP_SUFFIX}"):
+            if _modified_before(temp, stale_before):
+                temp.unlink(missing_ok=True)
+        # A folder's mtime moves with every part stored into it: it is the upload's last activity.
+        for upload in self.uploads.iterdir():
+            if _modified_before(upload, stale_before):
+                shutil.rmtree(upload, ignore_errors=True)
+                removed += 1
+        return removed
+
+    async def close(self) -> None:
+        pass
+
+
+def _modified_before(path: Path, timestamp: float) -> bool:
+    try:
+        return path.stat().st_mtime < timestamp
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,405 @@
+"""S3-compatible storage (AWS, MinIO, R2, …) over boto3, every call in a worker thread.
+
+Objects live at `PREFIX/<id>/<file_name>` with the content type set and
+metadata `ferry-sha256` and `ferry-expires-at` (ISO 8601, UTC). URLs are
+presigned GETs, valid for the object's lifetime capped at `presign_seconds`
+(SigV4 allows 7 days), unless `public_url_base` names where the bucket is
+served publicly.
+
+Multipart uploads are real S3 multipart uploads, so S3's rules hold: every
+part but the last is at least 5 MiB, part numbers 1 to 10000. The upload id
+handed out carries the object key with S3's UploadId, so any replica can take
+any part. S3 metadata is fixed when an upload is created, before the object's
+hash or completion time exist: a completed upload carries `ferry-expires-in`
+instead, its expiry being LastModified (the completion time) plus that, and
+its sha256 is computed by streaming the assembled object back once (a
+re-download of the whole; S3's own SHA-256 checksums of multipart objects are
+checksums of part checksums, not the file's hash).
+
+boto3's own retries are off: the storage chain owns retrying, so one policy
+is counted and logged in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+from ferry.services.errors import FerryError, InvalidArgument, NotFound, Unavailable
+from ferry.services.storage.base import (
+    Storage,
+    StoredObject,
+    TransientStorageError,
+    check_file_name,
+    check_part_number,
+    check_parts,
+    expiry,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SHA256_KEY = "ferry-sha256"
+EXPIRES_AT_KEY = "ferry-expires-at"
+EXPIRES_IN_KEY = "ferry-expires-in"
+READ_BLOCK = 1 << 20
+DELETE_BATCH = 1000  # DeleteObjects' limit
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+}
+_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+
+
+def _error_code(error: botocore.exceptions.ClientError) -> tuple[str, int]:
+    return error.response.get("Error", {}).get("Code", ""), error.response.get("ResponseMetadata", {}).get(
+        "HTTPStatusCode", 0
+    )
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what it wraps: boto3's upload_file re-raises client errors as S3UploadFailedError."""
+    chain = [error]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+    return chain
+
+
+class S3Storage(Storage):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        endpoint_url: str | None,
+        region: str | None,
+        public_url_base: str | None = None,
+        presign_seconds: int = 7 * 24 * 3600,
+        multipart_max_age_seconds: float = 24 * 3600,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.name = f"s3://{bucket}/{self.prefix}"
+        self._key_prefix = f"{self.prefix}/" if self.prefix else ""
+        self._public_url_base = public_url_base.rstrip("/") if public_url_base else None
+        self._presign_seconds = presign_seconds
+        self._multipart_max_age = timedelta(seconds=multipart_max_age_seconds)
+        config = Config(
+            retries={"total_max_attempts": 1},
+            signature_version="s3v4",  # presigned URLs: SigV4 is what every region accepts
+            connect_timeout=10,
+            read_timeout=60,
+            # Custom endpoints (MinIO, moto, …) take path-style requests; few resolve bucket subdomains.
+            s3={"addressing_style": "path"} if endpoint_url else None,
+        )
+        self._client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=config
+        )
+        # Object metadata never changes, so each object's expiry is looked up (one HEAD) once, not every sweep.
+        self._known_expiry: dict[str, datetime | None] = {}
+        # Activity this process saw on each S3 upload id. Some S3-compatible
+        # stores (moto among them) report a fixed, ancient `Initiated`, which
+        # would make every fresh upload look idle to the sweep.
+        self._upload_activity: dict[str, datetime] = {}
+
+    # -- calls and their failures ------------------------------------------------
+
+    async def _call(self, what: str, work: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(work)
+        except FerryError:
+            raise
+        except Exception as error:
+            translated = self._translate(what, error)
+            if translated is error:
+                raise
+            raise translated from error
+
+    def _translate(self, what: str, error: Exception) -> Exception:
+        where = f"{self.name}: {what}"
+        for cause in _causes(error):
+            if isinstance(cause, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
+                return TransientStorageError(f"{where}: {cause}")
+            if isinstance(cause, botocore.exceptions.NoCredentialsError):
+                return Unavailable(f"{where}: no AWS credentials configured", reason="STORAGE_ACCESS_DENIED")
+            if isinstance(cause, botocore.exceptions.ClientError):
+                return self._client_error(where, cause)
+        return error
+
+    def _client_error(self, where: str, error: botocore.exceptions.ClientError) -> Exception:
+        code, status = _error_code(error)
+        if status >= 500 or code in _TRANSIENT_CODES:
+            return TransientStorageError(f"{where}: {error}")
+        if code == "NoSuchBucket":
+            return Unavailable(f"{where}: bucket {self.bucket!r} does not exist", reason="STORAGE_BUCKET_MISSING")
+        if code in _DENIED_CODES:
+            return Unavailable(
+                f"{where}: S3 denied access ({code}); check the credentials and the bucket policy",
+                reason="STORAGE_ACCESS_DENIED",
+            )
+        if code == "NoSuchUpload":
+            return NotFound(f"{where}: no such multipart upload", reason="UNKNOWN_UPLOAD")
+        if code == "EntityTooSmall":
+            return InvalidArgument(f"{where}: every part but the last needs at least 5 MiB", reason="PART_TOO_SMALL")
+        if code in ("InvalidPart", "InvalidPartOrder"):
+            return InvalidArgument(f"{where}: a listed part or etag was not uploaded: {error}", reason="PART_MISMATCH")
+        return Unavailable(f"{where}: {error}", reason="STORAGE_ERROR")
+
+    # -- objects -----------------------------------------------------------------
+
+    def _new_key(self, file_name: str) -> str:
+        return f"{self._key_prefix}{secrets.token_urlsafe(16)}/{file_name}"
+
+    def _url(self, key: str, expires_at: datetime | None) -> str:
+        if self._public_url_base:
+            return f"{self._public_url_base}/{quote(key)}"
+        lifetime = self._presign_seconds
+        if expires_at is not None:
+            lifetime = min(lifetime, max(1, int((expires_at - datetime.now(UTC)).total_seconds())))
+        return str(
+            self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime
+            )
+        )
+
+    def _stored(
+        self, key: str, *, content_type: str, size: int, sha256: str, expires_at: datetime | None
+    ) -> StoredObject:
+        return StoredObject(
+            url=self._url(key, expires_at),
+            key=key,
+            file_name=key.rsplit("/", 1)[1],
+            content_type=content_type,
+            size=size,
+            sha256=sha256,
+            expires_at=expires_at,
+            backend=self.name,
+        )
+
+    async def put_file(
+        self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
+    ) -> StoredObject:
+        check_file_name(file_name)
+        expires_at = expiry(expires_in)
+        key = self._new_key(file_name)
+        metadata = {SHA256_KEY: sha256}
+        if expires_at is not None:
+            metadata[EXPIRES_AT_KEY] = expires_at.isoformat()
+
+        def upload() -> StoredObject:
+            # upload_file switches to its own parallel multipart upload for big files.
+            self._client.upload_file(
+                str(path), self.bucket, key, ExtraArgs={"ContentType": content_type, "Metadata": metadata}
+            )
+            size = path.stat().st_size
+            return self._stored(key, content_type=content_type, size=size, sha256=sha256, expires_at=expires_at)
+
+        return await self._call("upload", upload)
+
+    # -- multipart ---------------------------------------------------------------
+
+    def _upload_token(self, key: str, s3_upload_id: str) -> str:
+        raw = json.dumps([key, s3_upload_id], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def _parse_upload_token(self, upload_id: str) -> tuple[str, str]:
+        try:
+            raw = base64.urlsafe_b64decode(upload_id + "=" * (-len(upload_id) % 4))
+            key, s3_upload_id = json.loads(raw)
+        except (binascii.Error, ValueError, TypeError):
+            raise NotFound(f"no multipart upload {upload_id!r}", reason="UNKNOWN_UPLOAD") from None
+        if not (isinstance(key, str) and isinstance(s3_upload_id, str) and key.startswith(self._key_prefix)):
+            raise NotFound(f"no multipart upload {upload_id!r}", reason="UNKNOWN_UPLOAD")
+        return key, s3_upload_id
+
+    async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:
+        check_file_name(file_name)
+        expiry(expires_in)  # validated now, counted from completion
+        key = self._new_key(file_name)
+        metadata = {EXPIRES_IN_KEY: str(expires_in)} if expires_in is not None else {}
+
+        def create() -> str:
+            answer = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata
+            )
+            return str(answer["UploadId"])
+
+        s3_upload_id = await self._call("create multipart upload", create)
+        self._upload_activity[s3_upload_id] = datetime.now(UTC)
+        return self._upload_token(key, s3_upload_id)
+
+    async def put_part(self, upload_id: str, part_number: int, path: Path) -> str:
+        check_part_number(part_number)
+        key, s3_upload_id = self._parse_upload_token(upload_id)
+        self._upload_activity[s3_upload_id] = datetime.now(UTC)
+
+        def upload() -> str:
+            with open(path, "rb") as body:
+                answer = self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=s3_upload_id, PartNumber=part_number, Body=body
+                )
+            return str(answer["ETag"])
+
+        return await self._call(f"upload part {part_number}", upload)
+
+    async def complete_multipart(self, upload_id: str, parts: Sequence[tuple[int, str]]) -> StoredObject:
+        ordered = check_parts(parts)
+        key, s3_upload_id = self._parse_upload_token(upload_id)
+        self._upload_activity.pop(s3_upload_id, None)  # completing ends its idleness question
+
+        def complete() -> StoredObject:
+            try:
+                self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=s3_upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": number, "ETag": etag} for number, etag in ordered]},
+                )
+            except botocore.exceptions.ClientError as error:
+                # A retried completion whose first try got through: the object is there, finish the job.
+                if _error_code(error)[0] != "NoSuchUpload" or not self._exists(key):
+                    raise
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+            metadata = head.get("Metadata", {})
+            expires_at = None
+            if EXPIRES_IN_KEY in metadata:
+                expires_at = head["LastModified"].astimezone(UTC) + timedelta(seconds=int(metadata[EXPIRES_IN_KEY]))
+            return self._stored(
+                key,
+                content_type=head.get("ContentType", "application/octet-stream"),
+                size=int(head["ContentLength"]),
+                sha256=self._stream_sha256(key),
+                expires_at=expires_at,
+            )
+
+        return await self._call("complete multipart upload", complete)
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as error:
+            if _error_code(error)[1] == 404:
+                return False
+            raise
+        return True
+
+    def _stream_sha256(self, key: str) -> str:
+        digest = hashlib.sha256()
+        body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        try:
+            for block in body.iter_chunks(READ_BLOCK):
+                digest.update(block)
+        finally:
+            body.close()
+        return digest.hexdigest()
+
+    async def abort_multipart(self, upload_id: str) -> None:
+        try:
+            key, s3_upload_id = self._parse_upload_token(upload_id)
+        except NotFound:
+            return  # nothing this backend could have started
+
+        def abort() -> None:
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=s3_upload_id)
+            except botocore.exceptions.ClientError as error:
+                if _error_code(error)[0] != "NoSuchUpload":
+                    raise
+
+        await self._call("abort multipart upload", abort)
+        self._upload_activity.pop(s3_upload_id, None)
+
+    # -- upkeep ------------------------------------------------------------------
+
+    async def sweep(self, now: datetime) -> int:
+        expired = await self._call("sweep expired objects", lambda: self._sweep_objects(now))
+        stale = await self._call("sweep idle multipart uploads", lambda: self._sweep_uploads(now))
+        return expired + stale
+
+    def _expiry_of(self, key: str, last_modified: datetime) -> datetime | None:
+        if key not in self._known_expiry:
+            try:
+                metadata = self._client.head_object(Bucket=self.bucket, Key=key).get("Metadata", {})
+            except botocore.exceptions.ClientError as error:
+                if _error_code(error)[1] == 404:
+                    return None  # deleted since the listing
+                raise
+            if EXPIRES_AT_KEY in metadata:
+                self._known_expiry[key] = datetime.fromisoformat(metadata[EXPIRES_AT_KEY])
+            elif EXPIRES_IN_KEY in metadata:
+                self._known_expiry[key] = last_modified.astimezone(UTC) + timedelta(
+                    seconds=int(metadata[EXPIRES_IN_KEY])
+                )
+            else:
+                self._known_expiry[key] = None
+        return self._known_expiry[key]
+
+    def _sweep_objects(self, now: datetime) -> int:
+        listed: set[str] = set()
+        expired: list[str] = []
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key_prefix):
+            for entry in page.get("Contents", []):
+                listed.add(entry["Key"])
+                expires_at = self._expiry_of(entry["Key"], entry["LastModified"])
+                if expires_at is not None and expires_at <= now:
+                    expired.append(entry["Key"])
+        for start in range(0, len(expired), DELETE_BATCH):
+            batch = expired[start : start + DELETE_BATCH]
+            answer = self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
+            )
+            for failure in answer.get("Errors", []):
+                log.warning(
+                    "%s: could not delete expired %s: %s", self.name, failure.get("Key"), failure.get("Message")
+                )
+        self._known_expiry = {
+            key: self._known_expiry[key] for key in listed - set(expired) if key in self._known_expiry
+        }
+        return len(expired)
+
+    def _sweep_uploads(self, now: datetime) -> int:
+        idle_since = now - self._multipart_max_age
+        removed = 0
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self._key_prefix
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] >= idle_since or self._last_part_at(upload) >= idle_since:
+                    continue
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                removed += 1
+        return removed
+
+    def _last_part_at(self, upload: dict[str, Any]) -> datetime:
+        """S3 lists an upload's start only; its parts show when it last made progress."""
+        latest: datetime = max(upload["Initiated"], self._upload_activity.get(upload["UploadId"], upload["Initiated"]))
+        pages = self._client.get_paginator("list_parts").paginate(
+            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+        )
+        for page in pages:
+            for part in page.get("Parts", []):
+                latest = max(latest, part["LastModified"])
+        return latest
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._client.close)

@@ -1,0 +1,336 @@
+"""The storage chain: retry a backend while it fails transiently, then fall back; multipart stays where it started.
+
+Also how `--storage` specs become a chain, and the sweeper that keeps it
+tidy. Backends are real: a moto S3 server on loopback, a TCP server that
+drops every request (an S3 that is down, counting each attempt), and local
+storage behind the real CDN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import boto3
+import pytest
+from aiohttp import web
+from ferry.services.errors import InvalidArgument, NotFound, Unavailable
+from ferry.services.storage.base import MIN_PART_SIZE, Storage
+from ferry.services.storage.cdn import create_cdn_app
+from ferry.services.storage.chain import StorageChain
+from ferry.services.storage.config import StorageConfig, build_storage
+from ferry.services.storage.local import LocalStorage
+from ferry.services.storage.s3 import S3Storage
+from ferry.services.storage.sweeper import run_sweeper
+from moto.server import ThreadedMotoServer
+
+CHAIN_LOG = "ferry.services.storage.chain"
+DATA = b"encoded media"
+
+
+class DroppingEndpoint:
+    """An S3 endpoint that is down: it reads each request and hangs up without answering."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._drop, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _drop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def dummy_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+async def down() -> AsyncIterator[DroppingEndpoint]:
+    endpoint = DroppingEndpoint()
+    await endpoint.start()
+    yield endpoint
+    await endpoint.stop()
+
+
+@pytest.fixture
+async def local(tmp_path: Path) -> AsyncIterator[LocalStorage]:
+    """Local storage served by a real CDN on a free loopback port."""
+    base_url = ""
+    storage = LocalStorage(tmp_path / "data" / "files", lambda: base_url)
+    runner = web.AppRunner(create_cdn_app(None, storage), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield storage
+    await runner.cleanup()
+
+
+def s3_at(endpoint_url: str, bucket: str = "media") -> S3Storage:
+    return S3Storage(bucket, "outputs", endpoint_url=endpoint_url, region="us-east-1")
+
+
+def new_bucket(endpoint_url: str) -> str:
+    name = f"ferry-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def chain_of(*backends: Storage, attempts: int = 3) -> StorageChain:
+    return StorageChain(backends, attempts=attempts, backoff_seconds=0.001, max_backoff_seconds=0.01)
+
+
+async def put(storage: Storage, tmp_path: Path, **options: Any) -> Any:
+    source = tmp_path / "upload.incoming"
+    source.write_bytes(DATA)
+    options = {"file_name": "out.png", "content_type": "image/png", "expires_in": None, **options}
+    return await storage.put_file(source, sha256=hashlib.sha256(DATA).hexdigest(), **options)
+
+
+async def fetch(url: str) -> bytes:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        return await response.read()
+
+
+def retries_logged(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(
+        1 for r in caplog.records if r.name == CHAIN_LOG and r.levelno == logging.INFO and "retrying" in r.message
+    )
+
+
+async def test_a_down_s3_is_retried_then_local_storage_takes_the_file(
+    down: DroppingEndpoint, local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s3 = s3_at(down.url)
+    with caplog.at_level(logging.INFO, logger=CHAIN_LOG):
+        stored = await put(chain_of(s3, local, attempts=4), tmp_path)
+
+    assert down.requests == 4
+    assert retries_logged(caplog) == 3
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "s3://media/outputs" in warning.message and "falling back to local" in warning.message
+    assert stored.backend == "local"
+    assert await fetch(stored.url) == DATA
+
+
+async def test_with_no_backend_left_storage_is_unavailable(down: DroppingEndpoint, tmp_path: Path) -> None:
+    with pytest.raises(Unavailable) as unavailable:
+        await put(chain_of(s3_at(down.url), s3_at(closed_port_url(), "spare")), tmp_path)
+
+    assert unavailable.value.reason == "STORAGE_UNAVAILABLE"
+    assert "s3://media/outputs" in unavailable.value.message and "s3://spare/outputs" in unavailable.value.message
+    assert down.requests == 3
+
+
+async def test_a_misconfigured_backend_is_skipped_without_retrying(
+    moto_endpoint: str, local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing_bucket = s3_at(moto_endpoint, "no-such-bucket-here")
+    with caplog.at_level(logging.INFO, logger=CHAIN_LOG):
+        stored = await put(chain_of(missing_bucket, local, attempts=5), tmp_path)
+
+    assert stored.backend == "local"
+    assert retries_logged(caplog) == 0
+    assert any("no-such-bucket-here" in r.message for r in caplog.records if r.levelno == logging.WARNING)
+
+
+async def test_a_bad_request_fails_as_itself_without_falling_back(local: LocalStorage, tmp_path: Path) -> None:
+    spare = LocalStorage(tmp_path / "spare" / "files", lambda: "http://spare")
+
+    with pytest.raises(InvalidArgument):
+        await put(chain_of(local, spare), tmp_path, file_name="../escape.png")
+    assert list(spare.root.iterdir()) == []
+
+
+# -- multipart ------------------------------------------------------------------
+
+
+async def upload_in_parts(chain: StorageChain, tmp_path: Path, upload_id: str) -> Any:
+    parts = []
+    for number, data in ((1, b"\x01" * MIN_PART_SIZE), (2, b"tail")):
+        source = tmp_path / f"part-{number}.incoming"
+        source.write_bytes(data)
+        parts.append((number, await chain.put_part(upload_id, number, source)))
+    return await chain.complete_multipart(upload_id, parts)
+
+
+async def test_a_multipart_upload_started_on_s3_completes_on_s3(
+    moto_endpoint: str, local: LocalStorage, tmp_path: Path
+) -> None:
+    bucket = new_bucket(moto_endpoint)
+    chain = chain_of(s3_at(moto_endpoint, bucket), local)
+
+    upload_id = await chain.create_multipart(file_name="movie.mp4", content_type="video/mp4", expires_in=None)
+    stored = await upload_in_parts(chain, tmp_path, upload_id)
+
+    assert upload_id.startswith("0:")
+    assert stored.backend == f"s3://{bucket}/outputs"
+    assert list(local.uploads.iterdir()) == [] and list(local.root.iterdir()) == []
+
+
+async def test_a_multipart_upload_that_fell_back_never_touches_the_down_backend_again(
+    down: DroppingEndpoint, local: LocalStorage, tmp_path: Path
+) -> None:
+    chain = chain_of(s3_at(down.url), local, attempts=2)
+
+    upload_id = await chain.create_multipart(file_name="movie.mp4", content_type="video/mp4", expires_in=None)
+    assert (upload_id[:2], down.requests) == ("1:", 2)
+    stored = await upload_in_parts(chain, tmp_path, upload_id)
+
+    assert down.requests == 2
+    assert stored.backend == "local"
+    assert await fetch(stored.url) == b"\x01" * MIN_PART_SIZE + b"tail"
+
+
+async def test_when_the_owner_goes_down_mid_upload_its_parts_are_unavailable_not_moved(
+    local: LocalStorage, tmp_path: Path
+) -> None:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    chain = chain_of(s3_at(endpoint, new_bucket(endpoint)), local)
+    upload_id = await chain.create_multipart(file_name="movie.mp4", content_type="video/mp4", expires_in=None)
+    server.stop()
+    source = tmp_path / "part.incoming"
+    source.write_bytes(b"x")
+
+    with pytest.raises(Unavailable) as unavailable:
+        await chain.put_part(upload_id, 1, source)
+
+    assert unavailable.value.reason == "STORAGE_UNAVAILABLE"
+    assert list(local.uploads.iterdir()) == []
+
+
+@pytest.mark.parametrize("upload_id", ["", "nope", "0:", "2:abc", "-1:abc", "x:abc", "1:AAAAAAAAAAAAAAAAAAAAAA"])
+async def test_upload_ids_the_chain_never_issued_are_not_found(
+    local: LocalStorage, tmp_path: Path, upload_id: str
+) -> None:
+    chain = chain_of(LocalStorage(tmp_path / "first" / "files", lambda: "http://first"), local)
+    source = tmp_path / "part.incoming"
+    source.write_bytes(b"x")
+
+    with pytest.raises(NotFound) as unknown:
+        await chain.put_part(upload_id, 1, source)
+    assert unknown.value.reason == "UNKNOWN_UPLOAD"
+    with pytest.raises(NotFound):
+        await chain.complete_multipart(upload_id, [(1, "0" * 32)])
+
+
+# -- upkeep ---------------------------------------------------------------------
+
+
+async def test_the_sweep_covers_every_backend_even_when_one_fails(
+    local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await put(local, tmp_path, expires_in=60)
+    chain = chain_of(s3_at(closed_port_url()), local)
+
+    assert await chain.sweep(datetime.now(UTC) + timedelta(minutes=2)) == 1
+    assert any("sweep failed" in r.message for r in caplog.records if r.name == CHAIN_LOG)
+    await chain.close()
+
+
+async def test_the_sweeper_sweeps_until_cancelled_and_outlives_failures(
+    local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    expired = await put(local, tmp_path, expires_in=1)
+    await asyncio.sleep(1.1)
+    unreachable = s3_at(closed_port_url())
+
+    sweepers = [asyncio.create_task(run_sweeper(storage, 0.01)) for storage in (local, unreachable)]
+    await asyncio.sleep(0.3)
+
+    assert not any(sweeper.done() for sweeper in sweepers)
+    assert not (local.root / expired.key).exists()
+    assert sum("sweep of s3://media/outputs failed" in r.message for r in caplog.records) >= 2
+    for sweeper in sweepers:
+        sweeper.cancel()
+    await asyncio.gather(*sweepers, return_exceptions=True)
+
+
+# -- configuration ----------------------------------------------------------------
+
+
+def test_storage_specs_build_a_chain_in_the_given_order(tmp_path: Path) -> None:
+    config = StorageConfig(storage=("s3://media/outputs/v1", "local"), public_url="https://cdn.example/")
+
+    chain, local = build_storage(config, tmp_path, lambda: "http://127.0.0.1:8787")
+
+    assert chain.name == "s3://media/outputs/v1 -> local"
+    assert local is chain.backends[1] and local.root == tmp_path / "files"
+    assert local.url("A" * 22, "a.png") == f"https://cdn.example/files/{'A' * 22}/a.png"
+
+
+def test_without_a_public_url_local_files_are_addressed_at_the_cdn(tmp_path: Path) -> None:
+    chain, local = build_storage(StorageConfig(), tmp_path, lambda: "http://127.0.0.1:8787")
+
+    assert chain.name == "local" and local is not None
+    assert local.url("A" * 22, "a.png").startswith("http://127.0.0.1:8787/files/")
+
+
+def test_only_s3_storage_has_no_local_backend(tmp_path: Path) -> None:
+    _, local = build_storage(StorageConfig(storage=("s3://media",)), tmp_path, lambda: "unused")
+    assert local is None
+
+
+@pytest.mark.parametrize(
+    ("storage", "complaint"),
+    [
+        ((), "at least one"),
+        (("disk",), "expected 'local' or 's3://BUCKET/PREFIX'"),
+        (("s3://Media_Bucket!/x",), "not an S3 bucket name"),
+        (("s3://key:secret@media/x",), "without credentials"),
+        (("local", "local"), "twice"),
+    ],
+)
+def test_bad_storage_specs_are_refused_clearly(storage: tuple[str, ...], complaint: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(complaint)):
+        StorageConfig(storage=storage)
+
+
+def test_a_public_s3_url_fits_one_bucket_only() -> None:
+    with pytest.raises(ValueError, match="single s3:// storage"):
+        StorageConfig(storage=("s3://one/x", "s3://two/x"), s3_public_url="https://public.example")

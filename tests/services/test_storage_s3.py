@@ -1,0 +1,275 @@
+"""S3 storage against a real HTTP S3 endpoint (moto's server on loopback): objects, URLs, real multipart, sweep."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import boto3
+import pytest
+from ferry.services.errors import InvalidArgument, NotFound, Unavailable
+from ferry.services.storage.base import MIN_PART_SIZE, TransientStorageError
+from ferry.services.storage.s3 import S3Storage
+
+MAX_AGE = 3600.0
+
+
+@pytest.fixture
+def endpoint(s3_endpoint: str) -> str:
+    return s3_endpoint
+
+
+@pytest.fixture(autouse=True)
+def dummy_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def s3(endpoint: str) -> Any:
+    """A plain boto3 client, to look at the bucket the way anyone else would."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"ferry-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def storage_for(endpoint: str, bucket: str, **options: Any) -> S3Storage:
+    return S3Storage(
+        bucket, "outputs", endpoint_url=endpoint, region="us-east-1", multipart_max_age_seconds=MAX_AGE, **options
+    )
+
+
+@pytest.fixture
+async def storage(endpoint: str, bucket: str) -> Any:
+    s3_storage = storage_for(endpoint, bucket)
+    yield s3_storage
+    await s3_storage.close()
+
+
+def a_file(folder: Path, data: bytes, name: str = "upload.incoming") -> Path:
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return bytes(response.read())
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def put(storage: S3Storage, tmp_path: Path, data: bytes, **options: Any) -> Any:
+    options = {"file_name": "out.png", "content_type": "image/png", "expires_in": None, **options}
+    return await storage.put_file(a_file(tmp_path, data), sha256=hashlib.sha256(data).hexdigest(), **options)
+
+
+async def test_a_stored_file_is_an_object_with_its_type_and_metadata(
+    storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    stored = await put(storage, tmp_path, b"pixels", file_name="cat.png", expires_in=600)
+
+    prefix, object_id, name = stored.key.split("/")
+    assert (prefix, len(object_id), name) == ("outputs", 22, "cat.png")
+    assert (stored.backend, stored.size, stored.file_name) == (f"s3://{bucket}/outputs", 6, "cat.png")
+    head = s3.head_object(Bucket=bucket, Key=stored.key)
+    assert head["ContentType"] == "image/png"
+    assert head["Metadata"] == {
+        "ferry-sha256": hashlib.sha256(b"pixels").hexdigest(),
+        "ferry-expires-at": stored.expires_at.isoformat(),
+    }
+
+
+async def test_the_url_is_presigned_for_the_objects_lifetime(storage: S3Storage, tmp_path: Path) -> None:
+    stored = await put(storage, tmp_path, b"frames", expires_in=600)
+
+    assert get(stored.url) == b"frames"
+    assert 590 <= int(parse_qs(urlsplit(stored.url).query)["X-Amz-Expires"][0]) <= 600
+
+
+async def test_a_presigned_url_never_outlives_the_presign_cap(endpoint: str, bucket: str, tmp_path: Path) -> None:
+    storage = storage_for(endpoint, bucket, presign_seconds=3600)
+    stored = await put(storage, tmp_path, b"frames", expires_in=None)
+
+    assert parse_qs(urlsplit(stored.url).query)["X-Amz-Expires"] == ["3600"]
+
+
+async def test_with_a_public_base_url_the_url_is_base_and_key(
+    endpoint: str, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    storage = storage_for(endpoint, bucket, public_url_base=f"{endpoint}/{bucket}/")
+    stored = await put(storage, tmp_path, b"public bytes", file_name="a b.png")
+
+    assert stored.url == f"{endpoint}/{bucket}/{quote(stored.key)}"
+    assert "X-Amz" not in stored.url
+    s3.put_object_acl(
+        Bucket=bucket, Key=stored.key, ACL="public-read"
+    )  # what makes a bucket public is its owner's business
+    assert get(stored.url) == b"public bytes"
+
+
+async def test_a_missing_bucket_is_unavailable_and_says_so(endpoint: str, tmp_path: Path) -> None:
+    storage = storage_for(endpoint, "no-such-bucket-here")
+    with pytest.raises(Unavailable) as down:
+        await put(storage, tmp_path, b"x")
+    assert down.value.reason == "STORAGE_BUCKET_MISSING"
+    assert "no-such-bucket-here" in down.value.message
+
+
+async def test_an_unreachable_endpoint_is_transient(tmp_path: Path) -> None:
+    storage = S3Storage("bucket", "outputs", endpoint_url=closed_port_url(), region="us-east-1")
+
+    with pytest.raises(TransientStorageError):
+        await put(storage, tmp_path, b"x")
+    with pytest.raises(TransientStorageError):
+        await storage.create_multipart(file_name="a.bin", content_type="application/octet-stream", expires_in=None)
+
+
+# -- multipart: real S3 multipart uploads ------------------------------------------
+
+
+async def send_part(storage: S3Storage, tmp_path: Path, upload_id: str, number: int, data: bytes) -> str:
+    return await storage.put_part(upload_id, number, a_file(tmp_path, data, f"part-{number}.incoming"))
+
+
+async def test_a_multipart_upload_assembles_parts_sent_in_any_order(
+    storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    upload_id = await storage.create_multipart(file_name="movie.mp4", content_type="video/mp4", expires_in=600)
+    first, last = b"\x01" * MIN_PART_SIZE, b"tail"
+
+    etag_last = await send_part(storage, tmp_path, upload_id, 2, last)
+    await send_part(storage, tmp_path, upload_id, 1, b"\x09" * MIN_PART_SIZE)
+    etag_first = await send_part(storage, tmp_path, upload_id, 1, first)  # re-sent: the last one wins
+    completing = datetime.now(UTC).replace(microsecond=0)
+    stored = await storage.complete_multipart(upload_id, [(2, etag_last), (1, etag_first)])
+
+    whole = first + last
+    assert (stored.size, stored.sha256) == (len(whole), hashlib.sha256(whole).hexdigest())
+    assert (stored.file_name, stored.content_type) == ("movie.mp4", "video/mp4")
+    assert stored.expires_at is not None and stored.expires_at >= completing + timedelta(seconds=600)
+    assert get(stored.url) == whole
+    assert s3.head_object(Bucket=bucket, Key=stored.key)["ContentType"] == "video/mp4"
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_a_completion_retried_after_it_got_through_answers_the_same_object(
+    storage: S3Storage, tmp_path: Path
+) -> None:
+    upload_id = await storage.create_multipart(
+        file_name="a.bin", content_type="application/octet-stream", expires_in=None
+    )
+    etag = await send_part(storage, tmp_path, upload_id, 1, b"whole")
+
+    first = await storage.complete_multipart(upload_id, [(1, etag)])
+    again = await storage.complete_multipart(upload_id, [(1, etag)])
+
+    assert (again.key, again.size, again.sha256) == (first.key, 5, hashlib.sha256(b"whole").hexdigest())
+
+
+async def test_a_small_part_before_the_last_is_refused(storage: S3Storage, tmp_path: Path) -> None:
+    upload_id = await storage.create_multipart(
+        file_name="a.bin", content_type="application/octet-stream", expires_in=None
+    )
+    small = await send_part(storage, tmp_path, upload_id, 1, b"too small")
+    last = await send_part(storage, tmp_path, upload_id, 2, b"end")
+
+    with pytest.raises(InvalidArgument) as refused:
+        await storage.complete_multipart(upload_id, [(1, small), (2, last)])
+    assert refused.value.reason == "PART_TOO_SMALL"
+
+
+async def test_abort_leaves_no_upload_and_may_be_repeated(
+    storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    upload_id = await storage.create_multipart(
+        file_name="a.bin", content_type="application/octet-stream", expires_in=None
+    )
+    await send_part(storage, tmp_path, upload_id, 1, b"x" * 1024)
+
+    await storage.abort_multipart(upload_id)
+    await storage.abort_multipart(upload_id)
+
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+@pytest.mark.parametrize(
+    "upload_id", ["", "not-base64!", "W10", "WyJlbHNld2hlcmUva2V5IiwiaWQiXQ"]
+)  # [], ["elsewhere/key","id"]
+async def test_upload_ids_this_backend_never_issued_are_not_found(
+    storage: S3Storage, tmp_path: Path, upload_id: str
+) -> None:
+    with pytest.raises(NotFound) as unknown:
+        await send_part(storage, tmp_path, upload_id, 1, b"x")
+    assert unknown.value.reason == "UNKNOWN_UPLOAD"
+
+
+# -- sweep ----------------------------------------------------------------------
+
+
+async def test_the_sweep_deletes_expired_objects_only(storage: S3Storage, s3: Any, bucket: str, tmp_path: Path) -> None:
+    expiring = await put(storage, tmp_path, b"soon gone", expires_in=60)
+    kept = await put(storage, tmp_path, b"kept")
+    upload_id = await storage.create_multipart(
+        file_name="a.bin", content_type="application/octet-stream", expires_in=60
+    )
+    etag = await send_part(storage, tmp_path, upload_id, 1, b"whole")
+    assembled = await storage.complete_multipart(upload_id, [(1, etag)])
+
+    assert await storage.sweep(datetime.now(UTC)) == 0
+    assert await storage.sweep(datetime.now(UTC) + timedelta(minutes=2)) == 2
+
+    keys = [entry["Key"] for entry in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == [kept.key]
+    assert expiring.key not in keys and assembled.key not in keys
+
+
+async def test_the_sweep_aborts_idle_multipart_uploads(
+    storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    upload_id = await storage.create_multipart(
+        file_name="a.bin", content_type="application/octet-stream", expires_in=None
+    )
+    await send_part(storage, tmp_path, upload_id, 1, b"x")
+
+    assert await storage.sweep(datetime.now(UTC) + timedelta(seconds=MAX_AGE - 60)) == 0
+    assert await storage.sweep(datetime.now(UTC) + timedelta(seconds=MAX_AGE + 1)) == 1
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_the_sweep_leaves_other_prefixes_alone(storage: S3Storage, s3: Any, bucket: str) -> None:
+    s3.put_object(
+        Bucket=bucket, Key="elsewhere/x", Body=b"x", Metadata={"ferry-expires-at": "2000-01-01T00:00:00+00:00"}
+    )
+
+    assert await storage.sweep(datetime.now(UTC)) == 0
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+
+
+async def test_a_fresh_upload_survives_a_sweep_even_when_the_store_misreports_its_start(
+    storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    # moto reports every upload as initiated in 2010; the sweep must still see it as fresh.
+    upload_id = await storage.create_multipart(file_name="fresh.bin", content_type="application/octet-stream", expires_in=None)
+    assert await storage.sweep(datetime.now(UTC)) == 0
+    assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+    await storage.abort_multipart(upload_id)
