@@ -15,27 +15,17 @@ import argparse
 import base64
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ferry.testing import StackProcess
 
-MIB = 1 << 20
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MIB, median_seconds, write_random_file  # noqa: E402 (bench/ is a folder of scripts)
+
 HTTP_SOURCE = Path(__file__).resolve().parent.parent / "scripts" / "http_source.py"
-
-
-def median_seconds(run: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -47,13 +37,6 @@ def peak_rss_mib(pid: int) -> float:
 
 def line(case: str, ferry: str, baseline_name: str, baseline: str, ratio: float, goal: str) -> None:
     print(f"{case:<34} ferry {ferry:>14}   {baseline_name} {baseline:>14}   ratio {ratio:6.3f}   ({goal})", flush=True)
-
-
-def write_random_file(path: Path, size: int) -> None:
-    block = os.urandom(MIB)
-    with open(path, "wb") as f:
-        for _ in range(size // MIB):
-            f.write(block)
 
 
 def main() -> int:

@@ -14,12 +14,9 @@ import argparse
 import io
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -30,24 +27,17 @@ from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from ferry.testing import StackProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MIB, median_seconds, write_random_file  # noqa: E402 (bench/ is a folder of scripts)
 from ferry.v1 import common_pb2, encoder_pb2
 
-MIB = 1 << 20
 # The baselines encode with ferry's own defaults, so the ratio measures ferry's overhead, not settings.
 SAME_SETTINGS_AS_FERRY = {
     "jpeg": {"quality": 90, "subsampling": "4:4:4"},
     "png": {"compress_level": 1},
     "webp": {"quality": 90, "method": 4},
 }
-
-
-def median_seconds(run: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def line(case: str, ferry: str, baseline_name: str, baseline: str, ratio: float | None, goal: str) -> None:
@@ -76,13 +66,6 @@ def pyav_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
             container.mux(packet)
 
 
-def write_random_file(path: Path, size: int) -> None:
-    block = os.urandom(MIB)
-    with open(path, "wb") as f:
-        for _ in range(size // MIB):
-            f.write(block)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--upload-mib", type=int, default=1024)
@@ -94,9 +77,9 @@ def main() -> int:
         with StackProcess(["encoder", "--data-dir", str(work / "data")]) as stack, stack.client() as client:
             image = natural_image()
             for fmt, goal in (("jpeg", "goal <= 1.3"), ("png", "goal <= 1.1"), ("webp", "goal <= 1.1")):
-                ferry_s = median_seconds(lambda: client.encode_tensor(image, fmt), repeat)
+                ferry_s = median_seconds(lambda fmt=fmt: client.encode_tensor(image, fmt), repeat)
 
-                def pillow() -> None:
+                def pillow(fmt: str = fmt) -> None:
                     buffer = io.BytesIO()
                     Image.fromarray(image).save(buffer, format=fmt.upper(), **SAME_SETTINGS_AS_FERRY[fmt])
                     (work / f"local.{fmt}").write_bytes(buffer.getvalue())

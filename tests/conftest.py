@@ -56,6 +56,14 @@ AWS_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY":
 
 
 @pytest.fixture
+def aws_test_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials for boto3 in this process (moto accepts any)."""
+    for name, value in AWS_TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
 def http_server(background_loop, tmp_path: Path) -> Iterator[HttpFileServer]:
     """A real HTTP server over a temp dir, for download sources."""
     root = tmp_path / "http-root"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import secrets
 from concurrent.futures import Executor
 from pathlib import Path

@@ -14,7 +14,7 @@ import logging
 import re
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ import aiohttp
 import boto3
 import pytest
 from aiohttp import web
+from moto.server import ThreadedMotoServer
+
 from ferry.services.errors import InvalidArgument, NotFound, Unavailable
 from ferry.services.storage.base import MIN_PART_SIZE, Storage
 from ferry.services.storage.cdn import create_cdn_app
@@ -31,7 +33,6 @@ from ferry.services.storage.config import StorageConfig, build_storage
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
 from ferry.services.storage.sweeper import run_sweeper
-from moto.server import ThreadedMotoServer
 
 CHAIN_LOG = "ferry.services.storage.chain"
 DATA = b"encoded media"
@@ -63,21 +64,14 @@ class DroppingEndpoint:
         await self._server.wait_closed()
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+@pytest.fixture
+def moto_endpoint(s3_endpoint: str) -> str:
+    return s3_endpoint
 
 
 @pytest.fixture(autouse=True)
-def dummy_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def dummy_credentials(aws_test_credentials: None) -> None:
+    """Every test here talks to moto through boto3."""
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import hashlib
 import socket
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,8 @@ def endpoint(s3_endpoint: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def dummy_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def dummy_credentials(aws_test_credentials: None) -> None:
+    """Every test here talks to moto through boto3."""
 
 
 @pytest.fixture
