@@ -13,6 +13,7 @@ import hashlib
 import json
 import mimetypes
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -220,6 +221,14 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         out_path = self.incoming / f"{os.urandom(8).hex()}.mp4"
         self.incoming.mkdir(parents=True, exist_ok=True)
         writer: Mp4Writer | None = None
+        # One writer call at a time: when a cancelled request aborts, the abort
+        # must wait for a block still encoding on another executor thread.
+        writer_lock = threading.Lock()
+
+        def locked(method: Callable[..., T], *args: object) -> T:
+            with writer_lock:
+                return method(*args)
+
         pending = bytearray()
         audio = bytearray()
         received = 0
@@ -248,7 +257,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                     )
                 )
             assert writer is not None
-            await self._run(writer.write_frames, frames)
+            await self._run(locked, writer.write_frames, frames)
 
         try:
             async for request in requests:
@@ -276,15 +285,15 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 )
             if track is not None:
                 samples = audio_samples(tensor_from_bytes(track.tensor.dtype, track.tensor.shape, audio), header.channel_order)
-                await self._run(writer.write_audio, samples)
-            info = await self._run(writer.close)
+                await self._run(locked, writer.write_audio, samples)
+            info = await self._run(locked, writer.close)
             sha256 = await self._run(_sha256_file, out_path)
             stored = await self.storage.put_file(
                 out_path, file_name=f"{base}.mp4", content_type="video/mp4", sha256=sha256, expires_in=lifetime
             )
         except BaseException:
             if writer is not None:
-                await self._run(writer.abort)
+                await self._run(locked, writer.abort)
             raise
         finally:
             out_path.unlink(missing_ok=True)
