@@ -21,13 +21,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ferry.connection import Connection
 from ferry.downloads import DownloadPlan, EventReader, ProgressCallback, write_read_stream, write_read_stream_async
 from ferry.errors import FerryError
-from ferry.retry import call_with_retries
-from ferry.tensors import tensor_payload
+from ferry.retry import call_with_retries, call_with_retries_async
 from ferry.uploads import (
     MULTIPART_THRESHOLD,
     PartSender,
     UploadProgress,
-    encode_header,
+    build_encode,
     encode_messages,
     guess_content_type,
     lifecycle,
@@ -246,31 +245,26 @@ class Client:
         sample_format: str = "pcm16",
     ) -> list[common_pb2.File]:
         """Encode a numpy array or torch tensor (CPU or CUDA) as png/jpeg/webp/gif/mp4/wav and store it."""
-        payload = tensor_payload(tensor)
-        audio_payload = tensor_payload(audio[0]) if audio is not None else None
-        header = encode_header(
-            payload,
+        header, payload, audio_payload = build_encode(
+            tensor,
             format,
             file_name=file_name,
             expires_in=expires_in,
             channel_order=channel_order,
             value_range=value_range,
-            audio_payload=audio_payload,
-            options=dict(
-                quality=quality,
-                lossless=lossless,
-                png_compress_level=png_compress_level,
-                animate=animate,
-                frame_duration_ms=frame_duration_ms,
-                loop=loop,
-                fps=fps,
-                crf=crf,
-                preset=preset,
-                allow_gpu=allow_gpu,
-                audio_rate=audio[1] if audio is not None else 0,
-                sample_rate=sample_rate,
-                sample_format=sample_format,
-            ),
+            quality=quality,
+            lossless=lossless,
+            png_compress_level=png_compress_level,
+            animate=animate,
+            frame_duration_ms=frame_duration_ms,
+            loop=loop,
+            fps=fps,
+            crf=crf,
+            preset=preset,
+            allow_gpu=allow_gpu,
+            audio=audio,
+            sample_rate=sample_rate,
+            sample_format=sample_format,
         )
         with _as_ferry_errors():
             response = call_with_retries(
@@ -359,6 +353,54 @@ class AsyncClient:
             return await write_read_stream_async(read, plan.destination(completed))
         except grpc.RpcError as error:
             raise FerryError.from_rpc_error(error) from None
+
+    async def upload_bytes(
+        self, data: bytes, content_type: str, file_name: str | None = None, expires_in: int | None = None
+    ) -> common_pb2.File:
+        """The asyncio twin of `Client.upload_bytes`."""
+        header = encoder_pb2.UploadHeader(
+            file_name=file_name or "", content_type=content_type, file_size=len(data), lifecycle=lifecycle(expires_in)
+        )
+
+        async def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> common_pb2.File:
+            return (await stub.Upload(upload_messages(header, None, data, None))).file
+
+        with _as_ferry_errors():
+            return await call_with_retries_async([self.encoder], attempt, idempotent=True)
+
+    async def upload_file(
+        self,
+        path: str | os.PathLike[str],
+        content_type: str | None = None,
+        file_name: str | None = None,
+        expires_in: int | None = None,
+    ) -> common_pb2.File:
+        """The asyncio twin of `Client.upload_file` for files up to 100 MiB (larger: use `Client`)."""
+        path = Path(path)
+        size = path.stat().st_size
+        if size > MULTIPART_THRESHOLD:
+            raise ValueError("AsyncClient uploads files up to 100 MiB; use Client.upload_file for multipart")
+        name = file_name or path.name
+        header = encoder_pb2.UploadHeader(
+            file_name=name, content_type=guess_content_type(name, content_type), file_size=size, lifecycle=lifecycle(expires_in)
+        )
+
+        async def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> common_pb2.File:
+            return (await stub.Upload(upload_messages(header, path, None, None))).file
+
+        with _as_ferry_errors():
+            return await call_with_retries_async([self.encoder], attempt, idempotent=True)
+
+    async def encode_tensor(self, tensor: Any, format: str, **options: Any) -> list[common_pb2.File]:
+        """The asyncio twin of `Client.encode_tensor` (same options)."""
+        header, payload, audio_payload = build_encode(tensor, format, **options)
+
+        async def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> encoder_pb2.EncodeResponse:
+            return await stub.Encode(encode_messages(header, payload, audio_payload))
+
+        with _as_ferry_errors():
+            response = await call_with_retries_async([self.encoder], attempt, idempotent=True)
+        return list(response.files)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -7,9 +7,10 @@ Each attempt moves to the next address, so a dead replica is skipped at once.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -21,7 +22,7 @@ ATTEMPTS = 10
 
 
 def retryable(error: grpc.RpcError, idempotent: bool) -> bool:
-    code = error.code() if isinstance(error, grpc.Call) else None
+    code = error.code() if hasattr(error, "code") else None  # sync calls and grpc.aio's AioRpcError alike
     return code == grpc.StatusCode.UNAVAILABLE or (idempotent and code == grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -41,4 +42,20 @@ def call_with_retries(
                 raise
         if (attempt + 1) % len(stubs) == 0:  # every address failed once: wait before the next round
             time.sleep(backoff_seconds(attempt // len(stubs)))
+    raise AssertionError("unreachable")
+
+
+async def call_with_retries_async(
+    stubs: Sequence[Stub], call: Callable[[Stub], Awaitable[T]], *, idempotent: bool, attempts: int = ATTEMPTS
+) -> T:
+    """The asyncio twin of `call_with_retries`."""
+    for attempt in range(attempts):
+        stub = stubs[attempt % len(stubs)]
+        try:
+            return await call(stub)
+        except grpc.RpcError as error:
+            if attempt == attempts - 1 or not retryable(error, idempotent):
+                raise
+        if (attempt + 1) % len(stubs) == 0:
+            await asyncio.sleep(backoff_seconds(attempt // len(stubs)))
     raise AssertionError("unreachable")

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 import grpc
 
 from ferry.retry import call_with_retries
-from ferry.tensors import TensorPayload
+from ferry.tensors import TensorPayload, tensor_payload
 from ferry.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
 MIB = 1 << 20
@@ -221,5 +221,53 @@ def encode_header(
     return header
 
 
-def file_size(path: str | os.PathLike[str]) -> int:
-    return os.stat(path).st_size
+def build_encode(
+    tensor: Any,
+    format: str,
+    *,
+    file_name: str = "",
+    expires_in: int | None = None,
+    channel_order: str | None = None,
+    value_range: str | None = None,
+    quality: int | None = None,
+    lossless: bool = False,
+    png_compress_level: int | None = None,
+    animate: bool = False,
+    frame_duration_ms: int = 0,
+    loop: int = 0,
+    fps: float = 0,
+    crf: int | None = None,
+    preset: str = "",
+    allow_gpu: bool = True,
+    audio: tuple[Any, int] | None = None,
+    sample_rate: int = 0,
+    sample_format: str = "pcm16",
+) -> tuple[encoder_pb2.EncodeHeader, TensorPayload, TensorPayload | None]:
+    """The Encode stream's header and payloads: the one place encode options are understood."""
+    payload = tensor_payload(tensor)
+    audio_payload = tensor_payload(audio[0]) if audio is not None else None
+    header = encode_header(
+        payload,
+        format,
+        file_name=file_name,
+        expires_in=expires_in,
+        channel_order=channel_order,
+        value_range=value_range,
+        audio_payload=audio_payload,
+        options=dict(
+            quality=quality,
+            lossless=lossless,
+            png_compress_level=png_compress_level,
+            animate=animate,
+            frame_duration_ms=frame_duration_ms,
+            loop=loop,
+            fps=fps,
+            crf=crf,
+            preset=preset,
+            allow_gpu=allow_gpu,
+            audio_rate=audio[1] if audio is not None else 0,
+            sample_rate=sample_rate,
+            sample_format=sample_format,
+        ),
+    )
+    return header, payload, audio_payload

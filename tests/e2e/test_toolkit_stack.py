@@ -68,3 +68,15 @@ def test_upload_cli_reports_errors(ferry_serve, tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2 and "no such file" in result.stderr
+
+
+async def test_the_async_client_uploads_and_encodes(ferry_serve, tmp_path):
+    source = tmp_path / "small.txt"
+    source.write_text("async")
+    async with ferry.AsyncClient(ferry_serve.grpc_address) as client:
+        uploaded = await client.upload_file(source, expires_in=60)
+        raw = await client.upload_bytes(b"raw", "text/plain", "raw.txt")
+        (png,) = await client.encode_tensor(np.zeros((4, 6), np.uint8), "png")
+    assert uploaded.content_type == "text/plain" and uploaded.HasField("expires_at")
+    assert raw.file_size == 3 and (png.image.width, png.image.height) == (6, 4)
+    assert ferry.File.from_proto(png).as_bytes().startswith(b"\x89PNG")
