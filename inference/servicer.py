@@ -1,17 +1,164 @@
-"""InferenceService servicer (the runner lands with the inference issue)."""
+"""InferenceService: maps Run, Stream, the queue API and ListEndpoints onto the app runners.
+
+A Run or Stream caller that disconnects cancels its request. Realtime is not
+built yet and answers UNIMPLEMENTED naming itself.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 
+from ferry.inference.app import load_app
+from ferry.inference.runner import COMPLETED, AppRunner, RequestRecord
+from ferry.inference.schema import input_schema, output_schema
+from ferry.services.errors import FailedPrecondition, FerryError, NotFound, abort, abort_with
 from ferry.services.settings import Settings
-from ferry.services.unbuilt import unbuilt_servicer
 from ferry.v1 import inference_pb2, inference_pb2_grpc
 
-SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, runners: dict[str, AppRunner]) -> None:
+        self.runners = runners
+
+    def _runner(self, app_id: str) -> AppRunner:
+        try:
+            return self.runners[app_id]
+        except KeyError:
+            raise NotFound(f"no app {app_id!r} (hosted: {', '.join(sorted(self.runners)) or 'none'})", reason="UNKNOWN_APP") from None
+
+    def _record(self, request_id: str) -> tuple[AppRunner, RequestRecord]:
+        for runner in self.runners.values():
+            if (record := runner.records.get(request_id)) is not None:
+                return runner, record
+        raise NotFound(f"no request {request_id!r}", reason="UNKNOWN_REQUEST")
+
+    async def Run(self, request: inference_pb2.RunRequest, context: grpc.aio.ServicerContext) -> inference_pb2.RunResponse:  # noqa: N802
+        try:
+            runner = self._runner(request.app_id)
+            record = runner.submit(request.path, request.input_json)
+            try:
+                await record.finished.wait()
+            except asyncio.CancelledError:  # the caller went away: so does its request
+                runner.cancel(record)
+                raise
+            if record.error is not None:
+                raise record.error
+            return inference_pb2.RunResponse(request_id=record.request_id, output_json=record.output_json)
+        except FerryError as error:
+            await abort_with(context, error)
+
+    async def Stream(  # noqa: N802
+        self, request: inference_pb2.StreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.StreamResponse]:
+        try:
+            runner = self._runner(request.app_id)
+            record = runner.submit(request.path, request.input_json)
+        except FerryError as error:
+            await abort_with(context, error)
+        try:
+            async for response in runner.events(record):
+                yield response
+        finally:
+            if record.state != COMPLETED:  # the caller disconnected mid-stream
+                runner.cancel(record)
+
+    async def Submit(self, request: inference_pb2.SubmitRequest, context: grpc.aio.ServicerContext) -> inference_pb2.SubmitResponse:  # noqa: N802
+        try:
+            record = self._runner(request.app_id).submit(request.path, request.input_json)
+            return inference_pb2.SubmitResponse(request_id=record.request_id)
+        except FerryError as error:
+            await abort_with(context, error)
+
+    async def GetStatus(  # noqa: N802
+        self, request: inference_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.GetStatusResponse:
+        try:
+            runner, record = self._record(request.request_id)
+        except FerryError as error:
+            await abort_with(context, error)
+        response = inference_pb2.GetStatusResponse(
+            request_id=record.request_id, state=record.state, queue_position=runner.position(record)
+        )
+        if request.with_logs:
+            response.logs.extend(record.logs)
+        if record.progress is not None:
+            response.progress.CopyFrom(record.progress)
+        if record.error is not None:
+            response.error.CopyFrom(inference_pb2.RequestError(code=record.error.code.value[0], message=record.error.message, reason=record.error.reason))
+        return response
+
+    async def GetResult(  # noqa: N802
+        self, request: inference_pb2.GetResultRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.GetResultResponse:
+        try:
+            _, record = self._record(request.request_id)
+            if record.state != COMPLETED:
+                if not request.wait:
+                    raise FailedPrecondition("the request has not completed; GetStatus tells where it is", reason="NOT_COMPLETED")
+                await record.finished.wait()
+            if record.error is not None:
+                raise record.error
+            return inference_pb2.GetResultResponse(request_id=record.request_id, output_json=record.output_json)
+        except FerryError as error:
+            await abort_with(context, error)
+
+    async def Cancel(self, request: inference_pb2.CancelRequest, context: grpc.aio.ServicerContext) -> inference_pb2.CancelResponse:  # noqa: N802
+        try:
+            runner, record = self._record(request.request_id)
+        except FerryError as error:
+            await abort_with(context, error)
+        previous, cancelled = runner.cancel(record)
+        return inference_pb2.CancelResponse(previous_state=previous, cancelled=cancelled)
+
+    async def Realtime(  # noqa: N802
+        self, request_iterator: AsyncIterator[inference_pb2.RealtimeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.RealtimeResponse]:
+        await abort(context, grpc.StatusCode.UNIMPLEMENTED, "NOT_BUILT", "ferry.v1.InferenceService/Realtime is not built yet")
+        yield inference_pb2.RealtimeResponse()  # never reached; makes this a response stream
+
+    async def ListEndpoints(  # noqa: N802
+        self, request: inference_pb2.ListEndpointsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ListEndpointsResponse:
+        try:
+            runners = [self._runner(request.app_id)] if request.app_id else list(self.runners.values())
+        except FerryError as error:
+            await abort_with(context, error)
+        apps = []
+        for runner in runners:
+            endpoints = [
+                inference_pb2.EndpointDescription(
+                    path=spec.path,
+                    input_schema_json=json.dumps(input_schema(spec.input_model)),
+                    output_schema_json=json.dumps(output_schema(spec.output_model)),
+                    realtime=spec.realtime,
+                )
+                for spec in runner.spec.endpoints.values()
+            ]
+            apps.append(inference_pb2.AppDescription(app_id=runner.spec.app_id, machine_type=runner.spec.machine_type, endpoints=endpoints))
+        return inference_pb2.ListEndpointsResponse(apps=apps)
 
 
-async def host(server: grpc.aio.Server, settings: Settings) -> None:
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-        unbuilt_servicer(inference_pb2_grpc.InferenceServiceServicer, SERVICE), server
-    )
+async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
+    """Load every `--app`, run each one's setup, and serve InferenceService."""
+    threads = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 2), thread_name_prefix="ferry-handler")
+    runners: dict[str, AppRunner] = {}
+    for spec in settings.inference.app:
+        runner = AppRunner(load_app(spec), workers=threads)
+        if runner.spec.app_id in runners:
+            raise ValueError(f"two apps share the id {runner.spec.app_id!r}")
+        await runner.start()
+        runners[runner.spec.app_id] = runner
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(runners), server)
+
+    async def close() -> None:
+        for runner in runners.values():
+            await runner.stop()
+        threads.shutdown(wait=False, cancel_futures=True)
+
+    return close

@@ -8,10 +8,11 @@ and never imports the services or torch.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ferry.app_requests import RequestHandle
 from ferry.client import AsyncClient, Client
 from ferry.connection import Connection
 from ferry.datauri import encode, encode_file, encode_image, image_bytes
@@ -71,7 +72,41 @@ def upload_image(image: Any, format: str = "jpeg", expires_in: int | None = None
 
 from ferry.toolkit import Audio, CompressedFile, File, Image, Video  # noqa: E402 (uses default_client lazily)
 
+def run(app: str, arguments: dict[str, Any], path: str = "/") -> dict[str, Any]:
+    """Run an app endpoint through the stack at FERRY_ADDRESS and return its output."""
+    return default_client().run(app, arguments, path)
+
+
+def submit(app: str, arguments: dict[str, Any], path: str = "/") -> RequestHandle:
+    """Queue a request; the handle polls (`status`), follows (`iter_events`), waits (`get`) or cancels it."""
+    return default_client().submit(app, arguments, path)
+
+
+def subscribe(
+    app: str,
+    arguments: dict[str, Any],
+    path: str = "/",
+    with_logs: bool = False,
+    on_queue_update: Callable[[Any], None] | None = None,
+    client_timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run and follow a request to its output; past `client_timeout` seconds it is cancelled."""
+    return default_client().subscribe(
+        app, arguments, path, with_logs=with_logs, on_queue_update=on_queue_update, client_timeout=client_timeout
+    )
+
+
+def stream(app: str, arguments: dict[str, Any], path: str = "/") -> Iterator[Any]:
+    """Every event of a request, as the stack sends them."""
+    return default_client().stream(app, arguments, path)
+
+
 __all__ = [
+    "RequestHandle",
+    "run",
+    "stream",
+    "submit",
+    "subscribe",
     "Audio",
     "CompressedFile",
     "File",

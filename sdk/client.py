@@ -8,8 +8,9 @@ contract; the task-level helpers build on them.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ferry.connection import Connection
 from ferry.downloads import DownloadPlan, EventReader, ProgressCallback, write_read_stream, write_read_stream_async
 from ferry.errors import FerryError
+from ferry.app_requests import RequestHandle, stream_events, subscribe, upload_local_files
 from ferry.retry import call_with_retries, call_with_retries_async
 from ferry.uploads import (
     MULTIPART_THRESHOLD,
@@ -32,7 +34,7 @@ from ferry.uploads import (
     lifecycle,
     upload_messages,
 )
-from ferry.v1 import common_pb2, downloader_pb2_grpc, encoder_pb2, encoder_pb2_grpc, inference_pb2_grpc
+from ferry.v1 import common_pb2, downloader_pb2_grpc, encoder_pb2, encoder_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 SERVICE_NAMES = ("ferry.v1.DownloaderService", "ferry.v1.EncoderService", "ferry.v1.InferenceService")
 
@@ -271,6 +273,50 @@ class Client:
                 self._encoders, lambda stub: stub.Encode(encode_messages(header, payload, audio_payload)), idempotent=True
             )
         return list(response.files)
+
+    # -- apps ----------------------------------------------------------------------------
+
+    def run(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> dict[str, Any]:
+        """Run an app endpoint and return its output (local Path arguments are uploaded first)."""
+        request = inference_pb2.RunRequest(
+            app_id=app, path=path, input_json=json.dumps(upload_local_files(arguments, self)), lifecycle=lifecycle(expires_in)
+        )
+        with _as_ferry_errors():
+            return json.loads(self.inference.Run(request).output_json)
+
+    def submit(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> RequestHandle:
+        """Queue a request and return at once with a handle to it."""
+        request = inference_pb2.SubmitRequest(
+            app_id=app, path=path, input_json=json.dumps(upload_local_files(arguments, self)), lifecycle=lifecycle(expires_in)
+        )
+        with _as_ferry_errors():
+            return RequestHandle(self, self.inference.Submit(request).request_id)
+
+    def _stream_request(self, app: str, arguments: dict[str, Any], path: str, expires_in: int | None) -> inference_pb2.StreamRequest:
+        return inference_pb2.StreamRequest(
+            app_id=app, path=path, input_json=json.dumps(upload_local_files(arguments, self)), lifecycle=lifecycle(expires_in)
+        )
+
+    def stream(
+        self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
+    ) -> Iterator[inference_pb2.StreamResponse]:
+        """Every event of a request: queued, in progress (logs, progress), partial outputs, completed or failed."""
+        return stream_events(self, self._stream_request(app, arguments, path, expires_in))
+
+    def subscribe(
+        self,
+        app: str,
+        arguments: dict[str, Any],
+        path: str = "/",
+        *,
+        with_logs: bool = False,
+        on_queue_update: Callable[[inference_pb2.StreamResponse], None] | None = None,
+        client_timeout: float | None = None,
+        expires_in: int | None = None,
+    ) -> dict[str, Any]:
+        """Run and follow a request to its output; past `client_timeout` seconds it is cancelled."""
+        request = self._stream_request(app, arguments, path, expires_in)
+        return subscribe(self, request, with_logs=with_logs, on_queue_update=on_queue_update, client_timeout=client_timeout)
 
     def close(self) -> None:
         for channel in self._encoder_channels:

@@ -84,6 +84,15 @@ class EncoderConfig:
     encode_threads: int = setting("worker threads for encoding (0 = one per CPU)", 0)
 
 
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Which apps the runner hosts, and where its downloader and encoder are."""
+
+    app: tuple[str, ...] = setting("an app to host, as module.path:ClassName or path/to/file.py:ClassName", ())
+    downloader: str | None = setting("DownloaderService address for handlers (default: this server)")
+    encoder: str | None = setting("EncoderService address for handlers (default: this server)")
+
+
 def env_name(field_name: str) -> str:
     return "FERRY_" + field_name.upper()
 

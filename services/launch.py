@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -23,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ferry.services import config as config_module
 from ferry.services.auth import BearerTokenInterceptor
-from ferry.services.config import DownloaderConfig, EncoderConfig, ServerConfig
+from ferry.services.config import DownloaderConfig, EncoderConfig, InferenceConfig, ServerConfig
 from ferry.services.health import add_health
 from ferry.services.settings import Settings
 from ferry.services.storage.cdn import create_cdn_app
@@ -120,6 +121,19 @@ class Stack:
             self.grpc_port = server.add_insecure_port(address)
         await server.start()
         self._grpc = server
+        if any(s.module == SERVICES["inference"].module for s in self.hosted):
+            self._point_handlers_at_services()
+
+    def _point_handlers_at_services(self) -> None:
+        """Handlers reach the downloader and encoder through the SDK's default client (FERRY_* variables)."""
+        here = _hostport("127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host, self.grpc_port)
+        inference = self.settings.inference
+        os.environ["FERRY_ADDRESS"] = inference.downloader or here
+        os.environ["FERRY_ENCODER_ADDRESSES"] = inference.encoder or here
+        if self.config.token:
+            os.environ["FERRY_TOKEN"] = self.config.token
+        if self.config.tls_cert:
+            os.environ["FERRY_CA_FILE"] = str(self.config.tls_cert)
 
     async def _start_storage(self) -> None:
         """Storage and the CDN that serves its local files; local URLs need the CDN's address first."""
@@ -193,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     config_module.add_arguments(parser, DownloaderConfig)
     config_module.add_arguments(parser, EncoderConfig)
     config_module.add_arguments(parser, StorageConfig)
+    config_module.add_arguments(parser, InferenceConfig)
     return parser
 
 
@@ -209,6 +224,7 @@ def main(argv: Sequence[str]) -> int:
             downloader=config_module.from_arguments(DownloaderConfig, args),
             encoder=config_module.from_arguments(EncoderConfig, args),
             storage_config=config_module.from_arguments(StorageConfig, args),
+            inference=config_module.from_arguments(InferenceConfig, args),
         )
     except ValueError as error:
         print(f"ferry serve: {error}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ferry.services.config import DownloaderConfig, EncoderConfig, ServerConfig
+from ferry.services.config import DownloaderConfig, EncoderConfig, InferenceConfig, ServerConfig
 from ferry.services.storage.base import Storage
 from ferry.services.storage.config import StorageConfig
 
@@ -15,5 +15,6 @@ class Settings:
     downloader: DownloaderConfig = field(default_factory=DownloaderConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     storage_config: StorageConfig = field(default_factory=StorageConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     # Built by the launcher from storage_config once the CDN's URL is known.
     storage: Storage | None = None

@@ -59,9 +59,9 @@ def test_buf_curl_reaches_health_and_reflection(ferry_serve):
 
 def test_unbuilt_rpcs_say_which_rpc_is_missing(ferry_serve):
     with ferry.Client(ferry_serve.grpc_address) as client, pytest.raises(grpc.RpcError) as caught:
-        client.inference.ListEndpoints(inference_pb2.ListEndpointsRequest())
+        list(client.inference.Realtime(iter([inference_pb2.RealtimeRequest(input_json="{}")])))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ferry.v1.InferenceService/ListEndpoints" in caught.value.details()
+    assert "ferry.v1.InferenceService/Realtime" in caught.value.details()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
