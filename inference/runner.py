@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from ferry.errors import FerryError as SdkError
 from ferry.inference.app import App, AppSpec, EndpointSpec, describe
 from ferry.inference.context import RequestCancelled, RequestContext, using_context
-from ferry.services.errors import FerryError, InvalidArgument, NotFound
+from ferry.services.errors import Cancelled, FerryError, InvalidArgument, NotFound
 from ferry.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,6 @@ COMPLETED = inference_pb2.REQUEST_STATE_COMPLETED
 class HandlerFailed(FerryError):
     code = grpc.StatusCode.INTERNAL
     reason = "HANDLER_FAILED"
-
-
-class Cancelled(FerryError):
-    code = grpc.StatusCode.CANCELLED
-    reason = "CANCELLED"
 
 
 @dataclass

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from ferry.inference.app import load_app
-from ferry.inference.runner import COMPLETED, AppRunner, RequestRecord
+from ferry.inference.runner import COMPLETED, AppRunner, RequestRecord, request_error
 from ferry.inference.schema import input_schema, output_schema
 from ferry.services.errors import FailedPrecondition, FerryError, NotFound, abort, abort_with
 from ferry.services.settings import Settings
@@ -90,7 +90,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if record.progress is not None:
             response.progress.CopyFrom(record.progress)
         if record.error is not None:
-            response.error.CopyFrom(inference_pb2.RequestError(code=record.error.code.value[0], message=record.error.message, reason=record.error.reason))
+            response.error.CopyFrom(request_error(record.error))
         return response
 
     async def GetResult(  # noqa: N802

@@ -59,6 +59,11 @@ class Unavailable(FerryError):
     reason = "UNAVAILABLE"
 
 
+class Cancelled(FerryError):
+    code = grpc.StatusCode.CANCELLED
+    reason = "CANCELLED"
+
+
 class DeadlineExceeded(FerryError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
