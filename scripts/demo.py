@@ -7,10 +7,13 @@ Each landed issue extends this walk-through with its real work.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,10 +23,18 @@ import ferry
 from ferry.client import SERVICE_NAMES
 from ferry.progress import ProgressDisplay
 from ferry.testing import StackProcess
+from ferry.v1 import inference_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / ".demo-data"
 MIB = 1 << 20
+# The built-in example apps, hosted by the demo's stack beside its services.
+EXAMPLE_APPS = (
+    "ferry.inference.apps.upscale:Upscaler",
+    "ferry.inference.apps.text_to_image:TextToImage",
+    "ferry.inference.apps.text_to_video:TextToVideo",
+    "ferry.inference.apps.text_to_audio:TextToAudio",
+)
 
 
 def start_source(folder: Path) -> tuple[subprocess.Popen[str], str]:
@@ -69,8 +80,8 @@ def show_downloads(client: ferry.Client, source_url: str) -> None:
         print(f"refused: {error.code.name} {error.reason}: {error.message}")
 
 
-def show_encodes(client: ferry.Client) -> None:
-    """A model's outputs: an image, a short video with sound, and an audio clip, each at a URL."""
+def show_encodes(client: ferry.Client) -> str:
+    """A model's outputs: an image, a short video with sound, and an audio clip, each at a URL; returns the image's."""
     y, x = np.mgrid[0:256, 0:256] / 256
     image = np.stack([x, y, (x + y) / 2], axis=-1).astype(np.float32)  # floats in [0, 1], HWC
     (png,) = client.encode_tensor(image, "png", file_name="gradient")
@@ -82,18 +93,71 @@ def show_encodes(client: ferry.Client) -> None:
     print(f"video: {mp4.url} ({mp4.video.frame_count} frames at {mp4.video.fps:g} fps, audio: {mp4.video.has_audio})")
     (wav,) = client.encode_tensor(tone, "wav", sample_rate=16000, file_name="a440", expires_in=3600)
     print(f"audio: {wav.url} ({wav.audio.duration_seconds:.1f} s, expires {wav.expires_at.ToDatetime():%Y-%m-%d %H:%M} UTC)")
+    return png.url
+
+
+def show_endpoints(client: ferry.Client) -> None:
+    """What the stack hosts, as a playground discovers it: each app's endpoints and their input fields."""
+    for app in client.inference.ListEndpoints(inference_pb2.ListEndpointsRequest()).apps:
+        for endpoint in app.endpoints:
+            fields = ", ".join(json.loads(endpoint.input_schema_json).get("properties", {}))
+            print(f"app: {app.app_id} {endpoint.path} ({app.machine_type}) inputs: {fields}")
+
+
+def timed_run(client: ferry.Client, app: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    began = time.monotonic()
+    output = client.run(app, arguments)
+    return output, time.monotonic() - began
+
+
+def show_video_progress(event: inference_pb2.StreamResponse) -> None:
+    """One line per eighth of the clip: every frame would be a screenful."""
+    if event.WhichOneof("event") == "queued":
+        print(f"text-to-video: queued at position {event.queued.position}")
+    elif event.in_progress.HasField("progress"):
+        done, total = int(event.in_progress.progress.current), int(event.in_progress.progress.total)
+        if total and (done % max(1, total // 8) == 0 or done == total):
+            print(f"text-to-video: frame {done}/{total}")
+
+
+def show_apps(client: ferry.Client, image_url: str) -> None:
+    """Each built-in example app once, through the stack, with small inputs; prints where its output lives."""
+    show_endpoints(client)
+    # The upscaler fetches the demo's own gradient from the CDN: the guard lets 127.0.0.1 through for the demo only.
+    output, seconds = timed_run(client, "upscaler", {"image_url": image_url, "scale": 2, "sharpen": 0.5})
+    image = ferry.Image.model_validate(output["image"])
+    print(f"upscaler: {image.url} ({image.width}x{image.height}, {seconds:.1f} s)")
+
+    output, seconds = timed_run(client, "text-to-image", {"prompt": "a ferry at dawn", "width": 256, "height": 256, "seed": 7})
+    image = ferry.Image.model_validate(output["image"])
+    print(f"text-to-image: {image.url} ({image.width}x{image.height}, seed {output['seed']}, {seconds:.1f} s)")
+
+    began = time.monotonic()
+    arguments = {"prompt": "a ferry crossing", "num_frames": 48, "fps": 24, "width": 256, "height": 256}
+    output = client.subscribe("text-to-video", arguments, on_queue_update=show_video_progress)
+    video = ferry.Video.model_validate(output["video"])
+    print(
+        f"text-to-video: {video.url} ({video.frame_count} frames at {video.fps:g} fps, "
+        f"{video.width}x{video.height}, {time.monotonic() - began:.1f} s)"
+    )
+
+    output, seconds = timed_run(client, "text-to-audio", {"prompt": "ferry demo", "duration_seconds": 2.0})
+    audio = ferry.Audio.model_validate(output["audio"])
+    print(f"text-to-audio: {audio.url} ({audio.duration_seconds:.1f} s at {audio.sample_rate} Hz, {seconds:.1f} s)")
 
 
 def main() -> int:
     source, source_url = start_source(DEMO_DIR / "source")
     # Only the demo's local source is let through the network guard.
-    stack = StackProcess(["--data-dir", str(DEMO_DIR / "data"), "--allow-hosts", "127.0.0.1/32"]).start()
+    apps = [flag for app in EXAMPLE_APPS for flag in ("--app", app)]
+    stack = StackProcess(["--data-dir", str(DEMO_DIR / "data"), "--allow-hosts", "127.0.0.1/32", *apps]).start()
     print(stack.ready_line, flush=True)
     try:
         with stack.client() as client:
             show_health(stack, client)
             show_downloads(client, source_url)
-            show_encodes(client)
+            image_url = show_encodes(client)
+            show_apps(client, image_url)
     finally:
         stack.signal(2)  # SIGINT, as Ctrl-C would
         code = stack.wait()
