@@ -71,6 +71,8 @@ class App:
     max_concurrency: ClassVar[int | None] = None
     # Whether the runner downloads the input's media URL fields before calling a handler.
     download_inputs: ClassVar[bool] = True
+    # A request running longer (downloads, handler and encodes) is cancelled: DEADLINE_EXCEEDED. None: no limit.
+    request_timeout_seconds: ClassVar[float | None] = None
 
     def setup(self) -> None:
         """Load models and weights; `def` or `async def`. Runs once per runner, before any request."""
@@ -174,6 +176,7 @@ class AppSpec:
     machine_type: str
     max_concurrency: int
     download_inputs: bool
+    request_timeout_seconds: float | None
     setup_is_async: bool
     # By path, in definition order.
     endpoints: dict[str, EndpointSpec]
@@ -213,6 +216,11 @@ def describe(app_class: type[App]) -> AppSpec:
     health = [spec for spec in endpoints.values() if spec.health_check is not None]
     if len(health) > 1:
         raise ValueError(f"{name} has {len(health)} health-check endpoints ({', '.join(s.path for s in health)}); at most one")
+    if health and not _constructible_empty(health[0].input_model):
+        raise ValueError(
+            f"{name}: the health-check endpoint {health[0].path!r} is called with no input, "
+            f"so every field of {health[0].input_model.__qualname__} needs a default"
+        )
     setup = app_class.setup
     if len(inspect.signature(setup).parameters) != 1:
         raise TypeError(f"{name}.setup takes no arguments besides self")
@@ -222,10 +230,15 @@ def describe(app_class: type[App]) -> AppSpec:
         machine_type=_machine_type(app_class),
         max_concurrency=_max_concurrency(app_class),
         download_inputs=_download_inputs(app_class),
+        request_timeout_seconds=_request_timeout(app_class),
         setup_is_async=inspect.iscoroutinefunction(setup),
         endpoints=endpoints,
         health_endpoint=health[0] if health else None,
     )
+
+
+def _constructible_empty(model: type[BaseModel]) -> bool:
+    return all(not field.is_required() for field in model.model_fields.values())
 
 
 def _check_constructible(app_class: type[App]) -> None:
@@ -330,6 +343,15 @@ def _max_concurrency(app_class: type[App]) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"{app_class.__qualname__}.max_concurrency must be an int >= 1, got {limit!r}")
     return limit
+
+
+def _request_timeout(app_class: type[App]) -> float | None:
+    limit = app_class.request_timeout_seconds
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+        raise ValueError(f"{app_class.__qualname__}.request_timeout_seconds must be a number > 0 or None, got {limit!r}")
+    return float(limit)
 
 
 def _download_inputs(app_class: type[App]) -> bool:

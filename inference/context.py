@@ -21,6 +21,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -67,6 +68,9 @@ class RequestContext:
         # Reentrant: a callback that itself logs through the context must not deadlock.
         self._lock = threading.RLock()
         self._closed = False
+        # Set by the runner before the handler runs: the input's media fields, downloaded (field → path or
+        # paths). Empty when the app sets `download_inputs = False`.
+        self.input_files: dict[str, Path | list[Path]] = {}
 
     def __repr__(self) -> str:
         return f"RequestContext({self._request_id!r}, cancelled={self.cancelled})"

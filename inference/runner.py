@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,8 +30,12 @@ from pydantic import BaseModel, ValidationError
 from ferry.errors import FerryError as SdkError
 from ferry.inference.app import App, AppSpec, EndpointSpec, describe
 from ferry.inference.context import RequestCancelled, RequestContext, using_context
-from ferry.services.errors import Cancelled, FerryError, InvalidArgument, NotFound
-from ferry.v1 import inference_pb2
+from ferry.inference.inputs import discard, download_inputs
+from ferry.inference.outputs import OutputEncodingFailed, encode_outputs
+from ferry.inference.services import ServiceClients
+from ferry.request_scope import RequestScope, request_scope
+from ferry.services.errors import Cancelled, DeadlineExceeded, FerryError, InvalidArgument, NotFound
+from ferry.v1 import common_pb2, inference_pb2
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ class RequestRecord:
     request_id: str
     endpoint: EndpointSpec
     input: BaseModel
+    # Seconds the media this request produces lives (the caller's lifecycle preference); None = the store's default.
+    expires_in: int | None = None
     state: int = QUEUED
     logs: list[inference_pb2.LogLine] = field(default_factory=list)
     progress: inference_pb2.Progress | None = None
@@ -84,8 +91,51 @@ def _validation_message(error: ValidationError) -> str:
     return "invalid input: " + "; ".join(problems)
 
 
+def parse_input(endpoint: EndpointSpec, input_json: str) -> BaseModel:
+    """One input as the endpoint's model; INVALID_ARGUMENT (INVALID_JSON / INVALID_INPUT naming each field) if it is not one."""
+    try:
+        document = json.loads(input_json or "{}")
+    except json.JSONDecodeError as error:
+        raise InvalidArgument(f"input is not JSON: {error}", reason="INVALID_JSON") from None
+    try:
+        return endpoint.input_model.model_validate(document)
+    except ValidationError as error:
+        raise InvalidArgument(_validation_message(error), reason="INVALID_INPUT") from None
+
+
+def lifecycle_seconds(lifecycle: common_pb2.Lifecycle) -> int | None:
+    """A request's lifecycle preference in seconds; None when it states none."""
+    return lifecycle.expiration_seconds if lifecycle.HasField("expiration_seconds") else None
+
+
+def request_failure(where: str, error: BaseException) -> FerryError:
+    """How a request whose handling raised `error` failed, as its caller sees it; `where` names the endpoint."""
+    if isinstance(error, FerryError):
+        return error
+    if isinstance(error, (asyncio.CancelledError, RequestCancelled)):
+        return Cancelled("cancelled")
+    if isinstance(error, SdkError):  # a refused download or encode: its status passes through
+        passed = FerryError(error.message, reason=error.reason or "UPSTREAM_ERROR")
+        passed.code = error.code
+        return passed
+    if isinstance(error, OutputEncodingFailed):
+        return HandlerFailed(error.message, reason=error.reason)
+    if isinstance(error, ValidationError):
+        return HandlerFailed(f"the handler's output does not match its model: {error}", reason="BAD_OUTPUT")
+    # The handler's own bug: INTERNAL with its message; the runner stays healthy.
+    log.error("handler %s failed", where, exc_info=error)
+    return HandlerFailed(f"{type(error).__name__}: {error}")
+
+
 class AppRunner:
-    def __init__(self, app_class: type[App], *, workers: ThreadPoolExecutor, keep_finished: int = 10_000) -> None:
+    def __init__(
+        self,
+        app_class: type[App],
+        *,
+        workers: ThreadPoolExecutor,
+        services: ServiceClients | None = None,
+        keep_finished: int = 10_000,
+    ) -> None:
         self.spec: AppSpec = describe(app_class)
         self.app = app_class()
         self._threads = workers
@@ -94,6 +144,7 @@ class AppRunner:
         self._workers: list[asyncio.Task[None]] = []
         self._keep_finished = keep_finished
         self.records: dict[str, RequestRecord] = {}
+        self.services = services or ServiceClients()
 
     async def start(self) -> None:
         """Run `setup()` once, then start the workers."""
@@ -117,18 +168,11 @@ class AppRunner:
         endpoint = self.spec.endpoints.get(path or "/")
         if endpoint is None or endpoint.realtime:
             raise NotFound(f"app {self.spec.app_id!r} has no endpoint {path or '/'!r}", reason="UNKNOWN_ENDPOINT")
-        try:
-            document = json.loads(input_json or "{}")
-        except json.JSONDecodeError as error:
-            raise InvalidArgument(f"input is not JSON: {error}", reason="INVALID_JSON") from None
-        try:
-            return endpoint, endpoint.input_model.model_validate(document)
-        except ValidationError as error:
-            raise InvalidArgument(_validation_message(error), reason="INVALID_INPUT") from None
+        return endpoint, parse_input(endpoint, input_json)
 
-    def submit(self, path: str, input_json: str) -> RequestRecord:
+    def submit(self, path: str, input_json: str, expires_in: int | None = None) -> RequestRecord:
         endpoint, model = self.validate(path, input_json)
-        record = RequestRecord(uuid.uuid4().hex, endpoint, model)
+        record = RequestRecord(uuid.uuid4().hex, endpoint, model, expires_in)
         self.records[record.request_id] = record
         self._waiting.append(record)
         self._wakeup.set()
@@ -228,40 +272,50 @@ class AppRunner:
         record.publish(inference_pb2.StreamResponse(in_progress=inference_pb2.InProgressEvent()))
         endpoint = record.endpoint
         context = self._context(record)
-        handler = getattr(self.app, endpoint.handler_name)
-        args: tuple[Any, ...] = (record.input, context) if endpoint.takes_context else (record.input,)
+        downloaded: dict[str, Path] = {}
+        deadline = asyncio.timeout(self.spec.request_timeout_seconds)
         try:
-            if endpoint.is_async:
-                with using_context(context):
-                    result = await handler(*args)
-            else:
-                copied = contextvars.copy_context()
-
-                def call() -> Any:
-                    with using_context(context):
-                        return handler(*args)
-
-                future = asyncio.get_running_loop().run_in_executor(self._threads, copied.run, call)
-                try:
-                    result = await asyncio.shield(future)
-                except asyncio.CancelledError:
-                    record.cancel_flag.set()
-                    await asyncio.gather(future, return_exceptions=True)  # the slot frees when the thread does
-                    raise
+            async with deadline:
+                if self.spec.download_inputs:
+                    context.input_files, downloaded = await download_inputs(self.services.downloads, record.input)
+                with request_scope(RequestScope(record.expires_in, downloaded)):
+                    result = await self.call_handler(endpoint, record.input, context)
+                result = await encode_outputs(self.services.encodes, endpoint.output_model, result, record.expires_in)
             output = result if isinstance(result, endpoint.output_model) else endpoint.output_model.model_validate(result)
             record.finish(output_json=output.model_dump_json())
         except (asyncio.CancelledError, RequestCancelled):
             record.finish(error=Cancelled("cancelled"))
-        except FerryError as error:
-            record.finish(error=error)
-        except SdkError as error:  # a refused download or encode inside the handler: its status passes through
-            passed = FerryError(error.message, reason=error.reason or "UPSTREAM_ERROR")
-            passed.code = error.code
-            record.finish(error=passed)
-        except ValidationError as error:
-            record.finish(error=HandlerFailed(f"the handler's output does not match its model: {error}"))
-        except Exception as error:  # the handler's own bug: INTERNAL with its message; the runner stays healthy
-            log.exception("handler %s%s failed", self.spec.app_id, endpoint.path)
-            record.finish(error=HandlerFailed(f"{type(error).__name__}: {error}"))
+        except Exception as error:
+            if isinstance(error, TimeoutError) and deadline.expired():
+                limit = self.spec.request_timeout_seconds
+                record.finish(error=DeadlineExceeded(f"the request ran past {limit:g} s, the app's limit", reason="REQUEST_TIMEOUT"))
+            else:
+                record.finish(error=request_failure(f"{self.spec.app_id}{endpoint.path}", error))
         finally:
             context.close()  # a thread the handler left behind cannot report into a finished request
+            discard(list(downloaded.values()))
+
+    async def call_handler(self, endpoint: EndpointSpec, input: BaseModel, context: RequestContext) -> Any:
+        """The handler's return value: awaited on the loop, or from a worker thread for a sync handler.
+
+        Cancelling the caller cancels an async handler; a sync one gets its
+        context's cancel flag, and this returns only once its thread has.
+        """
+        handler = getattr(self.app, endpoint.handler_name)
+        args: tuple[Any, ...] = (input, context) if endpoint.takes_context else (input,)
+        if endpoint.is_async:
+            with using_context(context):
+                return await handler(*args)
+        copied = contextvars.copy_context()  # carries the request scope into the thread
+
+        def call() -> Any:
+            with using_context(context):
+                return handler(*args)
+
+        future = asyncio.get_running_loop().run_in_executor(self._threads, copied.run, call)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            context.cancel()
+            await asyncio.gather(future, return_exceptions=True)  # the slot frees when the thread does
+            raise

@@ -1,7 +1,8 @@
 """InferenceService: maps Run, Stream, the queue API and ListEndpoints onto the app runners.
 
-A Run or Stream caller that disconnects cancels its request. Realtime is not
-built yet and answers UNIMPLEMENTED naming itself.
+A Run or Stream caller that disconnects cancels its request. Realtime opens a
+`RealtimeSession` (inference/realtime.py) from its first message and relays it;
+a Realtime caller that disconnects closes its handler.
 """
 
 from __future__ import annotations
@@ -9,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 
 import grpc
 
 from ferry.inference.app import load_app
-from ferry.inference.runner import COMPLETED, AppRunner, RequestRecord, request_error
+from ferry.inference.health import HealthProbe, health_service_name
+from ferry.inference.realtime import REALTIME_SESSION_KEY, RealtimeSession
+from ferry.inference.runner import COMPLETED, AppRunner, RequestRecord, lifecycle_seconds, request_error
 from ferry.inference.schema import input_schema, output_schema
-from ferry.services.errors import FailedPrecondition, FerryError, NotFound, abort, abort_with
+from ferry.inference.services import ServiceClients
+from ferry.services.health import NOT_SERVING, SERVING
+from ferry.services.errors import FailedPrecondition, FerryError, NotFound, abort_with
 from ferry.services.settings import Settings
 from ferry.v1 import inference_pb2, inference_pb2_grpc
 
@@ -41,7 +47,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Run(self, request: inference_pb2.RunRequest, context: grpc.aio.ServicerContext) -> inference_pb2.RunResponse:  # noqa: N802
         try:
             runner = self._runner(request.app_id)
-            record = runner.submit(request.path, request.input_json)
+            record = runner.submit(request.path, request.input_json, lifecycle_seconds(request.lifecycle))
             try:
                 await record.finished.wait()
             except asyncio.CancelledError:  # the caller went away: so does its request
@@ -58,7 +64,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[inference_pb2.StreamResponse]:
         try:
             runner = self._runner(request.app_id)
-            record = runner.submit(request.path, request.input_json)
+            record = runner.submit(request.path, request.input_json, lifecycle_seconds(request.lifecycle))
         except FerryError as error:
             await abort_with(context, error)
         try:
@@ -70,7 +76,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def Submit(self, request: inference_pb2.SubmitRequest, context: grpc.aio.ServicerContext) -> inference_pb2.SubmitResponse:  # noqa: N802
         try:
-            record = self._runner(request.app_id).submit(request.path, request.input_json)
+            record = self._runner(request.app_id).submit(request.path, request.input_json, lifecycle_seconds(request.lifecycle))
             return inference_pb2.SubmitResponse(request_id=record.request_id)
         except FerryError as error:
             await abort_with(context, error)
@@ -119,8 +125,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Realtime(  # noqa: N802
         self, request_iterator: AsyncIterator[inference_pb2.RealtimeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.RealtimeResponse]:
-        await abort(context, grpc.StatusCode.UNIMPLEMENTED, "NOT_BUILT", "ferry.v1.InferenceService/Realtime is not built yet")
-        yield inference_pb2.RealtimeResponse()  # never reached; makes this a response stream
+        try:
+            session = RealtimeSession.open(await anext(request_iterator, None), self._runner)
+            # Headers now, not with the first output: the caller learns at once that the call is open.
+            await context.send_initial_metadata(((REALTIME_SESSION_KEY, session.request_id),))
+            async with aclosing(session.run(request_iterator)) as responses:
+                async for response in responses:
+                    yield response
+        except FerryError as error:
+            await abort_with(context, error)
 
     async def ListEndpoints(  # noqa: N802
         self, request: inference_pb2.ListEndpointsRequest, context: grpc.aio.ServicerContext
@@ -145,20 +158,43 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
-    """Load every `--app`, run each one's setup, and serve InferenceService."""
+    """Load every `--app`, run each one's setup, serve InferenceService and report each app's health."""
     threads = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 2), thread_name_prefix="ferry-handler")
+    services = ServiceClients()
     runners: dict[str, AppRunner] = {}
     for spec in settings.inference.app:
-        runner = AppRunner(load_app(spec), workers=threads)
+        runner = AppRunner(load_app(spec), workers=threads, services=services)
         if runner.spec.app_id in runners:
             raise ValueError(f"two apps share the id {runner.spec.app_id!r}")
         await runner.start()
         runners[runner.spec.app_id] = runner
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(runners), server)
+    probes = [asyncio.create_task(probe.run()) for probe in await _report_health(runners.values(), settings)]
 
     async def close() -> None:
+        for probe in probes:
+            probe.cancel()
         for runner in runners.values():
             await runner.stop()
+        await services.close()
         threads.shutdown(wait=False, cancel_futures=True)
 
     return close
+
+
+async def _report_health(runners: Iterable[AppRunner], settings: Settings) -> list[HealthProbe]:
+    """Each app SERVING under its own health name; the probes that keep that true for apps that declare one."""
+    health = settings.health
+    if health is None:
+        return []
+    probes = []
+    for runner in runners:
+        name = health_service_name(runner.spec.app_id)
+        await health.set(name, SERVING)
+        if runner.spec.health_endpoint is not None:
+
+            async def report(healthy: bool, name: str = name) -> None:
+                await health.set(name, SERVING if healthy else NOT_SERVING)
+
+            probes.append(HealthProbe(runner, report))
+    return probes

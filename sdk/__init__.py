@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ferry.app_requests import RequestHandle
+from ferry.app_requests import AsyncRequestHandle, RequestHandle
 from ferry.client import AsyncClient, Client
 from ferry.connection import Connection
 from ferry.datauri import encode, encode_file, encode_image, image_bytes
 from ferry.downloads import DownloadProgress, ProgressCallback
 from ferry.errors import FerryError
+from ferry.realtime_connection import AsyncRealtimeConnection, RealtimeConnection
 
 __version__ = "0.1.0"
 
@@ -101,8 +102,17 @@ def stream(app: str, arguments: dict[str, Any], path: str = "/") -> Iterator[Any
     return default_client().stream(app, arguments, path)
 
 
+def realtime(app: str, path: str = "/") -> RealtimeConnection:
+    """Open one call to a realtime endpoint through the stack at FERRY_ADDRESS; see `Client.realtime`."""
+    return default_client().realtime(app, path)
+
+
 __all__ = [
+    "AsyncRealtimeConnection",
+    "RealtimeConnection",
+    "AsyncRequestHandle",
     "RequestHandle",
+    "realtime",
     "run",
     "stream",
     "submit",

@@ -8,9 +8,10 @@ contract; the task-level helpers build on them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -20,9 +21,19 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry.connection import Connection
-from ferry.downloads import DownloadPlan, EventReader, ProgressCallback, write_read_stream, write_read_stream_async
+from ferry.downloads import DownloadPlan, EventReader, already_downloaded, ProgressCallback, write_read_stream, write_read_stream_async
 from ferry.errors import FerryError
-from ferry.app_requests import RequestHandle, stream_events, subscribe, upload_local_files
+from ferry.app_requests import (
+    AsyncRequestHandle,
+    RequestHandle,
+    stream_events,
+    stream_events_async,
+    subscribe,
+    subscribe_async,
+    upload_local_files,
+    upload_local_files_async,
+)
+from ferry.realtime_connection import AsyncRealtimeConnection, RealtimeConnection
 from ferry.retry import call_with_retries, call_with_retries_async
 from ferry.uploads import (
     MULTIPART_THRESHOLD,
@@ -130,6 +141,8 @@ class Client:
         on_progress: ProgressCallback | None,
         model_weights: bool,
     ) -> Path:
+        if (path := already_downloaded(url, target_dir, force, model_weights)) is not None:
+            return path
         plan = DownloadPlan.create(
             url, target_dir, force, request_headers, filesize_limit, model_weights, self.shared_data_dir
         )
@@ -276,13 +289,23 @@ class Client:
 
     # -- apps ----------------------------------------------------------------------------
 
-    def run(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> dict[str, Any]:
-        """Run an app endpoint and return its output (local Path arguments are uploaded first)."""
+    def run(
+        self,
+        app: str,
+        arguments: dict[str, Any],
+        path: str = "/",
+        expires_in: int | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run an app endpoint and return its output (local Path arguments are uploaded first).
+
+        Past `timeout` seconds the call fails DEADLINE_EXCEEDED and the request is cancelled.
+        """
         request = inference_pb2.RunRequest(
             app_id=app, path=path, input_json=json.dumps(upload_local_files(arguments, self)), lifecycle=lifecycle(expires_in)
         )
         with _as_ferry_errors():
-            return json.loads(self.inference.Run(request).output_json)
+            return json.loads(self.inference.Run(request, timeout=timeout).output_json)
 
     def submit(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> RequestHandle:
         """Queue a request and return at once with a handle to it."""
@@ -317,6 +340,16 @@ class Client:
         """Run and follow a request to its output; past `client_timeout` seconds it is cancelled."""
         request = self._stream_request(app, arguments, path, expires_in)
         return subscribe(self, request, with_logs=with_logs, on_queue_update=on_queue_update, client_timeout=client_timeout)
+
+    def realtime(self, app: str, path: str = "/", expires_in: int | None = None) -> RealtimeConnection:
+        """Open one call to a realtime endpoint: `send` inputs, `recv` or iterate outputs, over one call.
+
+        Returns once the server accepted the app and path, so an unknown one
+        raises `FerryError` (NOT_FOUND) here. Use it in a `with` block: leaving
+        it ends the call. See `ferry.realtime_connection` for what `recv` raises.
+        """
+        opening = inference_pb2.RealtimeOpen(app_id=app, path=path, lifecycle=lifecycle(expires_in))
+        return RealtimeConnection(self.inference, opening)
 
     def close(self) -> None:
         for channel in self._encoder_channels:
@@ -385,6 +418,8 @@ class AsyncClient:
         on_progress: ProgressCallback | None,
         model_weights: bool,
     ) -> Path:
+        if (path := already_downloaded(url, target_dir, force, model_weights)) is not None:
+            return path
         plan = DownloadPlan.create(
             url, target_dir, force, request_headers, filesize_limit, model_weights, self.shared_data_dir
         )
@@ -439,7 +474,8 @@ class AsyncClient:
 
     async def encode_tensor(self, tensor: Any, format: str, **options: Any) -> list[common_pb2.File]:
         """The asyncio twin of `Client.encode_tensor` (same options)."""
-        header, payload, audio_payload = build_encode(tensor, format, **options)
+        # Reading the tensor may copy it (off a CUDA device, into C order): not on the event loop.
+        header, payload, audio_payload = await asyncio.to_thread(build_encode, tensor, format, **options)
 
         async def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> encoder_pb2.EncodeResponse:
             return await stub.Encode(encode_messages(header, payload, audio_payload))
@@ -447,6 +483,69 @@ class AsyncClient:
         with _as_ferry_errors():
             response = await call_with_retries_async([self.encoder], attempt, idempotent=True)
         return list(response.files)
+
+    # -- apps ----------------------------------------------------------------------------
+
+    async def _input_json(self, arguments: dict[str, Any]) -> str:
+        return json.dumps(await upload_local_files_async(arguments, self))
+
+    async def run(
+        self,
+        app: str,
+        arguments: dict[str, Any],
+        path: str = "/",
+        expires_in: int | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """The asyncio twin of `Client.run`; cancelling the task cancels the request."""
+        request = inference_pb2.RunRequest(
+            app_id=app, path=path, input_json=await self._input_json(arguments), lifecycle=lifecycle(expires_in)
+        )
+        with _as_ferry_errors():
+            return json.loads((await self.inference.Run(request, timeout=timeout)).output_json)
+
+    async def submit(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> AsyncRequestHandle:
+        """The asyncio twin of `Client.submit`."""
+        request = inference_pb2.SubmitRequest(
+            app_id=app, path=path, input_json=await self._input_json(arguments), lifecycle=lifecycle(expires_in)
+        )
+        with _as_ferry_errors():
+            return AsyncRequestHandle(self, (await self.inference.Submit(request)).request_id)
+
+    async def _stream_request(self, app: str, arguments: dict[str, Any], path: str, expires_in: int | None) -> inference_pb2.StreamRequest:
+        return inference_pb2.StreamRequest(
+            app_id=app, path=path, input_json=await self._input_json(arguments), lifecycle=lifecycle(expires_in)
+        )
+
+    async def stream(
+        self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
+    ) -> AsyncIterator[inference_pb2.StreamResponse]:
+        """The asyncio twin of `Client.stream`: `async for event in client.stream(...)`; leaving early cancels."""
+        async for event in stream_events_async(self, await self._stream_request(app, arguments, path, expires_in)):
+            yield event
+
+    async def subscribe(
+        self,
+        app: str,
+        arguments: dict[str, Any],
+        path: str = "/",
+        *,
+        with_logs: bool = False,
+        on_queue_update: Callable[[inference_pb2.StreamResponse], None] | None = None,
+        client_timeout: float | None = None,
+        expires_in: int | None = None,
+    ) -> dict[str, Any]:
+        """The asyncio twin of `Client.subscribe`."""
+        request = await self._stream_request(app, arguments, path, expires_in)
+        return await subscribe_async(self, request, with_logs=with_logs, on_queue_update=on_queue_update, client_timeout=client_timeout)
+
+    def realtime(self, app: str, path: str = "/", expires_in: int | None = None) -> AsyncRealtimeConnection:
+        """The asyncio twin of `Client.realtime`: `async with client.realtime(app, path) as live:` opens the call.
+
+        (`live = await client.realtime(...)` opens it too; then `live.cancel()` when done.)
+        """
+        opening = inference_pb2.RealtimeOpen(app_id=app, path=path, lifecycle=lifecycle(expires_in))
+        return AsyncRealtimeConnection(self.inference, opening)
 
     async def close(self) -> None:
         await self.channel.close()

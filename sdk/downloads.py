@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ferry.request_scope import current_scope
 from ferry.v1 import downloader_pb2
 
 MIB = 1 << 20
@@ -67,6 +68,13 @@ def sharing_setting(configured: bool | None) -> bool | None:
         return configured
     env = os.environ.get("FERRY_SHARED_DATA_DIR", "auto").strip().lower()
     return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(env)
+
+
+def already_downloaded(url: str, target_dir: object, force: bool, model_weights: bool) -> Path | None:
+    """Inside a handler: the runner's copy of an input URL, for a plain `download_file(url)` call."""
+    if target_dir is not None or force or model_weights:
+        return None  # the caller asked for something of its own
+    return current_scope().downloaded_path(url)
 
 
 @dataclass(frozen=True)

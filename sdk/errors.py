@@ -8,6 +8,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from ferry.v1 import inference_pb2
+
 
 class FerryError(Exception):
     """A call to the stack failed. `code` is the gRPC status, `reason` the stable ErrorInfo reason."""
@@ -34,3 +36,9 @@ class FerryError(Exception):
             if detail.Unpack(info):
                 reason = info.reason
         return cls(call.code(), call.details() or "", reason)
+
+    @classmethod
+    def from_request_error(cls, error: inference_pb2.RequestError) -> FerryError:
+        """A failed app request as GetStatus, Stream and Realtime report it."""
+        code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
+        return cls(code, error.message, error.reason)

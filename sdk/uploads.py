@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import mimetypes
-import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,7 @@ from typing import Any, BinaryIO
 
 import grpc
 
+from ferry.request_scope import current_scope
 from ferry.retry import call_with_retries
 from ferry.tensors import TensorPayload, tensor_payload
 from ferry.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
@@ -26,6 +26,9 @@ UploadProgress = Callable[[int, int], None]  # (bytes sent, total)
 
 
 def lifecycle(expires_in: int | None) -> common_pb2.Lifecycle:
+    """`expires_in` seconds; None = the current request's preference inside a handler, else the store's default."""
+    if expires_in is None:
+        expires_in = current_scope().expires_in
     return common_pb2.Lifecycle(expiration_seconds=expires_in) if expires_in is not None else common_pb2.Lifecycle()
 
 

@@ -107,11 +107,12 @@ class Stack:
             await self._start_storage()
         interceptors = [BearerTokenInterceptor(cfg.token)] if cfg.token else []
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
+        names = [s.full_name for s in self.hosted]
+        self._health = await add_health(server, names)
+        self.settings = replace(self.settings, health=self._health)
         for service in self.hosted:
             if (closer := await service.host(server, self.settings)) is not None:
                 self._closers.append(closer)
-        names = [s.full_name for s in self.hosted]
-        self._health = await add_health(server, names)
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
         address = _hostport(cfg.host, cfg.grpc_port)
         if cfg.tls_cert:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from grpc_health.v1.health import aio as health_aio
+
 from ferry.services.config import DownloaderConfig, EncoderConfig, InferenceConfig, ServerConfig
 from ferry.services.storage.base import Storage
 from ferry.services.storage.config import StorageConfig
@@ -18,3 +20,5 @@ class Settings:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     # Built by the launcher from storage_config once the CDN's URL is known.
     storage: Storage | None = None
+    # The server's grpc.health.v1 servicer, for services that report more statuses than their own.
+    health: health_aio.HealthServicer | None = None

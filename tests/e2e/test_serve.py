@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 import ferry
 from ferry.client import SERVICE_NAMES
-from ferry.v1 import downloader_pb2, inference_pb2
+from ferry.v1 import downloader_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"^ferry ready grpc=127\.0\.0\.1:(\d+) cdn=http://127\.0\.0\.1:(\d+)$")
@@ -55,13 +55,6 @@ def test_buf_curl_reaches_health_and_reflection(ferry_serve):
     assert '"status": "SERVING"' in health.stdout
     listing = subprocess.run([*curl, "--list-services", base], capture_output=True, text=True, check=True)
     assert set(SERVICE_NAMES) <= set(listing.stdout.split())
-
-
-def test_unbuilt_rpcs_say_which_rpc_is_missing(ferry_serve):
-    with ferry.Client(ferry_serve.grpc_address) as client, pytest.raises(grpc.RpcError) as caught:
-        list(client.inference.Realtime(iter([inference_pb2.RealtimeRequest(input_json="{}")])))
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ferry.v1.InferenceService/Realtime" in caught.value.details()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

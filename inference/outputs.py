@@ -1,0 +1,164 @@
+"""Media out: tensors a handler leaves in `Image` / `Video` / `Audio` / `File` output fields become stored files.
+
+A handler may build its media itself (`Image.from_tensor(...)`), or return the
+raw tensor in the field and let the runner encode it through the
+EncoderService:
+
+    class Output(BaseModel):
+        image: Image                                      # png by default
+        preview: Annotated[Image, Encode("jpeg", quality=80)]
+        audio: Annotated[Audio, Encode(sample_rate=24_000)]
+        clips: list[Annotated[Video, Encode(fps=24)]]     # a list of frame tensors
+
+    return {"image": tensor, "preview": tensor, "audio": samples, "clips": [frames]}
+
+(a dict, or `Output.model_construct(...)`: pydantic itself would refuse a
+tensor where an `Image` belongs). Options are `Client.encode_tensor`'s
+keywords; they are fixed per field, so a value that depends on the input
+(an fps the caller chose) is for `Video.from_tensor` in the handler.
+
+A tensor the encoder refuses (wrong shape for an image, NaN) is the app's bug,
+not the caller's: the request fails INTERNAL naming the field and the
+encoder's reason. The encoder being down stays UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Sequence
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import grpc
+from pydantic import BaseModel
+
+from ferry.client import AsyncClient
+from ferry.errors import FerryError as SdkError
+from ferry.toolkit import File
+
+__all__ = ["Encode", "OutputEncodingFailed", "encode_outputs", "is_tensor"]
+
+# What each media type is encoded as when its field says nothing else.
+_DEFAULT_FORMATS = {"image": "png", "video": "mp4", "audio": "wav"}
+# Per format, the option without which a tensor cannot be encoded at all.
+_REQUIRED_OPTIONS = {"mp4": "fps", "wav": "sample_rate"}
+
+
+class Encode:
+    """`Annotated[Image, Encode("jpeg", quality=85)]`: how the runner encodes a tensor left in this field."""
+
+    def __init__(self, format: str | None = None, **options: Any) -> None:
+        self.format = format
+        self.options = options
+
+    def __repr__(self) -> str:
+        arguments = [repr(self.format)] if self.format else []
+        arguments += [f"{key}={value!r}" for key, value in self.options.items()]
+        return f"Encode({', '.join(arguments)})"
+
+
+class OutputEncodingFailed(Exception):
+    """A tensor in an output field could not be encoded; the message names the field."""
+
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL, reason: str = "BAD_OUTPUT_TENSOR") -> None:
+        super().__init__(message)
+        self.message, self.code, self.reason = message, code, reason
+
+
+def is_tensor(value: Any) -> bool:
+    """A numpy array or a torch tensor (CPU or CUDA), told apart without importing torch."""
+    return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (str, bytes))
+
+
+async def encode_outputs(client: AsyncClient, output_model: type[BaseModel], result: Any, expires_in: int | None) -> Any:
+    """`result` with each tensor in a media field replaced by its stored file; anything else is left as it is."""
+    if isinstance(result, BaseModel):
+        values = {name: getattr(result, name) for name in type(result).model_fields if hasattr(result, name)}
+    elif isinstance(result, dict):
+        values = dict(result)
+    else:
+        return result
+    replaced = False
+    for name, field in output_model.model_fields.items():
+        key = name if name in values else field.alias
+        if key not in values:
+            continue
+        value = values[key]
+        target = _media_target(field.annotation)
+        if target is None:
+            continue
+        # pydantic moves a top-level Annotated's extras into the field's metadata.
+        if (marker := next((m for m in field.metadata if isinstance(m, Encode)), None)) is not None:
+            target = (target[0], marker, target[2])
+        encoded = await _encode_value(client, name, value, target, expires_in)
+        if encoded is not value:
+            values[key], replaced = encoded, True
+    return values if replaced else result
+
+
+# (toolkit type, its Encode or None, whether the field is a list)
+_Target = tuple[type[File], "Encode | None", bool]
+
+
+def _media_target(annotation: Any, in_list: bool = False) -> _Target | None:
+    """Which toolkit type (and Encode marker) a field holds: `Image`, `Annotated[Audio, Encode(...)]`, lists, Optional."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        inner, *extras = get_args(annotation)
+        found = _media_target(inner, in_list)
+        marker = next((extra for extra in extras if isinstance(extra, Encode)), None)
+        return (found[0], marker or found[1], found[2]) if found else None
+    if origin in (Union, types.UnionType):
+        members = [member for member in get_args(annotation) if member is not type(None)]
+        return _media_target(members[0], in_list) if len(members) == 1 else None
+    if origin in (list, Sequence, tuple) and not in_list:
+        members = [member for member in get_args(annotation) if member is not Ellipsis]
+        return _media_target(members[0], True) if len(members) == 1 else None
+    if isinstance(annotation, type) and issubclass(annotation, File):
+        return annotation, None, in_list
+    return None
+
+
+async def _encode_value(client: AsyncClient, name: str, value: Any, target: _Target, expires_in: int | None) -> Any:
+    file_type, marker, is_list = target
+    if not is_list:
+        if not is_tensor(value):
+            return value
+        files = await _encode(client, name, value, file_type, marker, expires_in)
+        if len(files) != 1:
+            raise OutputEncodingFailed(f"output field {name!r} holds one {file_type.__name__} but its tensor encoded to {len(files)} files")
+        return files[0]
+    if is_tensor(value):  # one batch tensor for a list field: a file per item
+        return await _encode(client, name, value, file_type, marker, expires_in)
+    if isinstance(value, (list, tuple)) and any(is_tensor(item) for item in value):
+        items: list[Any] = []
+        for index, item in enumerate(value):
+            if is_tensor(item):
+                items.extend(await _encode(client, f"{name}[{index}]", item, file_type, marker, expires_in))
+            else:
+                items.append(item)
+        return items
+    return value
+
+
+async def _encode(
+    client: AsyncClient, name: str, tensor: Any, file_type: type[File], marker: Encode | None, expires_in: int | None
+) -> list[File]:
+    format = (marker.format if marker else None) or _DEFAULT_FORMATS.get(file_type.media_kind or "")
+    options = dict(marker.options) if marker else {}
+    if format is None:
+        raise OutputEncodingFailed(f"output field {name!r} is a plain File: say how to encode its tensor with Annotated[File, Encode('png')]")
+    required = _REQUIRED_OPTIONS.get(format)
+    if required and not options.get(required):
+        raise OutputEncodingFailed(
+            f"output field {name!r} holds a tensor but no {required}: annotate it Annotated[{file_type.__name__}, Encode({required}=...)]"
+        )
+    options.setdefault("expires_in", expires_in)
+    try:
+        files = await client.encode_tensor(tensor, format, **options)
+        return [file_type.from_proto(file) for file in files]
+    except (ValueError, TypeError) as error:  # the SDK refused the tensor or an option before sending
+        raise OutputEncodingFailed(f"output field {name!r}: {error}") from None
+    except SdkError as error:
+        if error.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            raise OutputEncodingFailed(f"output field {name!r}: {error.message}", reason=error.reason or "BAD_OUTPUT_TENSOR") from None
+        raise

@@ -1,0 +1,54 @@
+"""What an inference runner tells the SDK calls a handler makes: the request's lifecycle and its inputs.
+
+A handler written against the plain SDK (`ferry.download_file(input.image_url)`,
+`Image.from_tensor(...)`) should behave as the request asks without passing
+anything through: its outputs expire as the caller's lifecycle preference says,
+and a URL the runner already downloaded is not fetched a second time. The
+runner opens a `request_scope` around each handler call; the SDK reads it in
+`lifecycle()` and `download_file`. Outside a handler the scope is empty and
+changes nothing.
+
+It is a context variable, so it follows the handler into `asyncio` tasks and
+into worker threads started with a copied context (the runner runs sync
+handlers that way).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["RequestScope", "current_scope", "request_scope"]
+
+
+@dataclass(frozen=True)
+class RequestScope:
+    # Seconds the media a request produces lives; None = the store's default.
+    expires_in: int | None = None
+    # URL → local path of the inputs the runner downloaded before calling the handler.
+    downloaded: Mapping[str, Path] = field(default_factory=dict)
+
+    def downloaded_path(self, url: str) -> Path | None:
+        """The runner's copy of `url`, while it is still there."""
+        path = self.downloaded.get(url)
+        return path if path is not None and path.is_file() else None
+
+
+_scope: contextvars.ContextVar[RequestScope] = contextvars.ContextVar("ferry_request_scope", default=RequestScope())
+
+
+def current_scope() -> RequestScope:
+    return _scope.get()
+
+
+@contextmanager
+def request_scope(scope: RequestScope) -> Iterator[RequestScope]:
+    """For runners: SDK calls inside the block follow `scope`."""
+    token = _scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _scope.reset(token)
