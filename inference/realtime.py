@@ -160,7 +160,7 @@ class RealtimeSession:
     ) -> None:
         stream = _Inputs(inputs)
         handler = getattr(self.runner.app, self.endpoint.handler_name)
-        with using_context(context), request_scope(RequestScope(self.expires_in)):
+        with using_context(context), request_scope(RequestScope(self.expires_in, cancelled=self.cancelled)):
             generator: AsyncGenerator[Any, None] = handler(stream, context) if self.endpoint.takes_context else handler(stream)
             try:
                 await self._drive(generator, outbox)

@@ -278,7 +278,7 @@ class AppRunner:
             async with deadline:
                 if self.spec.download_inputs:
                     context.input_files, downloaded = await download_inputs(self.services.downloads, record.input)
-                with request_scope(RequestScope(record.expires_in, downloaded)):
+                with request_scope(RequestScope(record.expires_in, downloaded, record.cancel_flag)):
                     result = await self.call_handler(endpoint, record.input, context)
                 result = await encode_outputs(self.services.encodes, endpoint.output_model, result, record.expires_in)
             output = result if isinstance(result, endpoint.output_model) else endpoint.output_model.model_validate(result)

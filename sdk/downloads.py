@@ -71,10 +71,15 @@ def sharing_setting(configured: bool | None) -> bool | None:
 
 
 def already_downloaded(url: str, target_dir: object, force: bool, model_weights: bool) -> Path | None:
-    """Inside a handler: the runner's copy of an input URL, for a plain `download_file(url)` call."""
+    """Inside a handler: the runner's copy of an input URL, for a plain `download_file(url)` call.
+
+    Every download asks this first, so it is also where a cancelled request's handler is stopped.
+    """
+    scope = current_scope()
+    scope.raise_if_cancelled()
     if target_dir is not None or force or model_weights:
         return None  # the caller asked for something of its own
-    return current_scope().downloaded_path(url)
+    return scope.downloaded_path(url)
 
 
 @dataclass(frozen=True)

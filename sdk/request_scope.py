@@ -3,7 +3,9 @@
 A handler written against the plain SDK (`ferry.download_file(input.image_url)`,
 `Image.from_tensor(...)`) should behave as the request asks without passing
 anything through: its outputs expire as the caller's lifecycle preference says,
-and a URL the runner already downloaded is not fetched a second time. The
+a URL the runner already downloaded is not fetched a second time, and once the
+request is cancelled its next download, upload or encode raises CANCELLED, so
+even a handler that never polls its context stops at the next media call. The
 runner opens a `request_scope` around each handler call; the SDK reads it in
 `lifecycle()` and `download_file`. Outside a handler the scope is empty and
 changes nothing.
@@ -16,10 +18,15 @@ handlers that way).
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import grpc
+
+from ferry.errors import FerryError
 
 __all__ = ["RequestScope", "current_scope", "request_scope"]
 
@@ -30,6 +37,13 @@ class RequestScope:
     expires_in: int | None = None
     # URL → local path of the inputs the runner downloaded before calling the handler.
     downloaded: Mapping[str, Path] = field(default_factory=dict)
+    # Set once the request is cancelled.
+    cancelled: threading.Event | None = None
+
+    def raise_if_cancelled(self) -> None:
+        """Refuse to start a download, upload or encode for a request that was cancelled."""
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise FerryError(grpc.StatusCode.CANCELLED, "the request this call was made for was cancelled", "REQUEST_CANCELLED")
 
     def downloaded_path(self, url: str) -> Path | None:
         """The runner's copy of `url`, while it is still there."""

@@ -3,6 +3,7 @@
 UNAVAILABLE is always safe to retry (the call never reached a handler, or the
 handler lost the whole request); DEADLINE_EXCEEDED only for idempotent calls.
 Each attempt moves to the next address, so a dead replica is skipped at once.
+Inside a cancelled request's handler no attempt starts (see `request_scope`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
+
+from ferry.request_scope import current_scope
 
 Stub = TypeVar("Stub")
 T = TypeVar("T")
@@ -34,6 +37,7 @@ def call_with_retries(
     stubs: Sequence[Stub], call: Callable[[Stub], T], *, idempotent: bool, attempts: int = ATTEMPTS
 ) -> T:
     for attempt in range(attempts):
+        current_scope().raise_if_cancelled()
         stub = stubs[attempt % len(stubs)]
         try:
             return call(stub)
@@ -50,6 +54,7 @@ async def call_with_retries_async(
 ) -> T:
     """The asyncio twin of `call_with_retries`."""
     for attempt in range(attempts):
+        current_scope().raise_if_cancelled()
         stub = stubs[attempt % len(stubs)]
         try:
             return await call(stub)

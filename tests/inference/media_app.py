@@ -61,6 +61,11 @@ class Steps(BaseModel):
     steps: int = 1
 
 
+class EncodeLoop(BaseModel):
+    counter_file: str
+    rounds: int = 500
+
+
 class MediaApp(App):
     app_id = "media"
     machine_type = "GPU"  # one slot: a stuck request would block everything behind it
@@ -103,6 +108,13 @@ class MediaApp(App):
     async def hang_async(self, input: Nothing) -> Nothing:
         await asyncio.sleep(3600)
         return Nothing()
+
+    @endpoint("/encode-loop")
+    def encode_loop(self, input: EncodeLoop) -> Steps:
+        for done in range(input.rounds):  # never polls its context: only its media calls can stop it
+            Image.from_tensor(np.zeros((8, 8, 3), np.uint8), channel_order="last")
+            Path(input.counter_file).write_text(str(done + 1))
+        return Steps(steps=input.rounds)
 
     @endpoint("/")
     def echo(self, input: Steps) -> Steps:

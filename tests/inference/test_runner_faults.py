@@ -48,6 +48,17 @@ def test_a_hanging_handler_is_cut_off_by_the_callers_deadline_and_frees_its_slot
     assert client.run("media", {"steps": 2}, timeout=20) == {"steps": 2}
 
 
+def test_a_cancelled_handler_that_never_polls_is_stopped_at_its_next_media_call(client, tmp_path):
+    counter = tmp_path / "encoded"
+    handle = client.submit("media", {"counter_file": str(counter), "rounds": 500}, path="/encode-loop")
+    wait_for(lambda: counter.exists() and int(counter.read_text() or 0) >= 3, "a few encodes")
+    assert handle.cancel() is True
+    # One slot: this runs only once the cancelled handler's thread has returned.
+    assert client.run("media", {"steps": 5}, timeout=60) == {"steps": 5}
+    assert int(counter.read_text()) < 500, "the loop stopped at the encode after the cancel"
+    assert handle.status().error.code == grpc.StatusCode.CANCELLED
+
+
 def test_a_request_past_the_apps_time_limit_fails_deadline_exceeded(client):
     handle = client.submit("deadline", {"steps": 30})
     with pytest.raises(ferry.FerryError) as caught:
