@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from ferry.errors import FerryError as SdkError
 from ferry.inference.app import App, AppSpec, EndpointSpec, describe
 from ferry.inference.context import RequestCancelled, RequestContext, using_context
-from ferry.inference.inputs import discard, download_inputs
+from ferry.inference.inputs import InputFiles, discard, download_inputs, input_urls
 from ferry.inference.outputs import OutputEncodingFailed, encode_outputs
 from ferry.inference.services import ServiceClients
 from ferry.request_scope import RequestScope, request_scope
@@ -63,6 +63,10 @@ class RequestRecord:
     error: FerryError | None = None
     cancel_flag: threading.Event = field(default_factory=threading.Event)
     task: asyncio.Task[None] | None = None
+    # The input downloads, started while the request is next in line.
+    prefetch: asyncio.Task[tuple[InputFiles, dict[str, Path]]] | None = None
+    # Set when the handler has returned: the slot is free while outputs encode.
+    handler_returned: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: set[asyncio.Queue[inference_pb2.StreamResponse]] = field(default_factory=set)
 
@@ -80,6 +84,17 @@ class RequestRecord:
         else:
             self.publish(inference_pb2.StreamResponse(failed=inference_pb2.FailedEvent(error=request_error(error))))
         self.finished.set()
+
+
+def _drop_prefetch(record: RequestRecord) -> None:
+    """Stop a cancelled request's input downloads, or delete what they already fetched."""
+    prefetch = record.prefetch
+    if prefetch is None:
+        return
+    if not prefetch.done():
+        prefetch.cancel()  # download_inputs removes its partial work
+    elif not prefetch.cancelled() and prefetch.exception() is None:
+        discard(list(prefetch.result()[1].values()))
 
 
 def request_error(error: FerryError) -> inference_pb2.RequestError:
@@ -176,6 +191,7 @@ class AppRunner:
         self.records[record.request_id] = record
         self._waiting.append(record)
         self._wakeup.set()
+        self._prefetch_next()
         self._forget_old()
         return record
 
@@ -189,9 +205,11 @@ class AppRunner:
         if record in self._waiting:
             self._waiting.remove(record)
             self._announce_positions()
+            self._prefetch_next()
         record.cancel_flag.set()
         if record.task is not None:
             record.task.cancel()
+        _drop_prefetch(record)
         record.finish(error=Cancelled("cancelled by the caller"))
         return previous, True
 
@@ -226,6 +244,12 @@ class AppRunner:
     # -- execution -----------------------------------------------------------------------
 
     async def _work(self) -> None:
+        """One slot: take the next request, hold the slot while its handler runs, then take the next.
+
+        The slot (the GPU) covers the handler only. The next request's inputs
+        download while this one's handler runs, and this one's outputs encode
+        while the next one's handler runs.
+        """
         while True:
             while not self._waiting:
                 self._wakeup.clear()
@@ -233,11 +257,20 @@ class AppRunner:
             record = self._waiting.pop(0)
             self._announce_positions()
             record.task = asyncio.create_task(self._execute(record))
+            self._prefetch_next()
+            returned = asyncio.ensure_future(record.handler_returned.wait())
             try:
-                await asyncio.shield(record.task)
-            except asyncio.CancelledError:
-                if not record.task.done():  # the request was cancelled, not this worker
-                    await asyncio.gather(record.task, return_exceptions=True)
+                # A cancelled sync handler's task ends only once its thread has returned.
+                await asyncio.wait({record.task, returned}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                returned.cancel()
+
+    def _prefetch_next(self) -> None:
+        if not (self.spec.download_inputs and self._waiting):
+            return
+        upcoming = self._waiting[0]
+        if upcoming.prefetch is None and input_urls(upcoming.input):
+            upcoming.prefetch = asyncio.create_task(download_inputs(self.services.downloads, upcoming.input))
 
     def _context(self, record: RequestRecord) -> RequestContext:
         loop = asyncio.get_running_loop()
@@ -277,9 +310,14 @@ class AppRunner:
         try:
             async with deadline:
                 if self.spec.download_inputs:
-                    context.input_files, downloaded = await download_inputs(self.services.downloads, record.input)
+                    if record.prefetch is None:
+                        record.prefetch = asyncio.create_task(download_inputs(self.services.downloads, record.input))
+                    context.input_files, downloaded = await record.prefetch
                 with request_scope(RequestScope(record.expires_in, downloaded, record.cancel_flag)):
-                    result = await self.call_handler(endpoint, record.input, context)
+                    try:
+                        result = await self.call_handler(endpoint, record.input, context)
+                    finally:
+                        record.handler_returned.set()
                 result = await encode_outputs(self.services.encodes, endpoint.output_model, result, record.expires_in)
             output = result if isinstance(result, endpoint.output_model) else endpoint.output_model.model_validate(result)
             record.finish(output_json=output.model_dump_json())

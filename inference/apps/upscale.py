@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 
 import ferry
 from ferry.inference.app import App, endpoint
+from ferry.inference.outputs import Encode
 from ferry.inference.apps import to_pixels
 from ferry.inference.context import RequestContext
 from ferry.services.errors import InvalidArgument, ResourceExhausted
@@ -35,7 +37,7 @@ class UpscaleInput(BaseModel):
 
 
 class UpscaleOutput(BaseModel):
-    image: Image
+    image: Annotated[Image, Encode("png", channel_order="last")]
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -100,11 +102,13 @@ class Upscaler(App):
 
     @endpoint("/")
     def run(self, input: UpscaleInput, context: RequestContext) -> UpscaleOutput:
-        path = ferry.download_file(input.image_url)
+        path = ferry.download_file(input.image_url)  # in a runner: the copy it downloaded before the call
         image = load_image(path, self.device, max_pixels=MAX_OUTPUT_PIXELS // input.scale**2)
         context.raise_if_cancelled()
         context.progress(0, 1, "upscaling")
         with torch.inference_mode():
             upscaled = upscale_tensor(image, input.scale, input.sharpen)
         context.progress(1, 1, "encoding")
-        return UpscaleOutput(image=Image.from_tensor(to_pixels(upscaled), format="png", channel_order="last"))
+        # The tensor, not an encoded Image: the runner encodes it after the handler returns, when the
+        # device is already free for the next request (a png of 1024² takes as long as the model here).
+        return UpscaleOutput.model_construct(image=to_pixels(upscaled))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 from pydantic import ValidationError
 
+import ferry
 from ferry import datauri
 from ferry.inference.app import describe
 from ferry.inference.apps import prompt_seed, to_pixels
@@ -350,7 +351,8 @@ def recording_context() -> tuple[RequestContext, list[tuple[float, float]]]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[StackProcess]:
-    with StackProcess(["--data-dir", str(tmp_path_factory.mktemp("apps-data"))]) as running:
+    upscaler = "ferry.inference.apps.upscale:Upscaler"
+    with StackProcess(["--data-dir", str(tmp_path_factory.mktemp("apps-data")), "--app", upscaler]) as running:
         yield running
 
 
@@ -368,13 +370,14 @@ def run_app(app_class, payload):
     return output, reports
 
 
-@pytest.mark.usefixtures("handlers_reach")
-def test_the_upscaler_downloads_its_input_and_stores_the_upscaled_png():
+def test_the_upscaler_served_by_the_runner_stores_exactly_the_upscaled_pixels(stack):
     source = PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8))
-    output, reports = run_app(Upscaler, UpscaleInput(image_url=datauri.encode_image(source, "png"), scale=3))
-    assert output.image.content_type == "image/png" and (output.image.width, output.image.height) == (60, 36)
-    assert output.image.to_pil().size == (60, 36)
-    assert reports[-1] == (1, 1)
+    with stack.client() as client:
+        output = client.run("upscaler", {"image_url": datauri.encode_image(source, "png"), "scale": 3})
+    image = ferry.Image.model_validate(output["image"])
+    assert image.content_type == "image/png" and (image.width, image.height) == (60, 36)
+    expected = to_pixels(upscale_tensor(torch.from_numpy(np.array(source)).permute(2, 0, 1).float() / 255, 3, 0.5))
+    assert np.array_equal(np.asarray(image.to_pil()), expected.numpy()), "png is lossless: the model's pixels, exactly"
 
 
 @pytest.mark.usefixtures("handlers_reach")

@@ -16,13 +16,19 @@ from PIL import Image as PILImage
 
 import ferry
 from ferry.testing import StackProcess
+from tests.harness import wait_for
 
 APPS = Path(__file__).with_name("media_app.py")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    data = tmp_path_factory.mktemp("media-stack")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("media-stack")
+
+
+@pytest.fixture(scope="module")
+def stack(data_dir):
+    data = data_dir
     # The test's HTTP server is on loopback; anything else private stays refused.
     with StackProcess(["--data-dir", str(data), "--allow-hosts", "127.0.0.1/32", "--app", f"{APPS}:MediaApp"]) as stack:
         yield stack
@@ -53,6 +59,25 @@ def test_url_inputs_are_downloaded_once_each_before_the_handler_and_removed_afte
     assert output["sdk_reuses_runner_copy"] is True, "ferry.download_file in the handler gets the runner's copy"
     assert http_server.hits == {"/photo.png": 1, "/a.bin": 1, "/b.bin": 1}
     assert not any(Path(p).exists() for group in output["paths"].values() for p in group), "inputs are removed after"
+
+
+def test_the_next_requests_inputs_download_while_the_current_handler_runs(client, http_server, data_dir):
+    (http_server.root / "next.bin").write_bytes(b"n" * 1234)
+    (http_server.root / "dropped.bin").write_bytes(b"d" * 99)
+    busy = client.submit("media", {}, path="/hang")  # holds MediaApp's only slot until cancelled
+    wait_for(lambda: busy.status().state == "IN_PROGRESS", "the slot to be taken")
+    following = client.submit("media", {"image_url": f"{http_server.base_url}/next.bin"}, path="/inspect")
+    dropped = client.submit("media", {"image_url": f"{http_server.base_url}/dropped.bin"}, path="/inspect")
+    wait_for(lambda: http_server.hits.get("/next.bin") == 1, "the next in line to fetch its input")
+    assert following.status().state == "QUEUED" and busy.status().state == "IN_PROGRESS"
+    assert "/dropped.bin" not in http_server.hits, "only the next in line prefetches"
+
+    busy.cancel()
+    assert following.get(timeout=30)["sizes"] == {"image_url": [1234]}
+    wait_for(lambda: http_server.hits.get("/dropped.bin") == 1, "the new next in line to prefetch")
+    dropped.cancel()
+    wait_for(lambda: not list(data_dir.rglob("dropped.bin")), "a cancelled request's prefetched input to be deleted")
+    assert http_server.hits == {"/next.bin": 1, "/dropped.bin": 1}
 
 
 def test_data_uri_inputs_are_decoded_like_urls(client):
