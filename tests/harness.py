@@ -1,4 +1,4 @@
-"""Real servers for tests: a background asyncio loop and an HTTP file server.
+"""Real servers for tests: a background asyncio loop, an HTTP file server, and small terminal/socket helpers.
 
 `ferry serve` subprocesses come from `ferry.testing.StackProcess`, which app authors use too.
 """
@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,3 +129,32 @@ class RawHttpServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+def read_until_closed(fd: int) -> bytes:
+    """Everything written to the pty until the last holder of the terminal side closes it."""
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child exited and the terminal side is closed
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(30)
+    assert not reader.is_alive(), "the CLI never closed its terminal"
+    return b"".join(chunks)
+
+
+@contextmanager
+def socket_bound_but_not_listening() -> Iterator[str]:
+    """An address nothing answers on: bound (so no other test takes the port) but never listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"

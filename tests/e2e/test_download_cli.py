@@ -12,19 +12,16 @@ import os
 import pty
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import tty
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from tests.harness import wait_for
+from tests.harness import read_until_closed, socket_bound_but_not_listening, wait_for
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -201,7 +198,7 @@ def test_live_bar_on_a_terminal(stack, http_server):
     finally:
         os.close(terminal)  # the child holds its own copy: EOF comes when it exits
     try:
-        captured = _read_until_closed(controller)
+        captured = read_until_closed(controller)
         stdout, _ = process.communicate(timeout=30)
     finally:
         os.close(controller)
@@ -254,33 +251,3 @@ def test_ctrl_c_stops_the_transfer_on_the_server_and_leaves_nothing(stack, http_
     assert stdout == ""
     assert source_dropped.wait(10), "the server stopped reading from the source"
     wait_for(lambda: os.listdir(data / "in") == [], "the temp file to be removed")
-
-
-
-def _read_until_closed(fd: int) -> bytes:
-    """Everything written to the pty until the last holder of the terminal side closes it."""
-    chunks: list[bytes] = []
-
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the child exited and the terminal side is closed
-                return
-            if not chunk:
-                return
-            chunks.append(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(30)
-    assert not reader.is_alive(), "the CLI never closed its terminal"
-    return b"".join(chunks)
-
-
-@contextmanager
-def socket_bound_but_not_listening() -> Iterator[str]:
-    """An address nothing answers on: bound (so no other test takes the port) but never listening."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"127.0.0.1:{sock.getsockname()[1]}"

@@ -26,7 +26,7 @@ import pytest
 
 import ferry
 from ferry.testing import StackProcess
-from tests.e2e.test_download_cli import _read_until_closed, socket_bound_but_not_listening
+from tests.harness import read_until_closed, socket_bound_but_not_listening
 from tests.harness import wait_for
 
 APP = f"{Path(__file__).parent.parent / 'inference' / 'sample_app.py'}:SampleApp"
@@ -200,7 +200,7 @@ def test_live_progress_line_on_a_terminal(stack):
     finally:
         os.close(terminal)  # the child holds its own copy: EOF comes when it exits
     try:
-        screen = _read_until_closed(controller).decode()
+        screen = read_until_closed(controller).decode()
         stdout, _ = process.communicate(timeout=30)
     finally:
         os.close(controller)
