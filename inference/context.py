@@ -17,6 +17,7 @@ own threads must do the same for them.
 from __future__ import annotations
 
 import contextvars
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["LOG_LEVELS", "RequestCancelled", "RequestContext", "current_context", "using_context"]
+__all__ = ["LOG_LEVELS", "RequestCancelled", "RequestContext", "current_context", "logging_context", "using_context"]
 
 # The level names `LogLine.level` carries; `logging`'s own names, so runners can map them back.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -131,6 +132,26 @@ class RequestContext:
         """For the runner: the request is over; drop whatever the handler still reports."""
         with self._lock:
             self._closed = True
+
+
+def logging_context(
+    request_id: str, where: str, logger: logging.Logger, cancelled: threading.Event | None = None
+) -> RequestContext:
+    """A context for calls no caller follows as events (realtime sessions, health probes): it reports to `logger`.
+
+    `where` names the call in every line ("upscaler/live session 3f2a…").
+    """
+
+    def on_progress(current: float, total: float, message: str) -> None:
+        logger.info("%s progress %g/%g %s", where, current, total, message)
+
+    def on_log(message: str, level: str) -> None:
+        logger.log(logging.getLevelName(level), "%s: %s", where, message)
+
+    def on_partial(output: dict[str, Any]) -> None:
+        logger.debug("%s partial output: %s", where, output)
+
+    return RequestContext(request_id, on_progress=on_progress, on_log=on_log, on_partial=on_partial, cancelled=cancelled)
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("ferry_request_context", default=None)

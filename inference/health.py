@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from ferry.inference.context import RequestContext
+from ferry.inference.context import logging_context
 from ferry.inference.runner import AppRunner
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,8 @@ class HealthProbe:
         """One call of the health endpoint: True when it returned in time."""
         if self._pending is not None and not self._pending.done():
             return False  # the last probe is still stuck in the app
-        context = RequestContext(
-            f"health-{uuid.uuid4().hex[:8]}",
-            on_progress=lambda *_: None,
-            on_log=lambda message, level: log.log(logging.getLevelName(level), "%s health: %s", self.runner.spec.app_id, message),
-            on_partial=lambda _: None,
-        )
+        probe_id = f"health-{uuid.uuid4().hex[:8]}"
+        context = logging_context(probe_id, f"{self.runner.spec.app_id} {probe_id}", log)
         self._pending = task = asyncio.create_task(self.runner.call_handler(self.endpoint, self.endpoint.input_model(), context))
         done, _ = await asyncio.wait({task}, timeout=self.check.timeout_seconds)
         if not done:

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from ferry.client import AsyncClient
 from ferry.errors import FerryError as SdkError
+from ferry.services.errors import FerryError
 from ferry.toolkit import File
 
 __all__ = ["Encode", "OutputEncodingFailed", "encode_outputs", "is_tensor"]
@@ -56,12 +57,11 @@ class Encode:
         return f"Encode({', '.join(arguments)})"
 
 
-class OutputEncodingFailed(Exception):
-    """A tensor in an output field could not be encoded; the message names the field."""
+class OutputEncodingFailed(FerryError):
+    """A tensor in an output field could not be encoded: the app's bug, so INTERNAL; the message names the field."""
 
-    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL, reason: str = "BAD_OUTPUT_TENSOR") -> None:
-        super().__init__(message)
-        self.message, self.code, self.reason = message, code, reason
+    code = grpc.StatusCode.INTERNAL
+    reason = "BAD_OUTPUT_TENSOR"
 
 
 def is_tensor(value: Any) -> bool:

@@ -30,12 +30,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ferry.inference.context import RequestContext, using_context
+from ferry.inference.context import RequestContext, logging_context, using_context
 from ferry.inference.outputs import encode_outputs
-from ferry.inference.runner import AppRunner, lifecycle_seconds, parse_input, request_error, request_failure
+from ferry.inference.runner import AppRunner, parse_input, request_error, request_failure
 from ferry.request_scope import RequestScope, request_scope
 from ferry.services.errors import Cancelled, FerryError, InvalidArgument, NotFound
-from ferry.v1 import inference_pb2
+from ferry.v1 import common_pb2, inference_pb2
 
 __all__ = ["REALTIME_SESSION_KEY", "RealtimeSession"]
 
@@ -96,11 +96,19 @@ class RealtimeSession:
         self.cancelled = threading.Event()
 
     @classmethod
-    def open(cls, first: inference_pb2.RealtimeRequest | None, runner_for: Callable[[str], AppRunner]) -> RealtimeSession:
-        """The session the call's first message opens; INVALID_ARGUMENT unless it is `open`, NOT_FOUND for an unknown app or path."""
+    def open(
+        cls,
+        first: inference_pb2.RealtimeRequest | None,
+        runner_for: Callable[[str], AppRunner],
+        lifetime: Callable[[common_pb2.Lifecycle], int | None],
+    ) -> RealtimeSession:
+        """The session the call's first message opens; INVALID_ARGUMENT unless it is `open`, NOT_FOUND for an unknown app or path.
+
+        `lifetime` reads the caller's lifecycle preference from the `open` message (or the call's header).
+        """
         if first is None or first.WhichOneof("message") != "open":
             raise InvalidArgument("a Realtime call starts with an `open` message naming the app and the endpoint path", reason="OPEN_FIRST")
-        return cls(runner_for(first.open.app_id), first.open.path, lifecycle_seconds(first.open.lifecycle))
+        return cls(runner_for(first.open.app_id), first.open.path, lifetime(first.open.lifecycle))
 
     async def run(self, requests: AsyncIterator[inference_pb2.RealtimeRequest]) -> AsyncGenerator[inference_pb2.RealtimeResponse, None]:
         """The call's responses, from the messages after `open`; raises the handler's failure as a FerryError.
@@ -182,20 +190,10 @@ class RealtimeSession:
     async def _output_json(self, result: Any) -> str:
         """One yielded output as the JSON the caller receives, tensors in media fields encoded and stored."""
         output_model = self.endpoint.output_model
-        result = await encode_outputs(self.runner.services.encodes, output_model, result, self.expires_in)
+        result = await encode_outputs(self.runner.services.client, output_model, result, self.expires_in)
         return (result if isinstance(result, output_model) else output_model.model_validate(result)).model_dump_json()
 
     def _context(self) -> RequestContext:
         # A realtime call has no event stream besides its outputs: progress, logs and partials go to `logging`.
         where = f"{self.runner.spec.app_id}{self.endpoint.path} session {self.request_id}"
-
-        def on_progress(current: float, total: float, message: str) -> None:
-            log.info("%s progress %g/%g %s", where, current, total, message)
-
-        def on_log(message: str, level: str) -> None:
-            log.log(logging.getLevelName(level), "%s: %s", where, message)
-
-        def on_partial(output: dict[str, Any]) -> None:
-            log.debug("%s partial output (realtime handlers yield their outputs instead): %s", where, output)
-
-        return RequestContext(self.request_id, on_progress=on_progress, on_log=on_log, on_partial=on_partial, cancelled=self.cancelled)
+        return logging_context(self.request_id, where, log, self.cancelled)

@@ -31,11 +31,11 @@ from ferry.errors import FerryError as SdkError
 from ferry.inference.app import App, AppSpec, EndpointSpec, describe
 from ferry.inference.context import RequestCancelled, RequestContext, using_context
 from ferry.inference.inputs import InputFiles, discard, download_inputs, input_urls
-from ferry.inference.outputs import OutputEncodingFailed, encode_outputs
+from ferry.inference.outputs import encode_outputs
 from ferry.inference.services import ServiceClients
 from ferry.request_scope import RequestScope, request_scope
 from ferry.services.errors import Cancelled, DeadlineExceeded, FerryError, InvalidArgument, NotFound
-from ferry.v1 import common_pb2, inference_pb2
+from ferry.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +118,6 @@ def parse_input(endpoint: EndpointSpec, input_json: str) -> BaseModel:
         raise InvalidArgument(_validation_message(error), reason="INVALID_INPUT") from None
 
 
-def lifecycle_seconds(lifecycle: common_pb2.Lifecycle) -> int | None:
-    """A request's lifecycle preference in seconds; None when it states none."""
-    return lifecycle.expiration_seconds if lifecycle.HasField("expiration_seconds") else None
-
-
 def request_failure(where: str, error: BaseException) -> FerryError:
     """How a request whose handling raised `error` failed, as its caller sees it; `where` names the endpoint."""
     if isinstance(error, FerryError):
@@ -133,8 +128,6 @@ def request_failure(where: str, error: BaseException) -> FerryError:
         passed = FerryError(error.message, reason=error.reason or "UPSTREAM_ERROR")
         passed.code = error.code
         return passed
-    if isinstance(error, OutputEncodingFailed):
-        return HandlerFailed(error.message, reason=error.reason)
     if isinstance(error, ValidationError):
         return HandlerFailed(f"the handler's output does not match its model: {error}", reason="BAD_OUTPUT")
     # The handler's own bug: INTERNAL with its message; the runner stays healthy.
@@ -270,7 +263,13 @@ class AppRunner:
             return
         upcoming = self._waiting[0]
         if upcoming.prefetch is None and input_urls(upcoming.input):
-            upcoming.prefetch = asyncio.create_task(download_inputs(self.services.downloads, upcoming.input))
+            self._downloads(upcoming)
+
+    def _downloads(self, record: RequestRecord) -> asyncio.Task[tuple[InputFiles, dict[str, Path]]]:
+        """The request's input downloads, started now unless they were prefetched."""
+        if record.prefetch is None:
+            record.prefetch = asyncio.create_task(download_inputs(self.services.client, record.input))
+        return record.prefetch
 
     def _context(self, record: RequestRecord) -> RequestContext:
         loop = asyncio.get_running_loop()
@@ -310,15 +309,13 @@ class AppRunner:
         try:
             async with deadline:
                 if self.spec.download_inputs:
-                    if record.prefetch is None:
-                        record.prefetch = asyncio.create_task(download_inputs(self.services.downloads, record.input))
-                    context.input_files, downloaded = await record.prefetch
+                    context.input_files, downloaded = await self._downloads(record)
                 with request_scope(RequestScope(record.expires_in, downloaded, record.cancel_flag)):
                     try:
                         result = await self.call_handler(endpoint, record.input, context)
                     finally:
                         record.handler_returned.set()
-                result = await encode_outputs(self.services.encodes, endpoint.output_model, result, record.expires_in)
+                result = await encode_outputs(self.services.client, endpoint.output_model, result, record.expires_in)
             output = result if isinstance(result, endpoint.output_model) else endpoint.output_model.model_validate(result)
             record.finish(output_json=output.model_dump_json())
         except (asyncio.CancelledError, RequestCancelled):

@@ -19,10 +19,11 @@ import grpc
 from ferry.inference.app import load_app
 from ferry.inference.health import HealthProbe, health_service_name
 from ferry.inference.realtime import REALTIME_SESSION_KEY, RealtimeSession
-from ferry.inference.runner import COMPLETED, AppRunner, RequestRecord, lifecycle_seconds, request_error
+from ferry.inference.runner import COMPLETED, AppRunner, RequestRecord, request_error
 from ferry.inference.schema import input_schema, output_schema
 from ferry.inference.services import ServiceClients
 from ferry.services.health import NOT_SERVING, SERVING
+from ferry.services.lifecycle import expires_in
 from ferry.services.errors import FailedPrecondition, FerryError, NotFound, abort_with
 from ferry.services.settings import Settings
 from ferry.v1 import inference_pb2, inference_pb2_grpc
@@ -47,7 +48,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Run(self, request: inference_pb2.RunRequest, context: grpc.aio.ServicerContext) -> inference_pb2.RunResponse:  # noqa: N802
         try:
             runner = self._runner(request.app_id)
-            record = runner.submit(request.path, request.input_json, lifecycle_seconds(request.lifecycle))
+            record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
             try:
                 await record.finished.wait()
             except asyncio.CancelledError:  # the caller went away: so does its request
@@ -64,7 +65,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[inference_pb2.StreamResponse]:
         try:
             runner = self._runner(request.app_id)
-            record = runner.submit(request.path, request.input_json, lifecycle_seconds(request.lifecycle))
+            record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
         except FerryError as error:
             await abort_with(context, error)
         try:
@@ -76,7 +77,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def Submit(self, request: inference_pb2.SubmitRequest, context: grpc.aio.ServicerContext) -> inference_pb2.SubmitResponse:  # noqa: N802
         try:
-            record = self._runner(request.app_id).submit(request.path, request.input_json, lifecycle_seconds(request.lifecycle))
+            record = self._runner(request.app_id).submit(request.path, request.input_json, expires_in(request.lifecycle, context))
             return inference_pb2.SubmitResponse(request_id=record.request_id)
         except FerryError as error:
             await abort_with(context, error)
@@ -126,7 +127,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request_iterator: AsyncIterator[inference_pb2.RealtimeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.RealtimeResponse]:
         try:
-            session = RealtimeSession.open(await anext(request_iterator, None), self._runner)
+            session = RealtimeSession.open(await anext(request_iterator, None), self._runner, lambda lifecycle: expires_in(lifecycle, context))
             # Headers now, not with the first output: the caller learns at once that the call is open.
             await context.send_initial_metadata(((REALTIME_SESSION_KEY, session.request_id),))
             async with aclosing(session.run(request_iterator)) as responses:

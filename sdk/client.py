@@ -374,6 +374,7 @@ class AsyncClient:
         ca_file: str | os.PathLike[str] | None = None,
         tls: bool | None = None,
         shared_data_dir: bool | None = None,
+        encoder_addresses: Sequence[str] | None = None,
     ) -> None:
         self.connection = Connection.resolve(address, token=token, ca_file=ca_file, tls=tls)
         self.shared_data_dir = shared_data_dir
@@ -382,6 +383,12 @@ class AsyncClient:
         self.encoder = encoder_pb2_grpc.EncoderServiceStub(self.channel)
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+        # As in `Client`: encoder calls fail over across these, else use the main address.
+        self._encoder_channels = [
+            Connection(a, self.connection.token, self.connection.ca_file, self.connection.tls).aio_channel()
+            for a in _encoder_addresses(encoder_addresses)
+        ]
+        self._encoders = [encoder_pb2_grpc.EncoderServiceStub(c) for c in self._encoder_channels] or [self.encoder]
 
     async def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         response = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -447,7 +454,7 @@ class AsyncClient:
             return (await stub.Upload(upload_messages(header, None, data, None))).file
 
         with _as_ferry_errors():
-            return await call_with_retries_async([self.encoder], attempt, idempotent=True)
+            return await call_with_retries_async(self._encoders, attempt, idempotent=True)
 
     async def upload_file(
         self,
@@ -470,7 +477,7 @@ class AsyncClient:
             return (await stub.Upload(upload_messages(header, path, None, None))).file
 
         with _as_ferry_errors():
-            return await call_with_retries_async([self.encoder], attempt, idempotent=True)
+            return await call_with_retries_async(self._encoders, attempt, idempotent=True)
 
     async def encode_tensor(self, tensor: Any, format: str, **options: Any) -> list[common_pb2.File]:
         """The asyncio twin of `Client.encode_tensor` (same options)."""
@@ -481,7 +488,7 @@ class AsyncClient:
             return await stub.Encode(encode_messages(header, payload, audio_payload))
 
         with _as_ferry_errors():
-            response = await call_with_retries_async([self.encoder], attempt, idempotent=True)
+            response = await call_with_retries_async(self._encoders, attempt, idempotent=True)
         return list(response.files)
 
     # -- apps ----------------------------------------------------------------------------
@@ -548,6 +555,8 @@ class AsyncClient:
         return AsyncRealtimeConnection(self.inference, opening)
 
     async def close(self) -> None:
+        for channel in self._encoder_channels:
+            await channel.close()
         await self.channel.close()
 
     async def __aenter__(self) -> AsyncClient:

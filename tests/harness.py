@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import socket
+import subprocess
 import threading
+import tty
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -131,7 +134,7 @@ class RawHttpServer:
             await self._server.wait_closed()
 
 
-def read_until_closed(fd: int) -> bytes:
+def _read_until_closed(fd: int) -> bytes:
     """Everything written to the pty until the last holder of the terminal side closes it."""
     chunks: list[bytes] = []
 
@@ -158,3 +161,22 @@ def socket_bound_but_not_listening() -> Iterator[str]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def run_with_stderr_on_a_terminal(command: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `command` with stderr on a raw pty: (exit code, stdout, what the terminal showed)."""
+    controller, terminal = pty.openpty()
+    tty.setraw(terminal)  # no output processing: a "\r" seen here is one the command wrote
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal, text=True, env=env)
+    finally:
+        os.close(terminal)  # the child holds its own copy: EOF comes when it exits
+    try:
+        screen = _read_until_closed(controller).decode()
+        stdout, _ = process.communicate(timeout=30)
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, stdout, screen

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import mimetypes
 import os
 import threading
@@ -30,37 +29,19 @@ from ferry.services.encoder.incoming import IncomingFile
 from ferry.services.encoder.tensors import expected_bytes, tensor_from_bytes
 from ferry.services.encoder.video import Mp4Writer, video_frames
 from ferry.services.errors import FerryError, InvalidArgument, ResourceExhausted, abort_with
+from ferry.services.lifecycle import expires_in
 from ferry.services.settings import Settings
 from ferry.services.storage.base import Storage, StoredObject
 from ferry.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
 T = TypeVar("T")
 MIB = 1 << 20
-LIFECYCLE_HEADER = "x-ferry-object-lifecycle-preference"
 IMAGE_FORMATS = {
     encoder_pb2.MEDIA_FORMAT_PNG: "png",
     encoder_pb2.MEDIA_FORMAT_JPEG: "jpeg",
     encoder_pb2.MEDIA_FORMAT_WEBP: "webp",
     encoder_pb2.MEDIA_FORMAT_GIF: "gif",
 }
-
-
-def expires_in(lifecycle: common_pb2.Lifecycle, context: grpc.aio.ServicerContext) -> int | None:
-    """The request's field, else the lifecycle metadata header, else no expiry."""
-    if lifecycle.HasField("expiration_seconds"):
-        return lifecycle.expiration_seconds
-    for key, value in context.invocation_metadata() or ():
-        if key == LIFECYCLE_HEADER:
-            try:
-                seconds = json.loads(value)["expiration_duration_seconds"]
-            except (ValueError, KeyError, TypeError):
-                raise InvalidArgument(
-                    f'{LIFECYCLE_HEADER} must be JSON like {{"expiration_duration_seconds": 3600}}', reason="BAD_LIFECYCLE"
-                ) from None
-            if not isinstance(seconds, int) or seconds <= 0:
-                raise InvalidArgument("expiration_duration_seconds must be a positive integer", reason="BAD_LIFECYCLE")
-            return seconds
-    return None
 
 
 def file_message(stored: StoredObject) -> common_pb2.File:

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pty
 import re
 import signal
 import subprocess
 import sys
 import threading
-import tty
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from tests.harness import read_until_closed, socket_bound_but_not_listening, wait_for
+from tests.harness import run_with_stderr_on_a_terminal, socket_bound_but_not_listening, wait_for
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -185,29 +183,9 @@ def test_malformed_header_is_a_usage_error():
 @pytest.mark.timeout(60)
 def test_live_bar_on_a_terminal(stack, http_server):
     url = http_server.add_file("clip.bin", _body(MIB))
-    controller, terminal = pty.openpty()
-    tty.setraw(terminal)  # no output processing: a "\r" seen here is one the CLI wrote
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ferry.cli", "download", url, "--address", stack.grpc_address],
-            stdout=subprocess.PIPE,
-            stderr=terminal,
-            text=True,
-            env=_environment(),
-        )
-    finally:
-        os.close(terminal)  # the child holds its own copy: EOF comes when it exits
-    try:
-        captured = read_until_closed(controller)
-        stdout, _ = process.communicate(timeout=30)
-    finally:
-        os.close(controller)
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-
-    screen = captured.decode()
-    assert process.returncode == 0, screen
+    command = [sys.executable, "-m", "ferry.cli", "download", url, "--address", stack.grpc_address]
+    returncode, stdout, screen = run_with_stderr_on_a_terminal(command, _environment())
+    assert returncode == 0, screen
     assert Path(stdout.strip()).name == "clip.bin" and stdout.count("\n") == 1
     assert "\rclip.bin [" in screen, "the bar redraws in place"
     assert re.search(r"\] 1\.0 MiB/1\.0 MiB [\d.]+ (B|KiB|MiB|GiB)/s", screen), screen

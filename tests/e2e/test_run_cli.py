@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import signal
 import subprocess
 import sys
 import threading
-import tty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +24,7 @@ import pytest
 
 import ferry
 from ferry.testing import StackProcess
-from tests.harness import read_until_closed, socket_bound_but_not_listening
-from tests.harness import wait_for
+from tests.harness import run_with_stderr_on_a_terminal, socket_bound_but_not_listening, wait_for
 
 APP = f"{Path(__file__).parent.parent / 'inference' / 'sample_app.py'}:SampleApp"
 QUICK_SLOW = json.dumps({"steps": 3, "step_seconds": 0.01})
@@ -187,28 +184,10 @@ def test_an_unreachable_server_fails_with_unavailable():
 
 
 def test_live_progress_line_on_a_terminal(stack):
-    controller, terminal = pty.openpty()
-    tty.setraw(terminal)  # no output processing: a "\r" seen here is one the CLI wrote
-    try:
-        process = subprocess.Popen(
-            _command("sample", "--path", "/slow", "--input", QUICK_SLOW, "--address", stack.grpc_address),
-            stdout=subprocess.PIPE,
-            stderr=terminal,
-            text=True,
-            env=_environment(),
-        )
-    finally:
-        os.close(terminal)  # the child holds its own copy: EOF comes when it exits
-    try:
-        screen = read_until_closed(controller).decode()
-        stdout, _ = process.communicate(timeout=30)
-    finally:
-        os.close(controller)
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    command = _command("sample", "--path", "/slow", "--input", QUICK_SLOW, "--address", stack.grpc_address)
+    returncode, stdout, screen = run_with_stderr_on_a_terminal(command, _environment())
 
-    assert process.returncode == 0, screen
+    assert returncode == 0, screen
     assert json.loads(stdout) == {"finished_steps": 3}
     assert "\r\x1b[Kprogress [" in screen, "the progress line redraws in place"
     assert "] 3/3 (100%)" in screen

@@ -155,3 +155,11 @@ def test_the_sdk_fails_over_across_encoder_addresses(start_ferry):
     with ferry.Client(stack.grpc_address, encoder_addresses=[dead, stack.grpc_address]) as client:
         stored = client.upload_bytes(b"via the live one", "text/plain", "failover.txt")
     assert fetch(stored.url) == b"via the live one"
+
+
+async def test_the_async_sdk_fails_over_across_encoder_addresses(start_ferry):
+    stack = start_ferry()
+    dead = f"127.0.0.1:{closed_port()}"
+    async with ferry.AsyncClient(stack.grpc_address, encoder_addresses=[dead, stack.grpc_address]) as client:
+        stored = await client.upload_bytes(b"via the live one", "text/plain", "failover.txt")
+    assert fetch(stored.url) == b"via the live one"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image as PILImage
 
 import ferry
 from ferry.testing import StackProcess
+from ferry.v1 import inference_pb2
 from tests.harness import wait_for
 
 APPS = Path(__file__).with_name("media_app.py")
@@ -152,3 +154,12 @@ def test_outputs_expire_as_the_requests_lifecycle_asks(client):
         assert expires_at is not None, f"{field} has the request's expiry"
         assert 110 <= (expires_at - before).total_seconds() <= 130
     assert ferry.File.model_validate(client.run("media", {}, path="/tensors")["image"]).expires_at is None
+
+
+def test_the_lifecycle_header_works_for_app_requests_as_for_uploads(client):
+    before = datetime.now(UTC)
+    header = (("x-ferry-object-lifecycle-preference", '{"expiration_duration_seconds": 300}'),)
+    request = inference_pb2.RunRequest(app_id="media", path="/tensors", input_json="{}")
+    output = json.loads(client.inference.Run(request, metadata=header).output_json)
+    expires_at = ferry.File.model_validate(output["made_here"]).expires_at
+    assert expires_at is not None and 290 <= (expires_at - before).total_seconds() <= 310
