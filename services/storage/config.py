@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 LOCAL_SPEC = "local"
 LOCAL_FOLDER = "files"  # under the data dir
+# Under the data dir too, beside `.ferry/incoming` (same filesystem): parts an S3 upload holds to hash in order.
+S3_HOLDING_FOLDER = Path(".ferry") / "s3-parts"
 # S3's bucket naming rules, loosely: S3-compatibles allow a little more, AWS a little less.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")
 
@@ -104,6 +106,7 @@ def build_storage(
                     region=config.s3_region,
                     public_url_base=config.s3_public_url,
                     multipart_max_age_seconds=config.multipart_max_age_seconds,
+                    holding_dir=data_dir / S3_HOLDING_FOLDER,
                 )
             )
     return StorageChain(backends, attempts=config.storage_attempts), local

@@ -11,10 +11,19 @@ part but the last is at least 5 MiB, part numbers 1 to 10000. The upload id
 handed out carries the object key with S3's UploadId, so any replica can take
 any part. S3 metadata is fixed when an upload is created, before the object's
 hash or completion time exist: a completed upload carries `ferry-expires-in`
-instead, its expiry being LastModified (the completion time) plus that, and
-its sha256 is computed by streaming the assembled object back once (a
-re-download of the whole; S3's own SHA-256 checksums of multipart objects are
-checksums of part checksums, not the file's hash).
+instead, its expiry being LastModified (the completion time) plus that.
+
+The whole's sha256 (S3's own SHA-256 checksums of multipart objects are
+checksums of part checksums, not the file's hash) is computed while the parts
+arrive: each part S3 accepted is fed to the upload's `OrderedSha256`, which
+hashes parts in number order and holds early ones in `holding_dir` until their
+turn. Completion uses that digest when it covers exactly the completed parts
+(numbers 1..n, same etags, same total size). Otherwise (a part re-sent after
+it was hashed, held parts past the cap, parts that went to another replica or
+to this one before a restart, a completion retried after it got through) the
+assembled object is streamed back once and hashed: a re-download of the whole,
+slow but always right. Hashers live in this process's memory; completion,
+abort and the sweep drop them and their held files.
 
 boto3's own retries are off: the storage chain owns retrying, so one policy
 is counted and logged in one place.
@@ -29,6 +38,8 @@ import hashlib
 import json
 import logging
 import secrets
+import shutil
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +59,7 @@ from ferry.services.storage.base import (
     check_parts,
     expiry,
 )
+from ferry.services.storage.ordered_hash import MAX_HELD_BYTES, OrderedSha256
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +80,27 @@ _TRANSIENT_CODES = {
     "ServiceUnavailable",
 }
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+
+
+# Each part carries a CRC32 that S3 checks on arrival, as boto3's own uploads do:
+# corruption on the way is refused, not stored. (moto also assembles such an
+# upload in about half the time.) The checksum must come back at completion,
+# so it travels inside the etag handed to the client, which treats it as opaque.
+PART_CHECKSUM = "CRC32"
+PART_CHECKSUM_FIELD = "ChecksumCRC32"
+_TOKEN_SEPARATOR = "|"
+
+
+def _part_token(etag: str, checksum: str | None) -> str:
+    return f"{etag}{_TOKEN_SEPARATOR}{checksum}" if checksum else etag
+
+
+def _completed_part(number: int, token: str) -> dict[str, Any]:
+    etag, _, checksum = token.partition(_TOKEN_SEPARATOR)
+    part: dict[str, Any] = {"PartNumber": number, "ETag": etag}
+    if checksum:
+        part[PART_CHECKSUM_FIELD] = checksum
+    return part
 
 
 def _error_code(error: botocore.exceptions.ClientError) -> tuple[str, int]:
@@ -95,7 +128,12 @@ class S3Storage(Storage):
         public_url_base: str | None = None,
         presign_seconds: int = 7 * 24 * 3600,
         multipart_max_age_seconds: float = 24 * 3600,
+        holding_dir: Path | None = None,
+        max_held_bytes_per_upload: int = MAX_HELD_BYTES,
     ) -> None:
+        """`holding_dir`: a folder of this storage's own where parts that arrive ahead of their turn wait
+        to be hashed (on the incoming files' filesystem, so holding is a hard link); None holds nothing,
+        so any upload whose parts arrive out of order has its whole re-read at completion."""
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.name = f"s3://{bucket}/{self.prefix}"
@@ -120,6 +158,11 @@ class S3Storage(Storage):
         # stores (moto among them) report a fixed, ancient `Initiated`, which
         # would make every fresh upload look idle to the sweep.
         self._upload_activity: dict[str, datetime] = {}
+        # The whole's sha256 as parts arrive, per S3 upload id; worker threads add and drop them.
+        self._holding_dir = holding_dir
+        self._max_held_bytes = max_held_bytes_per_upload
+        self._hashers: dict[str, OrderedSha256] = {}
+        self._hashers_lock = threading.Lock()
 
     # -- calls and their failures ------------------------------------------------
 
@@ -239,7 +282,7 @@ class S3Storage(Storage):
 
         def create() -> str:
             answer = self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata
+                Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata, ChecksumAlgorithm=PART_CHECKSUM
             )
             return str(answer["UploadId"])
 
@@ -255,43 +298,94 @@ class S3Storage(Storage):
         def upload() -> str:
             with open(path, "rb") as body:
                 answer = self._client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=s3_upload_id, PartNumber=part_number, Body=body
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=s3_upload_id,
+                    PartNumber=part_number,
+                    Body=body,
+                    ChecksumAlgorithm=PART_CHECKSUM,
                 )
-            return str(answer["ETag"])
+            etag = _part_token(str(answer["ETag"]), answer.get(PART_CHECKSUM_FIELD))
+            # Only once S3 has the part: a part it refused is no part of the whole.
+            self._hasher_for(upload_id, s3_upload_id).add(part_number, path, etag)
+            return etag
 
         return await self._call(f"upload part {part_number}", upload)
+
+    # -- the whole's sha256, as parts arrive -----------------------------------------
+
+    def _hasher_for(self, upload_id: str, s3_upload_id: str) -> OrderedSha256:
+        with self._hashers_lock:
+            hasher = self._hashers.get(s3_upload_id)
+            if hasher is None:
+                holding = None
+                if self._holding_dir is not None:
+                    holding = self._holding_dir / hashlib.sha256(upload_id.encode()).hexdigest()[:32]
+                hasher = self._hashers[s3_upload_id] = OrderedSha256(holding, max_held_bytes=self._max_held_bytes)
+            return hasher
+
+    def _take_hasher(self, s3_upload_id: str) -> OrderedSha256 | None:
+        with self._hashers_lock:
+            return self._hashers.pop(s3_upload_id, None)
+
+    def _drop_hasher(self, s3_upload_id: str) -> None:
+        """Forget the upload's hasher and free its held parts."""
+        hasher = self._take_hasher(s3_upload_id)
+        if hasher is not None:
+            hasher.discard()
+
+    def _sha256_of_completed(
+        self, key: str, s3_upload_id: str, parts: Sequence[tuple[int, str]], size: int, *, by_this_call: bool
+    ) -> str:
+        hasher = self._take_hasher(s3_upload_id)
+        sha256 = None
+        # A completion that an earlier try made may have used another parts list: only the bytes can tell.
+        if hasher is not None and by_this_call:
+            sha256 = hasher.sha256_of(parts, size)
+        if hasher is not None:
+            hasher.discard()
+        if sha256 is None:
+            why = "parts hashed here do not make up the completed whole" if hasher else "no parts seen here"
+            log.info("%s: reading %s back to hash it (%s)", self.name, key, why)
+            sha256 = self._stream_sha256(key)
+        return sha256
 
     async def complete_multipart(self, upload_id: str, parts: Sequence[tuple[int, str]]) -> StoredObject:
         ordered = check_parts(parts)
         key, s3_upload_id = self._parse_upload_token(upload_id)
-        self._upload_activity.pop(s3_upload_id, None)  # completing ends its idleness question
 
         def complete() -> StoredObject:
+            by_this_call = True
             try:
                 self._client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=key,
                     UploadId=s3_upload_id,
-                    MultipartUpload={"Parts": [{"PartNumber": number, "ETag": etag} for number, etag in ordered]},
+                    MultipartUpload={"Parts": [_completed_part(number, token) for number, token in ordered]},
                 )
             except botocore.exceptions.ClientError as error:
                 # A retried completion whose first try got through: the object is there, finish the job.
                 if _error_code(error)[0] != "NoSuchUpload" or not self._exists(key):
                     raise
+                by_this_call = False
             head = self._client.head_object(Bucket=self.bucket, Key=key)
             metadata = head.get("Metadata", {})
             expires_at = None
             if EXPIRES_IN_KEY in metadata:
                 expires_at = head["LastModified"].astimezone(UTC) + timedelta(seconds=int(metadata[EXPIRES_IN_KEY]))
+            size = int(head["ContentLength"])
             return self._stored(
                 key,
                 content_type=head.get("ContentType", "application/octet-stream"),
-                size=int(head["ContentLength"]),
-                sha256=self._stream_sha256(key),
+                size=size,
+                sha256=self._sha256_of_completed(key, s3_upload_id, ordered, size, by_this_call=by_this_call),
                 expires_at=expires_at,
             )
 
-        return await self._call("complete multipart upload", complete)
+        stored = await self._call("complete multipart upload", complete)
+        # Only now: a completion S3 refused leaves the upload open, and its activity keeps the sweep off it.
+        self._upload_activity.pop(s3_upload_id, None)
+        return stored
 
     def _exists(self, key: str) -> bool:
         try:
@@ -324,6 +418,7 @@ class S3Storage(Storage):
             except botocore.exceptions.ClientError as error:
                 if _error_code(error)[0] != "NoSuchUpload":
                     raise
+            self._drop_hasher(s3_upload_id)
 
         await self._call("abort multipart upload", abort)
         self._upload_activity.pop(s3_upload_id, None)
@@ -331,9 +426,35 @@ class S3Storage(Storage):
     # -- upkeep ------------------------------------------------------------------
 
     async def sweep(self, now: datetime) -> int:
+        idle_since = now - self._multipart_max_age
+        # Activity older than the max age keeps nothing alive, and uploads that ended have none.
+        for s3_upload_id in [upload for upload, at in self._upload_activity.items() if at < idle_since]:
+            del self._upload_activity[s3_upload_id]
+        await self._call("sweep held parts", lambda: self._sweep_hashers(idle_since))
         expired = await self._call("sweep expired objects", lambda: self._sweep_objects(now))
         stale = await self._call("sweep idle multipart uploads", lambda: self._sweep_uploads(now))
         return expired + stale
+
+    def _sweep_hashers(self, idle_since: datetime) -> None:
+        """Drop hashers of uploads idle past the max age or ended (a part that raced the completion makes one);
+        delete held parts no hasher of this process knows that are as old (left by a process that died)."""
+        with self._hashers_lock:
+            idle = [upload for upload in self._hashers if upload not in self._upload_activity]
+        for s3_upload_id in idle:
+            self._drop_hasher(s3_upload_id)
+        if self._holding_dir is None or not self._holding_dir.is_dir():
+            return
+        with self._hashers_lock:
+            live = {hasher.holding for hasher in self._hashers.values()}
+        cutoff = idle_since.timestamp()
+        for folder in self._holding_dir.iterdir():
+            if folder in live:
+                continue
+            try:
+                if folder.stat().st_mtime < cutoff and all(held.stat().st_mtime < cutoff for held in folder.iterdir()):
+                    shutil.rmtree(folder)
+            except OSError as error:  # gone meanwhile, or in use after all: the next sweep looks again
+                log.debug("%s: left %s for the next sweep: %s", self.name, folder, error)
 
     def _expiry_of(self, key: str, last_modified: datetime) -> datetime | None:
         if key not in self._known_expiry:
@@ -387,6 +508,7 @@ class S3Storage(Storage):
                 if upload["Initiated"] >= idle_since or self._last_part_at(upload) >= idle_since:
                     continue
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                self._drop_hasher(upload["UploadId"])
                 removed += 1
         return removed
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
+import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ import boto3
 import pytest
 from ferry.services.errors import InvalidArgument, NotFound, Unavailable
 from ferry.services.storage.base import MIN_PART_SIZE, TransientStorageError
+from ferry.services.storage.config import StorageConfig, build_storage
 from ferry.services.storage.s3 import S3Storage
 
 MAX_AGE = 3600.0
@@ -50,8 +53,14 @@ def storage_for(endpoint: str, bucket: str, **options: Any) -> S3Storage:
 
 
 @pytest.fixture
-async def storage(endpoint: str, bucket: str) -> Any:
-    s3_storage = storage_for(endpoint, bucket)
+def holding(tmp_path: Path) -> Path:
+    """Where the storage keeps parts that arrive ahead of their turn (DATA_DIR/.ferry/s3-parts when launched)."""
+    return tmp_path / "s3-parts"
+
+
+@pytest.fixture
+async def storage(endpoint: str, bucket: str, holding: Path) -> Any:
+    s3_storage = storage_for(endpoint, bucket, holding_dir=holding)
     yield s3_storage
     await s3_storage.close()
 
@@ -206,6 +215,203 @@ async def test_abort_leaves_no_upload_and_may_be_repeated(
 
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+# -- multipart: the whole's sha256, hashed as the parts arrive ---------------------------
+
+
+def count_object_reads(storage: S3Storage) -> list[str]:
+    """The keys `storage` GETs from now on: reading the whole back is what hashing on arrival saves."""
+    reads: list[str] = []
+    storage._client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: reads.append(params["url_path"].rsplit("/", 1)[-1])
+    )
+    return reads
+
+
+def held_files(holding: Path) -> list[Path]:
+    return sorted(path for path in holding.rglob("*") if path.is_file()) if holding.exists() else []
+
+
+def three_parts() -> list[bytes]:
+    return [b"\x01" * MIN_PART_SIZE, bytes(range(256)) * (MIN_PART_SIZE // 256), b"the last part"]
+
+
+async def new_upload(storage: S3Storage) -> str:
+    return await storage.create_multipart(file_name="a.bin", content_type="application/octet-stream", expires_in=None)
+
+
+async def test_parts_sent_out_of_order_are_hashed_on_arrival_without_reading_the_whole_back(
+    storage: S3Storage, holding: Path, tmp_path: Path
+) -> None:
+    parts = three_parts()
+    reads = count_object_reads(storage)
+    upload_id = await new_upload(storage)
+
+    etags = {3: await send_part(storage, tmp_path, upload_id, 3, parts[2])}
+    assert len(held_files(holding)) == 1, "part 3 waits in the holding folder for parts 1 and 2"
+    etags[1] = await send_part(storage, tmp_path, upload_id, 1, parts[0])
+    etags[2] = await send_part(storage, tmp_path, upload_id, 2, parts[1])
+    stored = await storage.complete_multipart(upload_id, sorted(etags.items()))
+
+    whole = b"".join(parts)
+    assert (stored.size, stored.sha256) == (len(whole), hashlib.sha256(whole).hexdigest())
+    assert reads == [], "the whole was not read back"
+    assert get(stored.url) == whole
+    assert held_files(holding) == []
+
+
+async def test_a_part_re_sent_after_it_was_hashed_falls_back_to_reading_the_whole(
+    storage: S3Storage, holding: Path, tmp_path: Path
+) -> None:
+    parts = three_parts()
+    reads = count_object_reads(storage)
+    upload_id = await new_upload(storage)
+
+    await send_part(storage, tmp_path, upload_id, 1, b"\x09" * MIN_PART_SIZE)
+    etag_2 = await send_part(storage, tmp_path, upload_id, 2, parts[1])
+    etag_1 = await send_part(storage, tmp_path, upload_id, 1, parts[0])  # S3 keeps this one
+    etag_3 = await send_part(storage, tmp_path, upload_id, 3, parts[2])
+    stored = await storage.complete_multipart(upload_id, [(1, etag_1), (2, etag_2), (3, etag_3)])
+
+    assert stored.sha256 == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert len(reads) == 1, "the digest was spoiled, so the whole was read back once"
+    assert held_files(holding) == []
+
+
+async def test_a_completion_of_fewer_parts_than_were_hashed_reads_the_whole(
+    storage: S3Storage, tmp_path: Path
+) -> None:
+    parts = three_parts()
+    reads = count_object_reads(storage)
+    upload_id = await new_upload(storage)
+    etags = [await send_part(storage, tmp_path, upload_id, number, data) for number, data in enumerate(parts, 1)]
+
+    stored = await storage.complete_multipart(upload_id, [(1, etags[0]), (2, etags[1])])
+
+    assert stored.sha256 == hashlib.sha256(parts[0] + parts[1]).hexdigest()
+    assert len(reads) == 1
+
+
+async def test_an_upload_whose_parts_this_storage_never_saw_is_hashed_by_reading_it_back(
+    storage: S3Storage, endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    parts = three_parts()
+    upload_id = await new_upload(storage)
+    etags = [await send_part(storage, tmp_path, upload_id, number, data) for number, data in (enumerate(parts, 1))]
+    other = storage_for(endpoint, bucket, holding_dir=tmp_path / "other-s3-parts")  # another replica, or a restart
+    reads = count_object_reads(other)
+    try:
+        stored = await other.complete_multipart(upload_id, list(enumerate(etags, 1)))
+    finally:
+        await other.close()
+
+    assert stored.sha256 == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert len(reads) == 1
+
+
+async def test_a_part_re_sent_through_another_replica_is_caught_by_its_etag(
+    storage: S3Storage, endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    parts = three_parts()
+    reads = count_object_reads(storage)
+    upload_id = await new_upload(storage)
+    etag_1 = await send_part(storage, tmp_path, upload_id, 1, parts[0])
+    await send_part(storage, tmp_path, upload_id, 2, b"\x09" * MIN_PART_SIZE)
+    etag_3 = await send_part(storage, tmp_path, upload_id, 3, parts[2])
+    other = storage_for(endpoint, bucket)
+    try:
+        etag_2 = await send_part(other, tmp_path, upload_id, 2, parts[1])  # this replica's digest never sees it
+    finally:
+        await other.close()
+
+    stored = await storage.complete_multipart(upload_id, [(1, etag_1), (2, etag_2), (3, etag_3)])
+
+    assert stored.sha256 == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert len(reads) == 1
+
+
+async def test_abort_leaves_no_held_parts(storage: S3Storage, holding: Path, tmp_path: Path) -> None:
+    upload_id = await new_upload(storage)
+    await send_part(storage, tmp_path, upload_id, 2, b"x" * 1024)
+    await send_part(storage, tmp_path, upload_id, 3, b"y" * 1024)
+    assert len(held_files(holding)) == 2
+
+    await storage.abort_multipart(upload_id)
+
+    assert held_files(holding) == []
+    assert list(holding.iterdir()) == [], "nor their folder"
+
+
+async def test_a_failed_completion_keeps_the_digest_for_the_next_try(
+    storage: S3Storage, holding: Path, tmp_path: Path
+) -> None:
+    parts = three_parts()
+    reads = count_object_reads(storage)
+    upload_id = await new_upload(storage)
+    etags = {2: await send_part(storage, tmp_path, upload_id, 2, parts[1])}
+    etags[1] = await send_part(storage, tmp_path, upload_id, 1, parts[0])
+    with pytest.raises(InvalidArgument):
+        await storage.complete_multipart(upload_id, [(1, etags[1]), (2, etags[1])])  # a wrong etag
+    etags[3] = await send_part(storage, tmp_path, upload_id, 3, parts[2])
+
+    stored = await storage.complete_multipart(upload_id, sorted(etags.items()))
+
+    assert stored.sha256 == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert reads == []
+    assert held_files(holding) == []
+
+
+async def test_the_sweep_of_an_idle_upload_frees_its_held_parts(
+    storage: S3Storage, s3: Any, bucket: str, holding: Path, tmp_path: Path
+) -> None:
+    upload_id = await new_upload(storage)
+    await send_part(storage, tmp_path, upload_id, 2, b"x" * 1024)
+
+    assert await storage.sweep(datetime.now(UTC) + timedelta(seconds=MAX_AGE - 60)) == 0
+    assert len(held_files(holding)) == 1
+    assert await storage.sweep(datetime.now(UTC) + timedelta(seconds=MAX_AGE + 1)) == 1
+    assert held_files(holding) == []
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_the_sweep_deletes_held_parts_a_dead_process_left_behind(
+    storage: S3Storage, holding: Path, tmp_path: Path
+) -> None:
+    def left_behind(folder: str, age_seconds: float) -> Path:
+        held = holding / folder / "2.0123456789abcdef.part"
+        held.parent.mkdir(parents=True)
+        held.write_bytes(b"held by a process that died")
+        then = time.time() - age_seconds
+        for path in (held, held.parent):
+            os.utime(path, (then, then))
+        return held
+
+    old, recent = left_behind("a" * 32, MAX_AGE + 60), left_behind("b" * 32, MAX_AGE - 60)
+    upload_id = await new_upload(storage)
+    await send_part(storage, tmp_path, upload_id, 2, b"x" * 1024)  # a live upload's
+
+    assert await storage.sweep(datetime.now(UTC)) == 0
+
+    assert not old.parent.exists(), "held longer than an upload may idle: nobody waits for it"
+    assert recent.exists()
+    assert len(held_files(holding)) == 2, "the recent leftover and the live upload's part"
+    await storage.abort_multipart(upload_id)
+
+
+async def test_a_launched_s3_storage_holds_parts_under_the_data_dir(endpoint: str, bucket: str, tmp_path: Path) -> None:
+    config = StorageConfig(storage=(f"s3://{bucket}/outputs",), s3_endpoint_url=endpoint, s3_region="us-east-1")
+    chain, _ = build_storage(config, tmp_path, lambda: "unused")
+    try:
+        upload_id = await chain.create_multipart(
+            file_name="a.bin", content_type="application/octet-stream", expires_in=None
+        )
+        await chain.put_part(upload_id, 2, a_file(tmp_path, b"early", "part-2.incoming"))
+        assert len(held_files(tmp_path / ".ferry" / "s3-parts")) == 1
+        await chain.abort_multipart(upload_id)
+        assert held_files(tmp_path / ".ferry" / "s3-parts") == []
+    finally:
+        await chain.close()
 
 
 @pytest.mark.parametrize(
