@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import socket
 import time
 import urllib.request
 import uuid
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -475,3 +477,19 @@ async def test_a_fresh_upload_survives_a_sweep_even_when_the_store_misreports_it
     assert await storage.sweep(datetime.now(UTC)) == 0
     assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
     await storage.abort_multipart(upload_id)
+
+
+async def test_every_part_carries_a_crc32_that_s3_checks_and_the_whole_keeps(
+    storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    parts = three_parts()
+    upload_id = await new_upload(storage)
+    etags = [(number, await send_part(storage, tmp_path, upload_id, number, data)) for number, data in enumerate(parts, 1)]
+    for (_, token), data in zip(etags, parts, strict=True):
+        # S3 answers with the checksum it verified; it rides to completion inside the opaque etag.
+        assert token.endswith("|" + base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode())
+
+    stored = await storage.complete_multipart(upload_id, etags)
+    head = s3.head_object(Bucket=bucket, Key=stored.key, ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32"), "the completed object keeps its parts' checksums"
+    assert get(stored.url) == b"".join(parts)
