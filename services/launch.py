@@ -26,6 +26,7 @@ from ferry.services import config as config_module
 from ferry.services.auth import BearerTokenInterceptor
 from ferry.services.config import DownloaderConfig, EncoderConfig, InferenceConfig, ServerConfig
 from ferry.services.health import add_health
+from ferry.services.memory import keep_freed_memory
 from ferry.services.settings import Settings
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.config import StorageConfig, build_storage
@@ -230,5 +231,6 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as error:
         print(f"ferry serve: {error}", file=sys.stderr)
         return 2
+    keep_freed_memory()
     asyncio.run(serve(settings, args.services or list(SERVICES)))
     return 0
