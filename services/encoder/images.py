@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ferry.services.encoder.jpeg import encode_strip
 from ferry.services.encoder.tensors import DEFAULT_MAX_PIXELS, image_batch, to_image_pixels
 from ferry.services.errors import InvalidArgument
 
@@ -79,6 +80,9 @@ def encode_images(
     _check_options(quality, png_compress_level, frame_duration_ms, loop)
 
     batch = image_batch(array, channel_order, max_pixels=max_pixels)
+    if fmt == "jpeg":  # libjpeg-turbo without Pillow: the same path striped encodes take (see jpeg.py)
+        settings = jpeg_settings(quality)
+        return [_jpeg(to_image_pixels(image, value_range, False), *settings) for image in batch]
     keep_16_bit = fmt == "png" and batch.shape[3] == 1
     frames = [_pil_image(to_image_pixels(image, value_range, keep_16_bit)) for image in batch]
     options = _save_options(fmt, quality, lossless, png_compress_level)
@@ -130,10 +134,6 @@ def _gif_with_transparency(rgba: Image.Image) -> Image.Image:
 def _save_options(fmt: str, quality: int | None, lossless: bool, png_compress_level: int | None) -> dict[str, Any]:
     if fmt == "png":
         return {"compress_level": PNG_COMPRESS_LEVEL if png_compress_level is None else png_compress_level}
-    if fmt == "jpeg":
-        jpeg_quality = JPEG_QUALITY if quality is None else quality
-        subsampling = "4:4:4" if jpeg_quality >= JPEG_FULL_CHROMA_QUALITY else "4:2:0"
-        return {"quality": jpeg_quality, "subsampling": subsampling}
     if fmt == "webp":
         # exact: a lossless file keeps the colour under fully transparent pixels too.
         webp_quality = WEBP_QUALITY if quality is None else quality
@@ -141,9 +141,22 @@ def _save_options(fmt: str, quality: int | None, lossless: bool, png_compress_le
     return {}  # gif: Pillow picks an adaptive palette per frame
 
 
+def jpeg_settings(quality: int | None) -> tuple[int, str]:
+    """(quality, chroma subsampling) for a requested jpeg quality (None: the default)."""
+    jpeg_quality = JPEG_QUALITY if quality is None else quality
+    return jpeg_quality, "4:4:4" if jpeg_quality >= JPEG_FULL_CHROMA_QUALITY else "4:2:0"
+
+
+def encoded_jpeg(data: bytes, width: int, height: int) -> EncodedImage:
+    return EncodedImage(data, CONTENT_TYPES["jpeg"], EXTENSIONS["jpeg"], width, height)
+
+
+def _jpeg(pixels: np.ndarray, quality: int, subsampling: str) -> EncodedImage:
+    height, width = pixels.shape[:2]
+    return encoded_jpeg(encode_strip(pixels, quality, subsampling), width, height)
+
+
 def _encoded(image: Image.Image, fmt: str, options: dict[str, Any]) -> EncodedImage:
-    if fmt == "jpeg" and image.mode == "RGBA":
-        image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format=fmt.upper(), **options)
     return EncodedImage(buffer.getvalue(), CONTENT_TYPES[fmt], EXTENSIONS[fmt], image.width, image.height)

@@ -17,18 +17,22 @@ from ferry.services.errors import InvalidArgument, ResourceExhausted
 
 
 class IncomingFile:
-    def __init__(self, folder: Path, executor: Executor, *, limit: int, declared_size: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, executor: Executor, *, limit: int, declared_size: int | None = None, hashed: bool = True
+    ) -> None:
+        """`hashed=False` for a multipart part: storage hashes the whole, so a part's own hash is wasted CPU."""
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{secrets.token_hex(12)}.incoming"
         self._file = open(self.path, "wb")  # noqa: SIM115 (closed in finish/discard)
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if hashed else None
         self._executor = executor
         self._limit = limit
         self._declared = declared_size
         self.size = 0
 
     def _write(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
+        if self._hash is not None:
+            self._hash.update(chunk)
         self._file.write(chunk)
 
     async def write(self, chunk: bytes) -> None:
@@ -40,12 +44,29 @@ class IncomingFile:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._write, chunk)
 
     async def finish(self) -> str:
-        """Close the file; returns its sha256 (hex). The caller then stores and discards it."""
+        """Close the file; returns its sha256 (hex; "" when not hashed). The caller then stores and discards it."""
         if self._declared is not None and self.size != self._declared:
             raise InvalidArgument(f"{self.size} bytes arrived, {self._declared} were declared", reason="SIZE_MISMATCH")
         await asyncio.get_running_loop().run_in_executor(self._executor, self._file.close)
-        return self._hash.hexdigest()
+        return self._hash.hexdigest() if self._hash is not None else ""
 
     def discard(self) -> None:
         self._file.close()
         self.path.unlink(missing_ok=True)
+
+
+def land_bytes(folder: Path, data: bytes) -> tuple[Path, str]:
+    """Bytes already in memory (an encoded file) as a temp file under `folder`: (its path, its sha256).
+
+    One blocking call, so an encoded output costs one trip to a worker thread
+    before storage, not one per write. The caller stores and unlinks the file.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{secrets.token_hex(12)}.incoming"
+    try:
+        with open(path, "xb") as file:
+            file.write(data)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path, hashlib.sha256(data).hexdigest()

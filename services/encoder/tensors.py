@@ -102,6 +102,37 @@ def tensor_from_bytes(dtype: int, shape: Sequence[int], data: bytes | bytearray 
     return array
 
 
+class ArrivingTensor:
+    """A tensor's bytes landing in one buffer sized from its header: no regrowing, no copy when complete.
+
+    Too many bytes fail as they arrive; too few when the tensor is asked for.
+    """
+
+    def __init__(self, dtype: int, shape: Sequence[int]) -> None:
+        self.dtype = dtype
+        self.shape = list(shape)
+        self.expected = expected_bytes(dtype, shape)
+        self.buffer = np.empty(self.expected, dtype=np.uint8)
+        self.received = 0
+
+    def add(self, chunk: bytes) -> None:
+        end = self.received + len(chunk)
+        if end > self.expected:
+            raise InvalidArgument(
+                f"tensor of shape {self.shape} needs {self.expected} bytes, more arrived", reason="TENSOR_SIZE_MISMATCH"
+            )
+        self.buffer[self.received : end] = np.frombuffer(chunk, dtype=np.uint8)
+        self.received = end
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows `start:stop` of the first axis, once they have arrived (a view, widened for bfloat16)."""
+        row_bytes = self.expected // self.shape[0]
+        return tensor_from_bytes(self.dtype, [stop - start, *self.shape[1:]], self.buffer[start * row_bytes : stop * row_bytes])
+
+    def tensor(self) -> np.ndarray:
+        return tensor_from_bytes(self.dtype, self.shape, memoryview(self.buffer)[: self.received])
+
+
 def to_uint8(array: np.ndarray, value_range: int) -> np.ndarray:
     """8-bit pixels, same shape: see `to_image_pixels`."""
     return to_image_pixels(array, value_range, keep_16_bit=False)
@@ -152,7 +183,7 @@ def image_batch(array: np.ndarray, channel_order: int, *, max_pixels: int = DEFA
         batch = array[None, :, :, None]
     elif array.ndim in (3, 4):
         batch = array[None] if array.ndim == 3 else array
-        if _channels_first(batch.shape, channel_order):
+        if channels_first(batch.shape, channel_order):
             batch = batch.transpose(0, 2, 3, 1)
     else:
         raise InvalidArgument(
@@ -174,7 +205,7 @@ def image_batch(array: np.ndarray, channel_order: int, *, max_pixels: int = DEFA
     return batch
 
 
-def _channels_first(shape: tuple[int, ...], channel_order: int) -> bool:
+def channels_first(shape: tuple[int, ...], channel_order: int) -> bool:
     """For an N×?×?×? shape: is axis 1 (not axis 3) the channel axis?"""
     if channel_order == encoder_pb2.CHANNEL_ORDER_FIRST:
         return True

@@ -92,6 +92,42 @@ class TestImages:
         assert np.abs(decoded - smooth_image().astype(int)).max() <= 1
 
 
+class TestStreamedJpeg:
+    """An HW/HWC image's jpeg is encoded in strips as its rows arrive; the file decodes as a one-pass encode would."""
+
+    def test_rows_streamed_in_decode_to_the_pixels_of_the_whole_image_path(self, stack):
+        _, client = stack
+        image = np.ascontiguousarray(np.roll(smooth_image(1024, 768), 5, axis=0) ^ np.uint8(0x15))  # 2.25 MiB: chunks split rows
+        (streamed,) = client.encode_tensor(image, "jpeg")
+        # CHW rows do not arrive whole, so the same pixels sent planar take the receive-then-encode path.
+        (whole,) = client.encode_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)), "jpeg", channel_order="first")
+        streamed_bytes, whole_bytes = fetch(streamed.url), fetch(whole.url)
+        assert b"\xff\xdd" in streamed_bytes and b"\xff\xdd" not in whole_bytes  # strips joined by restart markers
+        assert (streamed.image.width, streamed.image.height) == (768, 1024)
+        decoded = np.asarray(PILImage.open(io.BytesIO(streamed_bytes)))
+        assert np.array_equal(decoded, np.asarray(PILImage.open(io.BytesIO(whole_bytes))))
+        assert psnr(decoded, image) >= 35
+
+    @pytest.mark.parametrize("quality", [90, 60], ids=["4:4:4", "4:2:0"])
+    def test_floats_and_gray_stream_too(self, stack, quality):
+        _, client = stack
+        gray = smooth_image(700, 501)[:, :, 0].astype(np.float32) / 255
+        (stored,) = client.encode_tensor(gray, "jpeg", quality=quality)
+        decoded = np.asarray(PILImage.open(io.BytesIO(fetch(stored.url))))
+        assert decoded.shape == (700, 501)
+        assert psnr(decoded, np.rint(gray * 255)) >= 35
+
+    def test_nan_in_the_last_rows_is_refused_after_earlier_strips_encoded(self, stack, tmp_path):
+        _, client = stack
+        image = np.zeros((1024, 1024, 3), np.float32)
+        image[-3:] = np.nan
+        with pytest.raises(ferry.FerryError) as caught:
+            client.encode_tensor(image, "jpeg")
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert stored_files(tmp_path / "data0") == []
+        assert client.health() == "SERVING"
+
+
 class TestVideoAndAudio:
     def test_mp4_streams_in_and_decodes_with_exact_frame_count(self, stack):
         _, client = stack
