@@ -16,7 +16,7 @@ import numpy as np
 
 from ferry.services.encoder.images import EncodedImage, encoded_jpeg, jpeg_settings
 from ferry.services.encoder.jpeg import encode_strip, mcu_size, stitch_strips, strip_rows
-from ferry.services.encoder.tensors import ArrivingTensor, channels_first, image_batch, numpy_dtype, to_image_pixels
+from ferry.services.encoder.tensors import ArrivingTensor, channels_first, image_batch, to_image_pixels
 from ferry.services.errors import FerryError
 
 Run = Callable[[Callable[[int, int], bytes], int, int], Awaitable[bytes]]
@@ -38,7 +38,15 @@ class StreamedJpeg:
 
     @classmethod
     def plan(
-        cls, arriving: ArrivingTensor, *, channel_order: int, value_range: int, quality: int | None, max_pixels: int, run: Run, parts: int
+        cls,
+        arriving: ArrivingTensor,
+        *,
+        channel_order: int,
+        value_range: int,
+        quality: int | None,
+        max_pixels: int,
+        run: Run,
+        parts: int,
     ) -> StreamedJpeg | None:
         """A streamed encode when the tensor is one image whose rows arrive whole; None for the ordinary path.
 
@@ -46,14 +54,11 @@ class StreamedJpeg:
         names the problem exactly as it always has.
         """
         shape = arriving.shape
-        if quality is not None and not 1 <= quality <= 100:
+        if len(shape) not in (2, 3) or (quality is not None and not 1 <= quality <= 100):
             return None
         try:
             if len(shape) == 3 and channels_first((1, *shape), channel_order):
                 return None
-            if len(shape) not in (2, 3):
-                return None
-            numpy_dtype(arriving.dtype)
             image_batch(_shape_only(shape), channel_order, max_pixels=max_pixels)
         except FerryError:
             return None
