@@ -100,9 +100,13 @@ def encode_images(
     return [_encoded(frame, fmt, options) for frame in frames]
 
 
-def _check_options(quality: int | None, png_compress_level: int | None, frame_duration_ms: int, loop: int) -> None:
+def check_quality(quality: int | None) -> None:
     if quality is not None and not 1 <= quality <= 100:
         raise InvalidArgument(f"quality {quality} is outside 1..100", reason="BAD_QUALITY")
+
+
+def _check_options(quality: int | None, png_compress_level: int | None, frame_duration_ms: int, loop: int) -> None:
+    check_quality(quality)
     if png_compress_level is not None and not 0 <= png_compress_level <= 9:
         raise InvalidArgument(f"png_compress_level {png_compress_level} is outside 0..9", reason="BAD_COMPRESS_LEVEL")
     if not 0 <= frame_duration_ms <= MAX_FRAME_DURATION_MS:

@@ -16,13 +16,18 @@ from pathlib import Path
 from ferry.services.errors import InvalidArgument, ResourceExhausted
 
 
+def new_incoming_path(folder: Path) -> Path:
+    """A fresh, unguessable temp file name under `folder` (created if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{secrets.token_hex(12)}.incoming"
+
+
 class IncomingFile:
     def __init__(
         self, folder: Path, executor: Executor, *, limit: int, declared_size: int | None = None, hashed: bool = True
     ) -> None:
         """`hashed=False` for a multipart part: storage hashes the whole, so a part's own hash is wasted CPU."""
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{secrets.token_hex(12)}.incoming"
+        self.path = new_incoming_path(folder)
         self._file = open(self.path, "wb")  # noqa: SIM115 (closed in finish/discard)
         self._hash = hashlib.sha256() if hashed else None
         self._executor = executor
@@ -61,8 +66,7 @@ def land_bytes(folder: Path, data: bytes) -> tuple[Path, str]:
     One blocking call, so an encoded output costs one trip to a worker thread
     before storage, not one per write. The caller stores and unlinks the file.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{secrets.token_hex(12)}.incoming"
+    path = new_incoming_path(folder)
     try:
         with open(path, "xb") as file:
             file.write(data)

@@ -164,13 +164,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             if streamed is not None:
                 streamed.cancel()
             raise
-        base = _base_name(header)
         if header.format == encoder_pb2.MEDIA_FORMAT_WAV:
             if header.WhichOneof("options") != "audio":
                 raise InvalidArgument("wav needs audio options with a sample rate", reason="MISSING_SAMPLE_RATE")
             samples = audio_samples(tensor, header.channel_order)
             wav, info = await self._run(encode_wav, samples, header.audio.sample_rate, header.audio.sample_format)
-            stored = await self._store_bytes(wav, file_name=f"{base}.wav", content_type="audio/wav", lifetime=lifetime)
+            stored = await self._store_bytes(wav, file_name=f"{_base_name(header)}.wav", content_type="audio/wav", lifetime=lifetime)
             message = file_message(stored)
             message.audio.CopyFrom(
                 common_pb2.AudioInfo(

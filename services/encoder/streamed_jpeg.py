@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
-from ferry.services.encoder.images import EncodedImage, encoded_jpeg, jpeg_settings
+from ferry.services.encoder.images import EncodedImage, check_quality, encoded_jpeg, jpeg_settings
 from ferry.services.encoder.jpeg import encode_strip, mcu_size, stitch_strips, strip_rows
 from ferry.services.encoder.tensors import ArrivingTensor, channels_first, image_batch, to_image_pixels
 from ferry.services.errors import FerryError
@@ -31,7 +31,6 @@ class StreamedJpeg:
         self.quality, self.subsampling = jpeg_settings(quality)
         self.mcu = mcu_size(channels, self.subsampling)
         self.rows_per_strip = strip_rows(self.height, self.width, self.mcu, parts)
-        self._row_bytes = arriving.expected // self.height
         self._run = run
         self._next_row = 0
         self._strips: list[asyncio.Future[bytes]] = []
@@ -54,9 +53,10 @@ class StreamedJpeg:
         names the problem exactly as it always has.
         """
         shape = arriving.shape
-        if len(shape) not in (2, 3) or (quality is not None and not 1 <= quality <= 100):
+        if len(shape) not in (2, 3):
             return None
         try:
+            check_quality(quality)
             if len(shape) == 3 and channels_first((1, *shape), channel_order):
                 return None
             image_batch(_shape_only(shape), channel_order, max_pixels=max_pixels)
@@ -66,7 +66,7 @@ class StreamedJpeg:
 
     def rows_arrived(self) -> None:
         """Start encoding every strip whose rows have all arrived (call after each chunk)."""
-        ready = self.arriving.received // self._row_bytes
+        ready = self.arriving.rows_received
         while self._next_row < self.height:
             stop = min(self._next_row + self.rows_per_strip, self.height)
             if stop > ready:

@@ -114,6 +114,12 @@ class ArrivingTensor:
         self.expected = expected_bytes(dtype, shape)
         self.buffer = np.empty(self.expected, dtype=np.uint8)
         self.received = 0
+        self._row_bytes = self.expected // self.shape[0]
+
+    @property
+    def rows_received(self) -> int:
+        """How many whole rows (entries of the first axis) have arrived."""
+        return self.received // self._row_bytes
 
     def add(self, chunk: bytes) -> None:
         end = self.received + len(chunk)
@@ -126,8 +132,8 @@ class ArrivingTensor:
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows `start:stop` of the first axis, once they have arrived (a view, widened for bfloat16)."""
-        row_bytes = self.expected // self.shape[0]
-        return tensor_from_bytes(self.dtype, [stop - start, *self.shape[1:]], self.buffer[start * row_bytes : stop * row_bytes])
+        rows = self.buffer[start * self._row_bytes : stop * self._row_bytes]
+        return tensor_from_bytes(self.dtype, [stop - start, *self.shape[1:]], rows)
 
     def tensor(self) -> np.ndarray:
         return tensor_from_bytes(self.dtype, self.shape, memoryview(self.buffer)[: self.received])
