@@ -227,29 +227,30 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         out_path = self.incoming / f"{os.urandom(8).hex()}.mp4"
         self.incoming.mkdir(parents=True, exist_ok=True)
         writer: Mp4Writer | None = None
-        # One writer call at a time: when a cancelled request aborts, the abort
-        # must wait for a block still encoding on another executor thread.
+        aborted = False
+        # Writer calls run on executor threads, one at a time: an abort waits
+        # for a block still encoding, and a block that starts after it opens nothing.
         writer_lock = threading.Lock()
 
         def locked(method: Callable[..., T], *args: object) -> T:
             with writer_lock:
                 return method(*args)
 
-        pending = bytearray()
-        audio = bytearray()
-        received = 0
-
-        async def encode_frames(raw: bytearray) -> None:
+        def encode_block(raw: bytes | bytearray) -> None:
+            """Whole frames into the video, in one worker-thread trip; the first block opens the writer."""
             nonlocal writer
             count = len(raw) // frame_bytes
-            chunk = tensor_from_bytes(header.tensor.dtype, [count, *shape[1:]], raw)
-            frames = await self._run(video_frames, chunk, header.channel_order, options.value_range)
-            if writer is None:
-                height, width = frames.shape[1:3]
-                if height * width > self.config.max_pixels:
-                    raise ResourceExhausted(f"{width}x{height} frames are over the pixel cap", reason="TOO_MANY_PIXELS")
-                writer = await self._run(
-                    lambda: Mp4Writer(
+            frames = video_frames(
+                tensor_from_bytes(header.tensor.dtype, [count, *shape[1:]], raw), header.channel_order, options.value_range
+            )
+            with writer_lock:
+                if aborted:
+                    return
+                if writer is None:
+                    height, width = frames.shape[1:3]
+                    if height * width > self.config.max_pixels:
+                        raise ResourceExhausted(f"{width}x{height} frames are over the pixel cap", reason="TOO_MANY_PIXELS")
+                    writer = Mp4Writer(
                         out_path,
                         width=width,
                         height=height,
@@ -261,9 +262,20 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                         audio_sample_rate=track.sample_rate if track else None,
                         audio_channels=None if track is None else _channels(track, header.channel_order),
                     )
-                )
-            assert writer is not None
-            await self._run(locked, writer.write_frames, frames)
+                writer.write_frames(frames)
+
+        def abort() -> None:
+            nonlocal aborted
+            with writer_lock:
+                aborted = True
+                if writer is not None:
+                    writer.abort()
+
+        pending = bytearray()
+        audio = bytearray()
+        received = 0
+        # The block before this one, still encoding: the next block is received meanwhile.
+        encoding: asyncio.Future[None] | None = None
 
         try:
             async for request in requests:
@@ -274,18 +286,27 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                         raise InvalidArgument(
                             f"more than the {checked.tensor_bytes} bytes shape {shape} needs", reason="TENSOR_SIZE_MISMATCH"
                         )
-                    pending += request.chunk
-                    whole = len(pending) - len(pending) % frame_bytes
-                    if whole:
+                    if not pending and len(request.chunk) % frame_bytes == 0:
+                        frames_in: bytes | bytearray = request.chunk  # whole frames (the SDK sends them so): no copy
+                    else:
+                        pending += request.chunk
+                        whole = len(pending) - len(pending) % frame_bytes
                         frames_in = pending[:whole]  # the frames move out whole; the rest stays for the next chunk
                         del pending[:whole]
-                        await encode_frames(frames_in)
+                    if frames_in:
+                        if encoding is not None:
+                            await encoding
+                        encoding = asyncio.ensure_future(self._run(encode_block, frames_in))
+                        # A failure is raised where the block is awaited; if the stream fails first, it is read here.
+                        encoding.add_done_callback(lambda done: done.cancelled() or done.exception())
                 elif kind == "audio_chunk" and track is not None:
                     audio += request.audio_chunk
                     if len(audio) > checked.audio_bytes:
                         raise InvalidArgument("more audio bytes than the audio track's shape", reason="TENSOR_SIZE_MISMATCH")
                 else:
                     raise InvalidArgument(f"unexpected {kind} message in a video stream", reason="UNEXPECTED_MESSAGE")
+            if encoding is not None:
+                await encoding
             if received != checked.tensor_bytes or writer is None:
                 raise InvalidArgument(
                     f"{received} bytes arrived, shape {shape} needs {checked.tensor_bytes}", reason="TENSOR_SIZE_MISMATCH"
@@ -299,8 +320,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 out_path, file_name=f"{base}.mp4", content_type="video/mp4", sha256=sha256, expires_in=lifetime
             )
         except BaseException:
-            if writer is not None:
-                await self._run(locked, writer.abort)
+            if encoding is not None:
+                encoding.cancel()
+            await self._run(abort)
             raise
         finally:
             out_path.unlink(missing_ok=True)
