@@ -33,15 +33,18 @@ class TensorPayload:
     data: memoryview  # C-order bytes, len == prod(shape) * itemsize
 
     def chunks(self, size: int) -> list[memoryview]:
-        """Slices of at most `size` bytes, each ending on a boundary of the first dimension where one fits.
+        """Slices of at most `size` bytes that end on boundaries of the first dimension where one fits, evenly filled.
 
         A video's frames (or an image's rows) then arrive whole in every
-        message, and the server can encode straight from the message it got.
+        message, so the server can encode straight from the message it got,
+        and no message is a small remainder.
         """
         shape = list(self.header.shape)
         step = len(self.data) // shape[0] if shape and shape[0] else 0
         if 0 < step <= size:
-            size -= size % step
+            per_message = size // step
+            messages = -(-shape[0] // per_message)
+            size = step * -(-shape[0] // messages)
         return [self.data[offset : offset + size] for offset in range(0, len(self.data), size)]
 
 

@@ -16,18 +16,13 @@ from pathlib import Path
 from ferry.services.errors import InvalidArgument, ResourceExhausted
 
 
-def new_incoming_path(folder: Path) -> Path:
-    """A fresh, unguessable temp file name under `folder` (created if missing)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{secrets.token_hex(12)}.incoming"
-
-
 class IncomingFile:
     def __init__(
         self, folder: Path, executor: Executor, *, limit: int, declared_size: int | None = None, hashed: bool = True
     ) -> None:
         """`hashed=False` for a multipart part: storage hashes the whole, so a part's own hash is wasted CPU."""
-        self.path = new_incoming_path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{secrets.token_hex(12)}.incoming"
         self._file = open(self.path, "wb")  # noqa: SIM115 (closed in finish/discard)
         self._hash = hashlib.sha256() if hashed else None
         self._executor = executor
@@ -58,19 +53,3 @@ class IncomingFile:
     def discard(self) -> None:
         self._file.close()
         self.path.unlink(missing_ok=True)
-
-
-def land_bytes(folder: Path, data: bytes) -> tuple[Path, str]:
-    """Bytes already in memory (an encoded file) as a temp file under `folder`: (its path, its sha256).
-
-    One blocking call, so an encoded output costs one trip to a worker thread
-    before storage, not one per write. The caller stores and unlinks the file.
-    """
-    path = new_incoming_path(folder)
-    try:
-        with open(path, "xb") as file:
-            file.write(data)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path, hashlib.sha256(data).hexdigest()

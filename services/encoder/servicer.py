@@ -25,7 +25,7 @@ from ferry.services.config import EncoderConfig
 from ferry.services.downloader.names import safe_file_name
 from ferry.services.encoder.audio import audio_samples, encode_wav
 from ferry.services.encoder.images import EncodedImage, encode_images
-from ferry.services.encoder.incoming import IncomingFile, land_bytes
+from ferry.services.encoder.incoming import IncomingFile
 from ferry.services.encoder.streamed_jpeg import StreamedJpeg
 from ferry.services.encoder.tensors import ArrivingTensor, expected_bytes, tensor_from_bytes
 from ferry.services.encoder.video import Mp4Writer, video_frames
@@ -85,15 +85,6 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
-
-    async def _store_bytes(self, data: bytes, *, file_name: str, content_type: str, lifetime: int | None) -> StoredObject:
-        path, sha256 = await self._run(land_bytes, self.incoming, data)
-        try:
-            return await self.storage.put_file(
-                path, file_name=file_name, content_type=content_type, sha256=sha256, expires_in=lifetime
-            )
-        finally:
-            path.unlink(missing_ok=True)
 
     # -- Encode ---------------------------------------------------------------------------
 
@@ -169,7 +160,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 raise InvalidArgument("wav needs audio options with a sample rate", reason="MISSING_SAMPLE_RATE")
             samples = audio_samples(tensor, header.channel_order)
             wav, info = await self._run(encode_wav, samples, header.audio.sample_rate, header.audio.sample_format)
-            stored = await self._store_bytes(wav, file_name=f"{_base_name(header)}.wav", content_type="audio/wav", lifetime=lifetime)
+            stored = await self.storage.put_bytes(wav, file_name=f"{_base_name(header)}.wav", content_type="audio/wav", expires_in=lifetime)
             message = file_message(stored)
             message.audio.CopyFrom(
                 common_pb2.AudioInfo(
@@ -205,7 +196,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         files: list[common_pb2.File] = []
         for index, image in enumerate(images):
             name = f"{base}{'' if len(images) == 1 else f'-{index}'}{image.extension}"
-            stored = await self._store_bytes(image.data, file_name=name, content_type=image.content_type, lifetime=lifetime)
+            stored = await self.storage.put_bytes(image.data, file_name=name, content_type=image.content_type, expires_in=lifetime)
             message = file_message(stored)
             message.image.CopyFrom(common_pb2.ImageInfo(width=image.width, height=image.height))
             files.append(message)

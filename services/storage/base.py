@@ -55,6 +55,10 @@ class Storage(abc.ABC):
         """Store the finished file at `path` (left in place: the caller deletes it)."""
 
     @abc.abstractmethod
+    async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
+        """Store `data`, a file already in memory (an encoded output), hashing it on the way: one worker-thread trip."""
+
+    @abc.abstractmethod
     async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:
         """Start a multipart upload and return its id; the object's lifetime counts from completion."""
 

@@ -106,6 +106,13 @@ class StorageChain(Storage):
         )
         return stored
 
+    async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
+        _, stored = await self._first_taker(
+            "store a file",
+            lambda backend: backend.put_bytes(data, file_name=file_name, content_type=content_type, expires_in=expires_in),
+        )
+        return stored
+
     async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:
         index, upload_id = await self._first_taker(
             "start a multipart upload",

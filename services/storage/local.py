@@ -6,10 +6,10 @@ Layout, for `root` = DATA_DIR/files (what `build_storage` passes):
     DATA_DIR/.ferry/storage/objects/<id>.json        content type, size, sha256, expiry
     DATA_DIR/.ferry/storage/uploads/<upload id>/     upload.json + <n>.<etag>.part
 
-An object exists once its sidecar does: the file is put in place first and
-the sidecar written last (temp + fsync + `os.replace` for both), so the CDN
-never sees a partial file, and a crash in between leaves an orphan folder the
-sweep removes. Ids are `secrets.token_urlsafe(16)` (128 random bits): the URL
+An object exists once its sidecar does: the file is made durable in its own
+fresh folder first and the sidecar written last (temp + fsync + `os.replace`),
+so the CDN never sees a partial file, and a crash in between leaves an orphan
+folder the sweep removes. Ids are `secrets.token_urlsafe(16)` (128 random bits): the URL
 is the capability. Etags sort by the time the part arrived, so a re-sent part
 can drop its older copies without racing a concurrent re-send.
 """
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from ferry.services.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -45,6 +45,7 @@ from ferry.services.storage.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16)
 ETAG_PATTERN = re.compile(r"[0-9a-f]{32}")
@@ -112,6 +113,16 @@ def _place(source: Path, target: Path) -> int:
     return size
 
 
+def _write_new(target: Path, data: bytes) -> int:
+    """`data` as the new file `target`, durably. No temp name: an object is invisible until its sidecar exists."""
+    with open(target, "xb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    _fsync_dir(target.parent)
+    return len(data)
+
+
 def _concatenate(sources: Iterable[Path], target: Path) -> tuple[int, str]:
     """Stream `sources` into `target` (atomically), hashing on the way; returns (size, sha256)."""
     digest = hashlib.sha256()
@@ -140,6 +151,14 @@ def _disk_error(error: OSError) -> FerryError:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return ResourceExhausted(f"local storage is full: {error}", reason="DISK_FULL")
     return Unavailable(f"local storage failed: {error}", reason="STORAGE_ERROR")
+
+
+async def _on_disk(work: Callable[[], T]) -> T:
+    """`work` on a worker thread, its disk failures as gRPC statuses (a full disk is RESOURCE_EXHAUSTED)."""
+    try:
+        return await asyncio.to_thread(work)
+    except OSError as error:
+        raise _disk_error(error) from error
 
 
 def _unknown_upload(upload_id: str) -> NotFound:
@@ -216,34 +235,48 @@ class LocalStorage(Storage):
             backend=self.name,
         )
 
+    def _create_object(
+        self, fill: Callable[[Path], tuple[int, str]], *, file_name: str, content_type: str, expires_at: datetime | None
+    ) -> StoredObject:
+        """A new object (call on a worker thread): `fill(target)` makes its file durable and returns
+        (size, sha256), then the sidecar commits it. If anything fails, nothing of it is left."""
+        object_id = new_id()
+        folder = self.root / object_id
+        try:
+            folder.mkdir()
+            size, sha256 = fill(folder / file_name)
+            return self._commit_object(
+                object_id, file_name=file_name, content_type=content_type, size=size, sha256=sha256, expires_at=expires_at
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
     async def put_file(
         self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
     ) -> StoredObject:
         check_file_name(file_name)
         expires_at = expiry(expires_in)
+        return await _on_disk(
+            lambda: self._create_object(
+                lambda target: (_place(path, target), sha256),
+                file_name=file_name,
+                content_type=content_type,
+                expires_at=expires_at,
+            )
+        )
 
-        def store() -> StoredObject:
-            object_id = new_id()
-            folder = self.root / object_id
-            try:
-                folder.mkdir()
-                size = _place(path, folder / file_name)
-                return self._commit_object(
-                    object_id,
-                    file_name=file_name,
-                    content_type=content_type,
-                    size=size,
-                    sha256=sha256,
-                    expires_at=expires_at,
-                )
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
-
-        try:
-            return await asyncio.to_thread(store)
-        except OSError as error:
-            raise _disk_error(error) from error
+    async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
+        check_file_name(file_name)
+        expires_at = expiry(expires_in)
+        return await _on_disk(
+            lambda: self._create_object(
+                lambda target: (_write_new(target, data), hashlib.sha256(data).hexdigest()),
+                file_name=file_name,
+                content_type=content_type,
+                expires_at=expires_at,
+            )
+        )
 
     async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:
         check_file_name(file_name)
@@ -257,10 +290,7 @@ class LocalStorage(Storage):
             _write_json_atomic(folder / UPLOAD_RECORD, record)
             return upload_id
 
-        try:
-            return await asyncio.to_thread(create)
-        except OSError as error:
-            raise _disk_error(error) from error
+        return await _on_disk(create)
 
     def _upload_folder(self, upload_id: str) -> Path:
         folder = self.uploads / upload_id
@@ -285,10 +315,7 @@ class LocalStorage(Storage):
                     older.unlink(missing_ok=True)
             return etag
 
-        try:
-            return await asyncio.to_thread(store)
-        except OSError as error:
-            raise _disk_error(error) from error
+        return await _on_disk(store)
 
     async def complete_multipart(self, upload_id: str, parts: Sequence[tuple[int, str]]) -> StoredObject:
         ordered = check_parts(parts)
@@ -312,29 +339,16 @@ class LocalStorage(Storage):
                     ) from None
                 if index < len(sources) - 1 and size < MIN_PART_SIZE:
                     raise part_too_small(number, size)
-            object_id = new_id()
-            target = self.root / object_id / record["file_name"]
-            try:
-                target.parent.mkdir()
-                size, sha256 = _concatenate(sources, target)
-                stored = self._commit_object(
-                    object_id,
-                    file_name=record["file_name"],
-                    content_type=record["content_type"],
-                    size=size,
-                    sha256=sha256,
-                    expires_at=expiry(record["expires_in"]),
-                )
-            except BaseException:
-                shutil.rmtree(target.parent, ignore_errors=True)
-                raise
+            stored = self._create_object(
+                lambda target: _concatenate(sources, target),
+                file_name=record["file_name"],
+                content_type=record["content_type"],
+                expires_at=expiry(record["expires_in"]),
+            )
             shutil.rmtree(folder, ignore_errors=True)
             return stored
 
-        try:
-            return await asyncio.to_thread(assemble)
-        except OSError as error:
-            raise _disk_error(error) from error
+        return await _on_disk(assemble)
 
     async def abort_multipart(self, upload_id: str) -> None:
         if ID_PATTERN.fullmatch(upload_id):

@@ -35,6 +35,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import io
 import json
 import logging
 import secrets
@@ -48,6 +49,7 @@ from urllib.parse import quote
 
 import boto3
 import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from ferry.services.errors import FerryError, InvalidArgument, NotFound, Unavailable
 from ferry.services.storage.base import (
@@ -69,6 +71,8 @@ EXPIRES_AT_KEY = "ferry-expires-at"
 EXPIRES_IN_KEY = "ferry-expires-in"
 READ_BLOCK = 1 << 20
 DELETE_BATCH = 1000  # DeleteObjects' limit
+# An in-memory file up to boto3's own multipart threshold goes up in one PutObject; a bigger one in parts.
+SINGLE_PUT_BYTES = TransferConfig().multipart_threshold
 _TRANSIENT_CODES = {
     "SlowDown",
     "Throttling",
@@ -101,6 +105,13 @@ def _completed_part(number: int, token: str) -> dict[str, Any]:
     if checksum:
         part[PART_CHECKSUM_FIELD] = checksum
     return part
+
+
+def _object_metadata(sha256: str, expires_at: datetime | None) -> dict[str, str]:
+    metadata = {SHA256_KEY: sha256}
+    if expires_at is not None:
+        metadata[EXPIRES_AT_KEY] = expires_at.isoformat()
+    return metadata
 
 
 def _error_code(error: botocore.exceptions.ClientError) -> tuple[str, int]:
@@ -244,17 +255,29 @@ class S3Storage(Storage):
         check_file_name(file_name)
         expires_at = expiry(expires_in)
         key = self._new_key(file_name)
-        metadata = {SHA256_KEY: sha256}
-        if expires_at is not None:
-            metadata[EXPIRES_AT_KEY] = expires_at.isoformat()
 
         def upload() -> StoredObject:
             # upload_file switches to its own parallel multipart upload for big files.
-            self._client.upload_file(
-                str(path), self.bucket, key, ExtraArgs={"ContentType": content_type, "Metadata": metadata}
-            )
+            extra = {"ContentType": content_type, "Metadata": _object_metadata(sha256, expires_at)}
+            self._client.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
             size = path.stat().st_size
             return self._stored(key, content_type=content_type, size=size, sha256=sha256, expires_at=expires_at)
+
+        return await self._call("upload", upload)
+
+    async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
+        check_file_name(file_name)
+        expires_at = expiry(expires_in)
+        key = self._new_key(file_name)
+
+        def upload() -> StoredObject:
+            sha256 = hashlib.sha256(data).hexdigest()
+            extra = {"ContentType": content_type, "Metadata": _object_metadata(sha256, expires_at)}
+            if len(data) <= SINGLE_PUT_BYTES:
+                self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+            else:
+                self._client.upload_fileobj(io.BytesIO(data), self.bucket, key, ExtraArgs=extra)
+            return self._stored(key, content_type=content_type, size=len(data), sha256=sha256, expires_at=expires_at)
 
         return await self._call("upload", upload)
 

@@ -149,6 +149,16 @@ async def test_a_down_s3_is_retried_then_local_storage_takes_the_file(
     assert await fetch(stored.url) == DATA
 
 
+async def test_bytes_in_memory_fall_back_the_same_way(down: DroppingEndpoint, local: LocalStorage) -> None:
+    stored = await chain_of(s3_at(down.url), local).put_bytes(
+        DATA, file_name="out.png", content_type="image/png", expires_in=None
+    )
+
+    assert down.requests == 3
+    assert (stored.backend, stored.sha256) == ("local", hashlib.sha256(DATA).hexdigest())
+    assert await fetch(stored.url) == DATA
+
+
 async def test_with_no_backend_left_storage_is_unavailable(down: DroppingEndpoint, tmp_path: Path) -> None:
     with pytest.raises(Unavailable) as unavailable:
         await put(chain_of(s3_at(down.url), s3_at(closed_port_url(), "spare")), tmp_path)

@@ -7,8 +7,10 @@ uploads obey S3's part rules so a client works the same on either backend.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from ferry.services.errors import InvalidArgument, NotFound
+from ferry.services.errors import InvalidArgument, NotFound, ResourceExhausted
 from ferry.services.storage.base import MIN_PART_SIZE, StoredObject
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import ID_PATTERN, LocalStorage
@@ -72,6 +74,33 @@ async def test_a_stored_file_is_served_at_its_url(storage: LocalStorage, tmp_pat
         "local",
     )
     assert await fetch(stored.url) == (200, b"\x89PNG pixels", "image/png")
+
+
+async def test_bytes_in_memory_are_stored_and_hashed_by_the_storage(storage: LocalStorage, tmp_path: Path) -> None:
+    stored = await storage.put_bytes(b"\xff\xd8 jpeg", file_name="out.jpg", content_type="image/jpeg", expires_in=60)
+
+    assert (stored.size, stored.sha256) == (7, hashlib.sha256(b"\xff\xd8 jpeg").hexdigest())
+    assert stored.expires_at is not None
+    assert await fetch(stored.url) == (200, b"\xff\xd8 jpeg", "image/jpeg")
+    data_dir = tmp_path / "data"
+    assert sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if p.is_file()) == sorted(
+        [Path("files", stored.key, "out.jpg"), Path(".ferry", "storage", "objects", f"{stored.key}.json")]
+    )  # the file and its sidecar, no temp file on the way
+
+
+async def test_bytes_that_cannot_be_written_leave_no_object_behind(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(ResourceExhausted) as full:
+        await storage.put_bytes(b"pixels", file_name="out.png", content_type="image/png", expires_in=None)
+
+    assert full.value.reason == "DISK_FULL"
+    assert object_folders(storage) == []
+    assert list(storage.objects.iterdir()) == []
 
 
 async def test_ids_are_128_random_bits_and_never_repeat(storage: LocalStorage, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 from ferry.services.errors import InvalidArgument, NotFound, Unavailable
 from ferry.services.storage.base import MIN_PART_SIZE, TransientStorageError
 from ferry.services.storage.config import StorageConfig, build_storage
-from ferry.services.storage.s3 import S3Storage
+from ferry.services.storage.s3 import SINGLE_PUT_BYTES, S3Storage
 
 MAX_AGE = 3600.0
 
@@ -103,6 +103,20 @@ async def test_a_stored_file_is_an_object_with_its_type_and_metadata(
         "ferry-sha256": hashlib.sha256(b"pixels").hexdigest(),
         "ferry-expires-at": stored.expires_at.isoformat(),
     }
+
+
+@pytest.mark.parametrize("size", [6, SINGLE_PUT_BYTES + 1], ids=["one-put", "multipart"])
+async def test_bytes_in_memory_become_an_object_hashed_by_the_storage(
+    storage: S3Storage, s3: Any, bucket: str, size: int
+) -> None:
+    data = (b"pixels" * (size // 6 + 1))[:size]
+    stored = await storage.put_bytes(data, file_name="out.wav", content_type="audio/wav", expires_in=600)
+
+    assert (stored.size, stored.sha256) == (size, hashlib.sha256(data).hexdigest())
+    assert get(stored.url) == data
+    head = s3.head_object(Bucket=bucket, Key=stored.key)
+    assert head["ContentType"] == "audio/wav"
+    assert head["Metadata"] == {"ferry-sha256": stored.sha256, "ferry-expires-at": stored.expires_at.isoformat()}
 
 
 async def test_the_url_is_presigned_for_the_objects_lifetime(storage: S3Storage, tmp_path: Path) -> None:
