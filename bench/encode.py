@@ -73,7 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--upload-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", choices=("images", "s3", "all"), default="all", help="images: case 1 only; s3: the S3 upload only")
+    parser.add_argument("--only", choices=("images", "mp4", "s3", "all"), default="all", help="one case: 1 (images), 2 (mp4) or the S3 upload")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-encode-"))
     repeat = args.repeat
@@ -85,25 +85,26 @@ def main() -> int:
             s3_case(big, size, work, repeat)
             return 0
         with StackProcess(["encoder", "--data-dir", str(work / "data")]) as stack, stack.client() as client:
-            image = natural_image()
-            image_repeat = repeat * 10  # ~10 ms calls: more samples for a steady median
-            for fmt, goal in (("jpeg", "goal <= 1.3"), ("png", "goal <= 1.1"), ("webp", "goal <= 1.1")):
+            if args.only in ("images", "all"):
+                image = natural_image()
+                image_repeat = repeat * 10  # ~10 ms calls: more samples for a steady median
+                for fmt, goal in (("jpeg", "goal <= 1.3"), ("png", "goal <= 1.1"), ("webp", "goal <= 1.1")):
 
-                def pillow(fmt: str = fmt) -> None:
-                    buffer = io.BytesIO()
-                    Image.fromarray(image).save(buffer, format=fmt.upper(), **SAME_SETTINGS_AS_FERRY[fmt])
-                    (work / f"local.{fmt}").write_bytes(buffer.getvalue())
+                    def pillow(fmt: str = fmt) -> None:
+                        buffer = io.BytesIO()
+                        Image.fromarray(image).save(buffer, format=fmt.upper(), **SAME_SETTINGS_AS_FERRY[fmt])
+                        (work / f"local.{fmt}").write_bytes(buffer.getvalue())
 
-                ferry_s, local_s = alternating_medians(lambda fmt=fmt: client.encode_tensor(image, fmt), pillow, image_repeat)
-                line(f"1. 1024x1024x3 -> {fmt}", f"{ferry_s * 1000:.1f} ms", "Pillow in-process", f"{local_s * 1000:.1f} ms", ferry_s / local_s, goal)
-                if fmt == "jpeg":  # ferry's own jpeg library, one call on one core: what the strips buy
+                    ferry_s, local_s = alternating_medians(lambda fmt=fmt: client.encode_tensor(image, fmt), pillow, image_repeat)
+                    line(f"1. 1024x1024x3 -> {fmt}", f"{ferry_s * 1000:.1f} ms", "Pillow in-process", f"{local_s * 1000:.1f} ms", ferry_s / local_s, goal)
+                    if fmt == "jpeg":  # ferry's own jpeg library, one call on one core: what the strips buy
 
-                    def turbo() -> None:
-                        data = simplejpeg.encode_jpeg(image, quality=90, colorspace="RGB", colorsubsampling="444")
-                        (work / "local-turbo.jpg").write_bytes(data)
+                        def turbo() -> None:
+                            data = simplejpeg.encode_jpeg(image, quality=90, colorspace="RGB", colorsubsampling="444")
+                            (work / "local-turbo.jpg").write_bytes(data)
 
-                    ferry_s, turbo_s = alternating_medians(lambda: client.encode_tensor(image, "jpeg"), turbo, image_repeat)
-                    line("1. 1024x1024x3 -> jpeg", f"{ferry_s * 1000:.1f} ms", "simplejpeg in-process", f"{turbo_s * 1000:.1f} ms", ferry_s / turbo_s, "report")
+                        ferry_s, turbo_s = alternating_medians(lambda: client.encode_tensor(image, "jpeg"), turbo, image_repeat)
+                        line("1. 1024x1024x3 -> jpeg", f"{ferry_s * 1000:.1f} ms", "simplejpeg in-process", f"{turbo_s * 1000:.1f} ms", ferry_s / turbo_s, "report")
             if args.only == "images":
                 return 0
 
@@ -119,6 +120,8 @@ def main() -> int:
                 line("2. 120x512x512 -> mp4", f"{ferry_s:.2f} s", "ffmpeg raw on stdin", f"{ffmpeg_s:.2f} s", ferry_s / ffmpeg_s, "report")
             else:
                 line("2. 120x512x512 -> mp4", f"{ferry_s:.2f} s", "ffmpeg raw on stdin", "not installed", None, "report")
+            if args.only == "mp4":
+                return 0
 
             write_random_file(big, size)
             ferry_s = median_seconds(lambda: client.upload_file(big, expires_in=3600), repeat)
