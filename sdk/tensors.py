@@ -33,17 +33,16 @@ class TensorPayload:
     data: memoryview  # C-order bytes, len == prod(shape) * itemsize
 
     def chunks(self, size: int) -> list[memoryview]:
-        """Slices of at most `size` bytes that end on boundaries of the first dimension where one fits, evenly filled.
+        """Slices of at most `size` bytes, cut between entries of the first dimension where one fits.
 
         A video's frames (or an image's rows) then arrive whole in every
-        message, so the server can encode straight from the message it got,
-        and no message is a small remainder.
+        message, so the server can encode straight from the message it got;
+        and the entries are spread evenly, so no message is a small remainder.
         """
         shape = list(self.header.shape)
         step = len(self.data) // shape[0] if shape and shape[0] else 0
         if 0 < step <= size:
-            per_message = size // step
-            messages = -(-shape[0] // per_message)
+            messages = -(-shape[0] // (size // step))  # as few as whole entries allow
             size = step * -(-shape[0] // messages)
         return [self.data[offset : offset + size] for offset in range(0, len(self.data), size)]
 

@@ -228,6 +228,18 @@ class TestBadInput:
             self.raw_encode(client, header, [b"\0" * (2 * 5 * 7 * 3)])
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+    def test_video_frames_over_the_pixel_cap_are_refused_mid_stream_with_nothing_stored(self, start_ferry, tmp_path):
+        server = start_ferry("encoder", "--max-pixels", "1000")
+        frames = np.zeros((300, 40, 40, 3), np.uint8)  # 1600-pixel frames in two messages: refused while more arrive
+        with server.client() as client, pytest.raises(ferry.FerryError) as refused:
+            client.encode_tensor(frames, "mp4", fps=10)
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.reason == "TOO_MANY_PIXELS"
+        data_dir = tmp_path / "data0"
+        assert stored_files(data_dir) == [] and list((data_dir / ".ferry" / "incoming").glob("*")) == []
+        with server.client() as client:
+            assert client.health() == "SERVING"
+
     def test_audio_without_a_sample_rate_is_refused(self, stack):
         _, client = stack
         with pytest.raises(ferry.FerryError) as caught:
