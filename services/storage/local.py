@@ -26,10 +26,11 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
 from ferry.services.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -78,17 +79,27 @@ def _temp_beside(target: Path) -> Path:
     return target.parent / f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
 
 
-def _write_json_atomic(target: Path, record: dict[str, Any]) -> None:
+@contextmanager
+def _replacing(target: Path) -> Iterator[BinaryIO]:
+    """A temp file beside `target` to write; when the block ends it is synced and becomes `target`, whole.
+
+    If the block fails, the temp file goes and `target` is left as it was.
+    """
     temp = _temp_beside(target)
     try:
-        with open(temp, "x", encoding="utf-8") as file:
-            json.dump(record, file)
+        with open(temp, "xb") as file:
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
     _fsync_dir(target.parent)
+
+
+def _write_json_atomic(target: Path, record: dict[str, Any]) -> None:
+    with _replacing(target) as file:
+        file.write(json.dumps(record).encode())
 
 
 def _place(source: Path, target: Path) -> int:
@@ -101,14 +112,9 @@ def _place(source: Path, target: Path) -> int:
     except OSError as error:
         if error.errno not in _CANNOT_LINK:
             raise
-        temp = _temp_beside(target)
-        try:
-            shutil.copyfile(source, temp)
-            with open(temp, "rb") as copied:
-                os.fsync(copied.fileno())
-            os.replace(temp, target)
-        finally:
-            temp.unlink(missing_ok=True)
+        with _replacing(target) as copy, open(source, "rb") as original:
+            shutil.copyfileobj(original, copy, COPY_BLOCK)
+        return size
     _fsync_dir(target.parent)
     return size
 
@@ -129,21 +135,13 @@ def _concatenate(sources: Iterable[Path], target: Path) -> tuple[int, str]:
     size = 0
     buffer = bytearray(COPY_BLOCK)
     view = memoryview(buffer)
-    temp = _temp_beside(target)
-    try:
-        with open(temp, "xb") as out:
-            for source in sources:
-                with open(source, "rb") as part:
-                    while count := part.readinto(buffer):
-                        digest.update(view[:count])
-                        out.write(view[:count])
-                        size += count
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    with _replacing(target) as out:
+        for source in sources:
+            with open(source, "rb") as part:
+                while count := part.readinto(buffer):
+                    digest.update(view[:count])
+                    out.write(view[:count])
+                    size += count
     return size, digest.hexdigest()
 
 

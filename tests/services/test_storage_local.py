@@ -119,6 +119,19 @@ async def test_the_callers_file_is_left_for_the_caller_to_delete(storage: LocalS
     assert (storage.root / object_folders(storage)[0].name / "a.mp4").read_bytes() == b"frames"
 
 
+async def test_across_filesystems_the_file_is_copied_whole_instead_of_linked(
+    storage: LocalStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def other_filesystem(source: object, target: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", other_filesystem)
+    stored = await put(storage, tmp_path, b"frames" * 1000, file_name="a.mp4")
+
+    assert await fetch(stored.url) == (200, b"frames" * 1000, "image/png")
+    assert [p.name for p in (storage.root / stored.key).iterdir()] == ["a.mp4"]  # no temp file beside it
+
+
 async def test_metadata_lives_outside_the_served_tree(storage: LocalStorage, tmp_path: Path) -> None:
     stored = await put(storage, tmp_path, b"abc", expires_in=600)
     data_dir = tmp_path / "data"
