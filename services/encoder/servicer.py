@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -32,7 +32,7 @@ from ferry.services.encoder.video import Mp4Writer, video_frames
 from ferry.services.errors import FerryError, InvalidArgument, ResourceExhausted, abort_with
 from ferry.services.lifecycle import expires_in
 from ferry.services.settings import Settings
-from ferry.services.storage.base import Storage, StoredObject
+from ferry.services.storage.base import Storage, StoredObject, check_part_number
 from ferry.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
 T = TypeVar("T")
@@ -56,6 +56,18 @@ def file_message(stored: StoredObject) -> common_pb2.File:
     if stored.expires_at is not None:
         message.expires_at.FromDatetime(stored.expires_at)
     return message
+
+
+async def _first_header(requests: AsyncIterator[Any], what: str) -> Any:
+    """The header a client stream must open with (`what` names it in the error)."""
+    first = await anext(aiter(requests), None)
+    if first is None or first.WhichOneof("message") != "header":
+        raise InvalidArgument(f"the first message must be {what}", reason="MISSING_HEADER")
+    return first.header
+
+
+def _content_type(declared: str, file_name: str) -> str:
+    return declared or mimetypes.guess_type(file_name)[0] or "application/octet-stream"
 
 
 def _upload_name(requested: str, content_type: str) -> str:
@@ -106,12 +118,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self, request_iterator: AsyncIterator[encoder_pb2.EncodeRequest], context: grpc.aio.ServicerContext
     ) -> encoder_pb2.EncodeResponse:
         try:
-            first = await anext(aiter(request_iterator), None)
-            if first is None or first.WhichOneof("message") != "header":
-                raise InvalidArgument("the first message must be the header", reason="MISSING_HEADER")
-            checked = self._check_header(first.header)
-            lifetime = expires_in(first.header.lifecycle, context)
-            if first.header.format == encoder_pb2.MEDIA_FORMAT_MP4:
+            header = await _first_header(request_iterator, "the header")
+            checked = self._check_header(header)
+            lifetime = expires_in(header.lifecycle, context)
+            if header.format == encoder_pb2.MEDIA_FORMAT_MP4:
                 stored = [await self._encode_video(checked, request_iterator, lifetime)]
             else:
                 stored = await self._encode_buffered(checked, request_iterator, lifetime)
@@ -354,11 +364,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self, request_iterator: AsyncIterator[encoder_pb2.UploadRequest], context: grpc.aio.ServicerContext
     ) -> encoder_pb2.UploadResponse:
         try:
-            first = await anext(aiter(request_iterator), None)
-            if first is None or first.WhichOneof("message") != "header":
-                raise InvalidArgument("the first message must be the header", reason="MISSING_HEADER")
-            header = first.header
-            content_type = header.content_type or mimetypes.guess_type(header.file_name)[0] or "application/octet-stream"
+            header = await _first_header(request_iterator, "the header")
+            content_type = _content_type(header.content_type, header.file_name)
             name = _upload_name(header.file_name, content_type)
             lifetime = expires_in(header.lifecycle, context)
             incoming, sha256 = await self._receive_file(request_iterator, header.file_size if header.HasField("file_size") else None)
@@ -376,7 +383,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self, request: encoder_pb2.CreateUploadRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.CreateUploadResponse:
         try:
-            content_type = request.content_type or mimetypes.guess_type(request.file_name)[0] or "application/octet-stream"
+            content_type = _content_type(request.content_type, request.file_name)
             upload_id = await self.storage.create_multipart(
                 file_name=_upload_name(request.file_name, content_type),
                 content_type=content_type,
@@ -390,12 +397,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self, request_iterator: AsyncIterator[encoder_pb2.UploadPartRequest], context: grpc.aio.ServicerContext
     ) -> encoder_pb2.UploadPartResponse:
         try:
-            first = await anext(aiter(request_iterator), None)
-            if first is None or first.WhichOneof("message") != "header":
-                raise InvalidArgument("the first message must be the part header", reason="MISSING_HEADER")
-            part = first.header
-            if part.part_number < 1 or part.part_number > 10_000:
-                raise InvalidArgument("part numbers run from 1 to 10000", reason="BAD_PART_NUMBER")
+            part = await _first_header(request_iterator, "the part header")
+            check_part_number(part.part_number)
             incoming, _ = await self._receive_file(request_iterator, None, hashed=False)
             try:
                 etag = await self.storage.put_part(part.upload_id, part.part_number, incoming.path)

@@ -163,3 +163,35 @@ async def test_the_async_sdk_fails_over_across_encoder_addresses(start_ferry):
     async with ferry.AsyncClient(stack.grpc_address, encoder_addresses=[dead, stack.grpc_address]) as client:
         stored = await client.upload_bytes(b"via the live one", "text/plain", "failover.txt")
     assert fetch(stored.url) == b"via the live one"
+
+
+def rejection(call) -> ferry.FerryError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return ferry.FerryError.from_rpc_error(caught.value)
+
+
+def test_streams_that_do_not_open_with_their_header_are_refused(ferry_serve):
+    with ferry_serve.client() as client:
+        for call in (
+            lambda: client.encoder.Encode(iter([encoder_pb2.EncodeRequest(chunk=b"\0" * 12)])),
+            lambda: client.encoder.Upload(iter([])),
+            lambda: client.encoder.UploadPart(iter([encoder_pb2.UploadPartRequest(chunk=b"part")])),
+        ):
+            error = rejection(call)
+            assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MISSING_HEADER")
+        assert client.health() == "SERVING"
+
+
+@pytest.mark.parametrize("number", [0, 10_001])
+def test_part_numbers_outside_s3s_range_are_refused_before_any_byte_is_kept(ferry_serve, tmp_path, number):
+    with ferry_serve.client() as client:
+        upload_id = client.encoder.CreateUpload(encoder_pb2.CreateUploadRequest(file_name="a.bin")).upload_id
+        part = [
+            encoder_pb2.UploadPartRequest(header=encoder_pb2.UploadPartHeader(upload_id=upload_id, part_number=number)),
+            encoder_pb2.UploadPartRequest(chunk=b"bytes"),
+        ]
+        error = rejection(lambda: client.encoder.UploadPart(iter(part)))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_PART_NUMBER")
+    assert not any((tmp_path / "data0" / ".ferry" / "incoming").glob("*"))
+    assert list(uploads_dir(tmp_path / "data0").rglob("*.part")) == []
