@@ -282,15 +282,16 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             async for request in requests:
                 kind = request.WhichOneof("message")
                 if kind == "chunk":
-                    received += len(request.chunk)
+                    chunk = request.chunk  # read once: each read of a bytes field copies it out of the message
+                    received += len(chunk)
                     if received > checked.tensor_bytes:
                         raise InvalidArgument(
                             f"more than the {checked.tensor_bytes} bytes shape {shape} needs", reason="TENSOR_SIZE_MISMATCH"
                         )
-                    if not pending and len(request.chunk) % frame_bytes == 0:
-                        frames_in: bytes | bytearray = request.chunk  # whole frames (the SDK sends them so): no copy
+                    if not pending and len(chunk) % frame_bytes == 0:
+                        frames_in: bytes | bytearray = chunk  # whole frames (the SDK sends them so): no further copy
                     else:
-                        pending += request.chunk
+                        pending += chunk
                         whole = len(pending) - len(pending) % frame_bytes
                         frames_in = pending[:whole]  # the frames move out whole; the rest stays for the next chunk
                         del pending[:whole]
