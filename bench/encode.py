@@ -4,21 +4,26 @@
 
 Prints one line per case: ferry's figure, the baseline's, and the ratio.
 ferry runs as `ferry serve encoder` in its own process (local storage, or a
-moto S3 server on loopback for the S3 case), so its figures include the
-tensor crossing gRPC, the encode, storing the file and returning its URL.
+moto S3 server on loopback, in a process of its own, for the S3 case), so its
+figures include the tensor crossing gRPC, the encode, storing the file and
+returning its URL. The jpeg, mp4 and S3 cases also print the CPU each process
+spent: on one host they all share the same cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import logging
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -26,7 +31,6 @@ import boto3
 import grpc
 import numpy as np
 import simplejpeg
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from ferry.testing import StackProcess
@@ -97,6 +101,8 @@ def main() -> int:
             s3_case(big, size, work, repeat)
             return 0
         with StackProcess(["encoder", "--data-dir", str(work / "data")]) as stack, stack.client() as client:
+            assert stack.process is not None
+            processes = {"client": os.getpid(), "ferry": stack.process.pid}
             if args.only in ("images", "all"):
                 image = natural_image()
                 image_repeat = repeat * 10  # ~10 ms calls: more samples for a steady median
@@ -109,7 +115,9 @@ def main() -> int:
 
                     ferry_s, local_s = alternating_medians(lambda fmt=fmt: client.encode_tensor(image, fmt), pillow, image_repeat)
                     line(f"1. 1024x1024x3 -> {fmt}", f"{ferry_s * 1000:.1f} ms", "Pillow in-process", f"{local_s * 1000:.1f} ms", ferry_s / local_s, goal)
-                    if fmt == "jpeg":  # ferry's own jpeg library, one call on one core: what the strips buy
+                    if fmt == "jpeg":  # where the CPU went; then ferry's own jpeg library, one call on one core: what the strips buy
+                        cpu_line("ferry path", cpu_per_run(lambda: client.encode_tensor(image, "jpeg"), processes, 100), "ms per image", 1000)
+                        cpu_line("Pillow", cpu_per_run(pillow, {"bench": os.getpid()}, 100), "ms per image", 1000)
 
                         def turbo() -> None:
                             data = simplejpeg.encode_jpeg(image, quality=90, colorspace="RGB", colorsubsampling="444")
@@ -133,6 +141,8 @@ def main() -> int:
                 lambda: client.encode_tensor(frames, "mp4", fps=24), lambda: pyav_mp4(frames, work / "local.mp4", 24), repeat
             )
             line("2. 120x512x512 -> mp4", f"{ferry_s:.2f} s", "PyAV in-process", f"{local_s:.2f} s", ferry_s / local_s, "goal <= 1.1")
+            cpu_line("ferry path", cpu_per_run(lambda: client.encode_tensor(frames, "mp4", fps=24), processes, 3), "seconds per video", 1)
+            cpu_line("PyAV", cpu_per_run(lambda: pyav_mp4(frames, work / "local.mp4", 24), {"bench": os.getpid()}, 3), "seconds per video", 1)
             if shutil.which("ffmpeg"):
                 command = ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "512x512", "-r", "24",
                            "-i", "-", "-c:v", "libx264", "-crf", "23", "-preset", "medium", "-pix_fmt", "yuv420p", str(work / "ffmpeg.mp4")]
@@ -175,13 +185,55 @@ def main() -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_run(run: Callable[[], object], processes: dict[str, int], repeat: int) -> dict[str, float]:
+    """CPU seconds each process spends per `run` (clock ticks are coarse: give `repeat` a second or more)."""
+    before = {role: cpu_seconds(pid) for role, pid in processes.items()}
+    for _ in range(repeat):
+        run()
+    return {role: (cpu_seconds(pid) - before[role]) / repeat for role, pid in processes.items()}
+
+
+def cpu_line(path: str, spent: dict[str, float], unit: str, scale: float) -> None:
+    """Where the cores went: on one host every process of a case shares the same two."""
+    parts = ", ".join(f"{role} {seconds * scale:.1f}" for role, seconds in spent.items())
+    print(f"   CPU {unit}, {path}: {parts} (total {sum(spent.values()) * scale:.1f})", flush=True)
+
+
+@contextmanager
+def moto_process() -> Iterator[tuple[str, int]]:
+    """moto's S3 server in a process of its own, as a real endpoint is. Threaded inside this process it
+    would share the GIL with the client being timed: boto3's ten upload threads most of all.
+    Yields its endpoint and pid."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    moto = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or moto.poll() is not None:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", moto.pid
+    finally:
+        moto.terminate()
+        moto.wait()
+
+
 def s3_case(big: Path, size: int, work: Path, repeat: int) -> None:
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    moto.start()
-    endpoint = f"http://127.0.0.1:{moto._server.server_port}"  # noqa: SLF001 (moto exposes no public accessor)
-    try:
+    with moto_process() as (endpoint, moto_pid):
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="bench")
 
@@ -192,15 +244,24 @@ def s3_case(big: Path, size: int, work: Path, repeat: int) -> None:
 
         flags = ["encoder", "--data-dir", str(work / "data-s3"), "--storage", "s3://bench/ferry", "--s3-endpoint-url", endpoint]
         with StackProcess(flags) as stack, stack.client() as client:
-            times: tuple[list[float], list[float]] = ([], [])
+            assert stack.process is not None
+            processes = {"client": os.getpid(), "ferry": stack.process.pid, "moto": moto_pid}
+            runs = {"ferry": (lambda: client.upload_file(big)), "boto3": (lambda: s3.upload_file(str(big), "bench", "baseline/big.bin"))}
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(processes, 0.0) for name in runs}
             for _ in range(repeat):  # turn about, so moto's state and background load hit both alike
-                for upload, into in ((lambda: client.upload_file(big), times[0]), (lambda: s3.upload_file(str(big), "bench", "baseline/big.bin"), times[1])):
-                    into.append(median_seconds(upload, 1))
+                for name, upload in runs.items():
+                    began = time.perf_counter()
+                    spent = cpu_per_run(upload, processes, 1)
+                    times[name].append(time.perf_counter() - began)
+                    for role, seconds in spent.items():
+                        cpu[name][role] += seconds
                     empty_bucket()
-        ferry_s, boto_s = statistics.median(times[0]), statistics.median(times[1])
+        ferry_s, boto_s = statistics.median(times["ferry"]), statistics.median(times["boto3"])
         line(f"3. {size // MIB} MiB upload, moto S3", f"{size / ferry_s / MIB:.0f} MiB/s", "boto3 upload_file", f"{size / boto_s / MIB:.0f} MiB/s", boto_s / ferry_s, "goal >= 1.0")
-    finally:
-        moto.stop()
+        per_gib = (1 << 30) / (repeat * size)
+        cpu_line("ferry path", cpu["ferry"], "seconds per GiB", per_gib)
+        cpu_line("boto3 path", {role: seconds for role, seconds in cpu["boto3"].items() if role != "ferry"}, "seconds per GiB", per_gib)
 
 
 if __name__ == "__main__":
