@@ -200,7 +200,7 @@ def cpu_per_run(run: Callable[[], object], processes: dict[str, int], repeat: in
 
 
 def cpu_line(path: str, spent: dict[str, float], unit: str, scale: float) -> None:
-    """Where the cores went: on one host every process of a case shares the same two."""
+    """Where the cores went: on one host every process of a case shares the same cores."""
     parts = ", ".join(f"{role} {seconds * scale:.1f}" for role, seconds in spent.items())
     print(f"   CPU {unit}, {path}: {parts} (total {sum(spent.values()) * scale:.1f})", flush=True)
 
