@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from ferry.testing import StackProcess
-from tests.harness import BackgroundLoop, HttpFileServer
+from tests.harness import BackgroundLoop, HttpFileServer, socket_bound_but_not_listening
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +61,13 @@ def aws_test_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in AWS_TEST_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def dead_address() -> Iterator[str]:
+    """A host:port that refuses connections for the whole test: bound, so no other test takes it, never listening."""
+    with socket_bound_but_not_listening() as address:
+        yield address
 
 
 @pytest.fixture

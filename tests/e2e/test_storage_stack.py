@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import urllib.request
 import uuid
 from pathlib import Path
@@ -24,12 +23,6 @@ MIB = 1 << 20
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as response:
         return response.read()
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -65,8 +58,8 @@ def test_uploads_and_encodes_land_in_s3(start_ferry, s3_endpoint, bucket, tmp_pa
     assert len(keys) == 1 and keys[0].startswith("out/") and keys[0].endswith("/note.txt")
 
 
-def test_a_down_s3_endpoint_falls_back_to_local(start_ferry, tmp_path):
-    dead = f"http://127.0.0.1:{closed_port()}"
+def test_a_down_s3_endpoint_falls_back_to_local(start_ferry, tmp_path, dead_address):
+    dead = f"http://{dead_address}"
     stack = start_ferry(
         "--storage", "s3://nowhere/x", "--s3-endpoint-url", dead, "--storage", "local", "--storage-attempts", "2",
         env=AWS_TEST_CREDENTIALS,
@@ -77,8 +70,8 @@ def test_a_down_s3_endpoint_falls_back_to_local(start_ferry, tmp_path):
     assert "s3://nowhere/x" in stack.stop(), "the fallback was logged with the failing backend's name"
 
 
-def test_with_no_fallback_a_down_s3_is_unavailable(start_ferry):
-    dead = f"http://127.0.0.1:{closed_port()}"
+def test_with_no_fallback_a_down_s3_is_unavailable(start_ferry, dead_address):
+    dead = f"http://{dead_address}"
     stack = start_ferry("--storage", "s3://nowhere/x", "--s3-endpoint-url", dead, "--storage-attempts", "2", env=AWS_TEST_CREDENTIALS)
     with stack.client() as client:
         with pytest.raises(ferry.FerryError) as caught:
@@ -149,18 +142,16 @@ def test_a_multipart_upload_whose_client_vanished_is_swept(start_ferry, tmp_path
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_the_sdk_fails_over_across_encoder_addresses(start_ferry):
+def test_the_sdk_fails_over_across_encoder_addresses(start_ferry, dead_address):
     stack = start_ferry()
-    dead = f"127.0.0.1:{closed_port()}"
-    with ferry.Client(stack.grpc_address, encoder_addresses=[dead, stack.grpc_address]) as client:
+    with ferry.Client(stack.grpc_address, encoder_addresses=[dead_address, stack.grpc_address]) as client:
         stored = client.upload_bytes(b"via the live one", "text/plain", "failover.txt")
     assert fetch(stored.url) == b"via the live one"
 
 
-async def test_the_async_sdk_fails_over_across_encoder_addresses(start_ferry):
+async def test_the_async_sdk_fails_over_across_encoder_addresses(start_ferry, dead_address):
     stack = start_ferry()
-    dead = f"127.0.0.1:{closed_port()}"
-    async with ferry.AsyncClient(stack.grpc_address, encoder_addresses=[dead, stack.grpc_address]) as client:
+    async with ferry.AsyncClient(stack.grpc_address, encoder_addresses=[dead_address, stack.grpc_address]) as client:
         stored = await client.upload_bytes(b"via the live one", "text/plain", "failover.txt")
     assert fetch(stored.url) == b"via the live one"
 

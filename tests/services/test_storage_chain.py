@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import logging
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -105,12 +104,6 @@ def new_bucket(endpoint_url: str) -> str:
     return name
 
 
-def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
-
-
 def chain_of(*backends: Storage, attempts: int = 3) -> StorageChain:
     return StorageChain(backends, attempts=attempts, backoff_seconds=0.001, max_backoff_seconds=0.01)
 
@@ -159,9 +152,9 @@ async def test_bytes_in_memory_fall_back_the_same_way(down: DroppingEndpoint, lo
     assert await fetch(stored.url) == DATA
 
 
-async def test_with_no_backend_left_storage_is_unavailable(down: DroppingEndpoint, tmp_path: Path) -> None:
+async def test_with_no_backend_left_storage_is_unavailable(down: DroppingEndpoint, tmp_path: Path, dead_address: str) -> None:
     with pytest.raises(Unavailable) as unavailable:
-        await put(chain_of(s3_at(down.url), s3_at(closed_port_url(), "spare")), tmp_path)
+        await put(chain_of(s3_at(down.url), s3_at(f"http://{dead_address}", "spare")), tmp_path)
 
     assert unavailable.value.reason == "STORAGE_UNAVAILABLE"
     assert "s3://media/outputs" in unavailable.value.message and "s3://spare/outputs" in unavailable.value.message
@@ -267,10 +260,10 @@ async def test_upload_ids_the_chain_never_issued_are_not_found(
 
 
 async def test_the_sweep_covers_every_backend_even_when_one_fails(
-    local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture, dead_address: str
 ) -> None:
     await put(local, tmp_path, expires_in=60)
-    chain = chain_of(s3_at(closed_port_url()), local)
+    chain = chain_of(s3_at(f"http://{dead_address}"), local)
 
     assert await chain.sweep(datetime.now(UTC) + timedelta(minutes=2)) == 1
     assert any("sweep failed" in r.message for r in caplog.records if r.name == CHAIN_LOG)
@@ -278,11 +271,11 @@ async def test_the_sweep_covers_every_backend_even_when_one_fails(
 
 
 async def test_the_sweeper_sweeps_until_cancelled_and_outlives_failures(
-    local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture, dead_address: str
 ) -> None:
     expired = await put(local, tmp_path, expires_in=1)
     await asyncio.sleep(1.1)
-    unreachable = s3_at(closed_port_url())
+    unreachable = s3_at(f"http://{dead_address}")
 
     sweepers = [asyncio.create_task(run_sweeper(storage, 0.01)) for storage in (local, unreachable)]
     await asyncio.sleep(0.3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import socket
 import time
 import urllib.request
 import uuid
@@ -76,12 +75,6 @@ def a_file(folder: Path, data: bytes, name: str = "upload.incoming") -> Path:
 def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
         return bytes(response.read())
-
-
-def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
 async def put(storage: S3Storage, tmp_path: Path, data: bytes, **options: Any) -> Any:
@@ -155,8 +148,8 @@ async def test_a_missing_bucket_is_unavailable_and_says_so(endpoint: str, tmp_pa
     assert "no-such-bucket-here" in down.value.message
 
 
-async def test_an_unreachable_endpoint_is_transient(tmp_path: Path) -> None:
-    storage = S3Storage("bucket", "outputs", endpoint_url=closed_port_url(), region="us-east-1")
+async def test_an_unreachable_endpoint_is_transient(tmp_path: Path, dead_address: str) -> None:
+    storage = S3Storage("bucket", "outputs", endpoint_url=f"http://{dead_address}", region="us-east-1")
 
     with pytest.raises(TransientStorageError):
         await put(storage, tmp_path, b"x")
