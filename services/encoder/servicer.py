@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -343,23 +344,24 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
 
     # -- Upload ---------------------------------------------------------------------------
 
-    async def _receive_file(
+    @asynccontextmanager
+    async def _received_file(
         self,
         requests: AsyncIterator[encoder_pb2.UploadRequest | encoder_pb2.UploadPartRequest],
         declared: int | None,
         *,
         hashed: bool = True,
-    ) -> tuple[IncomingFile, str]:
+    ) -> AsyncIterator[tuple[IncomingFile, str]]:
+        """The stream's chunks in a temp file and its sha256, for the block to store; the file goes when it ends."""
         incoming = IncomingFile(self.incoming, self.executor, limit=self.cap, declared_size=declared, hashed=hashed)
         try:
             async for request in requests:
                 if request.WhichOneof("message") != "chunk":
                     raise InvalidArgument("only chunks may follow the header", reason="UNEXPECTED_MESSAGE")
                 await incoming.write(request.chunk)
-            return incoming, await incoming.finish()
-        except BaseException:
+            yield incoming, await incoming.finish()
+        finally:
             incoming.discard()
-            raise
 
     async def Upload(  # noqa: N802
         self, request_iterator: AsyncIterator[encoder_pb2.UploadRequest], context: grpc.aio.ServicerContext
@@ -369,13 +371,11 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             content_type = _content_type(header.content_type, header.file_name)
             name = _upload_name(header.file_name, content_type)
             lifetime = expires_in(header.lifecycle, context)
-            incoming, sha256 = await self._receive_file(request_iterator, header.file_size if header.HasField("file_size") else None)
-            try:
+            declared = header.file_size if header.HasField("file_size") else None
+            async with self._received_file(request_iterator, declared) as (incoming, sha256):
                 stored = await self.storage.put_file(
                     incoming.path, file_name=name, content_type=content_type, sha256=sha256, expires_in=lifetime
                 )
-            finally:
-                incoming.discard()
             return encoder_pb2.UploadResponse(file=file_message(stored))
         except FerryError as error:
             await abort_with(context, error)
@@ -400,11 +400,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         try:
             part = await _first_header(request_iterator, "the part header")
             check_part_number(part.part_number)
-            incoming, _ = await self._receive_file(request_iterator, None, hashed=False)
-            try:
+            async with self._received_file(request_iterator, None, hashed=False) as (incoming, _):
                 etag = await self.storage.put_part(part.upload_id, part.part_number, incoming.path)
-            finally:
-                incoming.discard()
             return encoder_pb2.UploadPartResponse(part_number=part.part_number, etag=etag, part_size=incoming.size)
         except FerryError as error:
             await abort_with(context, error)
