@@ -33,6 +33,12 @@ class _DownloadKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Download
     """Model weights: stored under <data dir>/.ferry/model_weights/<sha256(url)>/,
     target_dir is ignored.
     """
+    DOWNLOAD_KIND_CACHE: _DownloadKind.ValueType  # 3
+    """A file the caller places itself (the SDK's absolute target_dir, a path on
+    the caller's machine): kept in the service's cache under
+    <data dir>/.ferry/cache/<sha256(url)>/ with the same cache rules as
+    DOWNLOAD_KIND_FILE (a HEAD revalidates it); target_dir is ignored.
+    """
 
 class DownloadKind(_DownloadKind, metaclass=_DownloadKindEnumTypeWrapper): ...
 
@@ -43,6 +49,12 @@ DOWNLOAD_KIND_FILE: DownloadKind.ValueType  # 1
 DOWNLOAD_KIND_MODEL_WEIGHTS: DownloadKind.ValueType  # 2
 """Model weights: stored under <data dir>/.ferry/model_weights/<sha256(url)>/,
 target_dir is ignored.
+"""
+DOWNLOAD_KIND_CACHE: DownloadKind.ValueType  # 3
+"""A file the caller places itself (the SDK's absolute target_dir, a path on
+the caller's machine): kept in the service's cache under
+<data dir>/.ferry/cache/<sha256(url)>/ with the same cache rules as
+DOWNLOAD_KIND_FILE (a HEAD revalidates it); target_dir is ignored.
 """
 Global___DownloadKind: _TypeAlias = DownloadKind  # noqa: Y015
 

@@ -46,6 +46,8 @@ class DownloadJob:
     request_headers: Mapping[str, str] = field(default_factory=dict)
     filesize_limit: int | None = None
     model_weights: bool = False
+    # Into the URL cache, for a caller that places the file itself (target_dir is ignored).
+    url_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ class Downloader:
         scheme = job.url.split(":", 1)[0].lower() if ":" in job.url else ""
         if scheme != "data":
             self.guard.check_url(job.url)  # refuse bad schemes and blocked literals before touching disk
-        target = self.roots.model_weights_dir(job.url) if job.model_weights else self.roots.target_dir(job.target_dir)
+        target = self._target(job)
         key = flight_key(target, job.url)
         flight_id = (key, job.force, job.filesize_limit, tuple(sorted(job.request_headers.items())))
         flight = self._flights.get(flight_id)
@@ -165,6 +167,13 @@ class Downloader:
                     return
         finally:
             flight.unsubscribe(queue)
+
+    def _target(self, job: DownloadJob) -> Path:
+        if job.model_weights:
+            return self.roots.model_weights_dir(job.url)
+        if job.url_cache:
+            return self.roots.url_cache_dir(job.url)
+        return self.roots.target_dir(job.target_dir)
 
     async def _fly(self, flight: Flight, flight_id: tuple[object, ...], work: Coroutine[Any, Any, Completed]) -> None:
         try:

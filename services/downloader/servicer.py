@@ -30,6 +30,7 @@ def _job(request: downloader_pb2.DownloadRequest) -> DownloadJob:
         request_headers=dict(request.request_headers),
         filesize_limit=request.filesize_limit_bytes if request.HasField("filesize_limit_bytes") else None,
         model_weights=request.kind == downloader_pb2.DOWNLOAD_KIND_MODEL_WEIGHTS,
+        url_cache=request.kind == downloader_pb2.DOWNLOAD_KIND_CACHE,
     )
 
 
