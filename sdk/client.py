@@ -152,7 +152,7 @@ class Client:
             for response in call:
                 reader.feed(response)
             completed = reader.result()
-            if (path := plan.local_path(completed)) is not None:
+            if (path := plan.finish(completed)) is not None:
                 return path
             return write_read_stream(self.downloader.Read(plan.read_request(completed)), plan.destination(completed))
         except grpc.RpcError as error:
@@ -435,10 +435,10 @@ class AsyncClient:
             async for response in self.downloader.Download(plan.request):
                 reader.feed(response)
             completed = reader.result()
-            if (path := plan.local_path(completed)) is not None:
+            if (path := await asyncio.to_thread(plan.finish, completed)) is not None:
                 return path
             read = self.downloader.Read(plan.read_request(completed))
-            return await write_read_stream_async(read, plan.destination(completed))
+            return await write_read_stream_async(read, await asyncio.to_thread(plan.destination, completed))
         except grpc.RpcError as error:
             raise FerryError.from_rpc_error(error) from None
 

@@ -1,22 +1,29 @@
 """`download_file` and `download_model_weights` over the DownloaderService.
 
 The service writes into its data dir. When the caller shares that dir (same
-machine or a shared volume) the returned path is used as is; otherwise the
-SDK streams the file through `Read` into a local folder, atomically. Sharing
-is detected (the path exists here with the announced size) unless
-`FERRY_SHARED_DATA_DIR` (or the client's `shared_data_dir`) says otherwise.
+machine or a shared volume) the returned path is used as is, or linked to
+where the caller asked; otherwise the SDK streams the file through `Read`
+into a local folder, atomically. Sharing is detected (the path exists here
+with the announced size) unless `FERRY_SHARED_DATA_DIR` (or the client's
+`shared_data_dir`) says otherwise. See `DownloadPlan` for what `target_dir` means.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import hashlib
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
+import grpc
+
+from ferry.errors import FerryError
 from ferry.request_scope import current_scope
 from ferry.v1 import downloader_pb2
 
@@ -84,14 +91,25 @@ def already_downloaded(url: str, target_dir: object, force: bool, model_weights:
 
 @dataclass(frozen=True)
 class DownloadPlan:
-    """One SDK download: the request to send, and where its result ends up on this machine.
+    """One SDK download: the request to send, and how its result becomes a path on this machine.
 
+    `target_dir` means what the reference toolkit means by it:
+    - None: a fresh folder (the service's, or a local temp folder when the data dir is not shared);
+    - relative: under the service's data dir, as the service resolves it;
+    - absolute: a folder on the caller's machine. The service keeps the file in
+      its URL cache (DOWNLOAD_KIND_CACHE, so cache hits, `force`, limits and single
+      flight hold as for any download) and this side places it there: a hard link
+      when the cache is on this filesystem (reflink or copy across filesystems),
+      else a `Read` stream. Either way it lands under a temp name and is renamed.
+    A client that does not share the data dir treats any `target_dir` as local.
     The sync and async clients differ only in how they await the calls.
     """
 
     url: str
-    target_dir: str | os.PathLike[str] | None
+    # Where the file goes on this machine when the caller named a folder for it.
+    local_dir: Path | None
     model_weights: bool
+    force: bool
     sharing: bool | None
     request: downloader_pb2.DownloadRequest
 
@@ -107,48 +125,117 @@ class DownloadPlan:
         shared_data_dir: bool | None,
     ) -> DownloadPlan:
         sharing = sharing_setting(shared_data_dir)
-        # A client known not to share the data dir means `target_dir` locally;
-        # the service then uses a fresh temp folder of its own.
-        remote_dir = None if sharing is False else target_dir
         request = downloader_pb2.DownloadRequest(
-            url=url,
-            target_dir=os.fspath(remote_dir) if remote_dir is not None else "",
-            force=force,
-            request_headers=dict(request_headers or {}),
-            kind=downloader_pb2.DOWNLOAD_KIND_MODEL_WEIGHTS if model_weights else downloader_pb2.DOWNLOAD_KIND_FILE,
+            url=url, force=force, request_headers=dict(request_headers or {}), kind=downloader_pb2.DOWNLOAD_KIND_FILE
         )
         if filesize_limit_mb is not None:
+            if not filesize_limit_mb > 0:
+                raise ValueError(f"filesize_limit is in MB and must be > 0, got {filesize_limit_mb}")
             request.filesize_limit_bytes = int(filesize_limit_mb * MIB)  # MB like the reference toolkit; bytes on the wire
-        return cls(url, target_dir, model_weights, sharing, request)
+        local_dir: Path | None = None
+        if model_weights:
+            request.kind = downloader_pb2.DOWNLOAD_KIND_MODEL_WEIGHTS
+        elif target_dir is not None:
+            folder = Path(target_dir)
+            if folder.is_absolute() or sharing is False:
+                request.kind = downloader_pb2.DOWNLOAD_KIND_CACHE
+                local_dir = folder
+            else:
+                request.target_dir = os.fspath(folder)
+        return cls(url, local_dir, model_weights, force, sharing, request)
 
-    def local_path(self, completed: downloader_pb2.DownloadCompleted) -> Path | None:
-        """The result when no `Read` is needed: the service's own path, or weights already fetched here."""
-        sharing = self.sharing
-        if sharing is None:
-            served = Path(completed.path)
-            sharing = served.is_file() and served.stat().st_size == completed.file_size
-        if sharing:
-            return Path(completed.path)
+    def finish(self, completed: downloader_pb2.DownloadCompleted) -> Path | None:
+        """The local path when no `Read` is needed, placing the file first where the caller asked.
+
+        Blocking (a link, or a copy across filesystems): the async client runs it in a thread.
+        """
+        served = Path(completed.path)
+        shared = self.sharing
+        if shared is None:
+            shared = served.is_file() and served.stat().st_size == completed.file_size
+        if self.local_dir is None:
+            if shared:
+                return served
+            destination = self.destination(completed)
+            if self.model_weights and _has_size(destination, completed.file_size):
+                return destination
+            return None
         destination = self.destination(completed)
-        if self.model_weights and destination.is_file() and destination.stat().st_size == completed.file_size:
-            return destination
+        if shared:
+            return place(served, destination)
+        if completed.cache_hit and not self.force and _has_size(destination, completed.file_size):
+            return destination  # the service's copy is current and this one is the same size (the reference's rule)
         return None
 
     def destination(self, completed: downloader_pb2.DownloadCompleted) -> Path:
-        """Where a file fetched through `Read` lands on this machine."""
-        if self.model_weights:
+        """Where the file lands on this machine when it is placed or fetched through `Read`."""
+        if self.local_dir is not None:
+            folder = self.local_dir
+        elif self.model_weights:
             digest = hashlib.sha256(self.url.encode()).hexdigest()
             folder = Path(tempfile.gettempdir()) / "ferry-model-weights" / digest
-        elif self.target_dir is not None:
-            folder = Path(self.target_dir)
         else:
             folder = Path(tempfile.mkdtemp(prefix="ferry-download-"))
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / completed.file_name
+        return folder / _plain_name(completed.file_name)
 
     @staticmethod
     def read_request(completed: downloader_pb2.DownloadCompleted) -> downloader_pb2.ReadRequest:
         return downloader_pb2.ReadRequest(path=completed.path)
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _plain_name(file_name: str) -> str:
+    # The service names files safely; a path from the wire still never picks another folder here.
+    name = PurePath(file_name.replace("\\", "/")).name
+    if name in ("", ".", ".."):
+        raise FerryError(grpc.StatusCode.INTERNAL, f"the service answered an unusable file name {file_name[:100]!r}")
+    return name
+
+
+def place(source: Path, destination: Path) -> Path:
+    """Make `destination` the file at `source`: a hard link, else a reflink, else a copy; atomically.
+
+    Nothing is done when it already is that file (a cache hit placed before).
+    A link shares the service's cache inode: editing the file in place changes
+    its mtime, so the service's record stops vouching for it and the next call
+    downloads afresh instead of serving the edit.
+    """
+    try:
+        if destination.samefile(source):
+            return destination
+    except OSError:
+        pass
+    temp = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.ferry-part")
+    try:
+        try:
+            os.link(source, temp)
+        except OSError:  # another filesystem, or links not allowed: copy (a reflink where the filesystem can)
+            _copy(source, temp)
+        os.replace(temp, destination)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return destination
+
+
+_FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, xfs); fails elsewhere
+
+
+def _copy(source: Path, temp: Path) -> None:
+    with open(source, "rb") as reader, open(temp, "xb") as writer:
+        try:
+            fcntl.ioctl(writer.fileno(), _FICLONE, reader.fileno())
+        except OSError:
+            shutil.copyfileobj(reader, writer, MIB)
+        writer.flush()
+        os.fsync(writer.fileno())
 
 
 class LocalFile:
@@ -186,11 +273,12 @@ def write_read_stream(responses: Iterator[downloader_pb2.ReadResponse], destinat
 
 
 async def write_read_stream_async(responses: AsyncIterator[downloader_pb2.ReadResponse], destination: Path) -> Path:
-    local = LocalFile(destination)
+    """The asyncio twin of `write_read_stream`: disk writes and the fsync run in a thread, off the event loop."""
+    local = await asyncio.to_thread(LocalFile, destination)
     try:
         async for response in responses:
             if response.WhichOneof("message") == "chunk":
-                local.write(response.chunk)
-        return local.commit()
+                await asyncio.to_thread(local.write, response.chunk)
+        return await asyncio.to_thread(local.commit)
     finally:
-        local.discard()
+        await asyncio.to_thread(local.discard)
