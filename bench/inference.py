@@ -265,7 +265,7 @@ def main() -> int:
 
             def ferry_run() -> dict[str, Any]:
                 output: dict[str, Any] = client.run("upscaler", arguments)
-                if output["image"]["image"]["width"] != SIZE * SCALE:
+                if output["image"]["width"] != SIZE * SCALE:
                     raise RuntimeError(f"unexpected output {output}")
                 return output
 

@@ -1,16 +1,20 @@
 """Typed results: `File`, `Image`, `Video`, `Audio` and `CompressedFile`.
 
-Each is a pydantic model whose JSON *is* the JSON of the `ferry.v1.File`
-message: snake_case names as in the proto (its lowerCamelCase names are
-accepted too), unset fields omitted, and the media details nested under
-`image` / `video` / `audio` as in the message's `media_info` oneof. In Python
-they are flat (`image.width`). So an app can return these types and a
-playground can read them, and `MessageToDict` output validates as-is.
+Each is a pydantic model whose JSON has the reference toolkit's shape: flat,
+snake_case, unset fields omitted —
+
+    {"url": …, "content_type": "image/png", "file_name": "out.png", "file_size": 1024, "width": 64, "height": 64}
+
+so `out["image"]["width"]` works and the reference's own JSON validates. The
+`ferry.v1.File` message nests the media details under its `media_info` oneof
+(`image` / `video` / `audio`); `from_proto` / `to_proto` convert, and the
+message's JSON (`MessageToDict`, nested, lowerCamelCase or not) validates too.
 
 Uploads and encodes go through a `ferry.Client` (the `client` argument, else
 `ferry.default_client()`); fetching a file's bytes is a plain HTTP GET of its
-URL. Pillow is imported only where an image is decoded or encoded, and torch
-never: tensors pass straight through to `Client.encode_tensor`.
+URL. Pillow is imported only where an image is decoded or encoded, PyAV only
+where a video or audio file is probed, and torch never: tensors pass straight
+through to `Client.encode_tensor`.
 """
 
 from __future__ import annotations
@@ -55,9 +59,6 @@ from ferry.v1 import common_pb2
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
-    from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
-    from pydantic_core import CoreSchema
-
     from ferry.client import Client
 
 __all__ = ["DEFAULT_MAX_EXTRACTED_BYTES", "MEDIA_FIELDS", "Audio", "CompressedFile", "File", "Image", "Video"]
@@ -107,6 +108,7 @@ class File(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _flatten_media_info(cls, data: Any) -> Any:
+        # The message's JSON nests the media details under their oneof kind: accept that shape too.
         if not isinstance(data, dict) or cls.media_kind is None:
             return data
         other = next((kind for kind in MEDIA_FIELDS if kind != cls.media_kind and kind in data), None)
@@ -120,25 +122,9 @@ class File(BaseModel):
         return {**{key: value for key, value in data.items() if key != cls.media_kind}, **info}
 
     @model_serializer(mode="wrap")
-    def _as_proto_json(self, handler: SerializerFunctionWrapHandler):
+    def _without_unset(self, handler: SerializerFunctionWrapHandler):
         # Unannotated on purpose: a return type would replace the fields in the serialization JSON schema.
-        data = {key: value for key, value in handler(self).items() if value is not None}
-        if self.media_kind is not None:
-            info = {name: data.pop(name) for name in MEDIA_FIELDS[self.media_kind] if name in data}
-            if info:
-                data[self.media_kind] = info
-        return data
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        # Describe the JSON as it travels (media fields nested), not the flat Python attributes.
-        json_schema = handler(core_schema)
-        resolved = handler.resolve_ref_schema(json_schema)
-        if cls.media_kind is not None and "properties" in resolved:
-            properties = resolved["properties"]
-            nested = {name: properties.pop(name) for name in MEDIA_FIELDS[cls.media_kind] if name in properties}
-            properties[cls.media_kind] = {"type": "object", "title": cls.media_kind.title(), "properties": nested}
-        return json_schema
+        return {key: value for key, value in handler(self).items() if value is not None}
 
     # -- from and to the contract -----------------------------------------------------
 
@@ -155,8 +141,12 @@ class File(BaseModel):
         return target.model_validate(json_format.MessageToDict(message, preserving_proto_field_name=True))  # type: ignore[return-value]
 
     def to_proto(self) -> common_pb2.File:
-        """The `ferry.v1.File` message this stands for."""
-        return json_format.ParseDict(self.model_dump(mode="json"), common_pb2.File())
+        """The `ferry.v1.File` message this stands for (media details nested under their `media_info` kind)."""
+        data = self.model_dump(mode="json")
+        if self.media_kind is not None:
+            info = {name: data.pop(name) for name in MEDIA_FIELDS[self.media_kind] if name in data}
+            data[self.media_kind] = info
+        return json_format.ParseDict(data, common_pb2.File())
 
     # -- uploads ----------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The toolkit types: JSON that is the `ferry.v1.File` message's JSON, bytes fetched whole and checked,
-and zip archives extracted only when nothing in them can escape or balloon."""
+"""The toolkit types: the reference toolkit's flat JSON (the `ferry.v1.File` message's JSON validates too),
+bytes fetched whole and checked, and zip archives extracted only when nothing in them can escape or balloon."""
 
 from __future__ import annotations
 
@@ -58,15 +58,15 @@ def png_bytes(size: tuple[int, int] = (40, 30), colour: tuple[int, int, int] = (
     return buffer.getvalue()
 
 
-# -- JSON: the message's own form -----------------------------------------------------------
+# -- JSON: the reference's flat shape; the message's own form validates too ---------------------
 
 
 @pytest.mark.parametrize("kind", MESSAGES)
-def test_proto_json_validates_and_dumps_back_to_the_same_message(kind):
+def test_proto_json_validates_and_converts_back_to_the_same_message(kind):
     message = MESSAGES[kind]
     model = TYPES[kind].model_validate(json_format.MessageToDict(message, preserving_proto_field_name=True))
-    assert json_format.ParseDict(model.model_dump(mode="json"), common_pb2.File()) == message
     assert model.to_proto() == message
+    assert TYPES[kind].model_validate(model.model_dump(mode="json")).to_proto() == message
 
 
 @pytest.mark.parametrize("kind", MESSAGES)
@@ -83,13 +83,34 @@ def test_json_text_round_trips(kind):
     assert TYPES[kind].model_validate_json(model.model_dump_json()) == model
 
 
-def test_python_attributes_are_flat_and_json_nests_them_like_the_oneof():
-    video = Video.from_proto(MESSAGES["video"])
-    assert (video.width, video.height, video.fps, video.frame_count, video.has_audio) == (1280, 720, 23.976, 240, True)
-    assert video.file_size == 12_345_678_901
-    assert video.expires_at == datetime(2030, 1, 2, 3, 4, 5, 500_000, tzinfo=UTC)
-    dumped = json.loads(video.model_dump_json())
-    assert dumped["video"] == {
+def test_image_json_is_the_references_shape_with_width_and_height_at_the_top():
+    image = Image.from_proto(MESSAGES["image"])
+    dumped = json.loads(image.model_dump_json())
+    assert (dumped["width"], dumped["height"]) == (640, 480)
+    assert {"url", "content_type", "file_name", "file_size", "width", "height"} <= set(dumped)
+    assert "image" not in dumped
+
+
+def test_the_references_documented_json_validates():
+    # As `playground-schema-conventions.md` shows an Image output.
+    reference = {
+        "url": "https://example.com/image.png",
+        "content_type": "image/png",
+        "file_name": "image.png",
+        "file_size": 1024,
+        "width": 1024,
+        "height": 1024,
+    }
+    image = ferry.Image.model_validate(reference)
+    assert (image.width, image.height, image.file_size) == (1024, 1024, 1024)
+    assert image.model_dump(mode="json") == reference
+    assert ferry.File.model_validate({"url": "https://example.com/file.bin", "content_type": "application/octet-stream",
+                                      "file_name": "file.bin", "file_size": 1024}).file_name == "file.bin"
+
+
+def test_video_and_audio_details_sit_beside_the_url():
+    video = json.loads(Video.from_proto(MESSAGES["video"]).model_dump_json())
+    assert {key: video[key] for key in ("width", "height", "fps", "frame_count", "duration_seconds", "has_audio")} == {
         "width": 1280,
         "height": 720,
         "fps": 23.976,
@@ -97,7 +118,16 @@ def test_python_attributes_are_flat_and_json_nests_them_like_the_oneof():
         "duration_seconds": 10.01,
         "has_audio": True,
     }
-    assert "width" not in dumped
+    audio = json.loads(Audio.from_proto(MESSAGES["audio"]).model_dump_json())
+    assert (audio["sample_rate"], audio["channels"], audio["duration_seconds"], audio["sample_count"]) == (48_000, 2, 1.5, 72_000)
+    assert "video" not in video and "audio" not in audio
+
+
+def test_python_attributes_are_flat_too():
+    video = Video.from_proto(MESSAGES["video"])
+    assert (video.width, video.height, video.fps, video.frame_count, video.has_audio) == (1280, 720, 23.976, 240, True)
+    assert video.file_size == 12_345_678_901
+    assert video.expires_at == datetime(2030, 1, 2, 3, 4, 5, 500_000, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("kind", MESSAGES)
@@ -130,10 +160,12 @@ def test_a_naive_expiry_means_utc():
 
 
 @pytest.mark.parametrize("mode", ["validation", "serialization"])
-def test_the_json_schema_describes_the_json_as_it_travels(mode):
+def test_the_json_schema_describes_the_flat_json(mode):
     properties = Audio.model_json_schema(mode=mode)["properties"]
-    assert {"url", "content_type", "file_name", "file_size", "sha256", "expires_at", "audio"} == set(properties)
-    assert set(properties["audio"]["properties"]) == {"sample_rate", "channels", "duration_seconds", "sample_count"}
+    assert set(properties) == {
+        "url", "content_type", "file_name", "file_size", "sha256", "expires_at",
+        "sample_rate", "channels", "duration_seconds", "sample_count",
+    }
 
 
 # -- reading a file's bytes -----------------------------------------------------------------
