@@ -25,6 +25,7 @@ from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.datauri import extension_for, parse_data_uri, write_decoded
 from ferry.services.downloader.fetch import HttpSource, RemoteFile
 from ferry.services.downloader.guard import NetworkGuard
+from ferry.services.downloader.headers import check_request_headers
 from ferry.services.downloader.locks import LockFiles, path_lock_key
 from ferry.services.downloader.names import hashed_name
 from ferry.services.downloader.paths import DataRoots
@@ -144,6 +145,7 @@ class Downloader:
 
     async def download(self, job: DownloadJob) -> AsyncIterator[Event]:
         """Events for `job`: Started, Progress…, then Completed; failures raise FerryError."""
+        check_request_headers(job.request_headers)  # before anything connects: aiohttp's own check comes too late
         scheme = job.url.split(":", 1)[0].lower() if ":" in job.url else ""
         if scheme != "data":
             self.guard.check_url(job.url)  # refuse bad schemes and blocked literals before touching disk
