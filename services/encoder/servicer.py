@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ferry.services.config import EncoderConfig
-from ferry.services.downloader.names import safe_file_name
+from ferry.services.downloader.names import MAX_NAME_BYTES, safe_file_name
 from ferry.services.encoder.audio import audio_samples, encode_wav
 from ferry.services.encoder.images import EncodedImage, encode_images
 from ferry.services.encoder.incoming import IncomingFile
@@ -34,10 +34,13 @@ from ferry.services.errors import FerryError, InvalidArgument, ResourceExhausted
 from ferry.services.lifecycle import expires_in
 from ferry.services.settings import Settings
 from ferry.services.storage.base import Storage, StoredObject, check_part_number
+from ferry.services.storage.media_types import check_content_type
 from ferry.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
 T = TypeVar("T")
 MIB = 1 << 20
+# Room after an Encode's base name for "-<index>" and the longest extension (".jpeg"), within 255 bytes.
+BASE_NAME_BYTES = MAX_NAME_BYTES - 16
 IMAGE_FORMATS = {
     encoder_pb2.MEDIA_FORMAT_PNG: "png",
     encoder_pb2.MEDIA_FORMAT_JPEG: "jpeg",
@@ -68,14 +71,26 @@ async def _first_header(requests: AsyncIterator[Any], what: str) -> Any:
 
 
 def _content_type(declared: str, file_name: str) -> str:
-    return declared or mimetypes.guess_type(file_name)[0] or "application/octet-stream"
+    """The caller's content type, checked (it becomes a header), else one guessed from the name."""
+    if declared:
+        return check_content_type(declared)
+    return mimetypes.guess_type(file_name)[0] or "application/octet-stream"
+
+
+def _safe_name(requested: str) -> str:
+    """The basename of the caller's file name, cut to 255 bytes; INVALID_ARGUMENT if nothing safe is left."""
+    name = safe_file_name(requested)
+    if name is None:
+        shown = f"{requested[:40]!r}{'…' if len(requested) > 40 else ''}"
+        raise InvalidArgument(
+            f"file name {shown} is not a safe basename: no control characters, not empty, '.' or '..'",
+            reason="BAD_FILE_NAME",
+        )
+    return name
 
 
 def _upload_name(requested: str, content_type: str) -> str:
-    name = safe_file_name(requested) if requested else None
-    if requested and name is None:
-        raise InvalidArgument(f"file name {requested!r} is not a safe basename", reason="BAD_FILE_NAME")
-    return name or "upload" + (mimetypes.guess_extension(content_type) or ".bin")
+    return _safe_name(requested) if requested else "upload" + (mimetypes.guess_extension(content_type) or ".bin")
 
 
 @dataclass
@@ -85,6 +100,7 @@ class EncodeRequestHeader:
     header: encoder_pb2.EncodeHeader
     tensor_bytes: int
     audio_bytes: int
+    base_name: str  # the stored files' name before "-<index>" and the extension
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
@@ -113,7 +129,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             raise ResourceExhausted(
                 f"{tensor_bytes + audio_bytes} bytes is over the {self.cap}-byte cap", reason="TENSOR_TOO_LARGE"
             )
-        return EncodeRequestHeader(header, tensor_bytes, audio_bytes)
+        return EncodeRequestHeader(header, tensor_bytes, audio_bytes, _base_name(header.file_name))
 
     async def Encode(  # noqa: N802 (generated name)
         self, request_iterator: AsyncIterator[encoder_pb2.EncodeRequest], context: grpc.aio.ServicerContext
@@ -161,7 +177,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                     streamed.rows_arrived()
             tensor = arriving.tensor()
             if streamed is not None:
-                return await self._store_images([await streamed.finish()], header, lifetime)
+                return await self._store_images([await streamed.finish()], checked.base_name, lifetime)
         except BaseException:
             if streamed is not None:
                 streamed.cancel()
@@ -171,7 +187,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 raise InvalidArgument("wav needs audio options with a sample rate", reason="MISSING_SAMPLE_RATE")
             samples = audio_samples(tensor, header.channel_order)
             wav, info = await self._run(encode_wav, samples, header.audio.sample_rate, header.audio.sample_format)
-            stored = await self.storage.put_bytes(wav, file_name=f"{_base_name(header)}.wav", content_type="audio/wav", expires_in=lifetime)
+            stored = await self.storage.put_bytes(
+                wav, file_name=f"{checked.base_name}.wav", content_type="audio/wav", expires_in=lifetime
+            )
             message = file_message(stored)
             message.audio.CopyFrom(
                 common_pb2.AudioInfo(
@@ -198,12 +216,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 max_pixels=self.config.max_pixels,
             )
         )
-        return await self._store_images(images, header, lifetime)
+        return await self._store_images(images, checked.base_name, lifetime)
 
-    async def _store_images(
-        self, images: list[EncodedImage], header: encoder_pb2.EncodeHeader, lifetime: int | None
-    ) -> list[common_pb2.File]:
-        base = _base_name(header)
+    async def _store_images(self, images: list[EncodedImage], base: str, lifetime: int | None) -> list[common_pb2.File]:
         files: list[common_pb2.File] = []
         for index, image in enumerate(images):
             name = f"{base}{'' if len(images) == 1 else f'-{index}'}{image.extension}"
@@ -225,7 +240,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         frame_bytes = checked.tensor_bytes // frame_count
         options = header.video
         track = options.audio_track if options.HasField("audio_track") else None
-        base = _base_name(header)
+        base = checked.base_name
         out_path = self.incoming / f"{os.urandom(8).hex()}.mp4"
         self.incoming.mkdir(parents=True, exist_ok=True)
         writer: Mp4Writer | None = None
@@ -428,9 +443,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             await abort_with(context, error)
 
 
-def _base_name(header: encoder_pb2.EncodeHeader) -> str:
-    """The stored file's name without its extension: the caller's, made safe, else "output"."""
-    return os.path.splitext(_upload_name(header.file_name, "application/octet-stream"))[0] if header.file_name else "output"
+def _base_name(requested: str) -> str:
+    """The stored files' name without index and extension: the caller's, made safe and short enough, else "output"."""
+    if not requested:
+        return "output"
+    stem = os.path.splitext(_safe_name(requested))[0]
+    return stem.encode()[:BASE_NAME_BYTES].decode(errors="ignore")  # "ignore": a character the cut split in half
 
 
 def _channels(track: encoder_pb2.AudioTrack, channel_order: int) -> int:

@@ -6,6 +6,11 @@ writes requires the server token. A file is served only under its exact
 never from the request, so no spelling of `..` can reach another file, and
 there is nothing to list. Whatever is not a live object, expired ones
 included (the sweep may not have run yet), is the same plain 404.
+
+No stored value reaches a header unchecked: a content type that is not a
+bounded media type (metadata written before uploads were checked, or by a
+bug) is served as application/octet-stream. The file name reaches no header;
+it is only the URL's last segment, percent-encoded.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from ferry.services.auth import cdn_auth_middleware
 from ferry.services.storage.local import LocalStorage
+from ferry.services.storage.media_types import servable_content_type
 
 # Objects never change under their URL, so a lifetime cap is the only reason to revalidate.
 FOREVER_SECONDS = 365 * 24 * 3600
@@ -41,7 +47,7 @@ async def _serve_file(request: web.Request) -> web.StreamResponse:
     if stored is None or stored.file_name != request.match_info["name"]:
         raise web.HTTPNotFound()
     headers = {
-        "Content-Type": stored.content_type,
+        "Content-Type": servable_content_type(stored.content_type),
         "Cache-Control": _cache_control(stored.expires_at, now),
         # Content types come from uploaders: browsers must not second-guess them into HTML.
         "X-Content-Type-Options": "nosniff",
