@@ -27,6 +27,10 @@ from ferry.services.errors import InvalidArgument
 # local storage keeps working when the chain lands it on S3.
 MIN_PART_SIZE = 5 * 1024 * 1024  # every part but the last
 MAX_PART_NUMBER = 10_000
+# The longest lifetime an object may ask for. Longer ones are refused, not clamped: a caller asking for
+# 10^30 seconds is mistaken about the unit or the field, and datetime ends at year 9999 (timedelta
+# overflows past 10^9 days). An S3 object's presigned URL still lasts at most 7 days (s3.py).
+MAX_EXPIRES_IN_SECONDS = 100 * 365 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -92,15 +96,21 @@ def check_file_name(file_name: str) -> None:
         )
 
 
+def check_expires_in(expires_in: int) -> int:
+    """`expires_in` if it is a lifetime storage can keep: 1 second to `MAX_EXPIRES_IN_SECONDS`."""
+    if not 1 <= expires_in <= MAX_EXPIRES_IN_SECONDS:
+        raise InvalidArgument(
+            f"expires_in must be 1 to {MAX_EXPIRES_IN_SECONDS} seconds (100 years), not {str(expires_in)[:24]}",
+            reason="INVALID_EXPIRY",
+        )
+    return expires_in
+
+
 def expiry(expires_in: int | None, now: datetime | None = None) -> datetime | None:
     """When an object stored now with lifetime `expires_in` seconds expires; None keeps it forever."""
     if expires_in is None:
         return None
-    if expires_in <= 0:
-        raise InvalidArgument(
-            f"expires_in must be a positive number of seconds, not {expires_in}", reason="INVALID_EXPIRY"
-        )
-    return (now or datetime.now(UTC)) + timedelta(seconds=expires_in)
+    return (now or datetime.now(UTC)) + timedelta(seconds=check_expires_in(expires_in))
 
 
 def check_parts(parts: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
