@@ -14,6 +14,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "ferry.dev"
+# A status travels in HTTP/2 trailers, which clients cap (8 KiB by default): a message echoing a
+# 1 MiB URL would arrive as the transport's RESOURCE_EXHAUSTED instead of ferry's own code.
+MAX_MESSAGE_CHARS = 1000
 
 
 class FerryError(Exception):
@@ -70,6 +73,8 @@ class DeadlineExceeded(FerryError):
 
 
 def to_status(code: grpc.StatusCode, reason: str, message: str) -> grpc.Status:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
     detail = any_pb2.Any()
     detail.Pack(info)

@@ -26,6 +26,7 @@ from ferry.services import config as config_module
 from ferry.services.auth import BearerTokenInterceptor
 from ferry.services.config import DownloaderConfig, EncoderConfig, InferenceConfig, ServerConfig
 from ferry.services.health import add_health
+from ferry.services.interceptors import StatusInterceptor
 from ferry.services.memory import keep_freed_memory
 from ferry.services.settings import Settings
 from ferry.services.storage.cdn import create_cdn_app
@@ -106,7 +107,8 @@ class Stack:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         if any(s.needs_cdn for s in self.hosted):
             await self._start_storage()
-        interceptors = [BearerTokenInterceptor(cfg.token)] if cfg.token else []
+        # The token check first: an unauthenticated call learns nothing, not even that its request was malformed.
+        interceptors = [*([BearerTokenInterceptor(cfg.token)] if cfg.token else []), StatusInterceptor()]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
         names = [s.full_name for s in self.hosted]
         self._health = await add_health(server, names)
@@ -184,7 +186,7 @@ class Stack:
             await self._cdn.cleanup()
 
 
-async def serve(settings: Settings, services: Sequence[str]) -> None:
+async def serve(settings: Settings, services: Sequence[str], apps: Sequence[Any] = ()) -> None:
     stack = Stack(settings, services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -192,6 +194,9 @@ async def serve(settings: Settings, services: Sequence[str]) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stack.start()
     print(stack.ready_line, flush=True)
+    for app in apps:  # stdout keeps the one ready line; what is hosted goes to the log
+        endpoints = ", ".join(path + (" (realtime)" if spec.realtime else "") for path, spec in app.endpoints.items())
+        log.info("hosting app %s (%s): %s", app.app_id, app.app_class.__qualname__, endpoints)
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %ss", settings.server.drain_seconds)
     await stack.stop()
@@ -231,6 +236,36 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as error:
         print(f"ferry serve: {error}", file=sys.stderr)
         return 2
+    services = args.services or list(SERVICES)
+    try:
+        apps = _hosted_apps(settings.inference.app) if "inference" in services else []
+    except ValueError as error:
+        print(f"ferry serve: {error}", file=sys.stderr)
+        return 2
     keep_freed_memory()
-    asyncio.run(serve(settings, args.services or list(SERVICES)))
+    asyncio.run(serve(settings, services, apps))
     return 0
+
+
+def _hosted_apps(specs: Sequence[str]) -> list[Any]:
+    """Each `--app`, loaded and checked before anything starts: one that names no usable App is a
+    ValueError of one line, not a traceback from inside the server's start.
+
+    Errors raised by the app module's own code are not caught: their traceback is what its author needs.
+    """
+    from ferry.inference.app import AppLoadError, describe, load_app
+
+    apps = []
+    for spec in specs:
+        try:
+            app_class = load_app(spec)
+        except AppLoadError as error:  # its message names the spec
+            raise ValueError(f"--app: {error}") from None
+        try:
+            app = describe(app_class)
+        except (TypeError, ValueError) as error:  # describe's verdict on a malformed App class
+            raise ValueError(f"--app {spec[:200]!r}: {error}") from None
+        if any(other.app_id == app.app_id for other in apps):
+            raise ValueError(f"--app {spec[:200]!r}: another app already has the id {app.app_id!r} (set app_id on one)")
+        apps.append(app)
+    return apps

@@ -3,8 +3,9 @@
 pytest-grpc supplies `grpc_addr`, `grpc_channel` and `grpc_stub`; its own
 `grpc_server` starts a *sync* server, so it is overridden here to host our
 grpc.aio servicers on a background event loop (the aio server is created
-inside that loop, as grpc.aio requires). A test module provides
-`grpc_add_to_server` and `grpc_servicer` (and optionally `grpc_interceptors`).
+inside that loop, as grpc.aio requires), behind the status interceptor
+`ferry serve` installs. A test module provides `grpc_add_to_server` and
+`grpc_servicer` (and optionally `grpc_interceptors`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from ferry.services.interceptors import StatusInterceptor
 from ferry.testing import StackProcess
 from tests.harness import BackgroundLoop, HttpFileServer, socket_bound_but_not_listening
 
@@ -29,7 +31,7 @@ def background_loop() -> Iterator[BackgroundLoop]:
 @pytest.fixture(scope="module")
 def grpc_server(background_loop, grpc_addr, grpc_add_to_server, grpc_servicer, grpc_interceptors):
     async def start() -> grpc.aio.Server:
-        server = grpc.aio.server(interceptors=grpc_interceptors or None)
+        server = grpc.aio.server(interceptors=[*(grpc_interceptors or ()), StatusInterceptor()])
         grpc_add_to_server(grpc_servicer, server)
         server.add_insecure_port(grpc_addr)
         await server.start()
