@@ -30,6 +30,7 @@ from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
 from pydantic import BaseModel
 
 from ferry.inference.context import RequestContext, current_context
+from ferry.inference.outputs import check_encode_markers
 
 __all__ = [
     "App",
@@ -213,6 +214,8 @@ def describe(app_class: type[App]) -> AppSpec:
         endpoints[spec.path] = spec
     if not endpoints:
         raise ValueError(f"{name} has no endpoints: decorate a method with @endpoint('/')")
+    for spec in endpoints.values():
+        check_encode_markers(spec.output_model, f"{name}.{spec.handler_name} (endpoint {spec.path!r})")
     health = [spec for spec in endpoints.values() if spec.health_check is not None]
     if len(health) > 1:
         raise ValueError(f"{name} has {len(health)} health-check endpoints ({', '.join(s.path for s in health)}); at most one")

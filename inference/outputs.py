@@ -17,6 +17,13 @@ tensor where an `Image` belongs). Options are `Client.encode_tensor`'s
 keywords; they are fixed per field, so a value that depends on the input
 (an fps the caller chose) is for `Video.from_tensor` in the handler.
 
+An `Encode` marker says the runner encodes that field, so what it needs is
+checked when the app loads (`check_encode_markers`, called by `describe`): a
+format the encoder knows, only `encode_tensor`'s options, and `fps` for mp4 /
+`sample_rate` for wav. A media field without a marker may be filled by the
+handler itself (`Video.from_tensor(clip, fps=input.fps)`), so only a tensor
+actually left there can show it lacks one — at request time.
+
 A tensor the encoder refuses (wrong shape for an image, NaN) is the app's bug,
 not the caller's: the request fails INTERNAL naming the field and the
 encoder's reason. The encoder being down stays UNAVAILABLE.
@@ -24,24 +31,29 @@ encoder's reason. The encoder being down stays UNAVAILABLE.
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import Sequence
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import grpc
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from ferry.client import AsyncClient
 from ferry.errors import FerryError as SdkError
 from ferry.services.errors import FerryError
 from ferry.toolkit import File
+from ferry.uploads import FORMATS, build_encode
 
-__all__ = ["Encode", "OutputEncodingFailed", "encode_outputs", "is_tensor"]
+__all__ = ["Encode", "OutputEncodingFailed", "check_encode_markers", "encode_outputs", "is_tensor"]
 
 # What each media type is encoded as when its field says nothing else.
 _DEFAULT_FORMATS = {"image": "png", "video": "mp4", "audio": "wav"}
 # Per format, the option without which a tensor cannot be encoded at all.
 _REQUIRED_OPTIONS = {"mp4": "fps", "wav": "sample_rate"}
+# What an Encode marker may say besides its format: the SDK's encode options.
+_OPTIONS = frozenset(name for name, p in inspect.signature(build_encode).parameters.items() if p.kind is p.KEYWORD_ONLY)
 
 
 class Encode:
@@ -83,12 +95,9 @@ async def encode_outputs(client: AsyncClient, output_model: type[BaseModel], res
         if key not in values:
             continue
         value = values[key]
-        target = _media_target(field.annotation)
+        target = _field_target(field)
         if target is None:
             continue
-        # pydantic moves a top-level Annotated's extras into the field's metadata.
-        if (marker := next((m for m in field.metadata if isinstance(m, Encode)), None)) is not None:
-            target = (target[0], marker, target[2])
         encoded = await _encode_value(client, name, value, target, expires_in)
         if encoded is not value:
             values[key], replaced = encoded, True
@@ -97,6 +106,39 @@ async def encode_outputs(client: AsyncClient, output_model: type[BaseModel], res
 
 # (toolkit type, its Encode or None, whether the field is a list)
 _Target = tuple[type[File], "Encode | None", bool]
+
+
+def check_encode_markers(model: type[BaseModel], where: str) -> None:
+    """Refuse an output field whose `Encode` the runner could never carry out: ValueError naming `where` and the field."""
+    for name, field in model.model_fields.items():
+        target = _field_target(field)
+        if target is not None and target[1] is not None and (problem := _marker_problem(target[0], target[1])):
+            raise ValueError(f"{where}: output field {name!r}: {problem}")
+
+
+def _marker_problem(file_type: type[File], marker: Encode) -> str | None:
+    format = marker.format or _DEFAULT_FORMATS.get(file_type.media_kind or "")
+    if format is None:
+        return f"a plain {file_type.__name__} has no default format: name one, as in Encode('png')"
+    if format.lower() not in FORMATS:
+        return f"{marker!r}: unknown format {format!r}; choose from {', '.join(FORMATS)}"
+    if unknown := sorted(set(marker.options) - _OPTIONS):
+        return f"{marker!r}: no option {', '.join(unknown)}; Encode takes {', '.join(sorted(_OPTIONS))}"
+    required = _REQUIRED_OPTIONS.get(format.lower())
+    value = marker.options.get(required) if required else None
+    if required and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+        return f"{marker!r} encodes {format}, which needs {required} > 0: annotate it Annotated[{file_type.__name__}, Encode({required}=...)]"
+    return None
+
+
+def _field_target(field: FieldInfo) -> _Target | None:
+    target = _media_target(field.annotation)
+    if target is None:
+        return None
+    # pydantic moves a top-level Annotated's extras into the field's metadata.
+    if (marker := next((m for m in field.metadata if isinstance(m, Encode)), None)) is not None:
+        return (target[0], marker, target[2])
+    return target
 
 
 def _media_target(annotation: Any, in_list: bool = False) -> _Target | None:
