@@ -1,4 +1,9 @@
-"""grpc.health.v1 for the hosted services: overall ("") and one status per service name."""
+"""grpc.health.v1 for the hosted services: overall ("") and one status per service name.
+
+Services may report more than their own name (the encoder reports each storage
+backend as `ferry.v1.EncoderService/storage/<backend>`), so `List` answers
+every status set, for clients that cannot guess the names.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,20 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-async def add_health(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
+class HealthServicer(health.aio.HealthServicer):
+    """grpcio's asyncio servicer, plus the `List` RPC it leaves unimplemented."""
+
+    async def List(  # noqa: N802 (generated name)
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        # `_server_status` is the base class's declared store of what `set` was told.
+        statuses = {name: health_pb2.HealthCheckResponse(status=status) for name, status in self._server_status.items()}
+        return health_pb2.HealthListResponse(statuses=statuses)
+
+
+async def add_health(server: grpc.aio.Server, service_names: Iterable[str]) -> HealthServicer:
     """Register Health on `server`, every name in `service_names` (and "") SERVING."""
-    servicer = health.aio.HealthServicer()
+    servicer = HealthServicer()
     for name in ("", *service_names):
         await servicer.set(name, SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

@@ -31,9 +31,11 @@ from ferry.services.encoder.streamed_jpeg import StreamedJpeg
 from ferry.services.encoder.tensors import ArrivingTensor, expected_bytes, tensor_from_bytes
 from ferry.services.encoder.video import Mp4Writer, video_frames
 from ferry.services.errors import FerryError, InvalidArgument, ResourceExhausted, abort_with
+from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
 from ferry.services.settings import Settings
 from ferry.services.storage.base import Storage, StoredObject, check_part_number
+from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.media_types import check_content_type
 from ferry.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
@@ -471,9 +473,27 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def storage_health_name(backend_name: str) -> str:
+    """The health service name under which a storage backend is SERVING, or NOT_SERVING while its breaker is open."""
+    return f"{encoder_pb2.DESCRIPTOR.services_by_name['EncoderService'].full_name}/storage/{backend_name}"
+
+
+async def _report_storage_health(chain: StorageChain, health: Any) -> None:
+    """Each backend's breaker as a health status; the overall status stays SERVING while another backend takes writes."""
+
+    async def report(backend_name: str, serving: bool) -> None:
+        await health.set(storage_health_name(backend_name), SERVING if serving else NOT_SERVING)
+
+    for backend in chain.backends:
+        await report(backend.name, True)
+    chain.watch(report)
+
+
 async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
     """Serve EncoderService on `server` over the stack's storage chain."""
     assert settings.storage is not None, "the launcher builds storage before hosting the encoder"
+    if settings.health is not None and isinstance(settings.storage, StorageChain):
+        await _report_storage_health(settings.storage, settings.health)
     threads = settings.encoder.encode_threads or os.cpu_count() or 2
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ferry-encode")
     incoming = settings.server.data_dir / ".ferry" / "incoming"

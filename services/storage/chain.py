@@ -6,9 +6,17 @@ run out, or it answers `Unavailable`/`ResourceExhausted` (retrying a missing
 bucket or a full disk will not help), the chain logs a warning and moves on.
 Any other `FerryError` is the request's own fault and is raised as is.
 
+Each backend has a circuit breaker (`breaker.py`): after `failures_to_open`
+failed attempts in a row it opens, and writes skip that backend at once for
+`cool_down_seconds` instead of spending their retries on it (with S3 down,
+15–19 s per upload before falling back). Then one write probes it with a
+single attempt; a success closes the breaker and writes return to it by
+themselves. Watchers (`watch`) hear each backend open and close.
+
 A multipart upload stays on the backend that created it, named by the
 chain's upload id `<backend index>:<backend upload id>`: its parts exist
-nowhere else, so there is no falling back mid-upload, only retrying.
+nowhere else, so there is no falling back mid-upload, only retrying, open
+breaker or not (its calls still tell the breaker how the backend is doing).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import TypeVar
 
 from ferry.services.errors import NotFound, ResourceExhausted, Unavailable
 from ferry.services.storage.base import Storage, StoredObject, TransientStorageError
+from ferry.services.storage.breaker import Admission, Breaker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,6 +40,8 @@ T = TypeVar("T")
 _UPLOAD_ID = re.compile(r"(\d+):(.+)", re.DOTALL)
 # A backend answering these cannot take the write now, however often it is asked.
 _BACKEND_DOWN = (Unavailable, ResourceExhausted)
+# Told (backend name, serving) when a backend's breaker opens (False) or closes (True).
+BreakerWatcher = Callable[[str, bool], Awaitable[None]]
 
 
 class StorageChain(Storage):
@@ -41,29 +52,70 @@ class StorageChain(Storage):
         attempts: int = 10,
         backoff_seconds: float = 0.1,
         max_backoff_seconds: float = 5.0,
+        failures_to_open: int = 5,
+        cool_down_seconds: float = 30.0,
     ) -> None:
+        """`failures_to_open` attempts that fail in a row open a backend's breaker for `cool_down_seconds`.
+
+        5 by default: with the default backoff, a backend that is down opens after ~1 s of one
+        write's retries (or at once under concurrent writes), while a single blip is still retried.
+        """
         if not backends:
             raise ValueError("a storage chain needs at least one backend")
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self.backends = tuple(backends)
         self.name = " -> ".join(backend.name for backend in self.backends)
+        self.breakers = tuple(Breaker(failures_to_open, cool_down_seconds) for _ in self.backends)
         self._attempts = attempts
         self._backoff = backoff_seconds
         self._max_backoff = max_backoff_seconds
+        self._watchers: list[BreakerWatcher] = []
+
+    def watch(self, watcher: BreakerWatcher) -> None:
+        """Tell `watcher` whenever a backend's breaker opens or closes."""
+        self._watchers.append(watcher)
+
+    async def _succeeded(self, index: int) -> None:
+        if self.breakers[index].succeeded():
+            log.warning("storage %s: breaker closed, the backend answers again: writes go to it again", self.backends[index].name)
+            await self._tell(index, serving=True)
+
+    async def _failed(self, index: int) -> None:
+        breaker = self.breakers[index]
+        if breaker.failed():
+            log.warning(
+                "storage %s: breaker open after %d failed attempts in a row: writes skip it for %gs, then one probes it",
+                self.backends[index].name,
+                breaker.failures_in_a_row,
+                breaker.cool_down_seconds,
+            )
+            await self._tell(index, serving=False)
+
+    async def _tell(self, index: int, *, serving: bool) -> None:
+        for watcher in self._watchers:
+            await watcher(self.backends[index].name, serving)
 
     def _delay(self, retry: int) -> float:
         # Half fixed, half random: spread out, yet never much shorter than the exponential step.
         step = min(self._max_backoff, self._backoff * 2.0**retry)
         return step * random.uniform(0.5, 1.0)
 
-    async def _retried(self, backend: Storage, what: str, operation: Callable[[Storage], Awaitable[T]]) -> T:
-        """`operation` on `backend`, retried while it fails transiently; the last TransientStorageError escapes."""
-        for retry in range(self._attempts):
+    async def _retried(
+        self, index: int, what: str, operation: Callable[[Storage], Awaitable[T]], *, attempts: int, while_closed: bool
+    ) -> T:
+        """`operation` on backend `index`, retried while it fails transiently; the last TransientStorageError escapes.
+
+        Every outcome goes to the backend's breaker. `while_closed`: stop retrying once the breaker is
+        open (a write that may fall back should, rather than wait for a backend known to be down).
+        """
+        backend = self.backends[index]
+        for retry in range(attempts):
             try:
-                return await operation(backend)
+                result = await operation(backend)
             except TransientStorageError as error:
-                if retry + 1 == self._attempts:
+                await self._failed(index)
+                if retry + 1 == attempts or (while_closed and self.breakers[index].is_open):
                     raise
                 delay = self._delay(retry)
                 log.info(
@@ -71,18 +123,35 @@ class StorageChain(Storage):
                     backend.name,
                     what,
                     retry + 1,
-                    self._attempts,
+                    attempts,
                     delay,
                     error,
                 )
                 await asyncio.sleep(delay)
+            except _BACKEND_DOWN:
+                await self._failed(index)
+                raise
+            else:
+                await self._succeeded(index)
+                return result
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _first_taker(self, what: str, operation: Callable[[Storage], Awaitable[T]]) -> tuple[int, T]:
         failures: list[str] = []
         for index, backend in enumerate(self.backends):
+            breaker = self.breakers[index]
+            admission = breaker.admit()
+            if admission is None:
+                probe_in = breaker.seconds_to_probe()
+                failures.append(f"{backend.name}: skipped, its breaker is open (probed again in {probe_in:.0f}s)")
+                log.debug("storage %s: breaker open, skipped", backend.name)
+                continue
+            probing = admission is Admission.PROBE
+            if probing:
+                log.info("storage %s: cool-down over, probing it with one attempt", backend.name)
             try:
-                return index, await self._retried(backend, what, operation)
+                attempts = 1 if probing else self._attempts
+                return index, await self._retried(index, what, operation, attempts=attempts, while_closed=True)
             except (TransientStorageError, *_BACKEND_DOWN) as error:
                 failures.append(f"{backend.name}: {error}")
                 following = self.backends[index + 1].name if index + 1 < len(self.backends) else None
@@ -93,6 +162,9 @@ class StorageChain(Storage):
                     error,
                     f"falling back to {following}" if following else "no backend left",
                 )
+            finally:
+                if probing:
+                    breaker.probe_ended()
         raise Unavailable("storage unavailable: " + "; ".join(failures), reason="STORAGE_UNAVAILABLE")
 
     async def put_file(
@@ -122,16 +194,19 @@ class StorageChain(Storage):
         )
         return f"{index}:{upload_id}"
 
-    def _owner(self, upload_id: str) -> tuple[Storage, str]:
+    def _owner(self, upload_id: str) -> tuple[int, str]:
         match = _UPLOAD_ID.fullmatch(upload_id)
         if match is None or int(match[1]) >= len(self.backends):
             raise NotFound(f"no multipart upload {upload_id!r}", reason="UNKNOWN_UPLOAD")
-        return self.backends[int(match[1])], match[2]
+        return int(match[1]), match[2]
 
     async def _on_owner(self, upload_id: str, what: str, operation: Callable[[Storage, str], Awaitable[T]]) -> T:
-        backend, backend_upload_id = self._owner(upload_id)
+        index, backend_upload_id = self._owner(upload_id)
+        backend = self.backends[index]
         try:
-            return await self._retried(backend, what, lambda owner: operation(owner, backend_upload_id))
+            return await self._retried(
+                index, what, lambda owner: operation(owner, backend_upload_id), attempts=self._attempts, while_closed=False
+            )
         except TransientStorageError as error:
             raise Unavailable(f"storage unavailable: {backend.name}: {error}", reason="STORAGE_UNAVAILABLE") from error
 

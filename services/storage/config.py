@@ -8,6 +8,7 @@ falls back to the local CDN while S3 is down.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,9 @@ class StorageConfig:
     sweep_interval_seconds: float = setting("how often expired objects and idle uploads are deleted", 60.0)
     multipart_max_age_seconds: float = setting("a multipart upload idle this long is aborted", 86400.0)
     storage_attempts: int = setting("attempts per storage backend before falling back to the next", 10)
+    storage_cool_down_seconds: float = setting(
+        "a backend that failed 5 attempts in a row is skipped this long, then one write probes it", 30.0
+    )
 
     def __post_init__(self) -> None:
         if not self.storage:
@@ -79,6 +83,8 @@ class StorageConfig:
             raise ValueError("--sweep-interval-seconds and --multipart-max-age-seconds must be positive")
         if self.storage_attempts < 1:
             raise ValueError("--storage-attempts must be at least 1")
+        if not 0 < self.storage_cool_down_seconds < math.inf:
+            raise ValueError("--storage-cool-down-seconds must be a positive number of seconds")
 
 
 def build_storage(
@@ -109,7 +115,8 @@ def build_storage(
                     holding_dir=data_dir / S3_HOLDING_FOLDER,
                 )
             )
-    return StorageChain(backends, attempts=config.storage_attempts), local
+    chain = StorageChain(backends, attempts=config.storage_attempts, cool_down_seconds=config.storage_cool_down_seconds)
+    return chain, local
 
 
 def _s3_storage() -> type[S3Storage]:
