@@ -69,6 +69,13 @@ class DownloaderConfig:
     retry_backoff_seconds: float = setting("first retry delay; doubles per retry, jittered", 0.25)
     connect_timeout_seconds: float = setting("TCP/TLS connect timeout per attempt", 10.0)
     read_timeout_seconds: float = setting("a source silent this long is stalled (retried, then UNAVAILABLE)", 30.0)
+    cache_sweep_seconds: float = setting(
+        "how often download records whose file is gone, and lock files nobody holds, are removed", 600.0
+    )
+
+    def __post_init__(self) -> None:
+        if self.cache_sweep_seconds <= 0:
+            raise ValueError("--cache-sweep-seconds must be positive")
 
     @property
     def allowed(self) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 PROGRESS_INTERVAL_SECONDS = 0.1  # at most ~10 progress events per second
+# A record's temp file lives for one write; one this old was left by a process that died mid-write.
+STALE_TEMP_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ class Downloader:
         if scheme != "data":
             self.guard.check_url(job.url)  # refuse bad schemes and blocked literals before touching disk
         target = self._target(job)
+        fresh = not (job.model_weights or job.url_cache or job.target_dir)  # a folder made for this request alone
         key = flight_key(target, job.url)
         flight_id = (key, job.force, job.filesize_limit, tuple(sorted(job.request_headers.items())))
         flight = self._flights.get(flight_id)
@@ -157,7 +161,8 @@ class Downloader:
             flight = Flight()
             self._flights[flight_id] = flight
             runner = self._data_uri if scheme == "data" else self._http
-            flight.task = asyncio.create_task(self._fly(flight, flight_id, runner(flight, job, target, key)))
+            work = runner(flight, job, target, key)
+            flight.task = asyncio.create_task(self._fly(flight, flight_id, work, target if fresh else None))
         queue = flight.subscribe()
         try:
             while True:
@@ -177,9 +182,13 @@ class Downloader:
             return self.roots.url_cache_dir(job.url)
         return self.roots.target_dir(job.target_dir)
 
-    async def _fly(self, flight: Flight, flight_id: tuple[object, ...], work: Coroutine[Any, Any, Completed]) -> None:
+    async def _fly(
+        self, flight: Flight, flight_id: tuple[object, ...], work: Coroutine[Any, Any, Completed], fresh: Path | None
+    ) -> None:
+        """Run `work` for every subscriber; `fresh`, the folder made for this request alone, goes if it failed."""
         try:
             flight.publish(await work)
+            return
         except asyncio.CancelledError:
             flight.publish(asyncio.CancelledError())
         except FerryError as error:
@@ -191,6 +200,20 @@ class Downloader:
             flight.publish(FerryError(f"internal error: {type(error).__name__}: {error}"))
         finally:
             self._flights.pop(flight_id, None)
+        if fresh is not None:
+            _remove_if_empty(fresh)
+
+    @asynccontextmanager
+    async def _holding(self, key: str) -> AsyncIterator[None]:
+        """The key's lock for a transfer. If the transfer fails and no earlier download of the key is
+        on record, the lock file goes too: it guards nothing."""
+        async with self.locks.hold(key) as lock:
+            try:
+                yield
+            except BaseException:
+                if self.records.load(key) is None:
+                    lock.remove_on_release()
+                raise
 
     # -- http(s) --------------------------------------------------------------------------
 
@@ -209,7 +232,7 @@ class Downloader:
             remote = await self.http.head(job.url, job.request_headers)
             if remote is not None and _still_current(record, remote):
                 return self._hit(flight, key, record)
-        async with self.locks.hold(key):
+        async with self._holding(key):
             record = self.records.load(key)
             if record is not None and record.completed_at >= began and record.vouches_for_file():
                 return self._hit(flight, key, record)  # another process fetched it while we waited
@@ -252,7 +275,7 @@ class Downloader:
         record = self.records.load(key)
         if record is not None and not job.force and record.vouches_for_file():
             return self._hit(flight, key, record)  # same URI, same bytes
-        async with self.locks.hold(key):
+        async with self._holding(key):
             _sweep_parts(target, key)
             flight.publish(Started(None, name))
             out = AtomicFile(target, key, self._block_size)
@@ -291,7 +314,9 @@ class Downloader:
                 break
             if key in busy:
                 continue
-            held = [self.locks.try_exclusive(k) for k in (key, path_lock_key(record.path))]
+            keys = (key, path_lock_key(record.path))
+            held = [self.locks.try_exclusive(k) for k in keys]
+            evicted = False
             try:
                 if None in held:
                     continue  # being written or read, here or in another process
@@ -299,11 +324,60 @@ class Downloader:
                     os.unlink(record.path)
                     freed += record.size
                 self.records.remove(key)
+                evicted = True
             finally:
-                for fd in held:
-                    if fd is not None:
+                for lock_key, fd in zip(keys, held, strict=True):
+                    if fd is None:
+                        continue
+                    if evicted or lock_key != key:  # a readers' lock guards nothing once let go
+                        self.locks.discard(lock_key, fd)
+                    else:
                         os.close(fd)
         return freed
+
+    def sweep_bookkeeping(self) -> int:
+        """Remove records whose file is gone and lock files that guard nothing; returns how many files went.
+
+        Safe beside other processes sharing the data dir: a record or lock file
+        is removed only while this process holds its lock exclusively, so
+        whatever another process holds (writing, reading) stays.
+        """
+        removed = 0
+        vouched: set[str] = set()
+        for key, record in self.records.all():
+            if record.vouches_for_file():
+                vouched.add(key)
+            elif (fd := self.locks.try_exclusive(key)) is not None:
+                current = self.records.load(key)  # again, under the lock: a writer may have just finished
+                if current is not None and current.vouches_for_file():
+                    vouched.add(key)
+                    os.close(fd)
+                    continue
+                self.records.remove(key)
+                self.locks.discard(key, fd)
+                removed += 2
+        removed += self.records.remove_stale_temps(time.time() - STALE_TEMP_SECONDS)
+        for key in self.locks.keys():
+            if key in vouched or (fd := self.locks.try_exclusive(key)) is None:
+                continue  # guards a download, or someone holds it
+            current = self.records.load(key)
+            if current is not None and current.vouches_for_file():
+                os.close(fd)  # a download finished since the listing
+            else:
+                self.locks.discard(key, fd)
+                removed += 1
+        return removed
+
+    async def keep_tidy(self, interval_seconds: float) -> None:
+        """Sweep the bookkeeping now and every `interval_seconds` until cancelled."""
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.sweep_bookkeeping)
+                if removed:
+                    log.info("removed %d stale download records and lock files", removed)
+            except OSError as error:
+                log.warning("sweeping download records failed; retrying in %.0fs: %s", interval_seconds, error)
+            await asyncio.sleep(interval_seconds)
 
     def sweep_abandoned_parts(self) -> int:
         """Remove temp files a killed process left behind (their lock is free); returns how many."""
@@ -337,6 +411,13 @@ def _still_current(record: DownloadRecord, remote: RemoteFile) -> bool:
     if remote.last_modified and record.last_modified:
         return remote.last_modified == record.last_modified
     return True
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # something landed in it after all, or it is gone already
 
 
 def _sweep_parts(folder: Path, key: str) -> None:

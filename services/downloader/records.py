@@ -80,6 +80,18 @@ class RecordStore:
     def remove(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def remove_stale_temps(self, older_than: float) -> int:
+        """Remove temp files of writes that never finished (modified before `older_than`); returns how many."""
+        removed = 0
+        for temp in self.folder.glob("*.tmp"):
+            try:
+                if temp.stat().st_mtime < older_than:
+                    temp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass  # finished or removed meanwhile
+        return removed
+
     def all(self) -> list[tuple[str, DownloadRecord]]:
         records = []
         for path in self.folder.glob("*.json"):

@@ -109,5 +109,12 @@ async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awai
     """Serve DownloaderService on `server`; returns what to await on shutdown."""
     downloader = Downloader(settings.downloader, settings.server.data_dir)
     await asyncio.to_thread(downloader.sweep_abandoned_parts)
+    # Its first sweep runs now: records and locks of downloads removed while the server was down go at start.
+    tidying = asyncio.create_task(downloader.keep_tidy(settings.downloader.cache_sweep_seconds))
     downloader_pb2_grpc.add_DownloaderServiceServicer_to_server(DownloaderServicer(downloader), server)
-    return downloader.close
+
+    async def close() -> None:
+        tidying.cancel()
+        await downloader.close()
+
+    return close

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 from ferry.services.config import DownloaderConfig
+from ferry.services.downloader.locks import path_lock_key
+from ferry.services.downloader.records import flight_key
 from ferry.v1 import downloader_pb2
 from tests.harness import wait_for
 from tests.services.downloader_fixtures import events, host_downloader
@@ -21,7 +23,7 @@ def fetch(stub, url) -> Path:
 
 def eventually_gone(path: Path) -> bool:
     """Eviction runs after the download returns, off the event loop."""
-    return wait_for(lambda: not path.exists(), f"{path.name} to be evicted")
+    return wait_for(lambda: not path.exists(), f"{path.name} to be removed")
 
 
 def test_least_recently_used_goes_first_and_a_file_being_read_stays(grpc_stub, grpc_channel, http_server):
@@ -46,3 +48,16 @@ def test_a_cache_hit_counts_as_use(grpc_stub, http_server):
     assert events(grpc_stub, url=http_server.url("first.bin"), target_dir="budget")[-1].completed.cache_hit
     fetch(grpc_stub, http_server.add_file("last.bin", os.urandom(12 * MIB)))
     assert eventually_gone(second) and first.exists()
+
+
+def test_an_evicted_download_takes_its_record_and_lock_files_along(grpc_stub, http_server, data_dir):
+    url = http_server.add_file("evicted.bin", os.urandom(20 * MIB))
+    evicted = fetch(grpc_stub, url)
+    bookkeeping = data_dir / ".ferry"
+    key = flight_key(evicted.parent, url)
+    assert (bookkeeping / "records" / f"{key}.json").exists() and (bookkeeping / "locks" / f"{key}.lock").exists()
+    fetch(grpc_stub, http_server.add_file("newer.bin", os.urandom(20 * MIB)))
+    assert eventually_gone(evicted)
+    assert eventually_gone(bookkeeping / "records" / f"{key}.json")
+    assert eventually_gone(bookkeeping / "locks" / f"{key}.lock")
+    assert not (bookkeeping / "locks" / f"{path_lock_key(evicted)}.lock").exists()
