@@ -46,6 +46,10 @@ _CARRIER_GRADE_NAT = ipaddress.IPv4Network("100.64.0.0/10")
 _NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
 _UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+# What `_private_kind` names, and the IPv6 forms `blocked_reason` names before an embedded IPv4 address's kind.
+_PRIVATE_KINDS = frozenset({"loopback", "link-local", "carrier-grade NAT", "private", "unique-local", "site-local"})
+_EMBEDDING_FORMS = ("IPv4-mapped ", "6to4 ", "NAT64 ")
+MAX_SHOWN_HOST = 100
 
 
 class AddressBlocked(PermissionDenied):
@@ -217,8 +221,8 @@ class NetworkGuard:
         why = blocked_reason(address, allow_private=self.allow_private_networks)
         if why is None:
             return
-        named = "" if host == str(address) else f" for host {host!r}"
-        raise AddressBlocked(f"refusing {address} ({why}){named}")
+        named = "" if host == str(address) else f" for host {_shown(host)}"
+        raise AddressBlocked(f"refusing {address} ({why}){named}{_how_to_allow(why)}")
 
 
 class _GuardedResolver(AbstractResolver):
@@ -241,6 +245,21 @@ class _GuardedResolver(AbstractResolver):
     async def close(self) -> None:
         if self._inner is not None:
             await self._inner.close()
+
+
+def _how_to_allow(why: str) -> str:
+    """For a refusal that may be a server's own network (a misconfiguration rather than an attack), the flags that open it."""
+    kind = next((why.removeprefix(form) for form in _EMBEDDING_FORMS if why.startswith(form)), why)
+    if kind in _PRIVATE_KINDS:
+        return "; allow it with --allow-hosts or --allow-private-networks"
+    if kind in ("reserved", "not globally routable"):
+        return "; allow it with --allow-hosts"
+    return ""  # unspecified, multicast, Teredo: no server of anyone's lives there
+
+
+def _shown(host: str) -> str:
+    """A host as a message shows it: whole when it is of a sane length, else its start (a URL can be 1 MiB)."""
+    return repr(host if len(host) <= MAX_SHOWN_HOST else host[:MAX_SHOWN_HOST] + "…")
 
 
 def _is_ip(text: str) -> bool:

@@ -16,3 +16,9 @@ def test_localhost_is_checked_on_its_resolved_address(grpc_stub, http_server):
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert "127.0.0.1 (loopback)" in details and "localhost" in details
     assert http_server.requests == [], "no byte reached the internal server"
+
+
+def test_the_refusal_of_a_private_source_names_the_flags_that_would_allow_it(grpc_stub, http_server):
+    code, details = status_of(grpc_stub, url=http_server.add_file("mine.txt", b"mine"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "--allow-hosts" in details and "--allow-private-networks" in details

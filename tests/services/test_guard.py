@@ -44,7 +44,7 @@ def test_address_hosts_outside_the_public_internet_are_refused(url, address, why
     with pytest.raises(AddressBlocked) as refused:
         GUARD.check_url(url)
 
-    assert refused.value.message == f"refusing {address} ({why})"
+    assert refused.value.message.startswith(f"refusing {address} ({why})")
     assert refused.value.reason == "ADDRESS_BLOCKED"
     assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
 
@@ -55,7 +55,7 @@ def test_address_hosts_outside_the_public_internet_are_refused(url, address, why
 )
 def test_other_spellings_of_an_address_are_refused_under_the_address_they_denote(host):
     # yarl keeps these hosts as written; inet_aton (and so the OS) reads them as 127.0.0.1.
-    with pytest.raises(AddressBlocked, match=r"^refusing 127\.0\.0\.1 \(loopback\) for host '.+'$"):
+    with pytest.raises(AddressBlocked, match=r"^refusing 127\.0\.0\.1 \(loopback\) for host '[^']+';"):
         GUARD.check_url(f"http://{host}/")
 
 
@@ -146,8 +146,39 @@ def test_an_allowed_host_name_may_resolve_anywhere_and_other_names_may_not():
 
     guard.check_address("minio.internal", "10.0.0.5")
     guard.check_address("minio.internal.", "127.0.0.1")
-    with pytest.raises(AddressBlocked, match=r"^refusing 10\.0\.0\.5 \(private\) for host 'other\.internal'$"):
+    with pytest.raises(AddressBlocked, match=r"^refusing 10\.0\.0\.5 \(private\) for host 'other\.internal';"):
         guard.check_address("other.internal", "10.0.0.5")
+
+
+@pytest.mark.parametrize(
+    ("url", "flags"),
+    [
+        ("http://127.0.0.1/", "--allow-hosts or --allow-private-networks"),
+        ("http://10.0.0.1/", "--allow-hosts or --allow-private-networks"),
+        ("http://169.254.169.254/", "--allow-hosts or --allow-private-networks"),
+        ("http://100.64.0.1/", "--allow-hosts or --allow-private-networks"),
+        ("http://[fc00::1]/", "--allow-hosts or --allow-private-networks"),
+        ("http://[::ffff:100.64.0.1]/", "--allow-hosts or --allow-private-networks"),
+        ("http://198.18.0.1/", "--allow-hosts"),
+    ],
+)
+def test_a_refusal_that_may_be_the_servers_own_network_names_the_flags_that_open_it(url, flags):
+    with pytest.raises(AddressBlocked) as refused:
+        GUARD.check_url(url)
+    assert refused.value.message.endswith(f"; allow it with {flags}")
+
+
+@pytest.mark.parametrize("url", ["http://0.0.0.0/", "http://224.0.0.1/", "http://[2001::1]/"])
+def test_a_refusal_of_where_no_server_lives_suggests_no_flag(url):
+    with pytest.raises(AddressBlocked) as refused:
+        GUARD.check_url(url)
+    assert "--allow" not in refused.value.message
+
+
+def test_a_refused_host_name_is_shown_by_its_start_only():
+    with pytest.raises(AddressBlocked) as refused:
+        GUARD.check_address("a" * 100_000 + ".example", "127.0.0.1")
+    assert len(refused.value.message) < 300
 
 
 def test_an_allow_list_entry_with_host_bits_set_is_rejected_as_a_likely_typo():
@@ -194,7 +225,7 @@ def test_blocked_reason_with_private_allowed_still_names_what_stays_closed():
 
 
 async def test_the_resolver_refuses_a_name_that_resolves_to_loopback():
-    with pytest.raises(AddressBlocked, match=r"^refusing (127\.0\.0\.1|::1) \(loopback\) for host 'localhost'$"):
+    with pytest.raises(AddressBlocked, match=r"^refusing (127\.0\.0\.1|::1) \(loopback\) for host 'localhost';"):
         await GUARD.resolver().resolve("localhost", 80)
 
 
