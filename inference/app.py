@@ -22,12 +22,12 @@ import inspect
 import logging
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, PydanticUserError, create_model
 
 from ferry.inference.context import RequestContext, current_context
 from ferry.inference.outputs import check_encode_markers
@@ -37,6 +37,7 @@ __all__ = [
     "AppLoadError",
     "AppSpec",
     "EndpointSpec",
+    "FreeformOutput",
     "HealthCheck",
     "app_id_for",
     "describe",
@@ -153,7 +154,7 @@ def endpoint(path: str, *, realtime: bool = False, health_check: HealthCheck | N
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    """One endpoint as the runner calls it: `getattr(app, handler_name)(input[, context])`."""
+    """One endpoint as the runner calls it: `getattr(app, handler_name)(*args, **kwargs)` from `arguments`."""
 
     path: str
     handler_name: str
@@ -163,9 +164,28 @@ class EndpointSpec:
     # Call and await (realtime: an async generator to iterate); else call in a worker thread.
     is_async: bool
     realtime: bool
-    # Pass the request's RequestContext as the second argument.
+    # Pass the request's RequestContext (as the second argument, or as the keyword `context_name`).
     takes_context: bool
     health_check: HealthCheck | None
+    # Plain parameters (`def process(self, video_url: str)`): the input model was built from them and
+    # the handler gets its fields as keywords. None: the handler takes the model itself.
+    keyword_fields: tuple[str, ...] | None = None
+    context_name: str = "context"
+
+    def arguments(self, input: Any, context: RequestContext) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """What the handler is called with for `input` (a model; for realtime endpoints, the stream of them)."""
+        if self.keyword_fields is None:
+            return ((input, context) if self.takes_context else (input,)), {}
+        keywords = {name: getattr(input, name) for name in self.keyword_fields}
+        if self.takes_context:
+            keywords[self.context_name] = context
+        return (), keywords
+
+
+class FreeformOutput(BaseModel):
+    """The output of an endpoint annotated `-> dict`: any JSON object; toolkit files in it serialise as themselves."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 @dataclass(frozen=True)
@@ -268,28 +288,35 @@ def _endpoint_spec(app_class: type, attribute: str, function: Callable[..., Any]
         hints = get_type_hints(function)
     except Exception as error:  # NameError for an unresolvable string annotation, TypeError for a bad one
         raise TypeError(f"{where}: cannot resolve its annotations: {error}") from error
-    parameters = list(inspect.signature(function).parameters.values())
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.KEYWORD_ONLY) for p in parameters) or not 2 <= len(parameters) <= 3:
-        raise TypeError(f"{where}: the signature must be (self, input) or (self, input, context)")
-    input_parameter = parameters[1]
-    takes_context = len(parameters) == 3
-    if takes_context:
-        _check_context_parameter(where, parameters[2], hints)
-
-    if input_parameter.name not in hints:
-        raise TypeError(f"{where}: annotate parameter {input_parameter.name!r} with its input model (a pydantic BaseModel)")
+    parameters = list(inspect.signature(function).parameters.values())[1:]  # after self
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        raise TypeError(f"{where}: *args and **kwargs cannot be described as inputs: name each parameter")
+    context = next((p for p in parameters if _is_context_parameter(where, p, hints)), None)
+    inputs = [p for p in parameters if p is not context]
+    for parameter in inputs:
+        if parameter.name not in hints:
+            raise TypeError(f"{where}: annotate parameter {parameter.name!r} with its type (a pydantic BaseModel for the whole input)")
     if "return" not in hints:
-        raise TypeError(f"{where}: annotate the return type with its output model (a pydantic BaseModel)")
+        raise TypeError(f"{where}: annotate the return type with its output model (a pydantic BaseModel, or dict)")
+    takes_model = len(inputs) == 1 and inputs[0].kind != inputs[0].KEYWORD_ONLY and _is_model(hints[inputs[0].name])
+    if takes_model and context is not None and parameters.index(context) != 1:
+        raise TypeError(f"{where}: the signature must be (self, input) or (self, input, context)")
     if mark.realtime:
         if not inspect.isasyncgenfunction(function):
             raise TypeError(f"{where}: a realtime endpoint is an async generator (`async def` that yields outputs)")
-        input_model = _streamed_model(where, f"parameter {input_parameter.name!r}", hints[input_parameter.name], _STREAM_INPUTS)
+        if len(inputs) != 1:
+            raise TypeError(f"{where}: a realtime endpoint takes one stream of inputs (and optionally a context)")
+        input_model = _streamed_model(where, f"parameter {inputs[0].name!r}", hints[inputs[0].name], _STREAM_INPUTS)
         output_model = _streamed_model(where, "return type", hints["return"], _STREAM_OUTPUTS)
+        keyword_fields = None
     else:
         if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
             raise TypeError(f"{where}: only realtime endpoints yield; return one output or use realtime=True")
-        input_model = _model(where, f"parameter {input_parameter.name!r}", hints[input_parameter.name])
-        output_model = _model(where, "return type", hints["return"])
+        if takes_model:
+            input_model, keyword_fields = hints[inputs[0].name], None
+        else:
+            input_model, keyword_fields = _keyword_model(where, function.__name__, inputs, hints), tuple(p.name for p in inputs)
+        output_model = _output_model(where, hints["return"])
     return EndpointSpec(
         path=mark.path,
         handler_name=attribute,
@@ -297,21 +324,43 @@ def _endpoint_spec(app_class: type, attribute: str, function: Callable[..., Any]
         output_model=output_model,
         is_async=inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function),
         realtime=mark.realtime,
-        takes_context=takes_context,
+        takes_context=context is not None,
         health_check=mark.health_check,
+        keyword_fields=keyword_fields,
+        context_name=context.name if context is not None else "context",
     )
 
 
-def _check_context_parameter(where: str, parameter: inspect.Parameter, hints: dict[str, Any]) -> None:
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _keyword_model(where: str, name: str, inputs: list[inspect.Parameter], hints: dict[str, Any]) -> type[BaseModel]:
+    """The input model plain parameters describe: `def process(self, video_url: str, steps: int = 8)`."""
+    fields: dict[str, Any] = {
+        p.name: (hints[p.name], ... if p.default is p.empty else p.default) for p in inputs
+    }
+    title = "".join(part.title() for part in name.split("_")) + "Input"
+    try:
+        return create_model(title, **fields)
+    except (TypeError, ValueError, PydanticUserError) as error:  # a name pydantic reserves, a type it cannot describe
+        raise TypeError(f"{where}: its parameters cannot form an input model: {error}") from error
+
+
+def _output_model(where: str, annotation: Any) -> type[BaseModel]:
+    if _is_model(annotation):
+        return annotation  # type: ignore[no-any-return]
+    if annotation in (dict, Mapping) or get_origin(annotation) in (dict, Mapping, collections.abc.Mapping):
+        return FreeformOutput
+    raise TypeError(f"{where}: return type must be a pydantic BaseModel subclass or dict, got {_show(annotation)}")
+
+
+def _is_context_parameter(where: str, parameter: inspect.Parameter, hints: dict[str, Any]) -> bool:
     annotation = hints.get(parameter.name)
     is_context_type = isinstance(annotation, type) and issubclass(annotation, RequestContext)
     if parameter.name == "context" and annotation is not None and not is_context_type:
         raise TypeError(f"{where}: parameter 'context' is a RequestContext; annotate it so or leave it bare")
-    if parameter.name != "context" and not is_context_type:
-        raise TypeError(
-            f"{where}: the second parameter {parameter.name!r} must be the request context: "
-            "name it 'context' or annotate it RequestContext"
-        )
+    return parameter.name == "context" or is_context_type
 
 
 def _model(where: str, what: str, annotation: Any) -> type[BaseModel]:

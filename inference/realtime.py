@@ -32,7 +32,8 @@ from pydantic import BaseModel
 
 from ferry.inference.context import RequestContext, logging_context, using_context
 from ferry.inference.outputs import encode_outputs
-from ferry.inference.runner import AppRunner, parse_input, request_error, request_failure
+from ferry.inference.input_parsing import parse_input
+from ferry.inference.runner import AppRunner, request_error, request_failure
 from ferry.request_scope import RequestScope, request_scope
 from ferry.services.errors import Cancelled, FerryError, InvalidArgument, NotFound
 from ferry.v1 import common_pb2, inference_pb2
@@ -149,7 +150,7 @@ class RealtimeSession:
                 try:
                     if request.WhichOneof("message") != "input_json":
                         raise InvalidArgument("after `open`, each message carries one input_json", reason="NOT_AN_INPUT")
-                    model = parse_input(self.endpoint, request.input_json)
+                    model = parse_input(self.endpoint.input_model, request.input_json)
                 except InvalidArgument as rejected:
                     await outbox.put(inference_pb2.RealtimeResponse(error=request_error(rejected)))
                 else:
@@ -169,7 +170,8 @@ class RealtimeSession:
         stream = _Inputs(inputs)
         handler = getattr(self.runner.app, self.endpoint.handler_name)
         with using_context(context), request_scope(RequestScope(self.expires_in, cancelled=self.cancelled)):
-            generator: AsyncGenerator[Any, None] = handler(stream, context) if self.endpoint.takes_context else handler(stream)
+            args, kwargs = self.endpoint.arguments(stream, context)
+            generator: AsyncGenerator[Any, None] = handler(*args, **kwargs)
             try:
                 await self._drive(generator, outbox)
             except Exception as error:  # noqa: BLE001 (whatever the handler raised ends the call with a status)

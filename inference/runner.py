@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from ferry.errors import FerryError as SdkError
 from ferry.inference.app import App, AppSpec, EndpointSpec, describe
 from ferry.inference.context import RequestCancelled, RequestContext, using_context
+from ferry.inference.input_parsing import parse_input
 from ferry.inference.inputs import InputFiles, discard, download_inputs, input_urls
 from ferry.inference.outputs import encode_outputs
 from ferry.inference.services import ServiceClients
@@ -101,23 +102,6 @@ def request_error(error: FerryError) -> inference_pb2.RequestError:
     return inference_pb2.RequestError(code=error.code.value[0], message=error.message, reason=error.reason)
 
 
-def _validation_message(error: ValidationError) -> str:
-    problems = [f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in error.errors()]
-    return "invalid input: " + "; ".join(problems)
-
-
-def parse_input(endpoint: EndpointSpec, input_json: str) -> BaseModel:
-    """One input as the endpoint's model; INVALID_ARGUMENT (INVALID_JSON / INVALID_INPUT naming each field) if it is not one."""
-    try:
-        document = json.loads(input_json or "{}")
-    except json.JSONDecodeError as error:
-        raise InvalidArgument(f"input is not JSON: {error}", reason="INVALID_JSON") from None
-    try:
-        return endpoint.input_model.model_validate(document)
-    except ValidationError as error:
-        raise InvalidArgument(_validation_message(error), reason="INVALID_INPUT") from None
-
-
 def request_failure(where: str, error: BaseException) -> FerryError:
     """How a request whose handling raised `error` failed, as its caller sees it; `where` names the endpoint."""
     if isinstance(error, FerryError):
@@ -176,7 +160,7 @@ class AppRunner:
         endpoint = self.spec.endpoints.get(path or "/")
         if endpoint is None or endpoint.realtime:
             raise NotFound(f"app {self.spec.app_id!r} has no endpoint {path or '/'!r}", reason="UNKNOWN_ENDPOINT")
-        return endpoint, parse_input(endpoint, input_json)
+        return endpoint, parse_input(endpoint.input_model, input_json)
 
     def submit(self, path: str, input_json: str, expires_in: int | None = None) -> RequestRecord:
         endpoint, model = self.validate(path, input_json)
@@ -337,15 +321,15 @@ class AppRunner:
         context's cancel flag, and this returns only once its thread has.
         """
         handler = getattr(self.app, endpoint.handler_name)
-        args: tuple[Any, ...] = (input, context) if endpoint.takes_context else (input,)
+        args, kwargs = endpoint.arguments(input, context)
         if endpoint.is_async:
             with using_context(context):
-                return await handler(*args)
+                return await handler(*args, **kwargs)
         copied = contextvars.copy_context()  # carries the request scope into the thread
 
         def call() -> Any:
             with using_context(context):
-                return handler(*args)
+                return handler(*args, **kwargs)
 
         future = asyncio.get_running_loop().run_in_executor(self._threads, copied.run, call)
         try:

@@ -228,21 +228,12 @@ def test_a_missing_return_annotation_is_refused() -> None:
         describe(Broken)
 
 
-def test_an_input_that_is_not_a_pydantic_model_is_refused() -> None:
-    class Broken(App):
-        @endpoint("/")
-        def run(self, input: dict) -> HealthOutput: ...
-
-    with pytest.raises(TypeError, match="parameter 'input' must be a pydantic BaseModel subclass, got dict"):
-        describe(Broken)
-
-
-def test_an_output_that_is_not_a_pydantic_model_is_refused() -> None:
+def test_an_output_that_is_neither_a_model_nor_a_dict_is_refused() -> None:
     class Broken(App):
         @endpoint("/")
         def run(self, input: EmptyInput) -> str: ...
 
-    with pytest.raises(TypeError, match="return type must be a pydantic BaseModel subclass, got str"):
+    with pytest.raises(TypeError, match="return type must be a pydantic BaseModel subclass or dict, got str"):
         describe(Broken)
 
 
@@ -289,16 +280,59 @@ def test_only_realtime_endpoints_may_yield() -> None:
 
 
 @pytest.mark.parametrize(
-    "signature",
-    ["(self)", "(self, input: EmptyInput, extra: int)", "(self, input: EmptyInput, *args)", "(self, input: EmptyInput, c, d)"],
+    ("signature", "problem"),
+    [
+        ("(self, input: EmptyInput, *args)", r"\*args and \*\*kwargs"),
+        ("(self, **inputs: int)", r"\*args and \*\*kwargs"),
+        ("(self, input: EmptyInput, c, d)", "annotate parameter 'c'"),
+        ("(self, context, input: EmptyInput)", r"the signature must be \(self, input\) or \(self, input, context\)"),
+    ],
 )
-def test_a_handler_takes_an_input_and_at_most_a_context(signature: str) -> None:
+def test_a_handler_names_and_annotates_each_parameter(signature: str, problem: str) -> None:
     namespace: dict = {"EmptyInput": EmptyInput, "HealthOutput": HealthOutput}
     exec(f"def run{signature} -> HealthOutput: ...", namespace)
     broken = type("Broken", (App,), {"run": endpoint("/")(namespace["run"])})
 
-    with pytest.raises(TypeError, match="Broken.run"):
+    with pytest.raises(TypeError, match=rf"Broken.run \(endpoint '/'\): {problem}"):
         describe(broken)
+
+
+def test_plain_parameters_become_the_input_model_as_in_the_reference() -> None:
+    class Reference(App):
+        @endpoint("/")
+        def process(self, video_url: str, steps: int = 8, context: RequestContext = None) -> dict:  # type: ignore[assignment]
+            return {"output": video_url, "steps": steps}
+
+        @endpoint("/nothing")
+        def nothing(self) -> dict:
+            return {}
+
+    spec = describe(Reference).endpoints["/"]
+    assert spec.keyword_fields == ("video_url", "steps") and spec.takes_context
+    assert spec.input_model.__name__ == "ProcessInput"
+    assert spec.input_model.model_json_schema()["required"] == ["video_url"]
+    parsed = spec.input_model.model_validate({"video_url": "https://example.com/v.mp4"})
+    context = RequestContext("r", on_progress=lambda *report: None, on_log=lambda *line: None, on_partial=lambda output: None)
+    assert spec.arguments(parsed, context) == ((), {"video_url": "https://example.com/v.mp4", "steps": 8, "context": context})
+    assert describe(Reference).endpoints["/nothing"].keyword_fields == ()
+
+
+def test_a_dict_output_is_any_json_object() -> None:
+    class Loose(App):
+        @endpoint("/")
+        def run(self, input: EmptyInput) -> dict[str, object]: ...
+
+    output_model = describe(Loose).endpoints["/"].output_model
+    assert output_model.model_validate({"anything": [1, "two"]}).model_dump() == {"anything": [1, "two"]}
+
+
+def test_a_model_with_other_parameters_is_one_field_among_them() -> None:
+    class Mixed(App):
+        @endpoint("/")
+        def run(self, input: EmptyInput, extra: int) -> HealthOutput: ...
+
+    spec = describe(Mixed).endpoints["/"]
+    assert spec.keyword_fields == ("input", "extra")
 
 
 def test_a_parameter_named_context_must_be_a_request_context() -> None:
