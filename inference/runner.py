@@ -35,7 +35,7 @@ from ferry.inference.inputs import InputFiles, discard, download_inputs, input_u
 from ferry.inference.outputs import encode_outputs
 from ferry.inference.services import ServiceClients
 from ferry.request_scope import RequestScope, request_scope
-from ferry.services.errors import Cancelled, DeadlineExceeded, FerryError, InvalidArgument, NotFound
+from ferry.services.errors import Cancelled, DeadlineExceeded, FerryError, NotFound
 from ferry.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
