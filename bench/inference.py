@@ -111,13 +111,12 @@ def ferry_phases(client: Client, arguments: dict[str, object]) -> tuple[float, f
     marks: dict[str, float] = {}
     began = time.perf_counter()
     for event in client.stream("upscaler", arguments):
-        kind = event.WhichOneof("event")
-        if kind == "in_progress" and event.in_progress.HasField("progress"):
-            marks.setdefault(event.in_progress.progress.message, time.perf_counter())
-        elif kind == "completed":
+        if isinstance(event, ferry.events.InProgress) and event.progress is not None:
+            marks.setdefault(event.progress.message, time.perf_counter())
+        elif isinstance(event, ferry.events.Completed):
             marks["completed"] = time.perf_counter()
-        elif kind == "failed":
-            raise RuntimeError(f"request failed: {event.failed.error}")
+        elif isinstance(event, (ferry.events.Failed, ferry.events.Cancelled)):
+            raise RuntimeError(f"request failed: {event.error}")
     if not {"upscaling", "encoding", "completed"} <= marks.keys():
         return None
     return marks["upscaling"] - began, marks["encoding"] - marks["upscaling"], marks["completed"] - marks["encoding"]

@@ -110,12 +110,12 @@ def timed_run(client: ferry.Client, app: str, arguments: dict[str, Any]) -> tupl
     return output, time.monotonic() - began
 
 
-def show_video_progress(event: inference_pb2.StreamResponse) -> None:
+def show_video_progress(update: ferry.Queued | ferry.InProgress) -> None:
     """One line per eighth of the clip: every frame would be a screenful."""
-    if event.WhichOneof("event") == "queued":
-        print(f"text-to-video: queued at position {event.queued.position}")
-    elif event.in_progress.HasField("progress"):
-        done, total = int(event.in_progress.progress.current), int(event.in_progress.progress.total)
+    if isinstance(update, ferry.Queued):
+        print(f"text-to-video: queued at position {update.position}")
+    elif update.progress is not None:
+        done, total = int(update.progress.current), int(update.progress.total)
         if total and (done % max(1, total // 8) == 0 or done == total):
             print(f"text-to-video: frame {done}/{total}")
 

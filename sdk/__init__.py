@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ferry.app_requests import AsyncRequestHandle, RequestHandle
+from ferry.app_requests import AsyncRequestHandle, QueueUpdate, RequestHandle, Status
 from ferry.client import AsyncClient, Client
 from ferry.connection import Connection
 from ferry.datauri import encode, encode_file, encode_image, image_bytes
 from ferry.downloads import DownloadProgress, ProgressCallback
 from ferry.errors import FerryError
+from ferry.events import Completed, Event, InProgress, Queued
 from ferry.realtime_connection import AsyncRealtimeConnection, RealtimeConnection
 
 __version__ = "0.1.0"
@@ -73,33 +74,45 @@ def upload_image(image: Any, format: str = "jpeg", expires_in: int | None = None
 
 from ferry.toolkit import Audio, CompressedFile, File, Image, Video  # noqa: E402 (uses default_client lazily)
 
-def run(app: str, arguments: dict[str, Any], path: str = "/") -> dict[str, Any]:
-    """Run an app endpoint through the stack at FERRY_ADDRESS and return its output."""
-    return default_client().run(app, arguments, path)
+def run(
+    app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None, timeout: float | None = None
+) -> dict[str, Any]:
+    """Run an app endpoint through the stack at FERRY_ADDRESS and return its output; see `Client.run`."""
+    return default_client().run(app, arguments, path, expires_in, timeout)
 
 
-def submit(app: str, arguments: dict[str, Any], path: str = "/") -> RequestHandle:
+def submit(app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> RequestHandle:
     """Queue a request; the handle polls (`status`), follows (`iter_events`), waits (`get`) or cancels it."""
-    return default_client().submit(app, arguments, path)
+    return default_client().submit(app, arguments, path, expires_in)
 
 
 def subscribe(
     app: str,
     arguments: dict[str, Any],
     path: str = "/",
+    *,
     with_logs: bool = False,
-    on_queue_update: Callable[[Any], None] | None = None,
+    on_enqueue: Callable[[str], None] | None = None,
+    on_queue_update: QueueUpdate | None = None,
     client_timeout: float | None = None,
+    expires_in: int | None = None,
 ) -> dict[str, Any]:
-    """Run and follow a request to its output; past `client_timeout` seconds it is cancelled."""
+    """Run and follow a request to its output; see `Client.subscribe`."""
     return default_client().subscribe(
-        app, arguments, path, with_logs=with_logs, on_queue_update=on_queue_update, client_timeout=client_timeout
+        app,
+        arguments,
+        path,
+        with_logs=with_logs,
+        on_enqueue=on_enqueue,
+        on_queue_update=on_queue_update,
+        client_timeout=client_timeout,
+        expires_in=expires_in,
     )
 
 
-def stream(app: str, arguments: dict[str, Any], path: str = "/") -> Iterator[Any]:
-    """Every event of a request, as the stack sends them."""
-    return default_client().stream(app, arguments, path)
+def stream(app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> Iterator[Event]:
+    """Every event of a request (`ferry.events`); see `Client.stream`."""
+    return default_client().stream(app, arguments, path, expires_in)
 
 
 def realtime(app: str, path: str = "/") -> RealtimeConnection:
@@ -108,6 +121,10 @@ def realtime(app: str, path: str = "/") -> RealtimeConnection:
 
 
 __all__ = [
+    "Completed",
+    "InProgress",
+    "Queued",
+    "Status",
     "AsyncRealtimeConnection",
     "RealtimeConnection",
     "AsyncRequestHandle",

@@ -1,9 +1,11 @@
 """Calling apps: `run`, `submit` (a handle to poll, stream, wait for or cancel), `subscribe` and `stream`.
 
 Arguments are JSON-compatible dicts; a `pathlib.Path` anywhere in them is a
-local file, uploaded first and replaced by its URL. Each piece has an asyncio
-twin (`AsyncRequestHandle`, `stream_events_async`, `subscribe_async`) for
-`AsyncClient`; what they decide (statuses, errors, when to stop) is shared.
+local file, uploaded first and replaced by its URL. What comes back is typed
+(`ferry.events`): `Status` when polling, an `Event` per Stream message. Each
+piece has an asyncio twin (`AsyncRequestHandle`, `stream_events_async`,
+`subscribe_async`) for `AsyncClient`; what they decide (statuses, events,
+errors, when to stop) is shared.
 """
 
 from __future__ import annotations
@@ -18,26 +20,43 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ferry.errors import FerryError
+from ferry.errors import FerryError, map_rpc_errors
+from ferry.events import Cancelled, Completed, Event, Failed, InProgress, LogLine, Progress, Queued, event_from, log_line, progress_of
 from ferry.v1 import inference_pb2
 
 if TYPE_CHECKING:
     from ferry.client import AsyncClient, Client
 
-STATE_NAMES = {
+_STATE_NAMES = {
     inference_pb2.REQUEST_STATE_QUEUED: "QUEUED",
     inference_pb2.REQUEST_STATE_IN_PROGRESS: "IN_PROGRESS",
     inference_pb2.REQUEST_STATE_COMPLETED: "COMPLETED",
 }
+# States a request never leaves.
+FINAL_STATES = ("COMPLETED", "CANCELLED")
+
+QueueUpdate = Callable[[Queued | InProgress], None]
 
 
 @dataclass(frozen=True)
 class Status:
-    state: str  # QUEUED | IN_PROGRESS | COMPLETED
+    state: str  # QUEUED | IN_PROGRESS | COMPLETED (with `error` when it failed) | CANCELLED
     position: int
-    logs: list[str]
-    progress: tuple[float, float, str] | None
+    logs: list[LogLine]
+    progress: Progress | None
     error: FerryError | None
+
+
+def status_from(response: inference_pb2.GetStatusResponse) -> Status:
+    error = FerryError.from_request_error(response.error) if response.HasField("error") else None
+    cancelled = error is not None and error.code == grpc.StatusCode.CANCELLED
+    return Status(
+        "CANCELLED" if cancelled else _STATE_NAMES[response.state],
+        response.queue_position,
+        [log_line(line) for line in response.logs],
+        progress_of(response.progress) if response.HasField("progress") else None,
+        error,
+    )
 
 
 def upload_local_files(arguments: Any, client: Client) -> Any:
@@ -62,15 +81,12 @@ async def upload_local_files_async(arguments: Any, client: AsyncClient) -> Any:
     return arguments
 
 
-def _status(response: inference_pb2.GetStatusResponse) -> Status:
-    progress = (response.progress.current, response.progress.total, response.progress.message) if response.HasField("progress") else None
-    return Status(
-        STATE_NAMES[response.state],
-        response.queue_position,
-        [line.message for line in response.logs],
-        progress,
-        FerryError.from_request_error(response.error) if response.HasField("error") else None,
-    )
+def _status_request(request_id: str, with_logs: bool) -> inference_pb2.GetStatusRequest:
+    return inference_pb2.GetStatusRequest(request_id=request_id, with_logs=with_logs)
+
+
+def _result_request(request_id: str) -> inference_pb2.GetResultRequest:
+    return inference_pb2.GetResultRequest(request_id=request_id, wait=True)
 
 
 class RequestHandle:
@@ -81,40 +97,29 @@ class RequestHandle:
         self.request_id = request_id
 
     def status(self, with_logs: bool = False) -> Status:
-        try:
-            response = self.client.inference.GetStatus(
-                inference_pb2.GetStatusRequest(request_id=self.request_id, with_logs=with_logs)
-            )
-        except grpc.RpcError as error:
-            raise FerryError.from_rpc_error(error) from None
-        return _status(response)
+        with map_rpc_errors():
+            return status_from(self.client.inference.GetStatus(_status_request(self.request_id, with_logs)))
 
     def get(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the output (raises the request's error)."""
-        try:
-            response = self.client.inference.GetResult(
-                inference_pb2.GetResultRequest(request_id=self.request_id, wait=True), timeout=timeout
-            )
-        except grpc.RpcError as error:
-            raise FerryError.from_rpc_error(error) from None
-        return json.loads(response.output_json)
+        with map_rpc_errors():
+            response = self.client.inference.GetResult(_result_request(self.request_id), timeout=timeout)
+        return json.loads(response.output_json)  # type: ignore[no-any-return]
 
     def cancel(self) -> bool:
         """True when the request was still running or queued."""
-        try:
+        with map_rpc_errors():
             return self.client.inference.Cancel(inference_pb2.CancelRequest(request_id=self.request_id)).cancelled
-        except grpc.RpcError as error:
-            raise FerryError.from_rpc_error(error) from None
 
     def iter_events(self, interval: float = 0.2) -> Iterator[Status]:
-        """Statuses as the request moves (polled), ending with COMPLETED."""
+        """Statuses as the request moves (polled), ending with COMPLETED or CANCELLED."""
         seen: Status | None = None
         while True:
             current = self.status(with_logs=True)
             if current != seen:
                 yield current
                 seen = current
-            if current.state == "COMPLETED":
+            if current.state in FINAL_STATES:
                 return
             time.sleep(interval)
 
@@ -127,28 +132,17 @@ class AsyncRequestHandle:
         self.request_id = request_id
 
     async def status(self, with_logs: bool = False) -> Status:
-        try:
-            response = await self.client.inference.GetStatus(
-                inference_pb2.GetStatusRequest(request_id=self.request_id, with_logs=with_logs)
-            )
-        except grpc.RpcError as error:
-            raise FerryError.from_rpc_error(error) from None
-        return _status(response)
+        with map_rpc_errors():
+            return status_from(await self.client.inference.GetStatus(_status_request(self.request_id, with_logs)))
 
     async def get(self, timeout: float | None = None) -> dict[str, Any]:
-        try:
-            response = await self.client.inference.GetResult(
-                inference_pb2.GetResultRequest(request_id=self.request_id, wait=True), timeout=timeout
-            )
-        except grpc.RpcError as error:
-            raise FerryError.from_rpc_error(error) from None
-        return json.loads(response.output_json)
+        with map_rpc_errors():
+            response = await self.client.inference.GetResult(_result_request(self.request_id), timeout=timeout)
+        return json.loads(response.output_json)  # type: ignore[no-any-return]
 
     async def cancel(self) -> bool:
-        try:
+        with map_rpc_errors():
             return (await self.client.inference.Cancel(inference_pb2.CancelRequest(request_id=self.request_id))).cancelled
-        except grpc.RpcError as error:
-            raise FerryError.from_rpc_error(error) from None
 
     async def iter_events(self, interval: float = 0.2) -> AsyncIterator[Status]:
         seen: Status | None = None
@@ -157,61 +151,76 @@ class AsyncRequestHandle:
             if current != seen:
                 yield current
                 seen = current
-            if current.state == "COMPLETED":
+            if current.state in FINAL_STATES:
                 return
             await asyncio.sleep(interval)
 
 
-def stream_events(client: Client, request: inference_pb2.StreamRequest) -> Iterator[inference_pb2.StreamResponse]:
-    call = client.inference.Stream(request)
+def stream_events(client: Client, request: inference_pb2.StreamRequest, timeout: float | None = None) -> Iterator[Event]:
+    call = client.inference.Stream(request, timeout=timeout)
     try:
-        yield from call
-    except grpc.RpcError as error:
-        raise FerryError.from_rpc_error(error) from None
+        with map_rpc_errors():
+            for response in call:
+                yield event_from(response)
     finally:
         call.cancel()  # stopping early cancels the request server-side
 
 
 async def stream_events_async(
-    client: AsyncClient, request: inference_pb2.StreamRequest
-) -> AsyncIterator[inference_pb2.StreamResponse]:
-    call = client.inference.Stream(request)
+    client: AsyncClient, request: inference_pb2.StreamRequest, timeout: float | None = None
+) -> AsyncIterator[Event]:
+    call = client.inference.Stream(request, timeout=timeout)
     try:
-        async for event in call:
-            yield event
-    except grpc.RpcError as error:
-        raise FerryError.from_rpc_error(error) from None
+        with map_rpc_errors():
+            async for response in call:
+                yield event_from(response)
     finally:
         call.cancel()
 
 
 class _Subscription:
-    """What `subscribe` does with each event, for the sync and async loops alike."""
+    """What `subscribe` does with each event, for the sync and async loops alike.
+
+    `client_timeout` is the Stream call's deadline: past it the call ends, and
+    a caller that leaves cancels its request on the server.
+    """
 
     def __init__(
         self,
         with_logs: bool,
-        on_queue_update: Callable[[inference_pb2.StreamResponse], None] | None,
+        on_enqueue: Callable[[str], None] | None,
+        on_queue_update: QueueUpdate | None,
         client_timeout: float | None,
     ) -> None:
         self.with_logs = with_logs
+        self.on_enqueue = on_enqueue
         self.on_queue_update = on_queue_update
         self.client_timeout = client_timeout
-        self.began = time.monotonic()
+        self.request_id = ""
+        self._request_error: FerryError | None = None
 
-    def feed(self, event: inference_pb2.StreamResponse) -> dict[str, Any] | None:
-        """The output once the event completes the request; raises its error, or past the timeout."""
-        kind = event.WhichOneof("event")
-        reportable = kind == "queued" or (kind == "in_progress" and (self.with_logs or not event.in_progress.logs))
+    def feed(self, event: Event) -> dict[str, Any] | None:
+        """The output once the event completes the request; raises the request's error."""
+        if not self.request_id:
+            self.request_id = event.request_id
+            if self.on_enqueue is not None:
+                self.on_enqueue(event.request_id)
+        # Without with_logs, an update that only carries log lines is not news.
+        reportable = isinstance(event, Queued) or (isinstance(event, InProgress) and (self.with_logs or not event.logs))
         if self.on_queue_update is not None and reportable:
-            self.on_queue_update(event)
-        if kind == "completed":
-            return json.loads(event.completed.output_json)  # type: ignore[no-any-return]
-        if kind == "failed":
-            raise FerryError.from_request_error(event.failed.error)
-        if self.client_timeout is not None and time.monotonic() - self.began > self.client_timeout:
-            raise FerryError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result within {self.client_timeout}s; the request was cancelled")
+            self.on_queue_update(event)  # type: ignore[arg-type]
+        if isinstance(event, Completed):
+            return event.output
+        if isinstance(event, (Failed, Cancelled)):
+            self._request_error = event.error
+            raise event.error
         return None
+
+    def failure(self, error: FerryError) -> FerryError:
+        """What to raise for `error`: the request's own, or the call's deadline said as the caller's timeout."""
+        if error is not self._request_error and error.code == grpc.StatusCode.DEADLINE_EXCEEDED and self.client_timeout:
+            return FerryError(error.code, f"no result within {self.client_timeout}s; the request was cancelled", "CLIENT_TIMEOUT")
+        return error
 
     @staticmethod
     def ended() -> FerryError:
@@ -223,14 +232,18 @@ def subscribe(
     request: inference_pb2.StreamRequest,
     *,
     with_logs: bool = False,
-    on_queue_update: Callable[[inference_pb2.StreamResponse], None] | None = None,
+    on_enqueue: Callable[[str], None] | None = None,
+    on_queue_update: QueueUpdate | None = None,
     client_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Run through Stream, reporting queue updates (and logs when asked); cancels past `client_timeout`."""
-    subscription = _Subscription(with_logs, on_queue_update, client_timeout)
-    for event in stream_events(client, request):
-        if (output := subscription.feed(event)) is not None:
-            return output
+    subscription = _Subscription(with_logs, on_enqueue, on_queue_update, client_timeout)
+    try:
+        for event in stream_events(client, request, client_timeout):
+            if (output := subscription.feed(event)) is not None:
+                return output
+    except FerryError as error:
+        raise subscription.failure(error) from None
     raise subscription.ended()
 
 
@@ -239,19 +252,16 @@ async def subscribe_async(
     request: inference_pb2.StreamRequest,
     *,
     with_logs: bool = False,
-    on_queue_update: Callable[[inference_pb2.StreamResponse], None] | None = None,
+    on_enqueue: Callable[[str], None] | None = None,
+    on_queue_update: QueueUpdate | None = None,
     client_timeout: float | None = None,
 ) -> dict[str, Any]:
-    """The asyncio twin of `subscribe`; `client_timeout` also bounds a request that reports nothing."""
-    subscription = _Subscription(with_logs, on_queue_update, client_timeout)
-
-    async def follow() -> dict[str, Any]:
-        async for event in stream_events_async(client, request):
+    """The asyncio twin of `subscribe`."""
+    subscription = _Subscription(with_logs, on_enqueue, on_queue_update, client_timeout)
+    try:
+        async for event in stream_events_async(client, request, client_timeout):
             if (output := subscription.feed(event)) is not None:
                 return output
-        raise subscription.ended()
-
-    try:
-        return await asyncio.wait_for(follow(), client_timeout)
-    except TimeoutError:
-        raise FerryError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result within {client_timeout}s; the request was cancelled") from None
+    except FerryError as error:
+        raise subscription.failure(error) from None
+    raise subscription.ended()

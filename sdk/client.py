@@ -1,9 +1,12 @@
 """`ferry.Client` and `ferry.AsyncClient`: one connection to a ferry stack, with typed stubs.
 
-Both share `Connection` (address, token, TLS); the sync client wraps a
-`grpc.Channel`, the async one a `grpc.aio.Channel`. The generated stubs are
-exposed as-is (`client.downloader.Download(...)`) for callers who want the raw
-contract; the task-level helpers build on them.
+As httpx keeps its two clients, `_ClientBase` holds every decision — where
+the stack is, what each request says, how a download lands on this machine —
+and the twins are thin I/O shells over a `grpc.Channel` and a
+`grpc.aio.Channel`, with the same methods and the same signatures (a test
+compares them). Every method converts `grpc.RpcError` to `FerryError` in one
+place (`ferry.errors.map_rpc_errors`). The generated stubs are exposed as-is
+(`client.downloader.Download(...)`) for callers who want the raw contract.
 """
 
 from __future__ import annotations
@@ -12,19 +15,16 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ferry.connection import Connection
-from ferry.downloads import DownloadPlan, EventReader, already_downloaded, ProgressCallback, write_read_stream, write_read_stream_async
-from ferry.errors import FerryError
 from ferry.app_requests import (
     AsyncRequestHandle,
+    QueueUpdate,
     RequestHandle,
     stream_events,
     stream_events_async,
@@ -33,28 +33,39 @@ from ferry.app_requests import (
     upload_local_files,
     upload_local_files_async,
 )
+from ferry.connection import Connection
+from ferry.downloads import (
+    DownloadPlan,
+    EventReader,
+    ProgressCallback,
+    already_downloaded,
+    write_read_stream,
+    write_read_stream_async,
+)
+from ferry.errors import map_rpc_errors
+from ferry.events import Event
 from ferry.realtime_connection import AsyncRealtimeConnection, RealtimeConnection
 from ferry.retry import call_with_retries, call_with_retries_async
 from ferry.uploads import (
     MULTIPART_THRESHOLD,
+    AsyncPartSender,
+    EncodeOptions,
     PartSender,
+    RequestStream,
     UploadProgress,
     build_encode,
     encode_messages,
     guess_content_type,
     lifecycle,
     upload_messages,
+    upload_messages_async,
 )
 from ferry.v1 import common_pb2, downloader_pb2_grpc, encoder_pb2, encoder_pb2_grpc, inference_pb2, inference_pb2_grpc
 
-SERVICE_NAMES = ("ferry.v1.DownloaderService", "ferry.v1.EncoderService", "ferry.v1.InferenceService")
+__all__ = ["SERVICE_NAMES", "AsyncClient", "Client"]
 
-@contextmanager
-def _as_ferry_errors() -> Iterator[None]:
-    try:
-        yield
-    except grpc.RpcError as error:
-        raise FerryError.from_rpc_error(error) from None
+SERVICE_NAMES = ("ferry.v1.DownloaderService", "ferry.v1.EncoderService", "ferry.v1.InferenceService")
+_STATUS_NAMES = {value: name for name, value in health_pb2.HealthCheckResponse.ServingStatus.items()}
 
 
 def _encoder_addresses(given: Sequence[str] | None) -> list[str]:
@@ -63,14 +74,78 @@ def _encoder_addresses(given: Sequence[str] | None) -> list[str]:
     return [a.strip() for a in os.environ.get("FERRY_ENCODER_ADDRESSES", "").split(",") if a.strip()]
 
 
-_STATUS_NAMES = {value: name for name, value in health_pb2.HealthCheckResponse.ServingStatus.items()}
+class _ClientBase:
+    """What both twins decide alike: where the stack is, and what each request says."""
+
+    def __init__(
+        self,
+        address: str | None,
+        token: str | None,
+        ca_file: str | os.PathLike[str] | None,
+        tls: bool | None,
+        shared_data_dir: bool | None,
+        encoder_addresses: Sequence[str] | None,
+    ) -> None:
+        self.connection = Connection.resolve(address, token=token, ca_file=ca_file, tls=tls)
+        self.shared_data_dir = shared_data_dir  # None: FERRY_SHARED_DATA_DIR, else detect per download
+        # Encoder calls fail over across these (FERRY_ENCODER_ADDRESSES), else use the main address.
+        self._encoder_connections = [
+            Connection(a, self.connection.token, self.connection.ca_file, self.connection.tls)
+            for a in _encoder_addresses(encoder_addresses)
+        ]
+
+    def _download_plan(
+        self,
+        url: str,
+        target_dir: str | os.PathLike[str] | None,
+        force: bool,
+        request_headers: Mapping[str, str] | None,
+        filesize_limit: float | None,
+        model_weights: bool,
+    ) -> DownloadPlan:
+        return DownloadPlan.create(url, target_dir, force, request_headers, filesize_limit, model_weights, self.shared_data_dir)
+
+    @staticmethod
+    def _bytes_header(data: bytes, content_type: str, file_name: str | None, expires_in: int | None) -> encoder_pb2.UploadHeader:
+        return encoder_pb2.UploadHeader(
+            file_name=file_name or "", content_type=content_type, file_size=len(data), lifecycle=lifecycle(expires_in)
+        )
+
+    @staticmethod
+    def _file_upload(
+        path: str | os.PathLike[str], content_type: str | None, file_name: str | None, expires_in: int | None
+    ) -> tuple[Path, encoder_pb2.UploadHeader]:
+        """The file and what its upload says; its size decides between one Upload and a multipart one."""
+        path = Path(path)
+        if not path.is_file():
+            raise IsADirectoryError(f"{path} is a directory, not a file") if path.is_dir() else FileNotFoundError(path)
+        name = file_name or path.name
+        header = encoder_pb2.UploadHeader(
+            file_name=name,
+            content_type=guess_content_type(name, content_type),
+            file_size=path.stat().st_size,
+            lifecycle=lifecycle(expires_in),
+        )
+        return path, header
+
+    @staticmethod
+    def _multipart_request(header: encoder_pb2.UploadHeader) -> encoder_pb2.CreateUploadRequest:
+        return encoder_pb2.CreateUploadRequest(
+            file_name=header.file_name, content_type=header.content_type, file_size=header.file_size, lifecycle=header.lifecycle
+        )
+
+    @staticmethod
+    def _app_request(
+        kind: type[Any], app: str, input_json: str, path: str, expires_in: int | None
+    ) -> Any:
+        return kind(app_id=app, path=path, input_json=input_json, lifecycle=lifecycle(expires_in))
+
+    @staticmethod
+    def _realtime_opening(app: str, path: str, expires_in: int | None) -> inference_pb2.RealtimeOpen:
+        return inference_pb2.RealtimeOpen(app_id=app, path=path, lifecycle=lifecycle(expires_in))
 
 
-def _status_name(response: health_pb2.HealthCheckResponse) -> str:
-    return _STATUS_NAMES[response.status]
-
-
-class Client:
+class Client(_ClientBase):
     """A synchronous connection to a ferry stack (`FERRY_ADDRESS` unless `address` is given)."""
 
     def __init__(
@@ -83,27 +158,26 @@ class Client:
         shared_data_dir: bool | None = None,
         encoder_addresses: Sequence[str] | None = None,
     ) -> None:
-        self.connection = Connection.resolve(address, token=token, ca_file=ca_file, tls=tls)
-        self.shared_data_dir = shared_data_dir  # None: FERRY_SHARED_DATA_DIR, else detect per download
+        super().__init__(address, token, ca_file, tls, shared_data_dir, encoder_addresses)
         self.channel = self.connection.channel()
         self.downloader = downloader_pb2_grpc.DownloaderServiceStub(self.channel)
         self.encoder = encoder_pb2_grpc.EncoderServiceStub(self.channel)
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
-        # Encoder calls fail over across these (FERRY_ENCODER_ADDRESSES), else use the main address.
-        self._encoder_channels = [
-            Connection(a, self.connection.token, self.connection.ca_file, self.connection.tls).channel()
-            for a in _encoder_addresses(encoder_addresses)
-        ]
+        self._encoder_channels = [connection.channel() for connection in self._encoder_connections]
         self._encoders = [encoder_pb2_grpc.EncoderServiceStub(c) for c in self._encoder_channels] or [self.encoder]
 
     def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         """The serving status ("SERVING", "NOT_SERVING", …) of `service` ("" = the whole server)."""
-        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        return _status_name(response)
+        with map_rpc_errors():
+            response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return _STATUS_NAMES[response.status]
 
     def wait_until_serving(self, timeout: float = 10.0) -> None:
+        """Block until the channel is connected (a `grpc.FutureTimeoutError` after `timeout` seconds)."""
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    # -- downloads -----------------------------------------------------------------------
 
     def download_file(
         self,
@@ -116,10 +190,14 @@ class Client:
     ) -> Path:
         """Download `url` (http, https or data:) and return the local path.
 
-        `target_dir` relative paths resolve under the service's data dir;
+        `target_dir`: None = a fresh folder; relative = under the service's data
+        dir; absolute = a folder on this machine (see `ferry.downloads.DownloadPlan`).
         `filesize_limit` is in MB. Raises `FerryError` with the service's status.
         """
-        return self._download(url, target_dir, force, request_headers, filesize_limit, on_progress, model_weights=False)
+        if (path := already_downloaded(url, target_dir, force, False)) is not None:
+            return path
+        plan = self._download_plan(url, target_dir, force, request_headers, filesize_limit, False)
+        return self._download(plan, on_progress)
 
     def download_model_weights(
         self,
@@ -129,48 +207,32 @@ class Client:
         on_progress: ProgressCallback | None = None,
     ) -> Path:
         """Download weights once into the service's weights store; later calls return at once."""
-        return self._download(url, None, force, request_headers, None, on_progress, model_weights=True)
+        already_downloaded(url, None, force, True)  # a cancelled request's handler stops here
+        return self._download(self._download_plan(url, None, force, request_headers, None, True), on_progress)
 
-    def _download(
-        self,
-        url: str,
-        target_dir: str | os.PathLike[str] | None,
-        force: bool,
-        request_headers: Mapping[str, str] | None,
-        filesize_limit: float | None,
-        on_progress: ProgressCallback | None,
-        model_weights: bool,
-    ) -> Path:
-        if (path := already_downloaded(url, target_dir, force, model_weights)) is not None:
-            return path
-        plan = DownloadPlan.create(
-            url, target_dir, force, request_headers, filesize_limit, model_weights, self.shared_data_dir
-        )
+    def _download(self, plan: DownloadPlan, on_progress: ProgressCallback | None) -> Path:
         reader = EventReader(on_progress)
         call = self.downloader.Download(plan.request)
         try:
-            for response in call:
-                reader.feed(response)
-            completed = reader.result()
-            if (path := plan.finish(completed)) is not None:
-                return path
-            return write_read_stream(self.downloader.Read(plan.read_request(completed)), plan.destination(completed))
-        except grpc.RpcError as error:
-            raise FerryError.from_rpc_error(error) from None
+            with map_rpc_errors():
+                for response in call:
+                    reader.feed(response)
+                completed = reader.result()
+                if (path := plan.finish(completed)) is not None:
+                    return path
+                return write_read_stream(self.downloader.Read(plan.read_request(completed)), plan.destination(completed))
         except BaseException:
             call.cancel()  # Ctrl-C or a failing callback: stop the transfer server-side too
             raise
 
-    # -- uploads and encodes -----------------------------------------------------------
+    # -- uploads and encodes -------------------------------------------------------------
 
     def upload_bytes(
         self, data: bytes, content_type: str, file_name: str | None = None, expires_in: int | None = None
     ) -> common_pb2.File:
         """Store `data` and return its `File` (URL, size, sha256, expiry)."""
-        header = encoder_pb2.UploadHeader(
-            file_name=file_name or "", content_type=content_type, file_size=len(data), lifecycle=lifecycle(expires_in)
-        )
-        with _as_ferry_errors():
+        header = self._bytes_header(data, content_type, file_name, expires_in)
+        with map_rpc_errors():
             return call_with_retries(
                 self._encoders, lambda stub: stub.Upload(upload_messages(header, None, data, None)).file, idempotent=True
             )
@@ -183,36 +245,29 @@ class Client:
         expires_in: int | None = None,
         on_progress: UploadProgress | None = None,
     ) -> common_pb2.File:
-        """Store a local file; files over 100 MiB go multipart (10 MiB parts, 10 in parallel)."""
-        path = Path(path)
-        size = path.stat().st_size
-        name = file_name or path.name
-        content_type = guess_content_type(name, content_type)
-        if size > MULTIPART_THRESHOLD:
-            return self._upload_multipart(path, size, name, content_type, expires_in, on_progress)
-        header = encoder_pb2.UploadHeader(file_name=name, content_type=content_type, file_size=size, lifecycle=lifecycle(expires_in))
+        """Store a local file; files over 100 MiB go multipart (10 MiB parts, 10 in parallel).
+
+        `on_progress(bytes_sent, total)` is called as the bytes go.
+        """
+        path, header = self._file_upload(path, content_type, file_name, expires_in)
+        if header.file_size > MULTIPART_THRESHOLD:
+            return self._upload_multipart(path, header, on_progress)
 
         def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> common_pb2.File:
-            sent = 0
+            counted = _ProgressCounter(header.file_size, on_progress)  # a retried attempt starts over
+            messages = RequestStream(upload_messages(header, path, None, counted))
+            try:
+                return stub.Upload(iter(messages)).file
+            except grpc.RpcError:
+                messages.raise_cause()
+                raise
 
-            def progressed(count: int) -> None:
-                nonlocal sent
-                sent += count
-                if on_progress is not None:
-                    on_progress(sent, size)
-
-            return stub.Upload(upload_messages(header, path, None, progressed)).file
-
-        with _as_ferry_errors():
+        with map_rpc_errors():
             return call_with_retries(self._encoders, attempt, idempotent=True)
 
-    def _upload_multipart(
-        self, path: Path, size: int, name: str, content_type: str, expires_in: int | None, on_progress: UploadProgress | None
-    ) -> common_pb2.File:
-        request = encoder_pb2.CreateUploadRequest(
-            file_name=name, content_type=content_type, file_size=size, lifecycle=lifecycle(expires_in)
-        )
-        with _as_ferry_errors():
+    def _upload_multipart(self, path: Path, header: encoder_pb2.UploadHeader, on_progress: UploadProgress | None) -> common_pb2.File:
+        request = self._multipart_request(header)
+        with map_rpc_errors():
             created: list[encoder_pb2_grpc.EncoderServiceStub] = []
 
             def create(stub: encoder_pb2_grpc.EncoderServiceStub) -> str:
@@ -222,7 +277,7 @@ class Client:
 
             upload_id = call_with_retries(self._encoders, create, idempotent=False)
             stub = created[-1]  # the upload lives where it was created: its parts go there too
-            sender = PartSender(stub, upload_id, path, size, on_progress)
+            sender = PartSender(stub, upload_id, path, header.file_size, on_progress)
             try:
                 parts = sender.send_all()
                 complete = encoder_pb2.CompleteUploadRequest(upload_id=upload_id, parts=parts)
@@ -236,58 +291,19 @@ class Client:
                     pass
                 raise
 
-    def encode_tensor(
-        self,
-        tensor: Any,
-        format: str,
-        *,
-        file_name: str = "",
-        expires_in: int | None = None,
-        channel_order: str | None = None,
-        value_range: str | None = None,
-        quality: int | None = None,
-        lossless: bool = False,
-        png_compress_level: int | None = None,
-        animate: bool = False,
-        frame_duration_ms: int = 0,
-        loop: int = 0,
-        fps: float = 0,
-        crf: int | None = None,
-        preset: str = "",
-        allow_gpu: bool = True,
-        audio: tuple[Any, int] | None = None,
-        sample_rate: int = 0,
-        sample_format: str = "pcm16",
-    ) -> list[common_pb2.File]:
+    def encode_tensor(self, tensor: Any, format: str, **options: Unpack[EncodeOptions]) -> list[common_pb2.File]:
         """Encode a numpy array or torch tensor (CPU or CUDA) as png/jpeg/webp/gif/mp4/wav and store it."""
-        header, payload, audio_payload = build_encode(
-            tensor,
-            format,
-            file_name=file_name,
-            expires_in=expires_in,
-            channel_order=channel_order,
-            value_range=value_range,
-            quality=quality,
-            lossless=lossless,
-            png_compress_level=png_compress_level,
-            animate=animate,
-            frame_duration_ms=frame_duration_ms,
-            loop=loop,
-            fps=fps,
-            crf=crf,
-            preset=preset,
-            allow_gpu=allow_gpu,
-            audio=audio,
-            sample_rate=sample_rate,
-            sample_format=sample_format,
-        )
-        with _as_ferry_errors():
+        header, payload, audio_payload = build_encode(tensor, format, **options)
+        with map_rpc_errors():
             response = call_with_retries(
                 self._encoders, lambda stub: stub.Encode(encode_messages(header, payload, audio_payload)), idempotent=True
             )
         return list(response.files)
 
     # -- apps ----------------------------------------------------------------------------
+
+    def _input_json(self, arguments: dict[str, Any]) -> str:
+        return json.dumps(upload_local_files(arguments, self))
 
     def run(
         self,
@@ -301,30 +317,23 @@ class Client:
 
         Past `timeout` seconds the call fails DEADLINE_EXCEEDED and the request is cancelled.
         """
-        request = inference_pb2.RunRequest(
-            app_id=app, path=path, input_json=json.dumps(upload_local_files(arguments, self)), lifecycle=lifecycle(expires_in)
-        )
-        with _as_ferry_errors():
-            return json.loads(self.inference.Run(request, timeout=timeout).output_json)
+        request = self._app_request(inference_pb2.RunRequest, app, self._input_json(arguments), path, expires_in)
+        with map_rpc_errors():
+            return json.loads(self.inference.Run(request, timeout=timeout).output_json)  # type: ignore[no-any-return]
 
     def submit(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> RequestHandle:
         """Queue a request and return at once with a handle to it."""
-        request = inference_pb2.SubmitRequest(
-            app_id=app, path=path, input_json=json.dumps(upload_local_files(arguments, self)), lifecycle=lifecycle(expires_in)
-        )
-        with _as_ferry_errors():
+        request = self._app_request(inference_pb2.SubmitRequest, app, self._input_json(arguments), path, expires_in)
+        with map_rpc_errors():
             return RequestHandle(self, self.inference.Submit(request).request_id)
 
-    def _stream_request(self, app: str, arguments: dict[str, Any], path: str, expires_in: int | None) -> inference_pb2.StreamRequest:
-        return inference_pb2.StreamRequest(
-            app_id=app, path=path, input_json=json.dumps(upload_local_files(arguments, self)), lifecycle=lifecycle(expires_in)
-        )
+    def stream(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> Iterator[Event]:
+        """Every event of a request (`ferry.events`): Queued, InProgress, PartialOutput, then Completed, Failed or Cancelled.
 
-    def stream(
-        self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
-    ) -> Iterator[inference_pb2.StreamResponse]:
-        """Every event of a request: queued, in progress (logs, progress), partial outputs, completed or failed."""
-        return stream_events(self, self._stream_request(app, arguments, path, expires_in))
+        Leaving the loop early cancels the request.
+        """
+        request = self._app_request(inference_pb2.StreamRequest, app, self._input_json(arguments), path, expires_in)
+        return stream_events(self, request)
 
     def subscribe(
         self,
@@ -333,13 +342,21 @@ class Client:
         path: str = "/",
         *,
         with_logs: bool = False,
-        on_queue_update: Callable[[inference_pb2.StreamResponse], None] | None = None,
+        on_enqueue: Callable[[str], None] | None = None,
+        on_queue_update: QueueUpdate | None = None,
         client_timeout: float | None = None,
         expires_in: int | None = None,
     ) -> dict[str, Any]:
-        """Run and follow a request to its output; past `client_timeout` seconds it is cancelled."""
-        request = self._stream_request(app, arguments, path, expires_in)
-        return subscribe(self, request, with_logs=with_logs, on_queue_update=on_queue_update, client_timeout=client_timeout)
+        """Run and follow a request to its output, as the reference client's `subscribe`.
+
+        `on_enqueue(request_id)` once; `on_queue_update` with each `Queued` and
+        `InProgress` (those with log lines only when `with_logs`); past
+        `client_timeout` seconds the request is cancelled and DEADLINE_EXCEEDED raised.
+        """
+        request = self._app_request(inference_pb2.StreamRequest, app, self._input_json(arguments), path, expires_in)
+        return subscribe(
+            self, request, with_logs=with_logs, on_enqueue=on_enqueue, on_queue_update=on_queue_update, client_timeout=client_timeout
+        )
 
     def realtime(self, app: str, path: str = "/", expires_in: int | None = None) -> RealtimeConnection:
         """Open one call to a realtime endpoint: `send` inputs, `recv` or iterate outputs, over one call.
@@ -348,8 +365,7 @@ class Client:
         raises `FerryError` (NOT_FOUND) here. Use it in a `with` block: leaving
         it ends the call. See `ferry.realtime_connection` for what `recv` raises.
         """
-        opening = inference_pb2.RealtimeOpen(app_id=app, path=path, lifecycle=lifecycle(expires_in))
-        return RealtimeConnection(self.inference, opening)
+        return RealtimeConnection(self.inference, self._realtime_opening(app, path, expires_in))
 
     def close(self) -> None:
         for channel in self._encoder_channels:
@@ -359,12 +375,14 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
-class AsyncClient:
-    """The asyncio twin of `Client`."""
+class AsyncClient(_ClientBase):
+    """The asyncio twin of `Client`: the same methods, to `await`; cancelling a task cancels its call."""
 
     def __init__(
         self,
@@ -376,23 +394,25 @@ class AsyncClient:
         shared_data_dir: bool | None = None,
         encoder_addresses: Sequence[str] | None = None,
     ) -> None:
-        self.connection = Connection.resolve(address, token=token, ca_file=ca_file, tls=tls)
-        self.shared_data_dir = shared_data_dir
+        super().__init__(address, token, ca_file, tls, shared_data_dir, encoder_addresses)
         self.channel = self.connection.aio_channel()
         self.downloader = downloader_pb2_grpc.DownloaderServiceStub(self.channel)
         self.encoder = encoder_pb2_grpc.EncoderServiceStub(self.channel)
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
-        # As in `Client`: encoder calls fail over across these, else use the main address.
-        self._encoder_channels = [
-            Connection(a, self.connection.token, self.connection.ca_file, self.connection.tls).aio_channel()
-            for a in _encoder_addresses(encoder_addresses)
-        ]
+        self._encoder_channels = [connection.aio_channel() for connection in self._encoder_connections]
         self._encoders = [encoder_pb2_grpc.EncoderServiceStub(c) for c in self._encoder_channels] or [self.encoder]
 
     async def health(self, service: str = "", *, timeout: float = 5.0) -> str:
-        response = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        return _status_name(response)
+        with map_rpc_errors():
+            response = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return _STATUS_NAMES[response.status]
+
+    async def wait_until_serving(self, timeout: float = 10.0) -> None:
+        """Wait until the channel is connected (`TimeoutError` after `timeout` seconds)."""
+        await asyncio.wait_for(self.channel.channel_ready(), timeout)
+
+    # -- downloads -----------------------------------------------------------------------
 
     async def download_file(
         self,
@@ -404,7 +424,10 @@ class AsyncClient:
         on_progress: ProgressCallback | None = None,
     ) -> Path:
         """The asyncio twin of `Client.download_file`; cancelling the task cancels the transfer."""
-        return await self._download(url, target_dir, force, request_headers, filesize_limit, on_progress, False)
+        if (path := already_downloaded(url, target_dir, force, False)) is not None:
+            return path
+        plan = self._download_plan(url, target_dir, force, request_headers, filesize_limit, False)
+        return await self._download(plan, on_progress)
 
     async def download_model_weights(
         self,
@@ -413,47 +436,32 @@ class AsyncClient:
         request_headers: Mapping[str, str] | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Path:
-        return await self._download(url, None, force, request_headers, None, on_progress, True)
+        already_downloaded(url, None, force, True)
+        return await self._download(self._download_plan(url, None, force, request_headers, None, True), on_progress)
 
-    async def _download(
-        self,
-        url: str,
-        target_dir: str | os.PathLike[str] | None,
-        force: bool,
-        request_headers: Mapping[str, str] | None,
-        filesize_limit: float | None,
-        on_progress: ProgressCallback | None,
-        model_weights: bool,
-    ) -> Path:
-        if (path := already_downloaded(url, target_dir, force, model_weights)) is not None:
-            return path
-        plan = DownloadPlan.create(
-            url, target_dir, force, request_headers, filesize_limit, model_weights, self.shared_data_dir
-        )
+    async def _download(self, plan: DownloadPlan, on_progress: ProgressCallback | None) -> Path:
         reader = EventReader(on_progress)
-        try:
+        with map_rpc_errors():
             async for response in self.downloader.Download(plan.request):
                 reader.feed(response)
             completed = reader.result()
+            # Placing the file may copy it across filesystems: in a thread, off the event loop.
             if (path := await asyncio.to_thread(plan.finish, completed)) is not None:
                 return path
             read = self.downloader.Read(plan.read_request(completed))
             return await write_read_stream_async(read, await asyncio.to_thread(plan.destination, completed))
-        except grpc.RpcError as error:
-            raise FerryError.from_rpc_error(error) from None
+
+    # -- uploads and encodes -------------------------------------------------------------
 
     async def upload_bytes(
         self, data: bytes, content_type: str, file_name: str | None = None, expires_in: int | None = None
     ) -> common_pb2.File:
-        """The asyncio twin of `Client.upload_bytes`."""
-        header = encoder_pb2.UploadHeader(
-            file_name=file_name or "", content_type=content_type, file_size=len(data), lifecycle=lifecycle(expires_in)
-        )
+        header = self._bytes_header(data, content_type, file_name, expires_in)
 
         async def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> common_pb2.File:
             return (await stub.Upload(upload_messages(header, None, data, None))).file
 
-        with _as_ferry_errors():
+        with map_rpc_errors():
             return await call_with_retries_async(self._encoders, attempt, idempotent=True)
 
     async def upload_file(
@@ -462,32 +470,61 @@ class AsyncClient:
         content_type: str | None = None,
         file_name: str | None = None,
         expires_in: int | None = None,
+        on_progress: UploadProgress | None = None,
     ) -> common_pb2.File:
-        """The asyncio twin of `Client.upload_file` for files up to 100 MiB (larger: use `Client`)."""
-        path = Path(path)
-        size = path.stat().st_size
-        if size > MULTIPART_THRESHOLD:
-            raise ValueError("AsyncClient uploads files up to 100 MiB; use Client.upload_file for multipart")
-        name = file_name or path.name
-        header = encoder_pb2.UploadHeader(
-            file_name=name, content_type=guess_content_type(name, content_type), file_size=size, lifecycle=lifecycle(expires_in)
-        )
+        """The asyncio twin of `Client.upload_file`: multipart past 100 MiB, the file read off the event loop."""
+        path, header = await asyncio.to_thread(self._file_upload, path, content_type, file_name, expires_in)
+        if header.file_size > MULTIPART_THRESHOLD:
+            return await self._upload_multipart(path, header, on_progress)
 
         async def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> common_pb2.File:
-            return (await stub.Upload(upload_messages(header, path, None, None))).file
+            counted = _ProgressCounter(header.file_size, on_progress)
+            messages = RequestStream(upload_messages_async(header, path, None, counted))
+            try:
+                return (await stub.Upload(aiter(messages))).file
+            except (grpc.RpcError, asyncio.CancelledError):
+                messages.raise_cause()
+                raise
 
-        with _as_ferry_errors():
+        with map_rpc_errors():
             return await call_with_retries_async(self._encoders, attempt, idempotent=True)
 
-    async def encode_tensor(self, tensor: Any, format: str, **options: Any) -> list[common_pb2.File]:
-        """The asyncio twin of `Client.encode_tensor` (same options)."""
+    async def _upload_multipart(
+        self, path: Path, header: encoder_pb2.UploadHeader, on_progress: UploadProgress | None
+    ) -> common_pb2.File:
+        request = self._multipart_request(header)
+        with map_rpc_errors():
+            created: list[encoder_pb2_grpc.EncoderServiceStub] = []
+
+            async def create(stub: encoder_pb2_grpc.EncoderServiceStub) -> str:
+                upload_id = (await stub.CreateUpload(request)).upload_id
+                created.append(stub)
+                return upload_id
+
+            upload_id = await call_with_retries_async(self._encoders, create, idempotent=False)
+            stub = created[-1]
+            sender = AsyncPartSender(stub, upload_id, path, header.file_size, on_progress)
+            try:
+                parts = await sender.send_all()
+                complete = encoder_pb2.CompleteUploadRequest(upload_id=upload_id, parts=parts)
+
+                async def finish(s: encoder_pb2_grpc.EncoderServiceStub) -> common_pb2.File:
+                    return (await s.CompleteUpload(complete)).file
+
+                return await call_with_retries_async([stub], finish, idempotent=True)
+            except BaseException:
+                # Shielded: a cancelled caller still leaves no half-made upload behind.
+                await asyncio.shield(_abort_upload(stub, upload_id))
+                raise
+
+    async def encode_tensor(self, tensor: Any, format: str, **options: Unpack[EncodeOptions]) -> list[common_pb2.File]:
         # Reading the tensor may copy it (off a CUDA device, into C order): not on the event loop.
-        header, payload, audio_payload = await asyncio.to_thread(build_encode, tensor, format, **options)
+        header, payload, audio_payload = await asyncio.to_thread(lambda: build_encode(tensor, format, **options))
 
         async def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> encoder_pb2.EncodeResponse:
             return await stub.Encode(encode_messages(header, payload, audio_payload))
 
-        with _as_ferry_errors():
+        with map_rpc_errors():
             response = await call_with_retries_async(self._encoders, attempt, idempotent=True)
         return list(response.files)
 
@@ -505,30 +542,21 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """The asyncio twin of `Client.run`; cancelling the task cancels the request."""
-        request = inference_pb2.RunRequest(
-            app_id=app, path=path, input_json=await self._input_json(arguments), lifecycle=lifecycle(expires_in)
-        )
-        with _as_ferry_errors():
-            return json.loads((await self.inference.Run(request, timeout=timeout)).output_json)
+        request = self._app_request(inference_pb2.RunRequest, app, await self._input_json(arguments), path, expires_in)
+        with map_rpc_errors():
+            return json.loads((await self.inference.Run(request, timeout=timeout)).output_json)  # type: ignore[no-any-return]
 
     async def submit(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> AsyncRequestHandle:
-        """The asyncio twin of `Client.submit`."""
-        request = inference_pb2.SubmitRequest(
-            app_id=app, path=path, input_json=await self._input_json(arguments), lifecycle=lifecycle(expires_in)
-        )
-        with _as_ferry_errors():
+        request = self._app_request(inference_pb2.SubmitRequest, app, await self._input_json(arguments), path, expires_in)
+        with map_rpc_errors():
             return AsyncRequestHandle(self, (await self.inference.Submit(request)).request_id)
-
-    async def _stream_request(self, app: str, arguments: dict[str, Any], path: str, expires_in: int | None) -> inference_pb2.StreamRequest:
-        return inference_pb2.StreamRequest(
-            app_id=app, path=path, input_json=await self._input_json(arguments), lifecycle=lifecycle(expires_in)
-        )
 
     async def stream(
         self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
-    ) -> AsyncIterator[inference_pb2.StreamResponse]:
+    ) -> AsyncIterator[Event]:
         """The asyncio twin of `Client.stream`: `async for event in client.stream(...)`; leaving early cancels."""
-        async for event in stream_events_async(self, await self._stream_request(app, arguments, path, expires_in)):
+        request = self._app_request(inference_pb2.StreamRequest, app, await self._input_json(arguments), path, expires_in)
+        async for event in stream_events_async(self, request):
             yield event
 
     async def subscribe(
@@ -538,21 +566,22 @@ class AsyncClient:
         path: str = "/",
         *,
         with_logs: bool = False,
-        on_queue_update: Callable[[inference_pb2.StreamResponse], None] | None = None,
+        on_enqueue: Callable[[str], None] | None = None,
+        on_queue_update: QueueUpdate | None = None,
         client_timeout: float | None = None,
         expires_in: int | None = None,
     ) -> dict[str, Any]:
-        """The asyncio twin of `Client.subscribe`."""
-        request = await self._stream_request(app, arguments, path, expires_in)
-        return await subscribe_async(self, request, with_logs=with_logs, on_queue_update=on_queue_update, client_timeout=client_timeout)
+        request = self._app_request(inference_pb2.StreamRequest, app, await self._input_json(arguments), path, expires_in)
+        return await subscribe_async(
+            self, request, with_logs=with_logs, on_enqueue=on_enqueue, on_queue_update=on_queue_update, client_timeout=client_timeout
+        )
 
     def realtime(self, app: str, path: str = "/", expires_in: int | None = None) -> AsyncRealtimeConnection:
         """The asyncio twin of `Client.realtime`: `async with client.realtime(app, path) as live:` opens the call.
 
         (`live = await client.realtime(...)` opens it too; then `live.cancel()` when done.)
         """
-        opening = inference_pb2.RealtimeOpen(app_id=app, path=path, lifecycle=lifecycle(expires_in))
-        return AsyncRealtimeConnection(self.inference, opening)
+        return AsyncRealtimeConnection(self.inference, self._realtime_opening(app, path, expires_in))
 
     async def close(self) -> None:
         for channel in self._encoder_channels:
@@ -566,3 +595,23 @@ class AsyncClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+class _ProgressCounter:
+    """`on_progress(sent, total)` fed one count at a time."""
+
+    def __init__(self, total: int, on_progress: UploadProgress | None) -> None:
+        self.total, self.on_progress, self.sent = total, on_progress, 0
+
+    def __call__(self, count: int) -> None:
+        self.sent += count
+        if self.on_progress is not None:
+            self.on_progress(self.sent, self.total)
+
+
+async def _abort_upload(stub: encoder_pb2_grpc.EncoderServiceStub, upload_id: str) -> None:
+    """Abort is idempotent and best effort."""
+    try:
+        await stub.AbortUpload(encoder_pb2.AbortUploadRequest(upload_id=upload_id), timeout=30)
+    except grpc.RpcError:
+        pass

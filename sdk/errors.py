@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -42,3 +44,15 @@ class FerryError(Exception):
         """A failed app request as GetStatus, Stream and Realtime report it."""
         code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
         return cls(code, error.message, error.reason)
+
+
+@contextmanager
+def map_rpc_errors() -> Iterator[None]:
+    """The SDK's one conversion point: a `grpc.RpcError` raised inside becomes a `FerryError`.
+
+    A plain `with` serves sync and async code alike: it sees whatever the awaits inside raise.
+    """
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise FerryError.from_rpc_error(error) from None

@@ -24,6 +24,7 @@ import io
 import mimetypes
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -54,14 +55,26 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 import ferry
+from ferry import download_file, download_model_weights  # the reference imports these from its toolkit too
 from ferry.datauri import image_bytes
+from ferry.probe import probe_audio, probe_video
 from ferry.v1 import common_pb2
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
     from ferry.client import Client
 
-__all__ = ["DEFAULT_MAX_EXTRACTED_BYTES", "MEDIA_FIELDS", "Audio", "CompressedFile", "File", "Image", "Video"]
+__all__ = [
+    "DEFAULT_MAX_EXTRACTED_BYTES",
+    "MEDIA_FIELDS",
+    "Audio",
+    "CompressedFile",
+    "File",
+    "Image",
+    "Video",
+    "download_file",
+    "download_model_weights",
+]
 
 # The fields of each `media_info` kind, as the proto names them.
 MEDIA_FIELDS: dict[str, tuple[str, ...]] = {
@@ -198,19 +211,21 @@ class File(BaseModel):
             target = target / _safe_file_name(self.file_name)
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-        temp = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".ferry-part", delete=False)
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.ferry-part")
+        # 0o666 less the umask, as open() gives any new file (a NamedTemporaryFile would be 0600).
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            with temp:
-                self._copy_to(temp)
-                temp.flush()
-                os.fsync(temp.fileno())
+            with open(descriptor, "wb") as sink:
+                self._copy_to(sink)
+                sink.flush()
+                os.fsync(sink.fileno())
             if overwrite:
-                os.replace(temp.name, target)
+                os.replace(temp, target)
             else:
-                os.link(temp.name, target)  # unlike replace, fails if a file appeared there meanwhile
-                os.unlink(temp.name)
+                os.link(temp, target)  # unlike replace, fails if a file appeared there meanwhile
+                os.unlink(temp)
         except BaseException:
-            Path(temp.name).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             raise
         return target
 
@@ -234,6 +249,11 @@ class File(BaseModel):
             raise OSError(f"{self._label}: got {count} bytes, the file is {self.file_size}")
         if self.sha256 and digest.hexdigest() != self.sha256.lower():
             raise OSError(f"{self._label}: sha256 {digest.hexdigest()} does not match the file's {self.sha256}")
+
+    def _filled(self, found: dict[str, Any]) -> Self:
+        """A copy with the fields the store left unknown (0) set from what was read from the file itself."""
+        unknown = {name: value for name, value in found.items() if not getattr(self, name)}
+        return self.model_copy(update=unknown) if unknown else self
 
     @property
     def _label(self) -> str:
@@ -260,7 +280,7 @@ class Image(File):
     ) -> Self:
         """Upload a local image; its size comes from the store, else from the file's header (Pillow)."""
         image = super().from_path(path, content_type, file_name, expires_in, client)
-        return image if image.width and image.height else image._sized(_pillow_size(path))
+        return image if image.width and image.height else image._filled(_pillow_size(path))
 
     @classmethod
     def from_bytes(  # type: ignore[override]  # images are named by format ("png"), not content type
@@ -280,7 +300,7 @@ class Image(File):
         image = super().from_bytes(data, content_type, file_name, expires_in, client)
         if image.width and image.height:
             return image
-        return image._sized(size or _pillow_size(io.BytesIO(data)))
+        return image._filled(_image_size(size) if size else _pillow_size(io.BytesIO(data)))
 
     @classmethod
     def from_pil(
@@ -340,10 +360,6 @@ class Image(File):
         image.load()
         return image
 
-    def _sized(self, size: tuple[int, int]) -> Self:
-        width, height = size
-        return self.model_copy(update={"width": width, "height": height})
-
 
 class Video(File):
     """A stored video; numbers are 0 when unknown."""
@@ -356,6 +372,31 @@ class Video(File):
     frame_count: int = Field(default=0, ge=0)
     duration_seconds: float = 0.0
     has_audio: bool = False
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | os.PathLike[str],
+        content_type: str | None = None,
+        file_name: str | None = None,
+        expires_in: int | None = None,
+        client: Client | None = None,
+    ) -> Self:
+        """Upload a local video; its size, frame rate, frame count and duration are read from the file (PyAV)."""
+        return super().from_path(path, content_type, file_name, expires_in, client)._filled(probe_video(path))
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        content_type: str,
+        file_name: str | None = None,
+        expires_in: int | None = None,
+        client: Client | None = None,
+    ) -> Self:
+        """Upload an encoded video; its figures are read from the bytes (PyAV)."""
+        video = super().from_bytes(data, content_type, file_name, expires_in, client)
+        return video._filled(probe_video(io.BytesIO(data)))
 
     @classmethod
     def from_tensor(
@@ -381,6 +422,31 @@ class Audio(File):
     channels: int = Field(default=0, ge=0)
     duration_seconds: float = 0.0
     sample_count: int = Field(default=0, ge=0)
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | os.PathLike[str],
+        content_type: str | None = None,
+        file_name: str | None = None,
+        expires_in: int | None = None,
+        client: Client | None = None,
+    ) -> Self:
+        """Upload a local audio file; its sample rate, channels and duration are read from the file (PyAV)."""
+        return super().from_path(path, content_type, file_name, expires_in, client)._filled(probe_audio(path))
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        content_type: str,
+        file_name: str | None = None,
+        expires_in: int | None = None,
+        client: Client | None = None,
+    ) -> Self:
+        """Upload encoded audio; its figures are read from the bytes (PyAV)."""
+        audio = super().from_bytes(data, content_type, file_name, expires_in, client)
+        return audio._filled(probe_audio(io.BytesIO(data)))
 
     @classmethod
     def from_tensor(
@@ -554,11 +620,16 @@ def _image_content_type(format: str) -> str:
     return content_type
 
 
-def _pillow_size(source: str | os.PathLike[str] | IO[bytes]) -> tuple[int, int]:
+def _pillow_size(source: str | os.PathLike[str] | IO[bytes]) -> dict[str, int]:
     from PIL import Image as PILImageModule
 
     with PILImageModule.open(source) as image:  # reads the header only
-        return image.size
+        return _image_size(image.size)
+
+
+def _image_size(size: tuple[int, int]) -> dict[str, int]:
+    width, height = size
+    return {"width": width, "height": height}
 
 
 def _safe_file_name(file_name: str) -> str:

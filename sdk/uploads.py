@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Generic, TypedDict, TypeVar
 
 import grpc
 
 from ferry.request_scope import current_scope
-from ferry.retry import call_with_retries
+from ferry.retry import call_with_retries, call_with_retries_async
 from ferry.tensors import TensorPayload, tensor_payload
 from ferry.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
@@ -23,6 +24,7 @@ PART_BYTES = 10 * MIB
 PARALLEL_PARTS = 10
 
 UploadProgress = Callable[[int, int], None]  # (bytes sent, total)
+M = TypeVar("M")
 
 
 def lifecycle(expires_in: int | None) -> common_pb2.Lifecycle:
@@ -32,8 +34,16 @@ def lifecycle(expires_in: int | None) -> common_pb2.Lifecycle:
     return common_pb2.Lifecycle(expiration_seconds=expires_in) if expires_in is not None else common_pb2.Lifecycle()
 
 
+# Where Python's table names a legacy `x-` type and browsers and the encoder use the registered one.
+_REGISTERED_TYPES = {".wav": "audio/wav", ".mkv": "video/matroska"}
+
+
 def guess_content_type(file_name: str, given: str | None) -> str:
-    return given or mimetypes.guess_type(file_name)[0] or "application/octet-stream"
+    """`given`, else the type the file name's extension names, else application/octet-stream."""
+    if given:
+        return given
+    extension = Path(file_name).suffix.lower()
+    return _REGISTERED_TYPES.get(extension) or mimetypes.guess_type(file_name)[0] or "application/octet-stream"
 
 
 def read_chunks(file: BinaryIO, length: int, on_bytes: Callable[[int], None] | None = None) -> Iterator[bytes]:
@@ -66,6 +76,32 @@ def upload_messages(
             yield encoder_pb2.UploadRequest(chunk=chunk)
 
 
+async def upload_messages_async(
+    header: encoder_pb2.UploadHeader, path: Path | None, data: bytes | None, on_bytes: Callable[[int], None] | None
+) -> AsyncIterator[encoder_pb2.UploadRequest]:
+    """The asyncio twin of `upload_messages`: the file is read in a thread, off the event loop."""
+    if path is None:
+        for message in upload_messages(header, None, data, on_bytes):
+            yield message
+        return
+    yield encoder_pb2.UploadRequest(header=header)
+    async for chunk in _read_chunks_async(path, 0, header.file_size, on_bytes):
+        yield encoder_pb2.UploadRequest(chunk=chunk)
+
+
+async def _read_chunks_async(
+    path: Path, offset: int, length: int, on_bytes: Callable[[int], None] | None
+) -> AsyncIterator[bytes]:
+    file = await asyncio.to_thread(open, path, "rb")
+    try:
+        await asyncio.to_thread(file.seek, offset)
+        chunks = read_chunks(file, length, on_bytes)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield chunk
+    finally:
+        await asyncio.to_thread(file.close)
+
+
 def part_messages(
     upload_id: str, part_number: int, path: Path, offset: int, length: int, on_bytes: Callable[[int], None] | None
 ) -> Iterator[encoder_pb2.UploadPartRequest]:
@@ -76,9 +112,82 @@ def part_messages(
             yield encoder_pb2.UploadPartRequest(chunk=chunk)
 
 
+async def part_messages_async(
+    upload_id: str, part_number: int, path: Path, offset: int, length: int, on_bytes: Callable[[int], None] | None
+) -> AsyncIterator[encoder_pb2.UploadPartRequest]:
+    yield encoder_pb2.UploadPartRequest(header=encoder_pb2.UploadPartHeader(upload_id=upload_id, part_number=part_number))
+    async for chunk in _read_chunks_async(path, offset, length, on_bytes):
+        yield encoder_pb2.UploadPartRequest(chunk=chunk)
+
+
 def part_ranges(size: int) -> list[tuple[int, int, int]]:
     """(part number, offset, length) of each 10 MiB part."""
     return [(index + 1, offset, min(PART_BYTES, size - offset)) for index, offset in enumerate(range(0, size, PART_BYTES))]
+
+
+class RequestStream(Generic[M]):
+    """A call's request messages that remember the exception they failed with.
+
+    gRPC reports a request iterator that raised as a cancelled call (UNKNOWN
+    in sync code, `asyncio.CancelledError` under asyncio), which hides why;
+    `raise_cause` re-raises the real reason (a file that shrank while it was
+    uploading: OSError), so both twins say the same thing.
+    """
+
+    def __init__(self, messages: Iterator[M] | AsyncIterator[M]) -> None:
+        self.messages = messages
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[M]:
+        assert isinstance(self.messages, Iterator)
+        try:
+            yield from self.messages
+        except Exception as error:
+            self.error = error
+            raise
+
+    async def __aiter__(self) -> AsyncIterator[M]:
+        assert isinstance(self.messages, AsyncIterator)
+        try:
+            async for message in self.messages:
+                yield message
+        except Exception as error:
+            self.error = error
+            raise
+
+    def raise_cause(self) -> None:
+        """Within an `except` for the failed call: raise the messages' own error instead, if they failed."""
+        task = asyncio.current_task() if _in_event_loop() else None
+        if self.error is not None and (task is None or not task.cancelling()):
+            raise self.error from None
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class PartProgress:
+    """Bytes sent of a multipart upload, summed over its parts; a retried part starts over."""
+
+    def __init__(self, size: int, on_progress: UploadProgress | None) -> None:
+        self.size = size
+        self.on_progress = on_progress
+        self._sent: dict[int, int] = {}
+
+    def restart(self, number: int) -> None:
+        self._sent[number] = 0
+
+    def counter(self, number: int) -> Callable[[int], None]:
+        def count(sent: int) -> None:
+            self._sent[number] += sent
+            if self.on_progress is not None:
+                self.on_progress(sum(self._sent.values()), self.size)
+
+        return count
 
 
 class PartSender:
@@ -91,30 +200,27 @@ class PartSender:
     def __init__(
         self, stub: encoder_pb2_grpc.EncoderServiceStub, upload_id: str, path: Path, size: int, on_progress: UploadProgress | None
     ) -> None:
-        self.stub, self.upload_id, self.path, self.size = stub, upload_id, path, size
-        self.on_progress = on_progress
+        self.stub, self.upload_id, self.path = stub, upload_id, path
         self.ranges = part_ranges(size)
-        self._sent = [0] * (len(self.ranges) + 1)
+        self.progress = PartProgress(size, on_progress)
         self._calls: set[grpc.Future] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._pool = ThreadPoolExecutor(PARALLEL_PARTS, thread_name_prefix="ferry-part")
 
-    def _progressed(self, number: int, count: int) -> None:
-        self._sent[number] += count
-        if self.on_progress is not None:
-            self.on_progress(sum(self._sent), self.size)
-
     def _attempt(self, stub: encoder_pb2_grpc.EncoderServiceStub, number: int, offset: int, length: int) -> encoder_pb2.UploadPartResponse:
         if self._stopped.is_set():
             raise RuntimeError("upload cancelled")
-        self._sent[number] = 0  # a retried part starts over
-        messages = part_messages(self.upload_id, number, self.path, offset, length, lambda n: self._progressed(number, n))
-        call = stub.UploadPart.future(messages)
+        self.progress.restart(number)
+        messages = RequestStream(part_messages(self.upload_id, number, self.path, offset, length, self.progress.counter(number)))
+        call = stub.UploadPart.future(iter(messages))
         with self._lock:
             self._calls.add(call)
         try:
             return call.result()
+        except grpc.RpcError:
+            messages.raise_cause()
+            raise
         finally:
             with self._lock:
                 self._calls.discard(call)
@@ -135,6 +241,44 @@ class PartSender:
         with self._lock:
             for call in self._calls:
                 call.cancel()
+
+
+class AsyncPartSender:
+    """The asyncio twin of `PartSender`: a task per part, PARALLEL_PARTS at a time; cancelling cancels them all."""
+
+    def __init__(
+        self, stub: encoder_pb2_grpc.EncoderServiceStub, upload_id: str, path: Path, size: int, on_progress: UploadProgress | None
+    ) -> None:
+        self.stub, self.upload_id, self.path = stub, upload_id, path
+        self.ranges = part_ranges(size)
+        self.progress = PartProgress(size, on_progress)
+
+    async def _attempt(self, stub: Any, number: int, offset: int, length: int) -> encoder_pb2.UploadPartResponse:
+        self.progress.restart(number)
+        messages = RequestStream(part_messages_async(self.upload_id, number, self.path, offset, length, self.progress.counter(number)))
+        try:
+            return await stub.UploadPart(aiter(messages))
+        except (grpc.RpcError, asyncio.CancelledError):
+            messages.raise_cause()
+            raise
+
+    async def send_all(self) -> list[encoder_pb2.CompletedPart]:
+        slots = asyncio.Semaphore(PARALLEL_PARTS)
+
+        async def send(number: int, offset: int, length: int) -> encoder_pb2.CompletedPart:
+            async with slots:
+                response = await call_with_retries_async(
+                    [self.stub], lambda s: self._attempt(s, number, offset, length), idempotent=True
+                )
+            return encoder_pb2.CompletedPart(part_number=response.part_number, etag=response.etag)
+
+        tasks = [asyncio.ensure_future(send(*part)) for part in self.ranges]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()  # after a failure (or our own cancellation), the others stop too
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def encode_messages(header: encoder_pb2.EncodeHeader, payload: TensorPayload, audio: TensorPayload | None) -> Iterator[encoder_pb2.EncodeRequest]:
@@ -222,6 +366,28 @@ def encode_header(
             image.png_compress_level = options["png_compress_level"]
         header.image.CopyFrom(image)
     return header
+
+
+class EncodeOptions(TypedDict, total=False):
+    """The keywords `encode_tensor` (and `Image.from_tensor`, …) take; `build_encode` gives their defaults."""
+
+    file_name: str
+    expires_in: int | None
+    channel_order: str | None  # "last" (HWC) or "first" (CHW), when the shape cannot tell
+    value_range: str | None  # floats in "0,1" (default) or "-1,1"
+    quality: int | None  # jpeg / webp, 1-100
+    lossless: bool  # webp
+    png_compress_level: int | None  # 0-9
+    animate: bool  # a batch as one animated gif / webp
+    frame_duration_ms: int
+    loop: int
+    fps: float  # mp4 (required)
+    crf: int | None
+    preset: str
+    allow_gpu: bool  # h264_nvenc when the server has a CUDA device
+    audio: tuple[Any, int] | None  # (samples, sample_rate): an mp4's audio track
+    sample_rate: int  # wav (required)
+    sample_format: str  # wav: "pcm16" or "float32"
 
 
 def build_encode(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import grpc
@@ -42,7 +41,8 @@ async def test_submit_gives_a_handle_to_poll_wait_for_and_cancel(stack):
         queued = await client.submit("sample", {"text": "next"})
         assert (await queued.status()).position == 0
         assert await running.cancel() is True
-        assert (await running.status()).error.code == grpc.StatusCode.CANCELLED
+        cancelled = await running.status()
+        assert cancelled.state == "CANCELLED" and cancelled.error.code == grpc.StatusCode.CANCELLED
         assert await queued.get(timeout=30) == {"text": "next"}
         states = [status.state async for status in queued.iter_events(interval=0.01)]
         assert states == ["COMPLETED"]
@@ -51,8 +51,8 @@ async def test_submit_gives_a_handle_to_poll_wait_for_and_cancel(stack):
 async def test_stream_yields_progress_then_completion(stack):
     async with ferry.AsyncClient(stack.grpc_address) as client:
         events = [event async for event in client.stream("sample", {"steps": 3, "step_seconds": 0.01}, path="/slow")]
-    assert events[-1].WhichOneof("event") == "completed"
-    assert json.loads(events[-1].completed.output_json) == {"finished_steps": 3}
+    assert events[-1] == ferry.events.Completed({"finished_steps": 3}, request_id=events[0].request_id)
+    assert any(isinstance(event, ferry.InProgress) and event.progress is not None for event in events)
 
 
 async def test_subscribe_reports_queue_updates_and_cancels_past_its_timeout(stack):
@@ -60,6 +60,7 @@ async def test_subscribe_reports_queue_updates_and_cancels_past_its_timeout(stac
     async with ferry.AsyncClient(stack.grpc_address) as client:
         output = await client.subscribe("sample", {"steps": 2, "step_seconds": 0.01}, path="/slow", on_queue_update=updates.append)
         assert output == {"finished_steps": 2} and updates
+        assert all(isinstance(update, (ferry.Queued, ferry.InProgress)) for update in updates)
         with pytest.raises(ferry.FerryError) as caught:
             await client.subscribe("sample", {"steps": 500, "step_seconds": 0.05}, path="/slow", client_timeout=0.5)
         assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED

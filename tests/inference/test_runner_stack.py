@@ -11,6 +11,7 @@ import pytest
 
 import ferry
 from ferry.v1 import inference_pb2
+from tests.harness import wait_for
 
 APP = f"{Path(__file__).with_name('sample_app.py')}:SampleApp"
 
@@ -65,11 +66,13 @@ def test_media_outputs_are_urls(client):
 
 def test_stream_reports_progress_logs_then_completion(client):
     events = list(client.stream("sample", {"steps": 5, "step_seconds": 0.01}, path="/slow"))
-    kinds = [e.WhichOneof("event") for e in events]
-    assert kinds[-1] == "completed" and json.loads(events[-1].completed.output_json) == {"finished_steps": 5}
-    progress = [e.in_progress.progress.current for e in events if e.WhichOneof("event") == "in_progress" and e.in_progress.HasField("progress")]
-    logs = [line.message for e in events if e.WhichOneof("event") == "in_progress" for line in e.in_progress.logs]
-    assert progress[-1] == 5 and logs[-1] == "step 5"
+    assert isinstance(events[-1], ferry.events.Completed) and events[-1].output == {"finished_steps": 5}
+    updates = [event for event in events if isinstance(event, ferry.InProgress)]
+    progress = [update.progress for update in updates if update.progress is not None]
+    logs = [line for update in updates for line in update.logs]
+    assert progress[-1] == ferry.events.Progress(5, 5, "")
+    assert logs[-1]["message"] == "step 5" and logs[-1]["level"] == "INFO" and logs[-1]["timestamp"]
+    assert {event.request_id for event in events} == {events[0].request_id}
 
 
 def test_queue_positions_status_result_and_cancel(client):
@@ -90,12 +93,11 @@ def test_queue_positions_status_result_and_cancel(client):
 
 def test_a_disconnected_stream_caller_cancels_its_request(client):
     events = client.stream("sample", {"steps": 200, "step_seconds": 0.05}, path="/slow")
-    first = next(e for e in events if e.WhichOneof("event") == "in_progress")
-    request_id = first.request_id
+    first = next(e for e in events if isinstance(e, ferry.InProgress))
     events.close()  # the caller walks away
-    handle = ferry.RequestHandle(client, request_id)
-    status = handle.status()
-    assert status.state == "COMPLETED" and status.error.code == grpc.StatusCode.CANCELLED
+    handle = ferry.RequestHandle(client, first.request_id)
+    wait_for(lambda: handle.status().state == "CANCELLED", "the request to be cancelled")
+    assert handle.status().error.code == grpc.StatusCode.CANCELLED
 
 
 def test_concurrent_submits_all_complete_in_order_with_concurrency_one(client):
