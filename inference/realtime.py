@@ -169,7 +169,7 @@ class RealtimeSession:
     ) -> None:
         stream = _Inputs(inputs)
         handler = getattr(self.runner.app, self.endpoint.handler_name)
-        with using_context(context), request_scope(RequestScope(self.expires_in, cancelled=self.cancelled)):
+        with using_context(context), request_scope(RequestScope(self.expires_in, cancelled=self.cancelled, stack=self.runner.services.target)):
             args, kwargs = self.endpoint.arguments(stream, context)
             generator: AsyncGenerator[Any, None] = handler(*args, **kwargs)
             try:

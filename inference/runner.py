@@ -140,10 +140,13 @@ class AppRunner:
 
     async def start(self) -> None:
         """Run `setup()` once, then start the workers."""
-        if self.spec.setup_is_async:
-            await self.app.setup()
-        else:
-            await asyncio.get_running_loop().run_in_executor(self._threads, self.app.setup)
+        # setup() reaches the stack hosting it, as handlers do: weights download through its downloader.
+        with request_scope(RequestScope(stack=self.services.target)):
+            if self.spec.setup_is_async:
+                await self.app.setup()
+            else:
+                copied = contextvars.copy_context()  # carries the scope into the thread
+                await asyncio.get_running_loop().run_in_executor(self._threads, copied.run, self.app.setup)
         self._workers = [asyncio.create_task(self._work()) for _ in range(self.spec.max_concurrency)]
 
     async def stop(self) -> None:
@@ -294,7 +297,8 @@ class AppRunner:
             async with deadline:
                 if self.spec.download_inputs:
                     context.input_files, downloaded = await self._downloads(record)
-                with request_scope(RequestScope(record.expires_in, downloaded, record.cancel_flag)):
+                scope = RequestScope(record.expires_in, downloaded, record.cancel_flag, self.services.target)
+                with request_scope(scope):
                     try:
                         result = await self.call_handler(endpoint, record.input, context)
                     finally:

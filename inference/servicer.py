@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 
@@ -25,7 +25,7 @@ from ferry.inference.services import ServiceClients
 from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
 from ferry.services.errors import FailedPrecondition, FerryError, NotFound, abort_with
-from ferry.services.settings import Settings
+from ferry.services.settings import Hosted, Settings
 from ferry.v1 import inference_pb2, inference_pb2_grpc
 
 
@@ -158,19 +158,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.ListEndpointsResponse(apps=apps)
 
 
-async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
-    """Load every `--app`, run each one's setup, serve InferenceService and report each app's health."""
+async def host(server: grpc.aio.Server, settings: Settings) -> Hosted:
+    """Load every `--app` and serve InferenceService; once the server listens, run each app's setup.
+
+    Setup waits for the server because it may use the stack itself (weights through
+    the downloader); requests that arrive meanwhile queue until their app is ready.
+    """
     threads = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 2), thread_name_prefix="ferry-handler")
-    services = ServiceClients()
+    services = ServiceClients(settings.upstream)
     runners: dict[str, AppRunner] = {}
     for spec in settings.inference.app:
         runner = AppRunner(load_app(spec), workers=threads, services=services)
         if runner.spec.app_id in runners:
             raise ValueError(f"two apps share the id {runner.spec.app_id!r}")
-        await runner.start()
         runners[runner.spec.app_id] = runner
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(runners), server)
-    probes = [asyncio.create_task(probe.run()) for probe in await _report_health(runners.values(), settings)]
+    probes: list[asyncio.Task[None]] = []
+
+    async def start_apps() -> None:
+        for runner in runners.values():
+            await runner.start()
+        probes.extend(asyncio.create_task(probe.run()) for probe in await _report_health(runners.values(), settings))
 
     async def close() -> None:
         for probe in probes:
@@ -180,7 +188,7 @@ async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awai
         await services.close()
         threads.shutdown(wait=False, cancel_futures=True)
 
-    return close
+    return Hosted(close, serving=start_apps)
 
 
 async def _report_health(runners: Iterable[AppRunner], settings: Settings) -> list[HealthProbe]:

@@ -1,26 +1,35 @@
 """How the runner reaches the DownloaderService and the EncoderService: the SDK's AsyncClient.
 
-The launcher points `FERRY_ADDRESS` at the downloader and
-`FERRY_ENCODER_ADDRESSES` at the encoder(s) (this server itself in the embedded
-stack, `--downloader` / `--encoder` otherwise) once its port is known — after
-the apps' `setup()` ran — so the client opens on first use, not at start.
+The launcher hands the runner the stack it lives in (`StackTarget`: this
+server itself in the embedded stack, `--downloader` / `--encoder` otherwise);
+the runner's own client and the apps' SDK calls (through the request scope,
+`setup()` included) go there. The client opens on first use, on the runner's loop.
 """
 
 from __future__ import annotations
 
 from ferry.client import AsyncClient
+from ferry.connection import StackTarget
 
 
 class ServiceClients:
-    """One AsyncClient, opened lazily on the runner's loop: downloads from FERRY_ADDRESS, encodes on the encoders."""
+    """One AsyncClient for `target`, opened lazily on the runner's loop (no target: FERRY_ADDRESS and friends)."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: StackTarget | None = None) -> None:
+        self.target = target or StackTarget.from_environment()
         self._client: AsyncClient | None = None
 
     @property
     def client(self) -> AsyncClient:
         if self._client is None:
-            self._client = AsyncClient()
+            connection = self.target.connection
+            self._client = AsyncClient(
+                connection.address,
+                token=connection.token,
+                ca_file=connection.ca_file,
+                tls=connection.tls,
+                encoder_addresses=self.target.encoder_addresses,
+            )
         return self._client
 
     async def close(self) -> None:

@@ -8,33 +8,58 @@ and never imports the services or torch.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ferry.app_requests import AsyncRequestHandle, QueueUpdate, RequestHandle, Status
 from ferry.client import AsyncClient, Client
-from ferry.connection import Connection
+from ferry.connection import Connection, StackTarget
 from ferry.datauri import encode, encode_file, encode_image, image_bytes
 from ferry.downloads import DownloadProgress, ProgressCallback
 from ferry.errors import FerryError
 from ferry.events import Completed, Event, InProgress, Queued
 from ferry.realtime_connection import AsyncRealtimeConnection, RealtimeConnection
+from ferry.request_scope import current_scope
 
 __version__ = "0.1.0"
 
-_default: tuple[Connection, Client] | None = None
+_lock = threading.Lock()
+_from_environment: tuple[StackTarget, Client] | None = None
+_for_stacks: dict[StackTarget, Client] = {}  # one per stack hosting apps in this process
 
 
 def default_client() -> Client:
-    """The client module-level helpers use: FERRY_ADDRESS / FERRY_TOKEN / FERRY_CA_FILE, reused while they hold."""
-    global _default
-    wanted = Connection.resolve()
-    if _default is None or _default[0] != wanted:
-        if _default is not None:
-            _default[1].close()
-        _default = (wanted, Client())
-    return _default[1]
+    """The client the module-level helpers use, reused while its target holds.
+
+    Inside an app hosted by `ferry serve` (its `setup()` and handlers), the
+    stack hosting it; elsewhere FERRY_ADDRESS / FERRY_TOKEN / FERRY_CA_FILE /
+    FERRY_ENCODER_ADDRESSES.
+    """
+    global _from_environment
+    with _lock:
+        if (stack := current_scope().stack) is not None:
+            if stack not in _for_stacks:
+                _for_stacks[stack] = _client_for(stack)
+            return _for_stacks[stack]
+        target = StackTarget.from_environment()
+        if _from_environment is None or _from_environment[0] != target:
+            if _from_environment is not None:
+                _from_environment[1].close()
+            _from_environment = (target, _client_for(target))
+        return _from_environment[1]
+
+
+def _client_for(target: StackTarget) -> Client:
+    connection = target.connection
+    return Client(
+        connection.address,
+        token=connection.token,
+        ca_file=connection.ca_file,
+        tls=connection.tls,
+        encoder_addresses=target.encoder_addresses,
+    )
 
 
 def download_file(
@@ -145,6 +170,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "Connection",
+    "StackTarget",
     "DownloadProgress",
     "FerryError",
     "__version__",

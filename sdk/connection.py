@@ -78,6 +78,20 @@ class Connection:
         return grpc.aio.insecure_channel(self.address, CHANNEL_OPTIONS, interceptors=interceptors)
 
 
+@dataclass(frozen=True)
+class StackTarget:
+    """Where a client's calls go: one server for everything, and the encoder replicas encodes fail over across."""
+
+    connection: Connection
+    encoder_addresses: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environment(cls) -> StackTarget:
+        """FERRY_ADDRESS / FERRY_TOKEN / FERRY_CA_FILE and FERRY_ENCODER_ADDRESSES."""
+        encoders = tuple(a.strip() for a in os.environ.get("FERRY_ENCODER_ADDRESSES", "").split(",") if a.strip())
+        return cls(Connection.resolve(), encoders)
+
+
 def _with_metadata(details: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
     return details._replace(metadata=(*(details.metadata or ()), *metadata))
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import grpc
 
+from ferry.connection import StackTarget
 from ferry.errors import FerryError
 
 __all__ = ["RequestScope", "current_scope", "request_scope"]
@@ -39,6 +40,9 @@ class RequestScope:
     downloaded: Mapping[str, Path] = field(default_factory=dict)
     # Set once the request is cancelled.
     cancelled: threading.Event | None = None
+    # The stack hosting the app: where `ferry.download_file` and the other module-level helpers go
+    # from its setup() and handlers (None: FERRY_ADDRESS and friends).
+    stack: StackTarget | None = None
 
     def raise_if_cancelled(self) -> None:
         """Refuse to start a download, upload or encode for a request that was cancelled."""

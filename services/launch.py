@@ -10,11 +10,10 @@ import argparse
 import asyncio
 import importlib
 import logging
-import os
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,21 +21,19 @@ import grpc
 from aiohttp import web
 from grpc_reflection.v1alpha import reflection
 
+from ferry.connection import Connection, StackTarget
 from ferry.services import config as config_module
 from ferry.services.auth import BearerTokenInterceptor
 from ferry.services.config import DownloaderConfig, EncoderConfig, InferenceConfig, ServerConfig
 from ferry.services.health import add_health
 from ferry.services.interceptors import StatusInterceptor
 from ferry.services.memory import keep_freed_memory
-from ferry.services.settings import Settings
+from ferry.services.settings import Closer, Hosted, Settings
 from ferry.services.storage.cdn import create_cdn_app
-from ferry.services.storage.config import StorageConfig, build_storage
+from ferry.services.storage.config import LOCAL_SPEC, StorageConfig, build_storage
 from ferry.services.storage.sweeper import run_sweeper
 
 log = logging.getLogger("ferry.serve")
-
-
-Closer = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -45,7 +42,7 @@ class HostedService:
     module: str  # has `async def host(server, settings) -> Closer | None`; imported only when hosted
     needs_cdn: bool = False
 
-    async def host(self, server: grpc.aio.Server, settings: Settings) -> Closer | None:
+    async def host(self, server: grpc.aio.Server, settings: Settings) -> Hosted | Closer | None:
         return await importlib.import_module(self.module).host(server, settings)  # type: ignore[no-any-return]
 
 
@@ -107,37 +104,46 @@ class Stack:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         if any(s.needs_cdn for s in self.hosted):
             await self._start_storage()
+        elif SERVICES["downloader"] in self.hosted:
+            self._reach_buckets()
         # The token check first: an unauthenticated call learns nothing, not even that its request was malformed.
         interceptors = [*([BearerTokenInterceptor(cfg.token)] if cfg.token else []), StatusInterceptor()]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
+        # The port first: hosted apps are told where this server is before anything is served.
+        self.grpc_port = self._listen(server)
         names = [s.full_name for s in self.hosted]
         self._health = await add_health(server, names)
-        self.settings = replace(self.settings, health=self._health)
+        self.settings = replace(self.settings, health=self._health, upstream=self._upstream())
+        serving = []
         for service in self.hosted:
-            if (closer := await service.host(server, self.settings)) is not None:
-                self._closers.append(closer)
+            hosted = await service.host(server, self.settings)
+            if isinstance(hosted, Hosted):
+                self._closers.append(hosted.close)
+                if hosted.serving is not None:
+                    serving.append(hosted.serving)
+            elif hosted is not None:
+                self._closers.append(hosted)
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+        await server.start()
+        self._grpc = server
+        for start in serving:
+            await start()
+
+    def _listen(self, server: grpc.aio.Server) -> int:
+        cfg = self.config
         address = _hostport(cfg.host, cfg.grpc_port)
         if cfg.tls_cert:
             credentials = grpc.ssl_server_credentials([(_read(cfg.tls_key), _read(cfg.tls_cert))])
-            self.grpc_port = server.add_secure_port(address, credentials)
-        else:
-            self.grpc_port = server.add_insecure_port(address)
-        await server.start()
-        self._grpc = server
-        if any(s.module == SERVICES["inference"].module for s in self.hosted):
-            self._point_handlers_at_services()
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
 
-    def _point_handlers_at_services(self) -> None:
-        """Handlers reach the downloader and encoder through the SDK's default client (FERRY_* variables)."""
-        here = _hostport("127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host, self.grpc_port)
-        inference = self.settings.inference
-        os.environ["FERRY_ADDRESS"] = inference.downloader or here
-        os.environ["FERRY_ENCODER_ADDRESSES"] = inference.encoder or here
-        if self.config.token:
-            os.environ["FERRY_TOKEN"] = self.config.token
-        if self.config.tls_cert:
-            os.environ["FERRY_CA_FILE"] = str(self.config.tls_cert)
+    def _upstream(self) -> StackTarget:
+        """Where hosted apps' downloads and encodes go: this server, unless --downloader / --encoder say otherwise."""
+        cfg, inference = self.config, self.settings.inference
+        here = _hostport("127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host, self.grpc_port)
+        tls = cfg.tls_cert is not None
+        connection = Connection(inference.downloader or here, cfg.token, cfg.tls_cert if tls else None, tls)
+        return StackTarget(connection, (inference.encoder or here,))
 
     async def _start_storage(self) -> None:
         """Storage and the CDN that serves its local files; local URLs need the CDN's address first."""
@@ -147,6 +153,16 @@ class Stack:
         self.settings = replace(self.settings, storage=chain)
         self._sweeper = asyncio.create_task(run_sweeper(chain, storage_config.sweep_interval_seconds))
         self._closers.append(chain.close)
+
+    def _reach_buckets(self) -> None:
+        """A downloader without the encoder reads the stack's own S3 URLs from the buckets its storage
+        configuration names (local storage is another machine's disk: its CDN is reached over HTTP)."""
+        storage_config = self.settings.storage_config
+        buckets = tuple(spec for spec in storage_config.storage if spec != LOCAL_SPEC)
+        if buckets:
+            chain, _ = build_storage(replace(storage_config, storage=buckets), self.config.data_dir, lambda: self.public_url)
+            self.settings = replace(self.settings, storage=chain)
+            self._closers.append(chain.close)
 
     @property
     def public_url(self) -> str:
