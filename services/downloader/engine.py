@@ -15,12 +15,13 @@ import asyncio
 import errno
 import logging
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.datauri import extension_for, parse_data_uri, write_decoded
@@ -29,15 +30,18 @@ from ferry.services.downloader.guard import NetworkGuard
 from ferry.services.downloader.headers import check_request_headers
 from ferry.services.downloader.locks import LockFiles, path_lock_key
 from ferry.services.downloader.names import hashed_name
+from ferry.services.downloader.own_storage import OwnFile, OwnSource, OwnStorage
 from ferry.services.downloader.paths import DataRoots
 from ferry.services.downloader.records import DownloadRecord, RecordStore, flight_key
-from ferry.services.downloader.writer import PART_SUFFIX, AtomicFile, part_prefix
-from ferry.services.errors import FerryError, ResourceExhausted, Unavailable
+from ferry.services.downloader.url_prefix import UrlPrefix
+from ferry.services.downloader.writer import PART_SUFFIX, AtomicFile, link_into_place, part_prefix
+from ferry.services.errors import FerryError, NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 PROGRESS_INTERVAL_SECONDS = 0.1  # at most ~10 progress events per second
+COPY_BLOCK = 1 << 20
 # A record's temp file lives for one write; one this old was left by a process that died mid-write.
 STALE_TEMP_SECONDS = 3600
 
@@ -128,13 +132,23 @@ class ProgressReporter:
 
 
 class Downloader:
-    def __init__(self, config: DownloaderConfig, data_dir: Path) -> None:
+    """`own_storage` resolves URLs of files the stack stored itself; `trusted_cdn_url`, the stack's CDN
+    as configured, is fetched over HTTP past the network guard (see own_storage.py and fetch.py)."""
+
+    def __init__(
+        self,
+        config: DownloaderConfig,
+        data_dir: Path,
+        own_storage: OwnStorage | None = None,
+        trusted_cdn_url: str | None = None,
+    ) -> None:
         self.config = config
         self.roots = DataRoots(data_dir, config.temp_dir)
         self.records = RecordStore(self.roots.internal / "records")
         self.locks = LockFiles(self.roots.internal / "locks")
         self.guard = NetworkGuard(config.allow_private_networks, config.allowed)
-        self.http = HttpSource(self.guard, config)
+        self.own_storage = own_storage or OwnStorage()
+        self.http = HttpSource(self.guard, config, UrlPrefix.parse(trusted_cdn_url) if trusted_cdn_url else None)
         self._flights: dict[tuple[object, ...], Flight] = {}
         self._block_size = max(1, config.chunk_mib) * MIB
 
@@ -150,8 +164,9 @@ class Downloader:
         """Events for `job`: Started, Progress…, then Completed; failures raise FerryError."""
         check_request_headers(job.request_headers)  # before anything connects: aiohttp's own check comes too late
         scheme = job.url.split(":", 1)[0].lower() if ":" in job.url else ""
-        if scheme != "data":
-            self.guard.check_url(job.url)  # refuse bad schemes and blocked literals before touching disk
+        own = None if scheme == "data" else self.own_storage.source_for(job.url)
+        if scheme != "data" and own is None:
+            self.http.check_url(job.url)  # refuse bad schemes and blocked literals before touching disk
         target = self._target(job)
         fresh = not (job.model_weights or job.url_cache or job.target_dir)  # a folder made for this request alone
         key = flight_key(target, job.url)
@@ -160,8 +175,12 @@ class Downloader:
         if flight is None:
             flight = Flight()
             self._flights[flight_id] = flight
-            runner = self._data_uri if scheme == "data" else self._http
-            work = runner(flight, job, target, key)
+            if scheme == "data":
+                work = self._data_uri(flight, job, target, key)
+            elif own is not None:
+                work = self._own(own, flight, job, target, key)
+            else:
+                work = self._http(flight, job, target, key)
             flight.task = asyncio.create_task(self._fly(flight, flight_id, work, target if fresh else None))
         queue = flight.subscribe()
         try:
@@ -263,6 +282,57 @@ class Downloader:
             limits.append(int(self.config.max_download_mib * MIB))
         given = [limit for limit in limits if limit is not None]
         return min(given) if given else None
+
+    # -- files the stack stored itself ------------------------------------------------------
+
+    async def _own(self, source: OwnSource, flight: Flight, job: DownloadJob, target: Path, key: str) -> Completed:
+        began = time.time()
+        found = await source.find(job.url)  # NotFound when unknown or expired, as the CDN would answer
+        limit = self._limit(job)
+        if limit is not None and found.size > limit:
+            raise ResourceExhausted(f"stored file has {found.size} bytes, over the {limit}-byte limit", reason="FILE_TOO_LARGE")
+        # A stored object never changes under its URL: while it exists, the copy made before is current.
+        record = None if job.force else self.records.load(key)
+        if record is not None and record.url == job.url and record.size == found.size and record.vouches_for_file():
+            return self._hit(flight, key, record)
+        async with self._holding(key):
+            record = self.records.load(key)
+            if record is not None and record.completed_at >= began and record.vouches_for_file():
+                return self._hit(flight, key, record)  # another process placed it while we waited
+            _sweep_parts(target, key)
+            flight.publish(Started(found.size, found.file_name))
+            path = target / found.file_name
+            if found.path is not None and await _linked(found.path, target, key, path):
+                flight.publish(Progress(found.size, found.size, 0.0))
+            else:
+                await self._copy_own(found, target, key, path, ProgressReporter(flight))
+            record = DownloadRecord.for_file(job.url, path, found.content_type, None, None)
+            self.records.save(key, record)
+        self._schedule_eviction()
+        return Completed(path, record.size, False, found.content_type, found.file_name)
+
+    async def _copy_own(self, found: OwnFile, target: Path, key: str, path: Path, reporter: ProgressReporter) -> None:
+        """Where no link can be made: the local file's bytes, or the bucket's, through a temp file."""
+        reporter.total = found.size
+        out = AtomicFile(target, key, self._block_size)
+        try:
+            if found.path is not None:
+                source = found.path
+                await out.fill(lambda into: _copy_file(source, into))
+            else:
+                assert found.blocks is not None
+                async with aclosing(found.blocks()) as blocks:
+                    async for block in blocks:
+                        await out.write(block)
+                        if out.size > found.size:
+                            break
+                        reporter(out.size)
+            if out.size != found.size:
+                raise Unavailable(f"the stored file gave {out.size} of its {found.size} bytes", reason="STORAGE_ERROR")
+            await out.commit(path)
+        finally:
+            await out.discard()
+        reporter(found.size)
 
     # -- data: URIs -----------------------------------------------------------------------
 
@@ -411,6 +481,22 @@ def _still_current(record: DownloadRecord, remote: RemoteFile) -> bool:
     if remote.last_modified and record.last_modified:
         return remote.last_modified == record.last_modified
     return True
+
+
+async def _linked(source: Path, folder: Path, key: str, target: Path) -> bool:
+    """Whether `target` is now a hard link to the stored file `source` (False: copy it instead)."""
+    try:
+        return await asyncio.to_thread(link_into_place, source, folder, key, target)
+    except FileNotFoundError:
+        if not source.exists():  # swept (expired) since it was found
+            raise NotFound("no stored file at this URL (unknown, or expired)", reason="OBJECT_NOT_FOUND") from None
+        raise
+
+
+def _copy_file(source: Path, into: BinaryIO) -> int:
+    with open(source, "rb") as original:
+        shutil.copyfileobj(original, into, COPY_BLOCK)
+        return original.tell()
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -1,7 +1,8 @@
 """HTTP(S) sources: redirects under the network guard, retries with jittered backoff, resume with Range.
 
 Every hop of a redirect chain is checked by the guard (the URL here, the
-resolved address in the connector's resolver), at most `MAX_REDIRECTS` hops.
+resolved address in the connector's resolver), at most `MAX_REDIRECTS` hops;
+only a first hop under the stack's own CDN, as configured, goes unchecked.
 Credentials never follow a redirect to another origin. Transient failures
 (connection reset, stall, 5xx, 408, 429) retry; a body cut short resumes from
 where it stopped when the source supports ranges and its validator (ETag or
@@ -25,6 +26,7 @@ from yarl import URL
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.guard import AddressBlocked, NetworkGuard
 from ferry.services.downloader.names import choose_file_name
+from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.downloader.writer import AtomicFile
 from ferry.services.errors import FailedPrecondition, FerryError, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 
@@ -99,34 +101,49 @@ def _refusal(status: int, url: URL) -> FerryError:
 
 
 class HttpSource:
-    def __init__(self, guard: NetworkGuard, config: DownloaderConfig) -> None:
+    """`trusted_origin`, the stack's own CDN as configured, is reached without the guard: only a URL under
+    it that a caller asked for, never a redirect to it (an outside server could point there)."""
+
+    def __init__(self, guard: NetworkGuard, config: DownloaderConfig, trusted_origin: UrlPrefix | None = None) -> None:
         self._guard = guard
         self._config = config
-        self._session: aiohttp.ClientSession | None = None
+        self._trusted_origin = trusted_origin
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created lazily: it must live on the serving loop
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=self._guard.resolver(), limit=256),
+    def _client(self, *, trusted: bool) -> aiohttp.ClientSession:
+        if trusted not in self._sessions:  # created lazily: it must live on the serving loop
+            resolver = None if trusted else self._guard.resolver()
+            self._sessions[trusted] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=resolver, limit=256),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self._config.connect_timeout_seconds, sock_read=self._config.read_timeout_seconds
                 ),
                 trust_env=False,  # no proxy from the environment may sidestep the guard
                 auto_decompress=False,  # store what the source serves, byte for byte
             )
-        return self._session
+        return self._sessions[trusted]
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in self._sessions.values():
+            await session.close()
+
+    def _trusted(self, url: str) -> bool:
+        return self._trusted_origin is not None and self._trusted_origin.covers(url)
+
+    def check_url(self, url: str) -> None:
+        """Refuse what the guard refuses before touching disk, unless `url` is under the trusted origin."""
+        if not self._trusted(url):
+            self._guard.check_url(url)
 
     async def _open(self, method: str, url: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
-        """The final response after following redirects; every hop passes the guard."""
-        current = self._guard.check_url(url)
+        """The final response after following redirects; every hop passes the guard, bar a trusted first one."""
+        trusted = self._trusted(url)
+        current = URL(url) if trusted else self._guard.check_url(url)
         sent = dict(headers)
         for _hop in range(MAX_REDIRECTS + 1):
             try:
-                response = await self._client().request(method, current, headers=sent, allow_redirects=False)
+                client = self._client(trusted=trusted)
+                response = await client.request(method, current, headers=sent, allow_redirects=False)
             except AddressBlocked:
                 raise  # from the resolver, unwrapped by aiohttp: never retried
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:
@@ -142,7 +159,7 @@ class HttpSource:
                 sent = {k: v for k, v in sent.items() if k.lower() not in CREDENTIAL_HEADERS}
             if response.status == 303:
                 method = "GET" if method != "HEAD" else method
-            current = following
+            current, trusted = following, False
         raise FailedPrecondition(f"more than {MAX_REDIRECTS} redirects from {url}", reason="TOO_MANY_REDIRECTS")
 
     async def head(self, url: str, headers: Mapping[str, str]) -> RemoteFile | None:

@@ -11,6 +11,7 @@ import grpc
 
 from ferry.services.downloader.engine import Completed, DownloadJob, Downloader, Event, Progress, Started
 from ferry.services.downloader.locks import path_lock_key
+from ferry.services.downloader.own_storage import OwnStorage
 from ferry.services.errors import FerryError, InvalidArgument, NotFound, abort_with
 from ferry.services.settings import Settings
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
@@ -107,7 +108,14 @@ class DownloaderServicer(downloader_pb2_grpc.DownloaderServiceServicer):
 
 async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
     """Serve DownloaderService on `server`; returns what to await on shutdown."""
-    downloader = Downloader(settings.downloader, settings.server.data_dir)
+    downloader = Downloader(
+        settings.downloader,
+        settings.server.data_dir,
+        # URLs of the stack's own storage resolve from it where this process can reach it; where it cannot
+        # (the encoder runs elsewhere), the stack's CDN as configured is fetched past the network guard.
+        own_storage=OwnStorage.of(settings.storage),
+        trusted_cdn_url=settings.storage_config.public_url,
+    )
     await asyncio.to_thread(downloader.sweep_abandoned_parts)
     # Its first sweep runs now: records and locks of downloads removed while the server was down go at start.
     tidying = asyncio.create_task(downloader.keep_tidy(settings.downloader.cache_sweep_seconds))

@@ -9,6 +9,7 @@ stays flat whatever the file size.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 from collections.abc import Callable
@@ -21,6 +22,34 @@ PART_SUFFIX = ".ferry-part"
 def part_prefix(key: str) -> str:
     """Temp files of one flight start with this, so the next holder of its lock can sweep leftovers."""
     return f".{key}."
+
+
+# A hard link cannot be made across filesystems, where the filesystem has none, or past the link limit.
+_CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def temp_name(folder: Path, key: str) -> Path:
+    return folder / f"{part_prefix(key)}{secrets.token_hex(6)}{PART_SUFFIX}"
+
+
+def link_into_place(source: Path, folder: Path, key: str, target: Path) -> bool:
+    """Make `target` a hard link to `source`, appearing whole (a temp link beside it, then `os.replace`).
+
+    False when no link can be made here (another filesystem, no hard links): the caller copies instead.
+    Run it off the event loop.
+    """
+    temp = temp_name(folder, key)
+    try:
+        os.link(source, temp)
+    except OSError as error:
+        if error.errno in _CANNOT_LINK:
+            return False
+        raise
+    try:
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return True
 
 
 def _write_block(fd: int, pieces: list[bytes]) -> None:
@@ -36,7 +65,7 @@ def _write_block(fd: int, pieces: list[bytes]) -> None:
 
 class AtomicFile:
     def __init__(self, folder: Path, key: str, block_size: int) -> None:
-        self.temp_path = folder / f"{part_prefix(key)}{secrets.token_hex(6)}{PART_SUFFIX}"
+        self.temp_path = temp_name(folder, key)
         self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._block_size = block_size
         self._pieces: list[bytes] = []

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
+from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ferry.services.storage.base import (
     MIN_PART_SIZE,
@@ -190,6 +191,27 @@ class LocalStorage(Storage):
         if stored is None or (stored.expires_at is not None and stored.expires_at <= now):
             return None
         return stored
+
+    def claims(self, url: str) -> bool:
+        """Whether `url` lies under this storage's public base URL: the CDN, not the network, answers for it."""
+        return self._rest_of(url) is not None
+
+    async def find_url(self, url: str, now: datetime) -> StoredObject | None:
+        """The live object the CDN serves at `url`, by the CDN's own rules; None wherever it would answer 404."""
+        rest = self._rest_of(url)
+        if rest is None or len(rest) != 3 or rest[0] != "files":
+            return None
+        stored = await self.find(rest[1], now)
+        if stored is None or stored.file_name != rest[2]:
+            return None
+        return stored
+
+    def _rest_of(self, url: str) -> tuple[str, ...] | None:
+        try:
+            base = UrlPrefix.parse(self._base_url())
+        except ValueError:
+            return None  # no public URL yet: the CDN is not listening
+        return base.rest(url)
 
     def _read_object(self, object_id: str) -> StoredObject | None:
         try:

@@ -35,23 +35,29 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import io
 import json
 import logging
+import re
 import secrets
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import boto3
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from ferry.services.errors import FerryError, InvalidArgument, NotFound, Unavailable
+from ferry.services.downloader.names import safe_file_name
+from ferry.services.downloader.url_prefix import UrlPrefix
+from ferry.services.errors import FerryError, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from ferry.services.storage.base import (
     Storage,
     StoredObject,
@@ -84,6 +90,8 @@ _TRANSIENT_CODES = {
     "ServiceUnavailable",
 }
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+_OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16), as _new_key makes
+_KEY_PLACEHOLDER = "ferry-key-placeholder"
 
 
 # Each part carries a CRC32 that S3 checks on arrival, as boto3's own uploads do:
@@ -105,6 +113,15 @@ def _completed_part(number: int, token: str) -> dict[str, Any]:
     if checksum:
         part[PART_CHECKSUM_FIELD] = checksum
     return part
+
+
+def _expiry_in(metadata: dict[str, str], last_modified: datetime) -> datetime | None:
+    """When an object expires, from its metadata: a fixed time, or a lifetime counted from completion."""
+    if EXPIRES_AT_KEY in metadata:
+        return datetime.fromisoformat(metadata[EXPIRES_AT_KEY])
+    if EXPIRES_IN_KEY in metadata:
+        return last_modified.astimezone(UTC) + timedelta(seconds=int(metadata[EXPIRES_IN_KEY]))
+    return None
 
 
 def _object_metadata(sha256: str, expires_at: datetime | None) -> dict[str, str]:
@@ -160,9 +177,9 @@ class S3Storage(Storage):
             # Custom endpoints (MinIO, moto, …) take path-style requests; few resolve bucket subdomains.
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
-        self._client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, region_name=region, config=config
-        )
+        self._session = boto3.session.Session()
+        self._client = self._session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        self._presigned_base: UrlPrefix | None = None  # where presigned URLs of this bucket point; see key_of
         # Object metadata never changes, so each object's expiry is looked up (one HEAD) once, not every sweep.
         self._known_expiry: dict[str, datetime | None] = {}
         # Activity this process saw on each S3 upload id. Some S3-compatible
@@ -487,14 +504,7 @@ class S3Storage(Storage):
                 if _error_code(error)[1] == 404:
                     return None  # deleted since the listing
                 raise
-            if EXPIRES_AT_KEY in metadata:
-                self._known_expiry[key] = datetime.fromisoformat(metadata[EXPIRES_AT_KEY])
-            elif EXPIRES_IN_KEY in metadata:
-                self._known_expiry[key] = last_modified.astimezone(UTC) + timedelta(
-                    seconds=int(metadata[EXPIRES_IN_KEY])
-                )
-            else:
-                self._known_expiry[key] = None
+            self._known_expiry[key] = _expiry_in(metadata, last_modified)
         return self._known_expiry[key]
 
     def _sweep_objects(self, now: datetime) -> int:
@@ -545,6 +555,129 @@ class S3Storage(Storage):
             for part in page.get("Parts", []):
                 latest = max(latest, part["LastModified"])
         return latest
+
+    # -- the stack's own URLs, read back ---------------------------------------------
+
+    def key_of(self, url: str, now: datetime) -> str | None:
+        """The key of this storage's object that `url` names, when this storage issued `url`: a presigned URL
+        its own credentials signed, or a URL under `public_url_base`; None for any other URL, including a
+        URL of this bucket signed by someone else or naming a key outside this storage's prefix and layout.
+
+        Raises PermissionDenied for a presigned URL of ours past its expiry, as S3 would refuse it.
+        """
+        if self._public_url_base is not None:
+            rest = UrlPrefix.parse(self._public_url_base).rest(url)
+            if rest is not None:
+                return self._object_key(rest)
+        presigned = self._presigned_prefix()
+        rest = presigned.rest(url) if presigned is not None else None
+        if rest is None:
+            return None
+        key = self._object_key(rest)
+        if key is None or not self._signed_here(url, now):
+            return None
+        return key
+
+    def _object_key(self, segments: tuple[str, ...]) -> str | None:
+        """The key `segments` spell, if it is one `_new_key` could have made."""
+        key = "/".join(segments)
+        if not key.startswith(self._key_prefix):
+            return None
+        object_id, _, file_name = key.removeprefix(self._key_prefix).partition("/")
+        if not _OBJECT_ID.fullmatch(object_id) or not file_name or safe_file_name(file_name) != file_name:
+            return None
+        return key
+
+    def _presigned_prefix(self) -> UrlPrefix | None:
+        if self._presigned_base is None:
+            # boto3 builds presigned URLs locally: one for a placeholder key shows where every key goes
+            # (path-style or virtual-host, whatever this client does).
+            try:
+                example = self._client.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": _KEY_PLACEHOLDER}, ExpiresIn=60
+                )
+            except botocore.exceptions.BotoCoreError:
+                return None  # no credentials: this storage issues no presigned URLs
+            self._presigned_base = UrlPrefix.parse(example.split("?", 1)[0].removesuffix(_KEY_PLACEHOLDER))
+        return self._presigned_base
+
+    def _signed_here(self, url: str, now: datetime) -> bool:
+        """Whether this storage's credentials made `url`'s SigV4 query signature (recomputed, not trusted)."""
+        parts = urlsplit(url)
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        credentials = self._session.get_credentials()
+        if params.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256" or "X-Amz-Signature" not in params or credentials is None:
+            return False
+        try:
+            region = params["X-Amz-Credential"].split("/")[2]
+            lifetime = int(params["X-Amz-Expires"])
+            signed_at = datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except (KeyError, IndexError, ValueError, OverflowError):
+            return False
+        # The query as issued, bar the signature: SigV4 signs it byte for byte.
+        unsigned = "&".join(pair for pair in parts.query.split("&") if pair.partition("=")[0] != "X-Amz-Signature")
+        request = AWSRequest(method="GET", url=urlunsplit(parts._replace(query=unsigned, fragment="")))
+        request.context["timestamp"] = params["X-Amz-Date"]
+        signer = S3SigV4QueryAuth(credentials.get_frozen_credentials(), "s3", region, expires=lifetime)
+        expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+        if not hmac.compare_digest(expected, params["X-Amz-Signature"]):
+            return False
+        if signed_at + timedelta(seconds=lifetime) <= now:
+            raise PermissionDenied("this presigned URL has expired", reason="URL_EXPIRED")
+        return True
+
+    async def find(self, key: str, now: datetime) -> StoredObject | None:
+        """The live object at `key` (HeadObject); None when it is missing or has expired, swept or not."""
+
+        def head() -> StoredObject | None:
+            try:
+                answer = self._client.head_object(Bucket=self.bucket, Key=key)
+            except botocore.exceptions.ClientError as error:
+                if _error_code(error)[1] == 404:
+                    return None
+                raise
+            metadata = answer.get("Metadata", {})
+            expires_at = _expiry_in(metadata, answer["LastModified"])
+            if expires_at is not None and expires_at <= now:
+                return None
+            return StoredObject(
+                url=self._url(key, expires_at),
+                key=key,
+                file_name=key.rsplit("/", 1)[1],
+                content_type=answer.get("ContentType", "application/octet-stream"),
+                size=int(answer["ContentLength"]),
+                sha256=metadata.get(SHA256_KEY, ""),  # multipart objects carry none
+                expires_at=expires_at,
+                backend=self.name,
+            )
+
+        return await self._call("look up an object", head)
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        """The bytes of the object at `key`, block by block (GetObject); NotFound if it is gone."""
+
+        def get() -> Any:
+            try:
+                return self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            except botocore.exceptions.ClientError as error:
+                if _error_code(error)[1] == 404:
+                    raise NotFound("the stored object is gone", reason="OBJECT_NOT_FOUND") from None
+                raise
+
+        body = await self._call("read an object", get)
+        blocks = body.iter_chunks(READ_BLOCK)
+
+        def next_block() -> bytes:
+            try:
+                return next(blocks, b"")
+            except botocore.exceptions.IncompleteReadError as error:
+                raise TransientStorageError(f"{self.name}: read cut short: {error}") from error
+
+        try:
+            while block := await self._call("read an object", next_block):
+                yield block
+        finally:
+            body.close()
 
     async def close(self) -> None:
         await asyncio.to_thread(self._client.close)

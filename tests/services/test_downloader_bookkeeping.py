@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-import pytest
 from aiohttp import web
 
 from ferry.services.config import DownloaderConfig
