@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ferry.services.config import setting
+from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.storage.base import Storage
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage
@@ -83,6 +84,13 @@ class StorageConfig:
             raise ValueError("--sweep-interval-seconds and --multipart-max-age-seconds must be positive")
         if self.storage_attempts < 1:
             raise ValueError("--storage-attempts must be at least 1")
+        # The downloader recognises the stack's own URLs by these bases, so they must be URLs it can compare.
+        for flag, base in (("--public-url", self.public_url), ("--s3-public-url", self.s3_public_url)):
+            if base is not None:
+                try:
+                    UrlPrefix.parse(base)
+                except ValueError as error:
+                    raise ValueError(f"{flag}: {error}") from None
         if not 0 < self.storage_cool_down_seconds < math.inf:
             raise ValueError("--storage-cool-down-seconds must be a positive number of seconds")
 

@@ -17,6 +17,7 @@ import ferry
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import Downloader
 from ferry.services.downloader.servicer import DownloaderServicer
+from ferry.services.storage.config import StorageConfig
 from ferry.v1 import downloader_pb2_grpc
 from tests.harness import HttpFileServer
 from tests.services.downloader_fixtures import events
@@ -109,3 +110,9 @@ def test_a_redirect_from_the_cdn_elsewhere_on_its_host_is_guarded(grpc_stub, cdn
     error = refusal(grpc_stub, url=url, target_dir="away")
     assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADDRESS_BLOCKED")
     assert cdn.gets("/private/secret.txt") == []
+
+
+@pytest.mark.parametrize("flag, field", [("--public-url", "public_url"), ("--s3-public-url", "s3_public_url")])
+def test_a_cdn_base_that_is_not_an_http_url_is_refused_when_the_stack_is_configured(flag, field):
+    with pytest.raises(ValueError, match=f"^{flag}: 'cdn.example.com' is not an http"):
+        StorageConfig(**{field: "cdn.example.com"})
