@@ -33,10 +33,15 @@ class StackProcess:
         self.stderr = ""
         self.grpc_address = ""
         self.cdn_url = ""
+        self._stderr_lines: list[str] = []
+        self._stderr_reader: threading.Thread | None = None
 
     def start(self, timeout: float = 60) -> StackProcess:
         command = [sys.executable, "-m", "ferry.cli", "serve", *self.args]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+        # Read stderr as it comes: a server that logs more than a pipe holds (64 KiB) would block on its next line.
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, args=(self.process,), daemon=True)
+        self._stderr_reader.start()
         line = _first_line(self.process, timeout)
         if not line.startswith("ferry ready "):
             stderr = self.stop()
@@ -72,11 +77,18 @@ class StackProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.stderr = self.process.stderr.read() if self.process.stderr else ""
+        if self._stderr_reader is not None:
+            self._stderr_reader.join(timeout)
+        self.stderr = "".join(self._stderr_lines)
         for stream in (self.process.stdout, self.process.stderr):
             if stream:
                 stream.close()
         return self.stderr
+
+    def _drain_stderr(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            self._stderr_lines.append(line)
 
     def __enter__(self) -> StackProcess:
         return self.start()
