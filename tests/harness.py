@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import pty
 import socket
+import struct
 import subprocess
+import termios
 import threading
 import tty
 import time
@@ -163,10 +166,11 @@ def socket_bound_but_not_listening() -> Iterator[str]:
         yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
-def run_with_stderr_on_a_terminal(command: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """Run `command` with stderr on a raw pty: (exit code, stdout, what the terminal showed)."""
+def run_with_stderr_on_a_terminal(command: list[str], env: dict[str, str], columns: int = 80) -> tuple[int, str, str]:
+    """Run `command` with stderr on a raw pty `columns` wide: (exit code, stdout, what the terminal showed)."""
     controller, terminal = pty.openpty()
     tty.setraw(terminal)  # no output processing: a "\r" seen here is one the command wrote
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))  # rows, columns, pixels
     try:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal, text=True, env=env)
     finally:
