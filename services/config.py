@@ -131,13 +131,21 @@ def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
     for f in dataclasses.fields(config_type):
         kind = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}]"
+        help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}]{_default_help(f)}"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
         elif kind is tuple:
             parser.add_argument(flag, dest=f.name, action="append", default=None, help=f"{help_text} (repeatable)")
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+
+def _default_help(f: dataclasses.Field[Any]) -> str:
+    """` (default: X)` for `--help`, where the field has a default worth naming (not unset, off or empty)."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if default is None or default is False or default in ("", ()):
+        return ""
+    return f" (default: {','.join(map(str, default)) if isinstance(default, tuple) else default})"
 
 
 def from_arguments(config_type: type[Config], namespace: argparse.Namespace) -> Config:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from ferry.progress import ERASE_TO_END
 from tests.harness import run_with_stderr_on_a_terminal, socket_bound_but_not_listening, wait_for
 
 KIB = 1 << 10
@@ -89,7 +90,7 @@ def test_to_puts_the_file_under_the_data_dir_and_ferry_address_comes_from_the_en
 
 
 @pytest.mark.timeout(60)
-def test_force_fetches_again_where_a_repeat_is_served_from_the_cache(stack, http_server, data):
+def test_force_fetches_again_where_a_repeat_is_served_from_the_cache_and_says_so(stack, http_server, data):
     url = http_server.add_file("clip.bin", _body(100 * KIB))
     common = ("--to", "in", "--address", stack.grpc_address)
 
@@ -103,6 +104,10 @@ def test_force_fetches_again_where_a_repeat_is_served_from_the_cache(stack, http
     assert forced.returncode == 0, forced.stderr
     assert forced.stdout == first.stdout
     assert len(http_server.gets("/clip.bin")) == 2, "--force fetches from the source again"
+
+    hit = "clip.bin: cache hit (the stack's copy is current; nothing was downloaded)"
+    assert repeat.stderr.splitlines() == [hit], "a cache hit says so"
+    assert hit not in first.stderr and hit not in forced.stderr
 
 
 @pytest.mark.timeout(60)
@@ -188,6 +193,38 @@ def test_live_bar_on_a_terminal(stack, http_server):
     assert "\rclip.bin [" in screen, "the bar redraws in place"
     assert re.search(r"\] 1\.0 MiB/1\.0 MiB [\d.]+ (B|KiB|MiB|GiB)/s", screen), screen
     assert screen.endswith("\n"), "the finished bar leaves the cursor on a fresh line"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("window", "columns_variable"), [(50, None), (200, "50")], ids=["a 50-column terminal", "COLUMNS=50"])
+def test_the_live_bar_fits_a_narrow_terminal_and_redraws_on_its_one_line(stack, http_server, window, columns_variable):
+    name = "a-rather-long-file-name-for-a-narrow-terminal.bin"
+    url = http_server.add_file(name, _body(MIB))
+    env = {k: v for k, v in _environment().items() if k not in ("COLUMNS", "LINES")}
+    if columns_variable:
+        env["COLUMNS"] = columns_variable
+    command = [sys.executable, "-m", "ferry.cli", "download", url, "--address", stack.grpc_address]
+
+    returncode, stdout, screen = run_with_stderr_on_a_terminal(command, env, columns=window)
+
+    assert returncode == 0, screen
+    assert Path(stdout.strip()).name == name
+    assert screen.endswith("\n") and screen.count("\n") == 1, "every redraw stays on the bar's one line"
+    redraws = [part.removesuffix(ERASE_TO_END) for part in screen.removesuffix("\n").split("\r") if part]
+    assert redraws and all(len(line) < 50 for line in redraws), redraws
+    assert redraws[-1].startswith("a-rather-long") and "] 1.0 MiB/1.0 MiB" in redraws[-1], "the label gives way first"
+
+
+@pytest.mark.timeout(60)
+def test_a_cache_hit_on_a_terminal_is_its_one_line_and_no_empty_bar(stack, http_server):
+    url = http_server.add_file("clip.bin", _body(100 * KIB))
+    assert ferry_download(url, "--to", "in", "--address", stack.grpc_address).returncode == 0
+    command = [sys.executable, "-m", "ferry.cli", "download", url, "--to", "in", "--address", stack.grpc_address]
+
+    returncode, stdout, screen = run_with_stderr_on_a_terminal(command, _environment())
+
+    assert returncode == 0, screen
+    assert screen == "clip.bin: cache hit (the stack's copy is current; nothing was downloaded)\n"
 
 
 @pytest.mark.timeout(60)

@@ -23,6 +23,7 @@ import grpc
 import pytest
 
 import ferry
+from ferry.progress import ERASE_TO_END
 from ferry.testing import StackProcess
 from tests.harness import run_with_stderr_on_a_terminal, socket_bound_but_not_listening, wait_for
 
@@ -84,15 +85,38 @@ def test_path_picks_the_endpoint_and_its_logs_and_progress_reach_stderr(stack):
 
 
 def test_queue_position_changes_are_shown_as_they_happen(stack, client):
-    ahead = [client.submit("sample", {"steps": 10, "step_seconds": 0.05}, path="/slow") for _ in range(2)]
+    # Two requests ahead that outlast any start-up of `ferry run` (5 minutes each), cancelled
+    # only once the queued position has been seen: a loaded machine cannot run them out first.
+    ahead = [client.submit("sample", {"steps": 6000, "step_seconds": 0.05}, path="/slow") for _ in range(2)]
+    process = subprocess.Popen(
+        _command("sample", "--input", '{"text": "last"}', "--address", stack.grpc_address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(),
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any(line.startswith("queued: position ") for line in list(lines)), "a queue position", timeout=60)
+        running = [handle for handle in ahead if handle.status().state == "IN_PROGRESS"]
+        waiting = [handle for handle in ahead if handle not in running]
+        assert len(running) == len(waiting) == 1, "one request runs, one waits: both are still ahead"
+        waiting[0].cancel()  # the queue moves: next in line
+        wait_for(lambda: "queued: position 0\n" in list(lines), "position 0 to be shown")
+        running[0].cancel()  # the slot frees: it runs
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    reader.join(10)
 
-    result = ferry_run(stack, "sample", "--input", '{"text": "last"}')
-
-    assert result.returncode == 0, result.stderr
-    positions = [int(line.split()[-1]) for line in result.stderr.splitlines() if line.startswith("queued: position ")]
-    assert positions[0] >= 1 and positions[-1] == 0, result.stderr
-    assert positions == sorted(positions, reverse=True) and len(set(positions)) == len(positions), "only changes"
-    assert [h.get(timeout=30) for h in ahead] == [{"finished_steps": 10}] * 2
+    assert process.returncode == 0, "".join(lines)
+    assert json.loads(stdout) == {"text": "last"}
+    positions = [int(line.split()[-1]) for line in lines if line.startswith("queued: position ")]
+    assert positions == [1, 0], lines
 
 
 def test_default_input_is_an_empty_object_and_media_outputs_are_urls(stack):
@@ -195,6 +219,18 @@ def test_live_progress_line_on_a_terminal(stack):
     assert "progress: " not in screen, "no plain progress lines on a terminal"
 
 
+def test_the_live_progress_line_fits_a_narrow_terminal(stack):
+    command = _command("sample", "--path", "/slow", "--input", QUICK_SLOW, "--address", stack.grpc_address)
+    env = {k: v for k, v in _environment().items() if k not in ("COLUMNS", "LINES")}
+
+    returncode, stdout, screen = run_with_stderr_on_a_terminal(command, env, columns=50)
+
+    assert returncode == 0, screen
+    shown = [part.replace(ERASE_TO_END, "") for line in screen.split("\n") for part in line.split("\r")]
+    assert all(len(part) < 50 for part in shown), shown
+    assert any(part.startswith("progress [#") and part.endswith("#] 3/3 (100%)") for part in shown), "a shorter bar, the count kept"
+
+
 def test_ctrl_c_cancels_the_request_on_the_server_and_exits_130(stack, client):
     process = subprocess.Popen(
         _command("sample", "--path", "/slow", "--input", LONG_SLOW, "--address", stack.grpc_address),
@@ -229,6 +265,6 @@ def test_ctrl_c_cancels_the_request_on_the_server_and_exits_130(stack, client):
     assert lines[-1] == "ferry run: cancelled\n", lines
     request_id = lines[0].split()[1]
     handle = ferry.RequestHandle(client, request_id)
-    wait_for(lambda: handle.status().state == "COMPLETED", "the request to end")
+    wait_for(lambda: handle.status().state == "CANCELLED", "the request to end")
     error = handle.status().error
     assert error is not None and error.code == grpc.StatusCode.CANCELLED
