@@ -64,7 +64,10 @@ class StorageConfig:
     s3_endpoint_url: str | None = setting("S3 endpoint for S3-compatible stores (MinIO, R2, …); default AWS")
     s3_region: str | None = setting("S3 region (default: AWS_REGION / AWS_DEFAULT_REGION)")
     s3_public_url: str | None = setting("public base URL of the S3 bucket: URLs become BASE/KEY instead of presigned")
-    public_url: str | None = setting("base URL the CDN is reached at; default http://HOST:CDN_PORT")
+    public_url: str | None = setting(
+        "base URL the CDN is reached at; a downloader hosted without the encoder fetches it past the network guard; "
+        "default http://HOST:CDN_PORT"
+    )
     sweep_interval_seconds: float = setting("how often expired objects and idle uploads are deleted", 60.0)
     multipart_max_age_seconds: float = setting("a multipart upload idle this long is aborted", 86400.0)
     storage_attempts: int = setting("attempts per storage backend before falling back to the next", 10)
