@@ -98,6 +98,9 @@ def _replacing(target: Path) -> Iterator[BinaryIO]:
     _fsync_dir(target.parent)
 
 
+STORED_FILE_MODE = 0o444
+
+
 def _write_json_atomic(target: Path, record: dict[str, Any]) -> None:
     with _replacing(target) as file:
         file.write(json.dumps(record).encode())
@@ -265,6 +268,10 @@ class LocalStorage(Storage):
         try:
             folder.mkdir()
             size, sha256 = fill(folder / file_name)
+            # Published bytes never change, and downloads of the stack's own URLs hard-link this very file
+            # into apps' input folders: read-only, an app writing over its input fails instead of changing it
+            # (modes do not stop root; the README says to treat inputs as read-only).
+            os.chmod(folder / file_name, STORED_FILE_MODE)
             return self._commit_object(
                 object_id, file_name=file_name, content_type=content_type, size=size, sha256=sha256, expires_at=expires_at
             )

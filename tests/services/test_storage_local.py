@@ -103,6 +103,24 @@ async def test_bytes_that_cannot_be_written_leave_no_object_behind(
     assert list(storage.objects.iterdir()) == []
 
 
+@pytest.mark.parametrize("how", ["put_file", "put_bytes", "multipart"])
+async def test_stored_files_are_read_only_since_published_bytes_never_change(
+    storage: LocalStorage, tmp_path: Path, how: str
+) -> None:
+    # Downloads of the stack's own URLs hard-link these files into apps' input folders.
+    if how == "put_file":
+        stored = await put(storage, tmp_path, b"frames")
+    elif how == "put_bytes":
+        stored = await storage.put_bytes(b"frames", file_name="a.bin", content_type="application/octet-stream", expires_in=None)
+    else:
+        upload_id = await storage.create_multipart(file_name="a.bin", content_type="application/octet-stream", expires_in=None)
+        etag = await send_part(storage, tmp_path, upload_id, 1, b"frames")
+        stored = await storage.complete_multipart(upload_id, [(1, etag)])
+
+    (path,) = (storage.root / stored.key).iterdir()
+    assert path.stat().st_mode & 0o777 == 0o444
+
+
 async def test_ids_are_128_random_bits_and_never_repeat(storage: LocalStorage, tmp_path: Path) -> None:
     keys = [(await put(storage, tmp_path, b"x")).key for _ in range(20)]
 
