@@ -63,8 +63,10 @@ def _seconds(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number of seconds, got {_shown(text)}") from None
-    if not 1 <= value < 1 << 63:
+    if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 second, got {_shown(text)}")
+    if value >= 1 << 63:  # past what the request's 64-bit field holds
+        raise argparse.ArgumentTypeError(f"is too large: {_shown(text)} seconds")
     return value
 
 
@@ -183,7 +185,7 @@ def _field_lines(input_schema: dict[str, Any]) -> list[str]:
     return lines or ["(no input fields)"]
 
 
-def describe_app(app: inference_pb2.AppDescription) -> str:
+def _describe_app(app: inference_pb2.AppDescription) -> str:
     """One app as a block of text: its id and machine type, each endpoint, each input field."""
     lines = [f"{app.app_id} ({app.machine_type})"]
     for endpoint in app.endpoints:
@@ -198,9 +200,10 @@ def _apps(args: argparse.Namespace) -> int:
             apps = _list_apps(client, args.app or "")
         except FerryError as error:
             return _failed("apps", error)
-    if not apps:
+    if apps:
+        print("\n\n".join(_describe_app(app) for app in apps))
+    else:
         print("ferry apps: no apps hosted (`ferry serve --app module:Class` hosts one)", file=sys.stderr)
-    print("\n\n".join(describe_app(app) for app in apps))
     return 0
 
 

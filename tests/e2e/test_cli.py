@@ -124,7 +124,7 @@ def a_file(tmp_path: Path) -> Path:
         (("download", "http://example.com/x", "--limit-mb", "lots"), "--limit-mb: expected a number, got 'lots'"),
         (("upload", "{file}", "--expires-in", "-5"), "--expires-in: must be at least 1 second, got '-5'"),
         (("upload", "{file}", "--expires-in", "0"), "--expires-in: must be at least 1 second"),
-        (("upload", "{file}", "--expires-in", str(2**64)), "--expires-in: must be at least 1 second"),
+        (("upload", "{file}", "--expires-in", str(2**64)), "--expires-in: is too large"),
         (("upload", "{file}", "--expires-in", "1.5"), "--expires-in: expected a whole number of seconds"),
         (("run", "sample", "--expires-in", "0"), "--expires-in: must be at least 1 second"),
         (("upload", "{directory}"), "is a directory: upload one file at a time"),
@@ -258,6 +258,15 @@ def test_apps_with_an_app_id_shows_only_that_app_and_an_unknown_one_is_not_found
 
     assert one.returncode == 0 and one.stdout.startswith("sample (GPU)\n") and "media" not in one.stdout
     assert unknown.returncode == 1 and unknown.stderr.startswith("ferry apps: NOT_FOUND: "), unknown.stderr
+
+
+def test_apps_on_a_runner_without_apps_says_how_to_host_one(start_ferry):
+    runner = start_ferry("inference")
+
+    result = ferry_cli("apps", "--address", runner.grpc_address)
+
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr == "ferry apps: no apps hosted (`ferry serve --app module:Class` hosts one)\n"
 
 
 def test_apps_against_a_server_without_the_inference_service_says_so(start_ferry):
