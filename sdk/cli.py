@@ -24,8 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ferry import __version__
 from ferry.client import SERVICE_NAMES, Client
 from ferry.connection import DEFAULT_ADDRESS, Connection
-from ferry.downloads import DownloadPlan, DownloadProgress, EventReader, ProgressCallback, write_read_stream
-from ferry.errors import FerryError, map_rpc_errors
+from ferry.downloads import DownloadProgress
+from ferry.errors import FerryError
 from ferry.events import Cancelled, Completed, Event, Failed, InProgress, PartialOutput, Progress, Queued
 from ferry.progress import ERASE_TO_END, PLAIN_LINE_INTERVAL_SECONDS, ProgressDisplay, bar_line, terminal_columns
 from ferry.v1 import inference_pb2
@@ -210,38 +210,28 @@ def _apps(args: argparse.Namespace) -> int:
 # -- download and upload -----------------------------------------------------------------
 
 
-def _download_file(client: Client, args: argparse.Namespace, on_progress: ProgressCallback) -> tuple[Path, bool]:
-    """`client.download_file`, with the Download stream read here: (the path, whether the stack's cache answered).
-
-    `download_file` returns only the path; the stream's `completed.cache_hit` says the rest.
-    """
-    plan = DownloadPlan.create(args.url, args.to, args.force, dict(args.header), args.limit_mb, False, client.shared_data_dir)
-    reader = EventReader(on_progress)
-    call = client.downloader.Download(plan.request)
-    try:
-        with map_rpc_errors():
-            for response in call:
-                reader.feed(response)
-            completed = reader.result()
-            path = plan.finish(completed)
-            if path is None:  # the service's file is not visible here: stream it over
-                path = write_read_stream(client.downloader.Read(plan.read_request(completed)), plan.destination(completed))
-    except BaseException:
-        call.cancel()  # Ctrl-C: stop the transfer server-side too
-        raise
-    return path, completed.cache_hit
-
-
 def _download(args: argparse.Namespace) -> int:
     display = ProgressDisplay("download")
+    cache_hit = False
 
     def show(progress: DownloadProgress) -> None:
+        nonlocal cache_hit
+        if progress.cache_hit:
+            cache_hit = True  # nothing is transferred: no bar
+            return
         display.label = progress.file_name or "download"
         display.update(progress.bytes_done, progress.total_bytes, progress.bytes_per_second)
 
     with _client(args) as client:
         try:
-            path, cache_hit = _download_file(client, args, show)
+            path = client.download_file(
+                args.url,
+                target_dir=args.to,
+                force=args.force,
+                request_headers=dict(args.header),
+                filesize_limit=args.limit_mb,
+                on_progress=show,
+            )
         except FerryError as error:
             display.finish()
             return _failed("download", error)

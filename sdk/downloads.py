@@ -32,12 +32,14 @@ MIB = 1 << 20
 
 @dataclass(frozen=True)
 class DownloadProgress:
-    """What `on_progress` receives."""
+    """What `on_progress` receives: bytes as they arrive, or once, with `cache_hit`, when none had to."""
 
     bytes_done: int
     total_bytes: int | None
     bytes_per_second: float
     file_name: str
+    # The stack's copy was current: this is the only report, and nothing was transferred.
+    cache_hit: bool = False
 
 
 ProgressCallback = Callable[[DownloadProgress], None]
@@ -61,7 +63,9 @@ class EventReader:
             p = response.progress
             self.on_progress(DownloadProgress(p.bytes_done, self.total, p.bytes_per_second, self.file_name))
         elif kind == "completed":
-            self.completed = response.completed
+            self.completed = done = response.completed
+            if done.cache_hit and self.on_progress is not None:
+                self.on_progress(DownloadProgress(done.file_size, done.file_size, 0.0, done.file_name, cache_hit=True))
 
     def result(self) -> downloader_pb2.DownloadCompleted:
         if self.completed is None:
@@ -219,9 +223,10 @@ def place(source: Path, destination: Path) -> Path:
         except OSError:  # another filesystem, or links not allowed: copy (a reflink where the filesystem can)
             _copy(source, temp)
         os.replace(temp, destination)
-    except BaseException:
+    finally:
+        # Also after success: renaming a link onto another link of the same file does nothing (POSIX),
+        # so when a concurrent caller placed it first, the temp name is still there.
         temp.unlink(missing_ok=True)
-        raise
     return destination
 
 

@@ -25,35 +25,82 @@ def _default_data_dir() -> Path:
     return Path(base) / "ferry"
 
 
-def setting(help: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
-    """A config field with the help text its flag shows."""
+def setting(
+    help: str,
+    default: Any = dataclasses.MISSING,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A config field with the help text its flag shows, and the range its value must lie in (when set)."""
     if default is dataclasses.MISSING and "default_factory" not in kwargs:
         kwargs["default"] = None
     elif default is not dataclasses.MISSING:
         kwargs["default"] = default
-    return field(metadata={"help": help}, **kwargs)
+    return field(metadata={"help": help, "at_least": at_least, "above": above, "at_most": at_most}, **kwargs)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class Checked:
+    """A config whose numbers are checked against their settings' ranges: one line naming the flag, not a
+    traceback later (a port of 99999 that gRPC wraps to 34463, a chunk size of 0 that never makes progress)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            low, floor, high = f.metadata.get("at_least"), f.metadata.get("above"), f.metadata.get("at_most")
+            if value != value or (low is not None and value < low) or (floor is not None and value <= floor) or (
+                high is not None and value > high
+            ):
+                raise ValueError(f"{flag(f.name)} must be {_range(low, floor, high)}, got {value}")
+
+
+def _range(low: float | None, floor: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"between {low:g} and {high:g}"
+    if floor is not None:
+        return f"above {floor:g}" + (f" and at most {high:g}" if high is not None else "")
+    if low is not None:
+        return f"at least {low:g}"
+    return f"at most {high:g}"
+
+
+PORT = {"at_least": 0, "at_most": 65535}
+
+
+@dataclass(frozen=True)
+class ServerConfig(Checked):
     """Where and how the gRPC server and the CDN HTTP server listen."""
 
     host: str = setting("address both servers bind to", "127.0.0.1")
-    grpc_port: int = setting("gRPC port (0 = pick a free one)", 50051)
-    cdn_port: int = setting("CDN HTTP port (0 = pick a free one)", 8787)
+    grpc_port: int = setting("gRPC port (0 = pick a free one)", 50051, **PORT)
+    cdn_port: int = setting("CDN HTTP port (0 = pick a free one)", 8787, **PORT)
     data_dir: Path = setting("root for downloads, cache and locally stored files", default_factory=_default_data_dir)
     token: str | None = setting("require 'authorization: Bearer TOKEN' on every RPC and CDN upload")
     tls_cert: Path | None = setting("PEM certificate chain: serve gRPC and the CDN over TLS")
     tls_key: Path | None = setting("PEM private key for --tls-cert")
-    drain_seconds: float = setting("on SIGTERM/SIGINT, how long in-flight calls may finish", 30.0)
+    drain_seconds: float = setting("on SIGTERM/SIGINT, how long in-flight calls may finish", 30.0, at_least=0)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{flag(name)} {str(path)[:200]!r}: no such file")
 
 
 @dataclass(frozen=True)
-class DownloaderConfig:
+class DownloaderConfig(Checked):
     """What the downloader may fetch, and how hard it tries."""
 
     allow_private_networks: bool = setting(
@@ -61,21 +108,17 @@ class DownloaderConfig:
     )
     allow_hosts: str = setting("comma-separated host names or CIDRs the network guard lets through", "")
     temp_dir: Path | None = setting("root for per-request download folders (default: DATA_DIR/tmp)")
-    chunk_mib: int = setting("body bytes buffered per disk write (and flushed) at a time, in MiB", 16)
-    data_uri_limit_mib: float = setting("largest decoded data: URI, in MiB", 10.0)
-    max_download_mib: float | None = setting("server-wide cap on one download, in MiB (default: none)")
-    cache_budget_mib: float | None = setting("evict least-recently-used downloads past this total, in MiB")
-    retries: int = setting("retries of a transient failure (reset, 5xx, 408, 429) before UNAVAILABLE", 4)
-    retry_backoff_seconds: float = setting("first retry delay; doubles per retry, jittered", 0.25)
-    connect_timeout_seconds: float = setting("TCP/TLS connect timeout per attempt", 10.0)
-    read_timeout_seconds: float = setting("a source silent this long is stalled (retried, then UNAVAILABLE)", 30.0)
+    chunk_mib: int = setting("body bytes buffered per disk write (and flushed) at a time, in MiB", 16, at_least=1, at_most=1024)
+    data_uri_limit_mib: float = setting("largest decoded data: URI, in MiB", 10.0, above=0, at_most=1024)
+    max_download_mib: float | None = setting("server-wide cap on one download, in MiB (default: none)", above=0)
+    cache_budget_mib: float | None = setting("evict least-recently-used downloads past this total, in MiB", at_least=0)
+    retries: int = setting("retries of a transient failure (reset, 5xx, 408, 429) before UNAVAILABLE", 4, at_least=0, at_most=100)
+    retry_backoff_seconds: float = setting("first retry delay; doubles per retry, jittered", 0.25, at_least=0)
+    connect_timeout_seconds: float = setting("TCP/TLS connect timeout per attempt", 10.0, above=0)
+    read_timeout_seconds: float = setting("a source silent this long is stalled (retried, then UNAVAILABLE)", 30.0, above=0)
     cache_sweep_seconds: float = setting(
-        "how often download records whose file is gone, and lock files nobody holds, are removed", 600.0
+        "how often download records whose file is gone, and lock files nobody holds, are removed", 600.0, above=0
     )
-
-    def __post_init__(self) -> None:
-        if self.cache_sweep_seconds <= 0:
-            raise ValueError("--cache-sweep-seconds must be positive")
 
     @property
     def allowed(self) -> tuple[str, ...]:
@@ -83,12 +126,12 @@ class DownloaderConfig:
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(Checked):
     """What the encoder accepts."""
 
-    max_tensor_mib: float = setting("largest tensor (or upload) one request may send, in MiB", 4096.0)
-    max_pixels: int = setting("largest image or video frame, in pixels (width × height)", 64_000_000)
-    encode_threads: int = setting("worker threads for encoding (0 = one per CPU)", 0)
+    max_tensor_mib: float = setting("largest tensor (or upload) one request may send, in MiB", 4096.0, above=0)
+    max_pixels: int = setting("largest image or video frame, in pixels (width × height)", 64_000_000, at_least=1)
+    encode_threads: int = setting("worker threads for encoding (0 = one per CPU)", 0, at_least=0, at_most=1024)
 
 
 @dataclass(frozen=True)

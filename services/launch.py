@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import logging
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Sequence
@@ -72,6 +73,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # Larger HTTP/2 windows for streams of 1 MiB messages (tensors, uploads):
         # measured 0.84 → 1.54 GB/s of raw bytes over loopback.
         ("grpc.http2.lookahead_bytes", 8 << 20),
+        # gRPC shares a port with any process that also asks for it (SO_REUSEPORT): a second `ferry serve`
+        # on a taken port would silently take half the calls. It fails to start instead.
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -79,9 +83,25 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _check_bindable(host: str, port: int, what: str) -> None:
+    """CannotStart, in words, when `host:port` cannot be bound (the address is not this machine's, the port is taken)."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, protocol, _, where in addresses:
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: a restart is not refused
+                probe.bind(where)
+    except OSError as error:
+        raise CannotStart(f"cannot listen on {_hostport(host, port)[:200]} for {what}: {error.strerror or error}") from None
+
+
 def _read(path: Any) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+class CannotStart(Exception):
+    """What keeps the stack from starting that its operator must fix: a folder, an address, a certificate."""
 
 
 class Stack:
@@ -101,7 +121,10 @@ class Stack:
 
     async def start(self) -> None:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CannotStart(f"--data-dir {str(cfg.data_dir)[:200]!r}: {error.strerror or error}") from None
         if any(s.needs_cdn for s in self.hosted):
             await self._start_storage()
         elif SERVICES["downloader"] in self.hosted:
@@ -132,10 +155,14 @@ class Stack:
     def _listen(self, server: grpc.aio.Server) -> int:
         cfg = self.config
         address = _hostport(cfg.host, cfg.grpc_port)
-        if cfg.tls_cert:
-            credentials = grpc.ssl_server_credentials([(_read(cfg.tls_key), _read(cfg.tls_cert))])
-            return server.add_secure_port(address, credentials)
-        return server.add_insecure_port(address)
+        _check_bindable(cfg.host, cfg.grpc_port, "gRPC")  # before gRPC's own attempt, which logs its failure raw
+        try:
+            if cfg.tls_cert:
+                credentials = grpc.ssl_server_credentials([(_read(cfg.tls_key), _read(cfg.tls_cert))])
+                return server.add_secure_port(address, credentials)
+            return server.add_insecure_port(address)
+        except (RuntimeError, OSError) as error:  # grpc raises RuntimeError for an address it cannot bind
+            raise CannotStart(f"cannot listen on {address[:200]} for gRPC: {error}") from None
 
     def _upstream(self) -> StackTarget:
         """Where hosted apps' downloads and encodes go: this server, unless --downloader / --encoder say otherwise."""
@@ -174,11 +201,18 @@ class Stack:
         ssl_context = None
         if cfg.tls_cert:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            try:
+                ssl_context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            except (ssl.SSLError, OSError) as error:
+                raise CannotStart(f"--tls-cert / --tls-key cannot be loaded: {error}") from None
         runner = web.AppRunner(create_cdn_app(cfg.token, local), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.cdn_port, ssl_context=ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            await runner.cleanup()
+            raise CannotStart(f"cannot listen on {_hostport(cfg.host, cfg.cdn_port)[:200]} for the CDN: {error.strerror or error}") from None
         self._cdn = runner
         port = runner.addresses[0][1]
         self.cdn_url = f"{'https' if ssl_context else 'http'}://{_hostport(cfg.host, port)}"
@@ -202,13 +236,19 @@ class Stack:
             await self._cdn.cleanup()
 
 
-async def serve(settings: Settings, services: Sequence[str], apps: Sequence[Any] = ()) -> None:
+async def serve(settings: Settings, services: Sequence[str], apps: Sequence[Any] = ()) -> int:
+    """Run until SIGTERM or SIGINT; the exit status (1: the stack could not start, said in one line)."""
     stack = Stack(settings, services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stack.start()
+    try:
+        await stack.start()
+    except CannotStart as error:
+        print(f"ferry serve: {error}", file=sys.stderr)
+        await stack.stop()
+        return 1
     print(stack.ready_line, flush=True)
     for app in apps:  # stdout keeps the one ready line; what is hosted goes to the log
         endpoints = ", ".join(path + (" (realtime)" if spec.realtime else "") for path, spec in app.endpoints.items())
@@ -216,6 +256,7 @@ async def serve(settings: Settings, services: Sequence[str], apps: Sequence[Any]
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %ss", settings.server.drain_seconds)
     await stack.stop()
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -259,8 +300,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"ferry serve: {error}", file=sys.stderr)
         return 2
     keep_freed_memory()
-    asyncio.run(serve(settings, services, apps))
-    return 0
+    return asyncio.run(serve(settings, services, apps))
 
 
 def _hosted_apps(specs: Sequence[str]) -> list[Any]:

@@ -230,6 +230,51 @@ def test_two_apps_with_one_id_are_a_usage_error(tmp_path):
     assert "another app already has the id 'sample'" in result.stderr and result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["--grpc-port", "99999"], "--grpc-port must be between 0 and 65535, got 99999"),
+        (["--grpc-port", "-1"], "--grpc-port must be between 0 and 65535, got -1"),
+        (["--chunk-mib", "0"], "--chunk-mib must be between 1 and 1024, got 0"),
+        (["--drain-seconds", "-5"], "--drain-seconds must be at least 0, got -5.0"),
+        (["--data-uri-limit-mib", "-1"], "--data-uri-limit-mib must be above 0 and at most 1024, got -1.0"),
+        (["--max-pixels", "0"], "--max-pixels must be at least 1, got 0"),
+        (["--retries", "-1"], "--retries must be between 0 and 100, got -1"),
+        (["--read-timeout-seconds", "0"], "--read-timeout-seconds must be above 0, got 0.0"),
+        (["--tls-cert", "/no/such/cert.pem", "--tls-key", "/no/such/key.pem"], "--tls-cert '/no/such/cert.pem': no such file"),
+    ],
+)
+def test_serve_refuses_a_bad_flag_value_in_one_line_with_exit_2(flags, complaint, tmp_path):
+    result = ferry_cli("serve", "--grpc-port", "0", "--cdn-port", "0", "--data-dir", str(tmp_path), *flags)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"ferry serve: {complaint}\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["--host", "999.1.1.1"], "ferry serve: cannot listen on 999.1.1.1:0"),
+        (["--data-dir", "/proc/cannot/be/made"], "ferry serve: --data-dir '/proc/cannot/be/made': No such file or directory"),
+    ],
+)
+def test_serve_that_cannot_start_says_why_in_one_line_and_exits_1(flags, complaint, tmp_path):
+    result = ferry_cli("serve", "--grpc-port", "0", "--cdn-port", "0", "--data-dir", str(tmp_path), *flags)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(complaint) and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == "", "never ready"
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(start_ferry, tmp_path):
+    taken = start_ferry("downloader").grpc_address.rsplit(":", 1)[1]
+
+    result = ferry_cli("serve", "downloader", "--grpc-port", taken, "--data-dir", str(tmp_path / "second"))
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"ferry serve: cannot listen on 127.0.0.1:{taken} for gRPC") and result.stderr.count("\n") == 1
+
+
 # -- ferry apps ---------------------------------------------------------------------------
 
 
