@@ -365,6 +365,7 @@ def test_health_reports_an_open_backend_while_the_server_keeps_serving(
 
 
 def test_an_unknown_health_name_is_still_not_found(stack_with_a_dead_s3: Stack) -> None:
-    with ferry.Client(f"127.0.0.1:{stack_with_a_dead_s3.grpc_port}") as client, pytest.raises(grpc.RpcError) as caught:
-        client.health("ferry.v1.EncoderService/storage/s3://elsewhere/x")
+    with grpc.insecure_channel(f"127.0.0.1:{stack_with_a_dead_s3.grpc_port}") as channel, pytest.raises(grpc.RpcError) as caught:
+        request = health_pb2.HealthCheckRequest(service="ferry.v1.EncoderService/storage/s3://elsewhere/x")
+        health_pb2_grpc.HealthStub(channel).Check(request)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
