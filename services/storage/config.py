@@ -8,7 +8,6 @@ falls back to the local CDN while S3 is down.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ferry.services.config import setting
+from ferry.services.config import Checked, setting
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.storage.base import Storage
 from ferry.services.storage.chain import StorageChain
@@ -55,7 +54,7 @@ def parse_storage_spec(spec: str) -> S3Location | None:
 
 
 @dataclass(frozen=True)
-class StorageConfig:
+class StorageConfig(Checked):
     """Where encoded files and uploads are stored, and how they are kept."""
 
     storage: tuple[str, ...] = setting(
@@ -68,14 +67,20 @@ class StorageConfig:
         "base URL the CDN is reached at; a downloader hosted without the encoder fetches it past the network guard; "
         "default http://HOST:CDN_PORT"
     )
-    sweep_interval_seconds: float = setting("how often expired objects and idle uploads are deleted", 60.0)
-    multipart_max_age_seconds: float = setting("a multipart upload idle this long is aborted", 86400.0)
-    storage_attempts: int = setting("attempts per storage backend before falling back to the next", 10)
+    sweep_interval_seconds: float = setting("how often expired objects and idle uploads are deleted", 60.0, above=0)
+    multipart_max_age_seconds: float = setting("a multipart upload idle this long is aborted", 86400.0, above=0)
+    storage_attempts: int = setting(
+        "attempts per storage backend before falling back to the next", 10, at_least=1, at_most=100
+    )
     storage_cool_down_seconds: float = setting(
-        "a backend that failed 5 attempts in a row is skipped this long, then one write probes it", 30.0
+        "a backend that failed 5 attempts in a row is skipped this long, then one write probes it",
+        30.0,
+        above=0,
+        at_most=86400,
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.storage:
             raise ValueError("--storage needs at least one of 'local' or 's3://BUCKET/PREFIX'")
         if len(set(self.storage)) != len(self.storage):
@@ -83,10 +88,6 @@ class StorageConfig:
         locations = [parse_storage_spec(spec) for spec in self.storage]
         if self.s3_public_url and sum(location is not None for location in locations) > 1:
             raise ValueError("--s3-public-url names one bucket's public URL: give a single s3:// storage with it")
-        if self.sweep_interval_seconds <= 0 or self.multipart_max_age_seconds <= 0:
-            raise ValueError("--sweep-interval-seconds and --multipart-max-age-seconds must be positive")
-        if self.storage_attempts < 1:
-            raise ValueError("--storage-attempts must be at least 1")
         # The downloader recognises the stack's own URLs by these bases, so they must be URLs it can compare.
         for flag, base in (("--public-url", self.public_url), ("--s3-public-url", self.s3_public_url)):
             if base is not None:
@@ -94,8 +95,6 @@ class StorageConfig:
                     UrlPrefix.parse(base)
                 except ValueError as error:
                     raise ValueError(f"{flag}: {error}") from None
-        if not 0 < self.storage_cool_down_seconds < math.inf:
-            raise ValueError("--storage-cool-down-seconds must be a positive number of seconds")
 
 
 def build_storage(
