@@ -124,7 +124,18 @@ def _health(args: argparse.Namespace) -> int:
     statuses = {name: health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status) for name, reply in listed.statuses.items()}
     for name in sorted({*statuses, *SERVICE_NAMES}):  # "" (the whole server) sorts first
         print(f"{name or 'server'}: {statuses.get(name, 'not hosted')}")
-    return 0 if statuses and all(status == "SERVING" for status in statuses.values()) else 1
+    return 0 if _healthy(statuses) else 1
+
+
+STORAGE_BACKEND = "/storage/"  # in `ferry.v1.EncoderService/storage/<backend>`
+
+
+def _healthy(statuses: dict[str, str]) -> bool:
+    """Everything the server reports serves — except storage backends, of which one taking writes is enough:
+    a backend whose circuit is open while a fallback takes its writes is news, not an outage."""
+    backends = [status for name, status in statuses.items() if STORAGE_BACKEND in name]
+    others = [status for name, status in statuses.items() if STORAGE_BACKEND not in name]
+    return bool(others) and all(s == "SERVING" for s in others) and (not backends or "SERVING" in backends)
 
 
 # -- apps --------------------------------------------------------------------------------

@@ -369,6 +369,26 @@ def test_health_needs_no_token(start_ferry):
     assert "ferry.v1.InferenceService/sample: SERVING" in result.stdout.splitlines()
 
 
+def test_health_shows_a_storage_backend_whose_circuit_is_open_and_exits_0_while_a_fallback_takes_writes(
+    start_ferry, dead_address
+):
+    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    s3 = ["--storage", "s3://nowhere/x", "--s3-endpoint-url", f"http://{dead_address}", "--storage-attempts", "5"]
+    with_fallback = start_ferry("encoder", *s3, "--storage", "local", env=aws)
+    alone = start_ferry("encoder", *s3, env=aws)
+    # Five failed attempts open the S3 circuit: the first stack's write lands on local, the second's fails.
+    with with_fallback.client() as client:
+        client.upload_bytes(b"x", "text/plain", "x.txt")
+    with alone.client() as client, pytest.raises(ferry.FerryError):
+        client.upload_bytes(b"x", "text/plain", "x.txt")
+
+    shown = ferry_cli("health", "--address", with_fallback.grpc_address)
+    assert shown.returncode == 0, shown.stdout
+    assert "ferry.v1.EncoderService/storage/s3://nowhere/x: NOT_SERVING" in shown.stdout
+    assert "ferry.v1.EncoderService/storage/local: SERVING" in shown.stdout
+    assert ferry_cli("health", "--address", alone.grpc_address).returncode == 1, "no backend takes writes"
+
+
 def test_health_of_an_unreachable_server_is_unavailable(dead_address):
     result = ferry_cli("health", "--address", dead_address)
 
