@@ -172,9 +172,12 @@ class File(BaseModel):
         expires_in: int | None = None,
         client: Client | None = None,
     ) -> Self:
-        """Upload a local file (`expires_in` seconds, None = the store's default)."""
+        """Upload a local file (`expires_in` seconds, None = the store's default).
+
+        An `Image`'s size, a `Video`'s or `Audio`'s figures the store does not report are read from the file.
+        """
         message = _client(client).upload_file(path, content_type=content_type, file_name=file_name, expires_in=expires_in)
-        return cls.from_proto(message)
+        return cls.from_proto(message)._filled_from(path)
 
     @classmethod
     def from_bytes(
@@ -185,8 +188,8 @@ class File(BaseModel):
         expires_in: int | None = None,
         client: Client | None = None,
     ) -> Self:
-        """Upload `data` as a file of `content_type`."""
-        return cls.from_proto(_client(client).upload_bytes(data, content_type, file_name, expires_in))
+        """Upload `data` as a file of `content_type` (media figures as for `from_path`)."""
+        return cls.from_proto(_client(client).upload_bytes(data, content_type, file_name, expires_in))._filled_from(io.BytesIO(data))
 
     # -- reading ----------------------------------------------------------------------
 
@@ -250,8 +253,19 @@ class File(BaseModel):
         if self.sha256 and digest.hexdigest() != self.sha256.lower():
             raise OSError(f"{self._label}: sha256 {digest.hexdigest()} does not match the file's {self.sha256}")
 
+    @staticmethod
+    def _figures(source: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+        """What this type can read from a file's own header (an image's size, a video's fps, …)."""
+        return {}
+
+    def _filled_from(self, source: str | os.PathLike[str] | IO[bytes]) -> Self:
+        """This, with the media fields the store left unknown (0) read from the file, when any are."""
+        if self.media_kind is None or all(getattr(self, name) for name in MEDIA_FIELDS[self.media_kind]):
+            return self
+        return self._filled(self._figures(source))
+
     def _filled(self, found: dict[str, Any]) -> Self:
-        """A copy with the fields the store left unknown (0) set from what was read from the file itself."""
+        """A copy with the fields the store left unknown (0) set from `found`."""
         unknown = {name: value for name, value in found.items() if not getattr(self, name)}
         return self.model_copy(update=unknown) if unknown else self
 
@@ -269,18 +283,9 @@ class Image(File):
     width: int = Field(default=0, ge=0)
     height: int = Field(default=0, ge=0)
 
-    @classmethod
-    def from_path(
-        cls,
-        path: str | os.PathLike[str],
-        content_type: str | None = None,
-        file_name: str | None = None,
-        expires_in: int | None = None,
-        client: Client | None = None,
-    ) -> Self:
-        """Upload a local image; its size comes from the store, else from the file's header (Pillow)."""
-        image = super().from_path(path, content_type, file_name, expires_in, client)
-        return image if image.width and image.height else image._filled(_pillow_size(path))
+    @staticmethod
+    def _figures(source: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+        return _pillow_size(source)
 
     @classmethod
     def from_bytes(  # type: ignore[override]  # images are named by format ("png"), not content type
@@ -297,10 +302,8 @@ class Image(File):
         Its size is the store's when it reports one, else `size`, else read from the header with Pillow.
         """
         content_type = format if "/" in format else _image_content_type(format)
-        image = super().from_bytes(data, content_type, file_name, expires_in, client)
-        if image.width and image.height:
-            return image
-        return image._filled(_image_size(size) if size else _pillow_size(io.BytesIO(data)))
+        image = cls.from_proto(_client(client).upload_bytes(data, content_type, file_name, expires_in))
+        return image._filled(_image_size(size)) if size else image._filled_from(io.BytesIO(data))
 
     @classmethod
     def from_pil(
@@ -373,30 +376,9 @@ class Video(File):
     duration_seconds: float = 0.0
     has_audio: bool = False
 
-    @classmethod
-    def from_path(
-        cls,
-        path: str | os.PathLike[str],
-        content_type: str | None = None,
-        file_name: str | None = None,
-        expires_in: int | None = None,
-        client: Client | None = None,
-    ) -> Self:
-        """Upload a local video; its size, frame rate, frame count and duration are read from the file (PyAV)."""
-        return super().from_path(path, content_type, file_name, expires_in, client)._filled(probe_video(path))
-
-    @classmethod
-    def from_bytes(
-        cls,
-        data: bytes,
-        content_type: str,
-        file_name: str | None = None,
-        expires_in: int | None = None,
-        client: Client | None = None,
-    ) -> Self:
-        """Upload an encoded video; its figures are read from the bytes (PyAV)."""
-        video = super().from_bytes(data, content_type, file_name, expires_in, client)
-        return video._filled(probe_video(io.BytesIO(data)))
+    @staticmethod
+    def _figures(source: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+        return probe_video(source)
 
     @classmethod
     def from_tensor(
@@ -423,30 +405,9 @@ class Audio(File):
     duration_seconds: float = 0.0
     sample_count: int = Field(default=0, ge=0)
 
-    @classmethod
-    def from_path(
-        cls,
-        path: str | os.PathLike[str],
-        content_type: str | None = None,
-        file_name: str | None = None,
-        expires_in: int | None = None,
-        client: Client | None = None,
-    ) -> Self:
-        """Upload a local audio file; its sample rate, channels and duration are read from the file (PyAV)."""
-        return super().from_path(path, content_type, file_name, expires_in, client)._filled(probe_audio(path))
-
-    @classmethod
-    def from_bytes(
-        cls,
-        data: bytes,
-        content_type: str,
-        file_name: str | None = None,
-        expires_in: int | None = None,
-        client: Client | None = None,
-    ) -> Self:
-        """Upload encoded audio; its figures are read from the bytes (PyAV)."""
-        audio = super().from_bytes(data, content_type, file_name, expires_in, client)
-        return audio._filled(probe_audio(io.BytesIO(data)))
+    @staticmethod
+    def _figures(source: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+        return probe_audio(source)
 
     @classmethod
     def from_tensor(

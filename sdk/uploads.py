@@ -190,7 +190,18 @@ class PartProgress:
         return count
 
 
-class PartSender:
+class _Parts:
+    """One multipart upload's parts: where each lies in the file, and the progress summed over them."""
+
+    def __init__(
+        self, stub: encoder_pb2_grpc.EncoderServiceStub, upload_id: str, path: Path, size: int, on_progress: UploadProgress | None
+    ) -> None:
+        self.stub, self.upload_id, self.path = stub, upload_id, path
+        self.ranges = part_ranges(size)
+        self.progress = PartProgress(size, on_progress)
+
+
+class PartSender(_Parts):
     """Sends a file's parts, up to PARALLEL_PARTS at once, each retried; `cancel` stops every call in flight.
 
     Calls are futures so a Ctrl-C in the caller's thread can cancel them: a
@@ -200,9 +211,7 @@ class PartSender:
     def __init__(
         self, stub: encoder_pb2_grpc.EncoderServiceStub, upload_id: str, path: Path, size: int, on_progress: UploadProgress | None
     ) -> None:
-        self.stub, self.upload_id, self.path = stub, upload_id, path
-        self.ranges = part_ranges(size)
-        self.progress = PartProgress(size, on_progress)
+        super().__init__(stub, upload_id, path, size, on_progress)
         self._calls: set[grpc.Future] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -243,15 +252,8 @@ class PartSender:
                 call.cancel()
 
 
-class AsyncPartSender:
+class AsyncPartSender(_Parts):
     """The asyncio twin of `PartSender`: a task per part, PARALLEL_PARTS at a time; cancelling cancels them all."""
-
-    def __init__(
-        self, stub: encoder_pb2_grpc.EncoderServiceStub, upload_id: str, path: Path, size: int, on_progress: UploadProgress | None
-    ) -> None:
-        self.stub, self.upload_id, self.path = stub, upload_id, path
-        self.ranges = part_ranges(size)
-        self.progress = PartProgress(size, on_progress)
 
     async def _attempt(self, stub: Any, number: int, offset: int, length: int) -> encoder_pb2.UploadPartResponse:
         self.progress.restart(number)

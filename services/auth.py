@@ -14,6 +14,7 @@ import grpc
 from aiohttp import web
 
 from ferry.services.errors import to_status
+from ferry.services.interceptors import handler_like
 
 OPEN_METHOD_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -35,17 +36,7 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def reject(_request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    make = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(handler.request_streaming, handler.response_streaming)]
-    return make(
-        reject,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return handler_like(handler, reject)
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):

@@ -60,6 +60,15 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
+def _parsed(request: Any, streaming_requests: bool) -> Any:
+    """The request, or its stream checked message by message; InvalidArgument for one that did not parse."""
+    if streaming_requests:
+        return _checked(request)
+    if isinstance(request, _Undecodable):
+        raise request.error()
+    return request
+
+
 async def _answer(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
     if isinstance(error, FerryError):
         await abort_with(context, error)
@@ -70,11 +79,7 @@ async def _answer(context: grpc.aio.ServicerContext, error: Exception, method: s
 def _unary_response(behavior: Behavior, method: str, streaming_requests: bool) -> Behavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            if streaming_requests:
-                request = _checked(request)
-            elif isinstance(request, _Undecodable):
-                raise request.error()
-            result = behavior(request, context)
+            result = behavior(_parsed(request, streaming_requests), context)
             return await result if inspect.isawaitable(result) else result
         except grpc.aio.AbortError:
             raise
@@ -87,11 +92,7 @@ def _unary_response(behavior: Behavior, method: str, streaming_requests: bool) -
 def _streamed_response(behavior: Behavior, method: str, streaming_requests: bool) -> Behavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            if streaming_requests:
-                request = _checked(request)
-            elif isinstance(request, _Undecodable):
-                raise request.error()
-            result = behavior(request, context)
+            result = behavior(_parsed(request, streaming_requests), context)
             if inspect.isawaitable(result):  # a handler that writes with context.write()
                 await result
             else:
@@ -105,22 +106,32 @@ def _streamed_response(behavior: Behavior, method: str, streaming_requests: bool
     return handle
 
 
-_MAKERS = {
-    (False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary", _unary_response),
-    (True, False): (grpc.stream_unary_rpc_method_handler, "stream_unary", _unary_response),
-    (False, True): (grpc.unary_stream_rpc_method_handler, "unary_stream", _streamed_response),
-    (True, True): (grpc.stream_stream_rpc_method_handler, "stream_stream", _streamed_response),
+_KINDS = {  # (request streaming, response streaming) → how to make such a handler, and its behavior's name
+    (False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary"),
+    (True, False): (grpc.stream_unary_rpc_method_handler, "stream_unary"),
+    (False, True): (grpc.unary_stream_rpc_method_handler, "unary_stream"),
+    (True, True): (grpc.stream_stream_rpc_method_handler, "stream_stream"),
 }
+
+
+def handler_like(
+    handler: grpc.RpcMethodHandler, behavior: Behavior, request_deserializer: Callable[[bytes], Any] | None = None
+) -> grpc.RpcMethodHandler:
+    """A handler of `handler`'s streaming kind and serializers that runs `behavior` instead."""
+    make, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        behavior,
+        request_deserializer=request_deserializer or handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def mapped_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """`handler` with malformed requests refused and raised errors answered as statuses."""
-    make, attribute, wrap = _MAKERS[(handler.request_streaming, handler.response_streaming)]
-    return make(
-        wrap(getattr(handler, attribute), method, handler.request_streaming),
-        request_deserializer=_tolerant(handler.request_deserializer),
-        response_serializer=handler.response_serializer,
-    )
+    _, attribute = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    wrap = _streamed_response if handler.response_streaming else _unary_response
+    behavior = wrap(getattr(handler, attribute), method, handler.request_streaming)
+    return handler_like(handler, behavior, _tolerant(handler.request_deserializer))
 
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):

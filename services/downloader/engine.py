@@ -252,9 +252,8 @@ class Downloader:
             if remote is not None and _still_current(record, remote):
                 return self._hit(flight, key, record)
         async with self._holding(key):
-            record = self.records.load(key)
-            if record is not None and record.completed_at >= began and record.vouches_for_file():
-                return self._hit(flight, key, record)  # another process fetched it while we waited
+            if (record := self._completed_since(key, began)) is not None:
+                return self._hit(flight, key, record)  # another process got it while we waited for the lock
             _sweep_parts(target, key)
             limit = self._limit(job)
             reporter = ProgressReporter(flight)
@@ -276,6 +275,11 @@ class Downloader:
         self._schedule_eviction()
         return Completed(path, record.size, False, remote.content_type, path.name)
 
+    def _completed_since(self, key: str, began: float) -> DownloadRecord | None:
+        """The record another process completed for `key` after `began`, while its file is still the one recorded."""
+        record = self.records.load(key)
+        return record if record is not None and record.completed_at >= began and record.vouches_for_file() else None
+
     def _limit(self, job: DownloadJob) -> int | None:
         limits = [job.filesize_limit]
         if self.config.max_download_mib is not None:
@@ -296,9 +300,8 @@ class Downloader:
         if record is not None and record.url == job.url and record.size == found.size and record.vouches_for_file():
             return self._hit(flight, key, record)
         async with self._holding(key):
-            record = self.records.load(key)
-            if record is not None and record.completed_at >= began and record.vouches_for_file():
-                return self._hit(flight, key, record)  # another process placed it while we waited
+            if (record := self._completed_since(key, began)) is not None:
+                return self._hit(flight, key, record)  # another process got it while we waited for the lock
             _sweep_parts(target, key)
             flight.publish(Started(found.size, found.file_name))
             path = target / found.file_name

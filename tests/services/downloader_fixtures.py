@@ -14,6 +14,22 @@ from ferry.services.downloader.servicer import DownloaderServicer
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
 
 
+@pytest.fixture(scope="module")
+def grpc_servicer(downloader: Downloader) -> DownloaderServicer:
+    """pytest-grpc's servicer: the test module's own `downloader` fixture, served."""
+    return DownloaderServicer(downloader)
+
+
+@pytest.fixture(scope="module")
+def grpc_add_to_server():
+    return downloader_pb2_grpc.add_DownloaderServiceServicer_to_server
+
+
+@pytest.fixture(scope="module")
+def grpc_stub_cls():
+    return downloader_pb2_grpc.DownloaderServiceStub
+
+
 def host_downloader(config: DownloaderConfig):
     """pytest-grpc fixtures serving a Downloader built from `config` on a module-scoped data dir."""
 
@@ -26,18 +42,6 @@ def host_downloader(config: DownloaderConfig):
         downloader = Downloader(config, data_dir)
         yield downloader
         background_loop.run(downloader.close())
-
-    @pytest.fixture(scope="module")
-    def grpc_servicer(downloader):
-        return DownloaderServicer(downloader)
-
-    @pytest.fixture(scope="module")
-    def grpc_add_to_server():
-        return downloader_pb2_grpc.add_DownloaderServiceServicer_to_server
-
-    @pytest.fixture(scope="module")
-    def grpc_stub_cls():
-        return downloader_pb2_grpc.DownloaderServiceStub
 
     @pytest.fixture
     def client(grpc_addr, grpc_server):

@@ -16,11 +16,10 @@ from aiohttp import web
 import ferry
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import Downloader
-from ferry.services.downloader.servicer import DownloaderServicer
 from ferry.services.storage.config import StorageConfig
-from ferry.v1 import downloader_pb2_grpc
 from tests.harness import HttpFileServer
 from tests.services.downloader_fixtures import events
+from tests.services.downloader_fixtures import grpc_add_to_server, grpc_servicer, grpc_stub_cls  # noqa: F401 (fixtures serving `downloader`)
 
 CONFIG = DownloaderConfig(allow_hosts="localhost", retries=0)
 
@@ -42,21 +41,6 @@ def downloader(tmp_path_factory, cdn, background_loop):
     downloader = Downloader(CONFIG, tmp_path_factory.mktemp("data"), trusted_cdn_url=cdn.url("/cdn"))
     yield downloader
     background_loop.run(downloader.close())
-
-
-@pytest.fixture(scope="module")
-def grpc_servicer(downloader):
-    return DownloaderServicer(downloader)
-
-
-@pytest.fixture(scope="module")
-def grpc_add_to_server():
-    return downloader_pb2_grpc.add_DownloaderServiceServicer_to_server
-
-
-@pytest.fixture(scope="module")
-def grpc_stub_cls():
-    return downloader_pb2_grpc.DownloaderServiceStub
 
 
 @pytest.fixture(autouse=True)

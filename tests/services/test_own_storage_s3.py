@@ -24,12 +24,11 @@ import ferry
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import Downloader
 from ferry.services.downloader.own_storage import OwnStorage
-from ferry.services.downloader.servicer import DownloaderServicer
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.s3 import S3Storage
-from ferry.v1 import downloader_pb2_grpc
 from tests.conftest import AWS_TEST_CREDENTIALS
 from tests.services.downloader_fixtures import events, leftovers
+from tests.services.downloader_fixtures import grpc_add_to_server, grpc_servicer, grpc_stub_cls  # noqa: F401 (fixtures serving `downloader`)
 
 CONFIG = DownloaderConfig(retries=0)
 
@@ -85,21 +84,6 @@ def downloader(data_dir, signed, public, background_loop):
     downloader = Downloader(CONFIG, data_dir, own_storage=OwnStorage.of(StorageChain([signed, public])))
     yield downloader
     background_loop.run(downloader.close())
-
-
-@pytest.fixture(scope="module")
-def grpc_servicer(downloader):
-    return DownloaderServicer(downloader)
-
-
-@pytest.fixture(scope="module")
-def grpc_add_to_server():
-    return downloader_pb2_grpc.add_DownloaderServiceServicer_to_server
-
-
-@pytest.fixture(scope="module")
-def grpc_stub_cls():
-    return downloader_pb2_grpc.DownloaderServiceStub
 
 
 def store(storage: S3Storage, background_loop, data: bytes, name: str = "clip.mp4", expires_in: int | None = None):

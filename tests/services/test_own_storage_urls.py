@@ -24,11 +24,11 @@ import ferry
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import DownloadJob, Downloader
 from ferry.services.downloader.own_storage import OwnStorage
-from ferry.services.downloader.servicer import DownloaderServicer
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
 from tests.services.downloader_fixtures import events, leftovers
+from tests.services.downloader_fixtures import grpc_add_to_server, grpc_servicer, grpc_stub_cls  # noqa: F401 (fixtures serving `downloader`)
 
 CONFIG = DownloaderConfig(allow_hosts="localhost", retries=0)
 
@@ -78,21 +78,6 @@ def downloader(data_dir, cdn, background_loop):
     downloader = Downloader(CONFIG, data_dir, own_storage=OwnStorage.of(cdn.storage))
     yield downloader
     background_loop.run(downloader.close())
-
-
-@pytest.fixture(scope="module")
-def grpc_servicer(downloader):
-    return DownloaderServicer(downloader)
-
-
-@pytest.fixture(scope="module")
-def grpc_add_to_server():
-    return downloader_pb2_grpc.add_DownloaderServiceServicer_to_server
-
-
-@pytest.fixture(scope="module")
-def grpc_stub_cls():
-    return downloader_pb2_grpc.DownloaderServiceStub
 
 
 def store(cdn: Cdn, background_loop, data: bytes, name: str = "photo.png", expires_in: int | None = None):

@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import pytest
-from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from moto.server import ThreadedMotoServer
 
@@ -28,13 +27,13 @@ from ferry.services.launch import Stack
 from ferry.services.settings import Settings
 from ferry.services.storage.base import MIN_PART_SIZE, Storage, StoredObject
 from ferry.services.storage.breaker import Admission, Breaker
-from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.config import StorageConfig
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
 from tests.harness import BackgroundLoop, wait_for
-from tests.services.test_storage_chain import DroppingEndpoint, new_bucket
+from tests.services.storage_fixtures import served_local_storage
+from tests.services.test_storage_chain import DroppingEndpoint, down, new_bucket  # noqa: F401 (`down` is a fixture)
 
 CHAIN_LOG = "ferry.services.storage.chain"
 DATA = b"encoded media"
@@ -132,23 +131,8 @@ def dummy_credentials(aws_test_credentials: None) -> None:
 
 @pytest.fixture
 async def local(tmp_path: Path) -> AsyncIterator[LocalStorage]:
-    """Local storage served by a real CDN on a free loopback port."""
-    base_url = ""
-    storage = LocalStorage(tmp_path / "data" / "files", lambda: base_url)
-    runner = web.AppRunner(create_cdn_app(None, storage), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield storage
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def down() -> AsyncIterator[DroppingEndpoint]:
-    endpoint = DroppingEndpoint()
-    await endpoint.start()
-    yield endpoint
-    await endpoint.stop()
+    async with served_local_storage(tmp_path / "data" / "files") as storage:
+        yield storage
 
 
 class RestartableMoto:

@@ -21,17 +21,16 @@ from typing import Any
 import aiohttp
 import boto3
 import pytest
-from aiohttp import web
 from moto.server import ThreadedMotoServer
 
 from ferry.services.errors import InvalidArgument, NotFound, Unavailable
 from ferry.services.storage.base import MIN_PART_SIZE, Storage
-from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.config import StorageConfig, build_storage
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
 from ferry.services.storage.sweeper import run_sweeper
+from tests.services.storage_fixtures import served_local_storage
 
 CHAIN_LOG = "ferry.services.storage.chain"
 DATA = b"encoded media"
@@ -83,15 +82,8 @@ async def down() -> AsyncIterator[DroppingEndpoint]:
 
 @pytest.fixture
 async def local(tmp_path: Path) -> AsyncIterator[LocalStorage]:
-    """Local storage served by a real CDN on a free loopback port."""
-    base_url = ""
-    storage = LocalStorage(tmp_path / "data" / "files", lambda: base_url)
-    runner = web.AppRunner(create_cdn_app(None, storage), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield storage
-    await runner.cleanup()
+    async with served_local_storage(tmp_path / "data" / "files") as storage:
+        yield storage
 
 
 def s3_at(endpoint_url: str, bucket: str = "media") -> S3Storage:

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from ferry.services.errors import InvalidArgument, NotFound, ResourceExhausted
 from ferry.services.storage.base import MIN_PART_SIZE, StoredObject
-from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import ID_PATTERN, LocalStorage
+from tests.services.storage_fixtures import served_local_storage
 
 MAX_AGE = 3600.0
 
@@ -29,14 +28,8 @@ MAX_AGE = 3600.0
 @pytest.fixture
 async def storage(tmp_path: Path) -> AsyncIterator[LocalStorage]:
     """Local storage under tmp_path/data, served by a real CDN on a free loopback port."""
-    base_url = ""
-    local = LocalStorage(tmp_path / "data" / "files", lambda: base_url, multipart_max_age_seconds=MAX_AGE)
-    runner = web.AppRunner(create_cdn_app(None, local), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield local
-    await runner.cleanup()
+    async with served_local_storage(tmp_path / "data" / "files", multipart_max_age_seconds=MAX_AGE) as local:
+        yield local
 
 
 def a_file(folder: Path, data: bytes, name: str = "upload.incoming") -> Path:
