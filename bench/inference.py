@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from ferry.client import Client
+from ferry.events import Cancelled, Completed, Failed, InProgress
 from ferry.inference.app import describe
 from ferry.inference.apps import to_pixels
 from ferry.inference.apps.upscale import MAX_OUTPUT_PIXELS, Upscaler, load_image, upscale_tensor
@@ -111,11 +112,11 @@ def ferry_phases(client: Client, arguments: dict[str, object]) -> tuple[float, f
     marks: dict[str, float] = {}
     began = time.perf_counter()
     for event in client.stream("upscaler", arguments):
-        if isinstance(event, ferry.events.InProgress) and event.progress is not None:
+        if isinstance(event, InProgress) and event.progress is not None:
             marks.setdefault(event.progress.message, time.perf_counter())
-        elif isinstance(event, ferry.events.Completed):
+        elif isinstance(event, Completed):
             marks["completed"] = time.perf_counter()
-        elif isinstance(event, (ferry.events.Failed, ferry.events.Cancelled)):
+        elif isinstance(event, (Failed, Cancelled)):
             raise RuntimeError(f"request failed: {event.error}")
     if not {"upscaling", "encoding", "completed"} <= marks.keys():
         return None

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-import ferry
 import ferry as fal_client  # was: import fal_client
 from ferry.inference.schema import input_schema
 from ferry.testing import StackProcess
