@@ -32,6 +32,7 @@ from ferry.services.downloader.locks import LockFiles, path_lock_key
 from ferry.services.downloader.names import hashed_name
 from ferry.services.downloader.own_storage import OwnFile, OwnSource, OwnStorage
 from ferry.services.downloader.paths import DataRoots
+from ferry.services.downloader.reads import ReadHeader, read_file
 from ferry.services.downloader.records import DownloadRecord, RecordStore, flight_key
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.downloader.writer import PART_SUFFIX, AtomicFile, link_into_place, part_prefix
@@ -158,7 +159,7 @@ class Downloader:
                 flight.task.cancel()
         await self.http.close()
 
-    # -- the public operation -------------------------------------------------------------
+    # -- the public operations ------------------------------------------------------------
 
     async def download(self, job: DownloadJob) -> AsyncIterator[Event]:
         """Events for `job`: Started, Progress…, then Completed; failures raise FerryError."""
@@ -193,6 +194,11 @@ class Downloader:
                     return
         finally:
             flight.unsubscribe(queue)
+
+    def read(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[ReadHeader | bytes]:
+        """A file under the data roots: its ReadHeader, then its bytes from `offset`; see reads.py (close it early
+        with `aclosing`, which lets its reader lock go)."""
+        return read_file(self.roots, self.locks, path, offset, length)
 
     def _target(self, job: DownloadJob) -> Path:
         if job.model_weights:

@@ -1,22 +1,18 @@
-"""DownloaderService: maps `Download` and `Read` onto the engine, and engine errors onto statuses."""
+"""DownloaderService: maps `Download` and `Read` onto the engine; raised errors become statuses in the interceptor."""
 
 from __future__ import annotations
 
 import asyncio
-import mimetypes
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 
 import grpc
 
-from ferry.services.downloader.engine import Completed, DownloadJob, Downloader, Event, Progress, Started
-from ferry.services.downloader.locks import path_lock_key
+from ferry.services.downloader.engine import Completed, DownloadJob, Downloader, Event, Progress, ReadHeader, Started
 from ferry.services.downloader.own_storage import OwnStorage
-from ferry.services.errors import FerryError, InvalidArgument, NotFound, abort_with
+from ferry.services.errors import InvalidArgument
 from ferry.services.settings import Settings
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
-
-READ_CHUNK_BYTES = 1 << 20  # the contract's largest data message
 
 
 def _job(request: downloader_pb2.DownloadRequest) -> DownloadJob:
@@ -58,6 +54,14 @@ def _message(event: Event) -> downloader_pb2.DownloadResponse:
     )
 
 
+def _read_message(part: ReadHeader | bytes) -> downloader_pb2.ReadResponse:
+    if isinstance(part, ReadHeader):
+        return downloader_pb2.ReadResponse(
+            header=downloader_pb2.ReadHeader(file_size=part.file_size, file_name=part.file_name, content_type=part.content_type)
+        )
+    return downloader_pb2.ReadResponse(chunk=part)
+
+
 class DownloaderServicer(downloader_pb2_grpc.DownloaderServiceServicer):
     def __init__(self, downloader: Downloader) -> None:
         self.downloader = downloader
@@ -65,45 +69,17 @@ class DownloaderServicer(downloader_pb2_grpc.DownloaderServiceServicer):
     async def Download(  # noqa: N802 (generated name)
         self, request: downloader_pb2.DownloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[downloader_pb2.DownloadResponse]:
-        try:
-            async for event in self.downloader.download(_job(request)):
-                yield _message(event)
-        except FerryError as error:
-            await abort_with(context, error)
+        async for event in self.downloader.download(_job(request)):
+            yield _message(event)
 
     async def Read(  # noqa: N802
         self, request: downloader_pb2.ReadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[downloader_pb2.ReadResponse]:
-        try:
-            path = self.downloader.roots.readable_file(request.path)
-        except FerryError as error:
-            await abort_with(context, error)
-        # Held (shared) for the whole stream: eviction passes over a file being read.
-        async with self.downloader.locks.hold(path_lock_key(path), shared=True):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                await abort_with(context, NotFound(f"no file at {request.path!r}", reason="FILE_NOT_FOUND"))
-            try:
-                size = os.fstat(fd).st_size
-                if request.offset > size:
-                    await abort_with(
-                        context, InvalidArgument(f"offset {request.offset} is past the end ({size} bytes)", reason="BAD_RANGE")
-                    )
-                end = min(size, request.offset + request.length) if request.HasField("length") else size
-                content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                yield downloader_pb2.ReadResponse(
-                    header=downloader_pb2.ReadHeader(file_size=size, file_name=path.name, content_type=content_type)
-                )
-                position = request.offset
-                while position < end:
-                    chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK_BYTES, end - position), position)
-                    if not chunk:
-                        break
-                    position += len(chunk)
-                    yield downloader_pb2.ReadResponse(chunk=chunk)
-            finally:
-                os.close(fd)
+        length = request.length if request.HasField("length") else None
+        # aclosing: a caller that leaves early closes the read now, and its reader lock goes with it.
+        async with aclosing(self.downloader.read(request.path, request.offset, length)) as parts:
+            async for part in parts:
+                yield _read_message(part)
 
 
 async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
