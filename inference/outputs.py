@@ -41,8 +41,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from ferry.client import AsyncClient
-from ferry.errors import FerryError as SdkError
-from ferry.services.errors import FerryError
+from ferry.errors import FerryError, Internal
 from ferry.toolkit import File
 from ferry.uploads import FORMATS, build_encode
 
@@ -69,10 +68,9 @@ class Encode:
         return f"Encode({', '.join(arguments)})"
 
 
-class OutputEncodingFailed(FerryError):
+class OutputEncodingFailed(Internal):
     """A tensor in an output field could not be encoded: the app's bug, so INTERNAL; the message names the field."""
 
-    code = grpc.StatusCode.INTERNAL
     reason = "BAD_OUTPUT_TENSOR"
 
 
@@ -200,7 +198,7 @@ async def _encode(
         return [file_type.from_proto(file) for file in files]
     except (ValueError, TypeError) as error:  # the SDK refused the tensor or an option before sending
         raise OutputEncodingFailed(f"output field {name!r}: {error}") from None
-    except SdkError as error:
+    except FerryError as error:
         if error.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
             raise OutputEncodingFailed(f"output field {name!r}: {error.message}", reason=error.reason or "BAD_OUTPUT_TENSOR") from None
         raise

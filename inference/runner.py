@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from pydantic import BaseModel, ValidationError
 
-from ferry.errors import FerryError as SdkError
 from ferry.inference.app import App, AppSpec, EndpointSpec, describe
 from ferry.inference.context import RequestCancelled, RequestContext, using_context
 from ferry.inference.input_parsing import parse_input
@@ -35,7 +33,7 @@ from ferry.inference.inputs import InputFiles, discard, download_inputs, input_u
 from ferry.inference.outputs import encode_outputs
 from ferry.inference.services import ServiceClients
 from ferry.request_scope import RequestScope, request_scope
-from ferry.services.errors import Cancelled, DeadlineExceeded, FerryError, NotFound
+from ferry.errors import Cancelled, DeadlineExceeded, FerryError, Internal, NotFound
 from ferry.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -45,8 +43,7 @@ IN_PROGRESS = inference_pb2.REQUEST_STATE_IN_PROGRESS
 COMPLETED = inference_pb2.REQUEST_STATE_COMPLETED
 
 
-class HandlerFailed(FerryError):
-    code = grpc.StatusCode.INTERNAL
+class HandlerFailed(Internal):
     reason = "HANDLER_FAILED"
 
 
@@ -104,14 +101,10 @@ def request_error(error: FerryError) -> inference_pb2.RequestError:
 
 def request_failure(where: str, error: BaseException) -> FerryError:
     """How a request whose handling raised `error` failed, as its caller sees it; `where` names the endpoint."""
-    if isinstance(error, FerryError):
+    if isinstance(error, FerryError):  # the app's own, or a refused download or encode: its status passes through
         return error
     if isinstance(error, (asyncio.CancelledError, RequestCancelled)):
         return Cancelled("cancelled")
-    if isinstance(error, SdkError):  # a refused download or encode: its status passes through
-        passed = FerryError(error.message, reason=error.reason or "UPSTREAM_ERROR")
-        passed.code = error.code
-        return passed
     if isinstance(error, ValidationError):
         return HandlerFailed(f"the handler's output does not match its model: {error}", reason="BAD_OUTPUT")
     # The handler's own bug: INTERNAL with its message; the runner stays healthy.

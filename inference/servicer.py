@@ -24,7 +24,7 @@ from ferry.inference.schema import input_schema, output_schema
 from ferry.inference.services import ServiceClients
 from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
-from ferry.services.errors import FailedPrecondition, FerryError, NotFound, abort_with
+from ferry.errors import FailedPrecondition, NotFound
 from ferry.services.settings import Hosted, Settings
 from ferry.v1 import inference_pb2, inference_pb2_grpc
 
@@ -46,28 +46,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         raise NotFound(f"no request {request_id!r}", reason="UNKNOWN_REQUEST")
 
     async def Run(self, request: inference_pb2.RunRequest, context: grpc.aio.ServicerContext) -> inference_pb2.RunResponse:  # noqa: N802
+        runner = self._runner(request.app_id)
+        record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
         try:
-            runner = self._runner(request.app_id)
-            record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
-            try:
-                await record.finished.wait()
-            except asyncio.CancelledError:  # the caller went away: so does its request
-                runner.cancel(record)
-                raise
-            if record.error is not None:
-                raise record.error
-            return inference_pb2.RunResponse(request_id=record.request_id, output_json=record.output_json)
-        except FerryError as error:
-            await abort_with(context, error)
+            await record.finished.wait()
+        except asyncio.CancelledError:  # the caller went away: so does its request
+            runner.cancel(record)
+            raise
+        if record.error is not None:
+            raise record.error
+        return inference_pb2.RunResponse(request_id=record.request_id, output_json=record.output_json)
 
     async def Stream(  # noqa: N802
         self, request: inference_pb2.StreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.StreamResponse]:
-        try:
-            runner = self._runner(request.app_id)
-            record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
-        except FerryError as error:
-            await abort_with(context, error)
+        runner = self._runner(request.app_id)
+        record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
         try:
             async for response in runner.events(record):
                 yield response
@@ -76,19 +70,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 runner.cancel(record)
 
     async def Submit(self, request: inference_pb2.SubmitRequest, context: grpc.aio.ServicerContext) -> inference_pb2.SubmitResponse:  # noqa: N802
-        try:
-            record = self._runner(request.app_id).submit(request.path, request.input_json, expires_in(request.lifecycle, context))
-            return inference_pb2.SubmitResponse(request_id=record.request_id)
-        except FerryError as error:
-            await abort_with(context, error)
+        record = self._runner(request.app_id).submit(request.path, request.input_json, expires_in(request.lifecycle, context))
+        return inference_pb2.SubmitResponse(request_id=record.request_id)
 
     async def GetStatus(  # noqa: N802
         self, request: inference_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.GetStatusResponse:
-        try:
-            runner, record = self._record(request.request_id)
-        except FerryError as error:
-            await abort_with(context, error)
+        runner, record = self._record(request.request_id)
         response = inference_pb2.GetStatusResponse(
             request_id=record.request_id, state=record.state, queue_position=runner.position(record)
         )
@@ -103,46 +91,34 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def GetResult(  # noqa: N802
         self, request: inference_pb2.GetResultRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.GetResultResponse:
-        try:
-            _, record = self._record(request.request_id)
-            if record.state != COMPLETED:
-                if not request.wait:
-                    raise FailedPrecondition("the request has not completed; GetStatus tells where it is", reason="NOT_COMPLETED")
-                await record.finished.wait()
-            if record.error is not None:
-                raise record.error
-            return inference_pb2.GetResultResponse(request_id=record.request_id, output_json=record.output_json)
-        except FerryError as error:
-            await abort_with(context, error)
+        _, record = self._record(request.request_id)
+        if record.state != COMPLETED:
+            if not request.wait:
+                raise FailedPrecondition("the request has not completed; GetStatus tells where it is", reason="NOT_COMPLETED")
+            await record.finished.wait()
+        if record.error is not None:
+            raise record.error
+        return inference_pb2.GetResultResponse(request_id=record.request_id, output_json=record.output_json)
 
     async def Cancel(self, request: inference_pb2.CancelRequest, context: grpc.aio.ServicerContext) -> inference_pb2.CancelResponse:  # noqa: N802
-        try:
-            runner, record = self._record(request.request_id)
-        except FerryError as error:
-            await abort_with(context, error)
+        runner, record = self._record(request.request_id)
         previous, cancelled = runner.cancel(record)
         return inference_pb2.CancelResponse(previous_state=previous, cancelled=cancelled)
 
     async def Realtime(  # noqa: N802
         self, request_iterator: AsyncIterator[inference_pb2.RealtimeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.RealtimeResponse]:
-        try:
-            session = RealtimeSession.open(await anext(request_iterator, None), self._runner, lambda lifecycle: expires_in(lifecycle, context))
-            # Headers now, not with the first output: the caller learns at once that the call is open.
-            await context.send_initial_metadata(((REALTIME_SESSION_KEY, session.request_id),))
-            async with aclosing(session.run(request_iterator)) as responses:
-                async for response in responses:
-                    yield response
-        except FerryError as error:
-            await abort_with(context, error)
+        session = RealtimeSession.open(await anext(request_iterator, None), self._runner, lambda lifecycle: expires_in(lifecycle, context))
+        # Headers now, not with the first output: the caller learns at once that the call is open.
+        await context.send_initial_metadata(((REALTIME_SESSION_KEY, session.request_id),))
+        async with aclosing(session.run(request_iterator)) as responses:
+            async for response in responses:
+                yield response
 
     async def ListEndpoints(  # noqa: N802
         self, request: inference_pb2.ListEndpointsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListEndpointsResponse:
-        try:
-            runners = [self._runner(request.app_id)] if request.app_id else list(self.runners.values())
-        except FerryError as error:
-            await abort_with(context, error)
+        runners = [self._runner(request.app_id)] if request.app_id else list(self.runners.values())
         apps = []
         for runner in runners:
             endpoints = [

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ferry.errors import FerryError, map_rpc_errors
+from ferry.errors import DeadlineExceeded, FerryError, Unknown, map_rpc_errors
 from ferry.events import Cancelled, Completed, Event, Failed, InProgress, LogLine, Progress, Queued, event_from, log_line, progress_of
 from ferry.v1 import inference_pb2
 
@@ -219,12 +219,12 @@ class _Subscription:
     def failure(self, error: FerryError) -> FerryError:
         """What to raise for `error`: the request's own, or the call's deadline said as the caller's timeout."""
         if error is not self._request_error and error.code == grpc.StatusCode.DEADLINE_EXCEEDED and self.client_timeout:
-            return FerryError(error.code, f"no result within {self.client_timeout}s; the request was cancelled", "CLIENT_TIMEOUT")
+            return DeadlineExceeded(f"no result within {self.client_timeout}s; the request was cancelled", reason="CLIENT_TIMEOUT")
         return error
 
     @staticmethod
     def ended() -> FerryError:
-        return FerryError(grpc.StatusCode.UNKNOWN, "the stream ended without a result")
+        return Unknown("the stream ended without a result")
 
 
 def subscribe(

@@ -25,7 +25,7 @@ from ferry import __version__
 from ferry.client import SERVICE_NAMES, Client
 from ferry.connection import DEFAULT_ADDRESS, Connection
 from ferry.downloads import DownloadProgress
-from ferry.errors import FerryError
+from ferry.errors import FerryError, Unimplemented, Unknown
 from ferry.events import Cancelled, Completed, Event, Failed, InProgress, PartialOutput, Progress, Queued
 from ferry.progress import ERASE_TO_END, PLAIN_LINE_INTERVAL_SECONDS, ProgressDisplay, bar_line, terminal_columns
 from ferry.v1 import inference_pb2
@@ -146,7 +146,7 @@ def _list_apps(client: Client, app_id: str) -> list[inference_pb2.AppDescription
         return list(client.inference.ListEndpoints(inference_pb2.ListEndpointsRequest(app_id=app_id)).apps)
     except grpc.RpcError as error:
         if error.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
-            raise FerryError(grpc.StatusCode.UNIMPLEMENTED, "this server does not host the InferenceService") from None
+            raise Unimplemented("this server does not host the InferenceService") from None
         raise FerryError.from_rpc_error(error) from None
 
 
@@ -405,7 +405,7 @@ def _follow(events: Iterator[Event], status: RunStatus) -> dict[str, Any]:
         # Closing the stream cancels the request server-side: Ctrl-C must not leave it running.
         if isinstance(events, Generator):
             events.close()
-    raise FerryError(grpc.StatusCode.UNKNOWN, "the stream ended without a result")
+    raise Unknown("the stream ended without a result")
 
 
 def _run(args: argparse.Namespace) -> int:

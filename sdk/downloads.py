@@ -21,9 +21,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-import grpc
 
-from ferry.errors import FerryError
+from ferry.errors import Internal
 from ferry.request_scope import current_scope
 from ferry.v1 import downloader_pb2
 
@@ -199,7 +198,7 @@ def _plain_name(file_name: str) -> str:
     # The service names files safely; a path from the wire still never picks another folder here.
     name = PurePath(file_name.replace("\\", "/")).name
     if name in ("", ".", ".."):
-        raise FerryError(grpc.StatusCode.INTERNAL, f"the service answered an unusable file name {file_name[:100]!r}")
+        raise Internal(f"the service answered an unusable file name {file_name[:100]!r}")
     return name
 
 

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, TypedDict
 
 import grpc
 
-from ferry.errors import FerryError
+from ferry.errors import FerryError, Unknown
 from ferry.v1 import inference_pb2
 
 __all__ = [
@@ -122,4 +122,4 @@ def event_from(response: inference_pb2.StreamResponse) -> Event:
         error = FerryError.from_request_error(response.failed.error)
         ending = Cancelled if error.code == grpc.StatusCode.CANCELLED else Failed
         return ending(error, request_id=request_id)
-    raise FerryError(grpc.StatusCode.UNKNOWN, f"the server sent an event this SDK does not know ({kind or 'none'})")
+    raise Unknown(f"the server sent an event this SDK does not know ({kind or 'none'})")

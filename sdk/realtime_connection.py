@@ -46,7 +46,7 @@ from typing import Any, Self, TypeAlias
 import grpc
 from pydantic import BaseModel
 
-from ferry.errors import FerryError
+from ferry.errors import Cancelled, FerryError, Unknown
 from ferry.v1 import inference_pb2
 
 __all__ = ["AsyncRealtimeConnection", "RealtimeConnection", "RealtimeInput"]
@@ -81,7 +81,7 @@ def _ended_cleanly() -> EOFError:
 
 
 def _cancelled() -> FerryError:
-    return FerryError(grpc.StatusCode.CANCELLED, "the realtime call was cancelled by the caller", "CANCELLED")
+    return Cancelled("the realtime call was cancelled by the caller")
 
 
 class RealtimeConnection:
@@ -207,7 +207,7 @@ class AsyncRealtimeConnection:
             session = _session_id(await call.initial_metadata())
             if session is None:  # refused before it opened: reading raises its status
                 await call.read()
-                raise FerryError(grpc.StatusCode.UNKNOWN, "the realtime call ended before it opened")
+                raise Unknown("the realtime call ended before it opened")
         except grpc.RpcError as error:
             raise FerryError.from_rpc_error(error) from None
         self._call, self.request_id = call, session

@@ -24,10 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 
 from ferry.connection import StackTarget
-from ferry.errors import FerryError
+from ferry.errors import Cancelled
 
 __all__ = ["RequestScope", "current_scope", "request_scope"]
 
@@ -47,7 +46,7 @@ class RequestScope:
     def raise_if_cancelled(self) -> None:
         """Refuse to start a download, upload or encode for a request that was cancelled."""
         if self.cancelled is not None and self.cancelled.is_set():
-            raise FerryError(grpc.StatusCode.CANCELLED, "the request this call was made for was cancelled", "REQUEST_CANCELLED")
+            raise Cancelled("the request this call was made for was cancelled", reason="REQUEST_CANCELLED")
 
     def downloaded_path(self, url: str) -> Path | None:
         """The runner's copy of `url`, while it is still there."""

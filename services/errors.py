@@ -1,7 +1,8 @@
-"""gRPC statuses with a human message and a google.rpc.ErrorInfo reason.
+"""How a server answers a `ferry.errors.FerryError`: a gRPC status with its message and a
+`google.rpc.ErrorInfo` reason. The status interceptor (`services/interceptors.py`) is the one caller.
 
-Engines raise `FerryError` subclasses (no gRPC in them); servicers turn them
-into statuses with `abort`. Clients read the reason with `grpc_status.rpc_status`.
+The error classes themselves live in the SDK (`ferry.errors`), which apps, the
+runner, the services and clients all share.
 """
 
 from __future__ import annotations
@@ -13,63 +14,22 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-ERROR_DOMAIN = "ferry.dev"
+from ferry.errors import (  # noqa: F401 (re-exported while imports move to ferry.errors)
+    ERROR_DOMAIN,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FerryError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+
 # A status travels in HTTP/2 trailers, which clients cap (8 KiB by default): a message echoing a
 # 1 MiB URL would arrive as the transport's RESOURCE_EXHAUSTED instead of ferry's own code.
 MAX_MESSAGE_CHARS = 1000
-
-
-class FerryError(Exception):
-    """A failure with a status code, a stable machine-readable reason and a human message."""
-
-    code = grpc.StatusCode.INTERNAL
-    reason = "INTERNAL"
-
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if reason is not None:
-            self.reason = reason
-
-
-class InvalidArgument(FerryError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "INVALID_ARGUMENT"
-
-
-class PermissionDenied(FerryError):
-    code = grpc.StatusCode.PERMISSION_DENIED
-    reason = "PERMISSION_DENIED"
-
-
-class ResourceExhausted(FerryError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "RESOURCE_EXHAUSTED"
-
-
-class NotFound(FerryError):
-    code = grpc.StatusCode.NOT_FOUND
-    reason = "NOT_FOUND"
-
-
-class FailedPrecondition(FerryError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "FAILED_PRECONDITION"
-
-
-class Unavailable(FerryError):
-    code = grpc.StatusCode.UNAVAILABLE
-    reason = "UNAVAILABLE"
-
-
-class Cancelled(FerryError):
-    code = grpc.StatusCode.CANCELLED
-    reason = "CANCELLED"
-
-
-class DeadlineExceeded(FerryError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-    reason = "DEADLINE_EXCEEDED"
 
 
 def to_status(code: grpc.StatusCode, reason: str, message: str) -> grpc.Status:

@@ -423,7 +423,7 @@ def test_serve_logs_the_apps_it_hosts_and_keeps_stdout_to_the_ready_line(start_f
     stderr = served.stop()
 
     assert rest_of_stdout == "", "stdout holds the ready line alone"
-    assert "hosting app sample (SampleApp): /, /slow, /fail, /image, /async" in stderr
+    assert "hosting app sample (SampleApp): /, /slow, /fail, /refuse, /image, /async" in stderr
     assert "hosting app media (MediaApp): /inspect, /tensors, " in stderr
 
 

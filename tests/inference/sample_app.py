@@ -7,6 +7,7 @@ import time
 import numpy as np
 from pydantic import BaseModel
 
+import ferry.errors
 from ferry.inference import App, RequestContext, endpoint
 from ferry.toolkit import Image
 
@@ -57,6 +58,10 @@ class SampleApp(App):
     @endpoint("/fail")
     def fail(self, input: EchoInput) -> EchoOutput:
         raise RuntimeError(f"model exploded on {input.text!r}")
+
+    @endpoint("/refuse")
+    def refuse(self, input: EchoInput) -> EchoOutput:
+        raise ferry.errors.InvalidArgument(f"{input.text!r} is not a word this model knows", reason="UNKNOWN_WORD")
 
     @endpoint("/image")
     def image(self, input: ImageInput) -> ImageOutput:

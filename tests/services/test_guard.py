@@ -55,7 +55,7 @@ def test_address_hosts_outside_the_public_internet_are_refused(url, address, why
 )
 def test_other_spellings_of_an_address_are_refused_under_the_address_they_denote(host):
     # yarl keeps these hosts as written; inet_aton (and so the OS) reads them as 127.0.0.1.
-    with pytest.raises(AddressBlocked, match=r"^refusing 127\.0\.0\.1 \(loopback\) for host '[^']+';"):
+    with pytest.raises(AddressBlocked, match=r"^PERMISSION_DENIED: refusing 127\.0\.0\.1 \(loopback\) for host '[^']+';"):
         GUARD.check_url(f"http://{host}/")
 
 
@@ -146,7 +146,7 @@ def test_an_allowed_host_name_may_resolve_anywhere_and_other_names_may_not():
 
     guard.check_address("minio.internal", "10.0.0.5")
     guard.check_address("minio.internal.", "127.0.0.1")
-    with pytest.raises(AddressBlocked, match=r"^refusing 10\.0\.0\.5 \(private\) for host 'other\.internal';"):
+    with pytest.raises(AddressBlocked, match=r"^PERMISSION_DENIED: refusing 10\.0\.0\.5 \(private\) for host 'other\.internal';"):
         guard.check_address("other.internal", "10.0.0.5")
 
 
@@ -225,7 +225,7 @@ def test_blocked_reason_with_private_allowed_still_names_what_stays_closed():
 
 
 async def test_the_resolver_refuses_a_name_that_resolves_to_loopback():
-    with pytest.raises(AddressBlocked, match=r"^refusing (127\.0\.0\.1|::1) \(loopback\) for host 'localhost';"):
+    with pytest.raises(AddressBlocked, match=r"^PERMISSION_DENIED: refusing (127\.0\.0\.1|::1) \(loopback\) for host 'localhost';"):
         await GUARD.resolver().resolve("localhost", 80)
 
 
