@@ -22,12 +22,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from ferry.client import INFERENCE_SERVICE
 from ferry.inference.context import logging_context
 from ferry.inference.runner import AppRunner
 
 log = logging.getLogger(__name__)
 
-SERVICE_PREFIX = "ferry.v1.InferenceService/"
+SERVICE_PREFIX = f"{INFERENCE_SERVICE}/"
 
 # Called with True (SERVING) or False (NOT_SERVING) on every change.
 Report = Callable[[bool], Awaitable[None]]

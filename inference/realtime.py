@@ -38,14 +38,9 @@ from ferry.request_scope import RequestScope, request_scope
 from ferry.services.errors import Cancelled, FerryError, InvalidArgument, NotFound
 from ferry.v1 import common_pb2, inference_pb2
 
-__all__ = ["REALTIME_SESSION_KEY", "RealtimeSession"]
+__all__ = ["RealtimeSession"]
 
 log = logging.getLogger(__name__)
-
-# The initial-metadata key whose value is the session's request id; the SDK
-# (which cannot import this package) spells it the same. Its arrival tells the
-# caller the call is open.
-REALTIME_SESSION_KEY = "ferry-request-id"
 
 # Validated inputs the handler has not taken yet, outputs not sent yet. Small,
 # so backpressure reaches the caller while a frame or two is always ready.

@@ -18,13 +18,14 @@ import grpc
 
 from ferry.inference.app import load_app
 from ferry.inference.health import HealthProbe, health_service_name
-from ferry.inference.realtime import REALTIME_SESSION_KEY, RealtimeSession
+from ferry.inference.realtime import RealtimeSession
 from ferry.inference.runner import COMPLETED, AppRunner, RequestRecord, request_error
 from ferry.inference.schema import input_schema, output_schema
 from ferry.inference.services import ServiceClients
 from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
 from ferry.errors import FailedPrecondition, NotFound
+from ferry.realtime_connection import SESSION_KEY
 from ferry.services.settings import Hosted, Settings
 from ferry.v1 import inference_pb2, inference_pb2_grpc
 
@@ -110,7 +111,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[inference_pb2.RealtimeResponse]:
         session = RealtimeSession.open(await anext(request_iterator, None), self._runner, lambda lifecycle: expires_in(lifecycle, context))
         # Headers now, not with the first output: the caller learns at once that the call is open.
-        await context.send_initial_metadata(((REALTIME_SESSION_KEY, session.request_id),))
+        await context.send_initial_metadata(((SESSION_KEY, session.request_id),))
         async with aclosing(session.run(request_iterator)) as responses:
             async for response in responses:
                 yield response

@@ -60,11 +60,23 @@ from ferry.uploads import (
     upload_messages,
     upload_messages_async,
 )
-from ferry.v1 import common_pb2, downloader_pb2_grpc, encoder_pb2, encoder_pb2_grpc, inference_pb2, inference_pb2_grpc
+from ferry.v1 import (
+    common_pb2,
+    downloader_pb2,
+    downloader_pb2_grpc,
+    encoder_pb2,
+    encoder_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+)
 
-__all__ = ["SERVICE_NAMES", "AsyncClient", "Client"]
+__all__ = ["DOWNLOADER_SERVICE", "ENCODER_SERVICE", "INFERENCE_SERVICE", "SERVICE_NAMES", "AsyncClient", "Client"]
 
-SERVICE_NAMES = ("ferry.v1.DownloaderService", "ferry.v1.EncoderService", "ferry.v1.InferenceService")
+# The contract's service names, as its descriptors spell them (health and reflection use them).
+DOWNLOADER_SERVICE = downloader_pb2.DESCRIPTOR.services_by_name["DownloaderService"].full_name
+ENCODER_SERVICE = encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name
+INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+SERVICE_NAMES = (DOWNLOADER_SERVICE, ENCODER_SERVICE, INFERENCE_SERVICE)
 _STATUS_NAMES = {value: name for name, value in health_pb2.HealthCheckResponse.ServingStatus.items()}
 
 

@@ -54,8 +54,8 @@ __all__ = ["AsyncRealtimeConnection", "RealtimeConnection", "RealtimeInput"]
 # One input: a JSON-ready mapping, or the endpoint's input model.
 RealtimeInput: TypeAlias = Mapping[str, Any] | BaseModel
 
-# The initial-metadata key the server answers `open` with (ferry.inference.realtime.REALTIME_SESSION_KEY).
-_SESSION_KEY = "ferry-request-id"
+# The initial-metadata key the server answers `open` with: the session's request id.
+SESSION_KEY = "ferry-request-id"
 # A received response, or how the call ended (EOFError, FerryError).
 _Received: TypeAlias = inference_pb2.RealtimeResponse | BaseException
 
@@ -73,7 +73,7 @@ def _output(response: inference_pb2.RealtimeResponse) -> dict[str, Any]:
 
 
 def _session_id(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
-    return next((str(value) for key, value in metadata or () if key == _SESSION_KEY), None)
+    return next((str(value) for key, value in metadata or () if key == SESSION_KEY), None)
 
 
 def _ended_cleanly() -> EOFError:

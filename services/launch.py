@@ -22,6 +22,7 @@ import grpc
 from aiohttp import web
 from grpc_reflection.v1alpha import reflection
 
+from ferry.client import DOWNLOADER_SERVICE, ENCODER_SERVICE, INFERENCE_SERVICE
 from ferry.connection import Connection, StackTarget
 from ferry.services import config as config_module
 from ferry.services.auth import BearerTokenInterceptor
@@ -48,9 +49,9 @@ class HostedService:
 
 
 SERVICES: dict[str, HostedService] = {
-    "downloader": HostedService("ferry.v1.DownloaderService", "ferry.services.downloader.servicer"),
-    "encoder": HostedService("ferry.v1.EncoderService", "ferry.services.encoder.servicer", needs_cdn=True),
-    "inference": HostedService("ferry.v1.InferenceService", "ferry.inference.servicer"),
+    "downloader": HostedService(DOWNLOADER_SERVICE, "ferry.services.downloader.servicer"),
+    "encoder": HostedService(ENCODER_SERVICE, "ferry.services.encoder.servicer", needs_cdn=True),
+    "inference": HostedService(INFERENCE_SERVICE, "ferry.inference.servicer"),
 }
 
 
