@@ -15,7 +15,7 @@ intact for the next attempt or the next backend.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +31,14 @@ MAX_PART_NUMBER = 10_000
 # 10^30 seconds is mistaken about the unit or the field, and datetime ends at year 9999 (timedelta
 # overflows past 10^9 days). An S3 object's presigned URL still lasts at most 7 days (s3.py).
 MAX_EXPIRES_IN_SECONDS = 100 * 365 * 24 * 3600
+
+# What a backend reads the time from when it counts an object's lifetime (UTC, timezone-aware). The wall
+# clock unless a test hands in one it turns itself, so expiry is tested without waiting for it.
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

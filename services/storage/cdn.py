@@ -15,7 +15,7 @@ it is only the URL's last segment, percent-encoded.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from aiohttp import web
 from ferry.services.auth import cdn_auth_middleware
@@ -42,7 +42,7 @@ async def _serve_file(request: web.Request) -> web.StreamResponse:
     local = request.app.get(LOCAL_STORAGE)
     if local is None:
         raise web.HTTPNotFound()
-    now = datetime.now(UTC)
+    now = local.clock()
     stored = await local.find(request.match_info["id"], now)
     if stored is None or stored.file_name != request.match_info["name"]:
         raise web.HTTPNotFound()

@@ -37,6 +37,7 @@ from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ferry.services.storage.base import (
     MIN_PART_SIZE,
+    Clock,
     Storage,
     StoredObject,
     check_file_name,
@@ -44,6 +45,7 @@ from ferry.services.storage.base import (
     check_parts,
     expiry,
     part_too_small,
+    utc_now,
 )
 
 log = logging.getLogger(__name__)
@@ -170,8 +172,18 @@ def _unknown_upload(upload_id: str) -> NotFound:
 class LocalStorage(Storage):
     name = "local"
 
-    def __init__(self, root: Path, base_url: Callable[[], str], multipart_max_age_seconds: float = 24 * 3600) -> None:
+    def __init__(
+        self,
+        root: Path,
+        base_url: Callable[[], str],
+        multipart_max_age_seconds: float = 24 * 3600,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        """`clock`: what lifetimes count from; the CDN serving this storage reads it too, so an object stops
+        being served the instant it expires by the same clock."""
         self.root = root
+        self.clock = clock
         self.state = root.parent / STATE_DIR
         self.objects = self.state / "objects"
         self.uploads = self.state / "uploads"
@@ -283,7 +295,7 @@ class LocalStorage(Storage):
         self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
     ) -> StoredObject:
         check_file_name(file_name)
-        expires_at = expiry(expires_in)
+        expires_at = expiry(expires_in, self.clock())
         return await _on_disk(
             lambda: self._create_object(
                 lambda target: (_place(path, target), sha256),
@@ -295,7 +307,7 @@ class LocalStorage(Storage):
 
     async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
         check_file_name(file_name)
-        expires_at = expiry(expires_in)
+        expires_at = expiry(expires_in, self.clock())
         return await _on_disk(
             lambda: self._create_object(
                 lambda target: (_write_new(target, data), hashlib.sha256(data).hexdigest()),
@@ -370,7 +382,7 @@ class LocalStorage(Storage):
                 lambda target: _concatenate(sources, target),
                 file_name=record["file_name"],
                 content_type=record["content_type"],
-                expires_at=expiry(record["expires_in"]),
+                expires_at=expiry(record["expires_in"], self.clock()),
             )
             shutil.rmtree(folder, ignore_errors=True)
             return stored

@@ -59,6 +59,7 @@ from ferry.services.downloader.names import safe_file_name
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.errors import FerryError, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from ferry.services.storage.base import (
+    Clock,
     Storage,
     StoredObject,
     TransientStorageError,
@@ -66,6 +67,7 @@ from ferry.services.storage.base import (
     check_part_number,
     check_parts,
     expiry,
+    utc_now,
 )
 from ferry.services.storage.ordered_hash import MAX_HELD_BYTES, OrderedSha256
 
@@ -158,10 +160,15 @@ class S3Storage(Storage):
         multipart_max_age_seconds: float = 24 * 3600,
         holding_dir: Path | None = None,
         max_held_bytes_per_upload: int = MAX_HELD_BYTES,
+        clock: Clock = utc_now,
     ) -> None:
         """`holding_dir`: a folder of this storage's own where parts that arrive ahead of their turn wait
         to be hashed (on the incoming files' filesystem, so holding is a hard link); None holds nothing,
-        so any upload whose parts arrive out of order has its whole re-read at completion."""
+        so any upload whose parts arrive out of order has its whole re-read at completion.
+
+        `clock`: what lifetimes, presigned URLs and upload activity count from. A completed multipart
+        upload's lifetime still counts from S3's own completion time (LastModified)."""
+        self._clock = clock
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.name = f"s3://{bucket}/{self.prefix}"
@@ -245,7 +252,7 @@ class S3Storage(Storage):
             return f"{self._public_url_base}/{quote(key)}"
         lifetime = self._presign_seconds
         if expires_at is not None:
-            lifetime = min(lifetime, max(1, int((expires_at - datetime.now(UTC)).total_seconds())))
+            lifetime = min(lifetime, max(1, int((expires_at - self._clock()).total_seconds())))
         return str(
             self._client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime
@@ -270,7 +277,7 @@ class S3Storage(Storage):
         self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
     ) -> StoredObject:
         check_file_name(file_name)
-        expires_at = expiry(expires_in)
+        expires_at = expiry(expires_in, self._clock())
         key = self._new_key(file_name)
 
         def upload() -> StoredObject:
@@ -284,7 +291,7 @@ class S3Storage(Storage):
 
     async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
         check_file_name(file_name)
-        expires_at = expiry(expires_in)
+        expires_at = expiry(expires_in, self._clock())
         key = self._new_key(file_name)
 
         def upload() -> StoredObject:
@@ -327,13 +334,13 @@ class S3Storage(Storage):
             return str(answer["UploadId"])
 
         s3_upload_id = await self._call("create multipart upload", create)
-        self._upload_activity[s3_upload_id] = datetime.now(UTC)
+        self._upload_activity[s3_upload_id] = self._clock()
         return self._upload_token(key, s3_upload_id)
 
     async def put_part(self, upload_id: str, part_number: int, path: Path) -> str:
         check_part_number(part_number)
         key, s3_upload_id = self._parse_upload_token(upload_id)
-        self._upload_activity[s3_upload_id] = datetime.now(UTC)
+        self._upload_activity[s3_upload_id] = self._clock()
 
         def upload() -> str:
             with open(path, "rb") as body:

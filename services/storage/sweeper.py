@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 
-from ferry.services.storage.base import Storage
+from ferry.services.storage.base import Clock, Storage, utc_now
 
 log = logging.getLogger(__name__)
 
 
-async def run_sweeper(storage: Storage, interval_seconds: float) -> None:
-    """Sweep `storage` every `interval_seconds` until cancelled."""
+async def run_sweeper(storage: Storage, interval_seconds: float, clock: Clock = utc_now) -> None:
+    """Sweep `storage` every `interval_seconds` until cancelled; what has expired by `clock` goes."""
     while True:
         try:
-            removed = await storage.sweep(datetime.now(UTC))
+            removed = await storage.sweep(clock())
             if removed:
                 log.info("storage sweep removed %d expired objects and idle uploads from %s", removed, storage.name)
         except Exception:

@@ -1,9 +1,11 @@
-"""Storage under test as users reach it: local storage served by a real CDN on a free loopback port."""
+"""Storage under test as users reach it: local storage served by a real CDN on a free loopback port,
+and a clock the test turns instead of waiting for objects to expire."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,21 @@ from aiohttp import web
 
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
+
+
+class TurnedClock:
+    """A storage `clock` that stands still at the moment it was made until the test turns it forward."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def turn(self, seconds: float) -> datetime:
+        """Move the time on by `seconds`; the new time."""
+        self.now += timedelta(seconds=seconds)
+        return self.now
 
 
 @asynccontextmanager

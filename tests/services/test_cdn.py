@@ -17,6 +17,7 @@ from aiohttp import web
 from ferry.services.storage.base import StoredObject
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
+from tests.services.storage_fixtures import TurnedClock
 
 TOKEN = "cdn-secret"
 DATA = bytes(range(256)) * 4  # 1 KiB
@@ -67,9 +68,14 @@ class Reply:
 
 
 @pytest.fixture
-async def cdn(tmp_path: Path) -> AsyncIterator[Cdn]:
+def clock() -> TurnedClock:
+    return TurnedClock()
+
+
+@pytest.fixture
+async def cdn(tmp_path: Path, clock: TurnedClock) -> AsyncIterator[Cdn]:
     base_url = ""
-    storage = LocalStorage(tmp_path / "data" / "files", lambda: base_url)
+    storage = LocalStorage(tmp_path / "data" / "files", lambda: base_url, clock=clock)
     runner = web.AppRunner(create_cdn_app(TOKEN, storage), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -135,9 +141,9 @@ async def test_an_expiring_file_is_cached_privately_no_longer_than_it_lives(cdn:
     assert directive == "private" and 590 <= int(max_age.removeprefix("max-age=")) <= 600
 
 
-async def test_an_expired_file_is_not_found_before_and_after_the_sweep(cdn: Cdn, tmp_path: Path) -> None:
+async def test_an_expired_file_is_not_found_before_and_after_the_sweep(cdn: Cdn, tmp_path: Path, clock: TurnedClock) -> None:
     stored = await cdn.put(tmp_path, expires_in=1)
-    await asyncio.sleep(1.1)
+    clock.turn(1)
 
     assert (await cdn.request("GET", f"/files/{stored.key}/clip.bin")).status == 404
     await cdn.storage.sweep(stored.expires_at)  # type: ignore[arg-type]
