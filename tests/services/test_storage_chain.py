@@ -3,7 +3,8 @@
 Also how `--storage` specs become a chain, and the sweeper that keeps it
 tidy. Backends are real: a moto S3 server on loopback, a TCP server that
 drops every request (an S3 that is down, counting each attempt), and local
-storage behind the real CDN.
+storage behind the real CDN. That the chain fulfils the Storage contract
+itself is specified with the backends' in test_storage_contract.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,14 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from ferry.services.errors import InvalidArgument, NotFound, Unavailable
+from ferry.services.errors import InvalidArgument, Unavailable
 from ferry.services.storage.base import MIN_PART_SIZE, Storage
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.config import StorageConfig, build_storage
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
 from ferry.services.storage.sweeper import run_sweeper
-from tests.services.storage_fixtures import served_local_storage
+from tests.services.storage_fixtures import TurnedClock, served_local_storage
 
 CHAIN_LOG = "ferry.services.storage.chain"
 DATA = b"encoded media"
@@ -81,8 +81,13 @@ async def down() -> AsyncIterator[DroppingEndpoint]:
 
 
 @pytest.fixture
-async def local(tmp_path: Path) -> AsyncIterator[LocalStorage]:
-    async with served_local_storage(tmp_path / "data" / "files") as storage:
+def clock() -> TurnedClock:
+    return TurnedClock()
+
+
+@pytest.fixture
+async def local(tmp_path: Path, clock: TurnedClock) -> AsyncIterator[LocalStorage]:
+    async with served_local_storage(tmp_path / "data" / "files", clock=clock) as storage:
         yield storage
 
 
@@ -233,43 +238,28 @@ async def test_when_the_owner_goes_down_mid_upload_its_parts_are_unavailable_not
     assert list(local.uploads.iterdir()) == []
 
 
-@pytest.mark.parametrize("upload_id", ["", "nope", "0:", "2:abc", "-1:abc", "x:abc", "1:AAAAAAAAAAAAAAAAAAAAAA"])
-async def test_upload_ids_the_chain_never_issued_are_not_found(
-    local: LocalStorage, tmp_path: Path, upload_id: str
-) -> None:
-    chain = chain_of(LocalStorage(tmp_path / "first" / "files", lambda: "http://first"), local)
-    source = tmp_path / "part.incoming"
-    source.write_bytes(b"x")
-
-    with pytest.raises(NotFound) as unknown:
-        await chain.put_part(upload_id, 1, source)
-    assert unknown.value.reason == "UNKNOWN_UPLOAD"
-    with pytest.raises(NotFound):
-        await chain.complete_multipart(upload_id, [(1, "0" * 32)])
-
-
 # -- upkeep ---------------------------------------------------------------------
 
 
 async def test_the_sweep_covers_every_backend_even_when_one_fails(
-    local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture, dead_address: str
+    local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture, dead_address: str, clock: TurnedClock
 ) -> None:
     await put(local, tmp_path, expires_in=60)
     chain = chain_of(s3_at(f"http://{dead_address}"), local)
 
-    assert await chain.sweep(datetime.now(UTC) + timedelta(minutes=2)) == 1
+    assert await chain.sweep(clock.turn(120)) == 1
     assert any("sweep failed" in r.message for r in caplog.records if r.name == CHAIN_LOG)
     await chain.close()
 
 
 async def test_the_sweeper_sweeps_until_cancelled_and_outlives_failures(
-    local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture, dead_address: str
+    local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture, dead_address: str, clock: TurnedClock
 ) -> None:
     expired = await put(local, tmp_path, expires_in=1)
-    await asyncio.sleep(1.1)
+    clock.turn(1)
     unreachable = s3_at(f"http://{dead_address}")
 
-    sweepers = [asyncio.create_task(run_sweeper(storage, 0.01)) for storage in (local, unreachable)]
+    sweepers = [asyncio.create_task(run_sweeper(storage, 0.01, clock)) for storage in (local, unreachable)]
     await asyncio.sleep(0.3)
 
     assert not any(sweeper.done() for sweeper in sweepers)

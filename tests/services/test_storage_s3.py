@@ -1,4 +1,9 @@
-"""S3 storage against a real HTTP S3 endpoint (moto's server on loopback): objects, URLs, real multipart, sweep."""
+"""S3 storage against a real HTTP S3 endpoint (moto's server on loopback): what is S3's own.
+
+Objects with their metadata, presigned and public URLs, S3's failures, real
+multipart uploads hashed as their parts arrive, and what the sweep must leave
+alone. What every backend does is specified once in test_storage_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
 import pytest
-from ferry.services.errors import InvalidArgument, NotFound, Unavailable
+from ferry.services.errors import InvalidArgument, Unavailable
 from ferry.services.storage.base import MIN_PART_SIZE, TransientStorageError
 from ferry.services.storage.config import StorageConfig, build_storage
 from ferry.services.storage.s3 import SINGLE_PUT_BYTES, S3Storage
@@ -164,27 +169,6 @@ async def send_part(storage: S3Storage, tmp_path: Path, upload_id: str, number: 
     return await storage.put_part(upload_id, number, a_file(tmp_path, data, f"part-{number}.incoming"))
 
 
-async def test_a_multipart_upload_assembles_parts_sent_in_any_order(
-    storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
-) -> None:
-    upload_id = await storage.create_multipart(file_name="movie.mp4", content_type="video/mp4", expires_in=600)
-    first, last = b"\x01" * MIN_PART_SIZE, b"tail"
-
-    etag_last = await send_part(storage, tmp_path, upload_id, 2, last)
-    await send_part(storage, tmp_path, upload_id, 1, b"\x09" * MIN_PART_SIZE)
-    etag_first = await send_part(storage, tmp_path, upload_id, 1, first)  # re-sent: the last one wins
-    completing = datetime.now(UTC).replace(microsecond=0)
-    stored = await storage.complete_multipart(upload_id, [(2, etag_last), (1, etag_first)])
-
-    whole = first + last
-    assert (stored.size, stored.sha256) == (len(whole), hashlib.sha256(whole).hexdigest())
-    assert (stored.file_name, stored.content_type) == ("movie.mp4", "video/mp4")
-    assert stored.expires_at is not None and stored.expires_at >= completing + timedelta(seconds=600)
-    assert get(stored.url) == whole
-    assert s3.head_object(Bucket=bucket, Key=stored.key)["ContentType"] == "video/mp4"
-    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-
-
 async def test_a_completion_retried_after_it_got_through_answers_the_same_object(
     storage: S3Storage, tmp_path: Path
 ) -> None:
@@ -197,33 +181,6 @@ async def test_a_completion_retried_after_it_got_through_answers_the_same_object
     again = await storage.complete_multipart(upload_id, [(1, etag)])
 
     assert (again.key, again.size, again.sha256) == (first.key, 5, hashlib.sha256(b"whole").hexdigest())
-
-
-async def test_a_small_part_before_the_last_is_refused(storage: S3Storage, tmp_path: Path) -> None:
-    upload_id = await storage.create_multipart(
-        file_name="a.bin", content_type="application/octet-stream", expires_in=None
-    )
-    small = await send_part(storage, tmp_path, upload_id, 1, b"too small")
-    last = await send_part(storage, tmp_path, upload_id, 2, b"end")
-
-    with pytest.raises(InvalidArgument) as refused:
-        await storage.complete_multipart(upload_id, [(1, small), (2, last)])
-    assert refused.value.reason == "PART_TOO_SMALL"
-
-
-async def test_abort_leaves_no_upload_and_may_be_repeated(
-    storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
-) -> None:
-    upload_id = await storage.create_multipart(
-        file_name="a.bin", content_type="application/octet-stream", expires_in=None
-    )
-    await send_part(storage, tmp_path, upload_id, 1, b"x" * 1024)
-
-    await storage.abort_multipart(upload_id)
-    await storage.abort_multipart(upload_id)
-
-    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 
 # -- multipart: the whole's sha256, hashed as the parts arrive ---------------------------
@@ -423,48 +380,7 @@ async def test_a_launched_s3_storage_holds_parts_under_the_data_dir(endpoint: st
         await chain.close()
 
 
-@pytest.mark.parametrize(
-    "upload_id", ["", "not-base64!", "W10", "WyJlbHNld2hlcmUva2V5IiwiaWQiXQ"]
-)  # [], ["elsewhere/key","id"]
-async def test_upload_ids_this_backend_never_issued_are_not_found(
-    storage: S3Storage, tmp_path: Path, upload_id: str
-) -> None:
-    with pytest.raises(NotFound) as unknown:
-        await send_part(storage, tmp_path, upload_id, 1, b"x")
-    assert unknown.value.reason == "UNKNOWN_UPLOAD"
-
-
 # -- sweep ----------------------------------------------------------------------
-
-
-async def test_the_sweep_deletes_expired_objects_only(storage: S3Storage, s3: Any, bucket: str, tmp_path: Path) -> None:
-    expiring = await put(storage, tmp_path, b"soon gone", expires_in=60)
-    kept = await put(storage, tmp_path, b"kept")
-    upload_id = await storage.create_multipart(
-        file_name="a.bin", content_type="application/octet-stream", expires_in=60
-    )
-    etag = await send_part(storage, tmp_path, upload_id, 1, b"whole")
-    assembled = await storage.complete_multipart(upload_id, [(1, etag)])
-
-    assert await storage.sweep(datetime.now(UTC)) == 0
-    assert await storage.sweep(datetime.now(UTC) + timedelta(minutes=2)) == 2
-
-    keys = [entry["Key"] for entry in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
-    assert keys == [kept.key]
-    assert expiring.key not in keys and assembled.key not in keys
-
-
-async def test_the_sweep_aborts_idle_multipart_uploads(
-    storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
-) -> None:
-    upload_id = await storage.create_multipart(
-        file_name="a.bin", content_type="application/octet-stream", expires_in=None
-    )
-    await send_part(storage, tmp_path, upload_id, 1, b"x")
-
-    assert await storage.sweep(datetime.now(UTC) + timedelta(seconds=MAX_AGE - 60)) == 0
-    assert await storage.sweep(datetime.now(UTC) + timedelta(seconds=MAX_AGE + 1)) == 1
-    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 async def test_the_sweep_leaves_other_prefixes_alone(storage: S3Storage, s3: Any, bucket: str) -> None:
