@@ -9,12 +9,13 @@ WAVE_FORMAT_EXTENSIBLE beyond two channels) with no temporary file.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ferry.services.encoder.choices import AudioSampleFormat, ChannelOrder, choice
 from ferry.services.errors import InvalidArgument, ResourceExhausted
-from ferry.v1 import encoder_pb2
 
 MAX_CHANNELS = 8  # 7.1; the channel axis is told from the sample axis by this bound
 MAX_SAMPLE_RATE = 768_000
@@ -42,27 +43,42 @@ class AudioInfo:
     sample_count: int  # per channel
 
 
-def audio_samples(array: np.ndarray, channel_order: int) -> np.ndarray:
-    """float32 (channels, samples) in [-1, 1] from (samples,), (channels, samples) or (samples, channels).
+@dataclass(frozen=True)
+class AudioLayout:
+    channels: int
+    samples: int  # per channel
+    channels_first: bool
 
-    FIRST and LAST name where the channel axis is; UNSPECIFIED takes the axis of
-    at most `MAX_CHANNELS` as channels, and refuses when both axes are that short.
+
+def audio_layout(shape: Sequence[int], channel_order: int) -> AudioLayout:
+    """Where an audio tensor of `shape` holds its channels: the one channel rule, for wav and a video's track alike.
+
+    (samples,) is mono, else FIRST and LAST name the channel axis; UNSPECIFIED
+    takes the axis of at most `MAX_CHANNELS` as channels, and refuses when both
+    axes are that short. 1 to `MAX_CHANNELS` channels and some samples.
     """
-    if array.ndim == 1:
-        planar = array[None, :]
-    elif array.ndim == 2:
-        planar = array if _channels_first(array.shape, channel_order) else array.T
+    if len(shape) == 1:
+        channels, count, first = 1, shape[0], True
+    elif len(shape) == 2:
+        first = _channels_first(shape, channel_order)
+        channels, count = (shape[0], shape[1]) if first else (shape[1], shape[0])
     else:
         raise InvalidArgument(
-            f"audio tensor shape {list(array.shape)} must be (samples,), (channels, samples) or (samples, channels)",
+            f"audio tensor shape {list(shape)} must be (samples,), (channels, samples) or (samples, channels)",
             reason="BAD_SHAPE",
         )
-    channels, count = planar.shape
     if not 1 <= channels <= MAX_CHANNELS or count == 0:
         raise InvalidArgument(
             f"audio of {channels} channels × {count} samples: need 1 to {MAX_CHANNELS} channels and some samples",
             reason="BAD_SHAPE",
         )
+    return AudioLayout(channels, count, first)
+
+
+def audio_samples(array: np.ndarray, channel_order: int) -> np.ndarray:
+    """float32 (channels, samples) in [-1, 1] from a tensor laid out as `audio_layout` reads it."""
+    layout = audio_layout(array.shape, channel_order)
+    planar = array.reshape(1, -1) if array.ndim == 1 else array if layout.channels_first else array.T
     return np.ascontiguousarray(_as_float(planar))
 
 
@@ -73,21 +89,16 @@ def encode_wav(samples: np.ndarray, sample_rate: int, sample_format: int) -> tup
             f"wav samples must be float32 (channels, samples), got {samples.dtype} {list(samples.shape)}",
             reason="BAD_SHAPE",
         )
-    if sample_rate == 0:
-        raise InvalidArgument("wav needs a sample rate", reason="MISSING_SAMPLE_RATE")
-    if not 0 < sample_rate <= MAX_SAMPLE_RATE:
-        raise InvalidArgument(f"sample rate {sample_rate} is outside 1..{MAX_SAMPLE_RATE}", reason="BAD_SAMPLE_RATE")
+    check_wav_options(sample_rate, sample_format)
     channels, count = samples.shape
     interleaved = samples.T
-    if sample_format in (encoder_pb2.AUDIO_SAMPLE_FORMAT_UNSPECIFIED, encoder_pb2.AUDIO_SAMPLE_FORMAT_PCM16):
+    if sample_format == AudioSampleFormat.FLOAT32:
+        data = np.ascontiguousarray(interleaved, dtype="<f4")
+        format_tag = _WAVE_FORMAT_IEEE_FLOAT
+    else:  # PCM16, the default
         # × 32768 (not 32767) so int16 input comes back bit for bit; +1.0 clips to 32767.
         data = np.clip(np.rint(interleaved * 32768), -32768, 32767).astype("<i2", order="C")
         format_tag = _WAVE_FORMAT_PCM
-    elif sample_format == encoder_pb2.AUDIO_SAMPLE_FORMAT_FLOAT32:
-        data = np.ascontiguousarray(interleaved, dtype="<f4")
-        format_tag = _WAVE_FORMAT_IEEE_FLOAT
-    else:
-        raise InvalidArgument(f"unknown sample_format {sample_format}", reason="BAD_SAMPLE_FORMAT")
     header = _wav_header(format_tag, channels, sample_rate, data.itemsize * 8, count, data.nbytes)
     info = AudioInfo(
         sample_rate=sample_rate, channels=channels, duration_seconds=count / sample_rate, sample_count=count
@@ -95,13 +106,21 @@ def encode_wav(samples: np.ndarray, sample_rate: int, sample_format: int) -> tup
     return b"".join((header, data.data)), info
 
 
-def _channels_first(shape: tuple[int, ...], channel_order: int) -> bool:
-    if channel_order == encoder_pb2.CHANNEL_ORDER_FIRST:
+def check_wav_options(sample_rate: int, sample_format: int) -> None:
+    """A wav's rules, which read no sample: a request is checked against them before its tensor arrives."""
+    if sample_rate == 0:
+        raise InvalidArgument("wav needs a sample rate", reason="MISSING_SAMPLE_RATE")
+    if not 0 < sample_rate <= MAX_SAMPLE_RATE:
+        raise InvalidArgument(f"sample rate {sample_rate} is outside 1..{MAX_SAMPLE_RATE}", reason="BAD_SAMPLE_RATE")
+    choice(AudioSampleFormat, sample_format, field="sample_format", reason="BAD_SAMPLE_FORMAT")
+
+
+def _channels_first(shape: Sequence[int], channel_order: int) -> bool:
+    order = choice(ChannelOrder, channel_order, field="channel_order", reason="BAD_CHANNEL_ORDER")
+    if order == ChannelOrder.FIRST:
         return True
-    if channel_order == encoder_pb2.CHANNEL_ORDER_LAST:
+    if order == ChannelOrder.LAST:
         return False
-    if channel_order != encoder_pb2.CHANNEL_ORDER_UNSPECIFIED:
-        raise InvalidArgument(f"unknown channel_order {channel_order}", reason="BAD_CHANNEL_ORDER")
     first, last = shape[0] <= MAX_CHANNELS, shape[1] <= MAX_CHANNELS
     if first and last:
         raise InvalidArgument(

@@ -72,13 +72,14 @@ def encode_images(
     `quality` applies to jpeg and lossy webp (libwebp's effort when lossless);
     `frame_duration_ms` 0 means 100 ms; `loop` 0 means forever.
     """
-    if fmt not in IMAGE_FORMATS:
-        known = ", ".join(IMAGE_FORMATS)
-        raise InvalidArgument(f"unknown image format {fmt!r}; use one of {known}", reason="BAD_FORMAT")
-    if animate and fmt not in ANIMATED_FORMATS:
-        raise InvalidArgument(f"{fmt} cannot be animated; use gif or webp", reason="ANIMATION_UNSUPPORTED")
-    _check_options(quality, png_compress_level, frame_duration_ms, loop)
-
+    check_image_options(
+        fmt,
+        quality=quality,
+        png_compress_level=png_compress_level,
+        animate=animate,
+        frame_duration_ms=frame_duration_ms,
+        loop=loop,
+    )
     batch = image_batch(array, channel_order, max_pixels=max_pixels)
     if fmt == "jpeg":  # libjpeg-turbo without Pillow: the same path striped encodes take (see jpeg.py)
         settings = jpeg_settings(quality)
@@ -105,7 +106,15 @@ def check_quality(quality: int | None) -> None:
         raise InvalidArgument(f"quality {quality} is outside 1..100", reason="BAD_QUALITY")
 
 
-def _check_options(quality: int | None, png_compress_level: int | None, frame_duration_ms: int, loop: int) -> None:
+def check_image_options(
+    fmt: str, *, quality: int | None, png_compress_level: int | None, animate: bool, frame_duration_ms: int, loop: int
+) -> None:
+    """The options' rules, which read no pixel: a request is checked against them before its tensor arrives."""
+    if fmt not in IMAGE_FORMATS:
+        known = ", ".join(IMAGE_FORMATS)
+        raise InvalidArgument(f"unknown image format {fmt!r}; use one of {known}", reason="BAD_FORMAT")
+    if animate and fmt not in ANIMATED_FORMATS:
+        raise InvalidArgument(f"{fmt} cannot be animated; use gif or webp", reason="ANIMATION_UNSUPPORTED")
     check_quality(quality)
     if png_compress_level is not None and not 0 <= png_compress_level <= 9:
         raise InvalidArgument(f"png_compress_level {png_compress_level} is outside 0..9", reason="BAD_COMPRESS_LEVEL")

@@ -16,36 +16,36 @@ from math import prod
 
 import numpy as np
 
+from ferry.services.encoder.choices import ChannelOrder, DataType, ValueRange, choice
 from ferry.services.errors import InvalidArgument, ResourceExhausted
-from ferry.v1 import common_pb2, encoder_pb2
 
 ITEMSIZE: dict[int, int] = {
-    common_pb2.DATA_TYPE_UINT8: 1,
-    common_pb2.DATA_TYPE_UINT16: 2,
-    common_pb2.DATA_TYPE_INT16: 2,
-    common_pb2.DATA_TYPE_INT32: 4,
-    common_pb2.DATA_TYPE_FLOAT16: 2,
-    common_pb2.DATA_TYPE_BFLOAT16: 2,
-    common_pb2.DATA_TYPE_FLOAT32: 4,
-    common_pb2.DATA_TYPE_FLOAT64: 8,
-    common_pb2.DATA_TYPE_BOOL: 1,
-    common_pb2.DATA_TYPE_INT8: 1,
-    common_pb2.DATA_TYPE_INT64: 8,
+    DataType.UINT8: 1,
+    DataType.UINT16: 2,
+    DataType.INT16: 2,
+    DataType.INT32: 4,
+    DataType.FLOAT16: 2,
+    DataType.BFLOAT16: 2,
+    DataType.FLOAT32: 4,
+    DataType.FLOAT64: 8,
+    DataType.BOOL: 1,
+    DataType.INT8: 1,
+    DataType.INT64: 8,
 }
 
 # bfloat16 has no numpy dtype: its bytes are read as uint16 and widened by `tensor_from_bytes`.
 _WIRE_DTYPES: dict[int, np.dtype] = {
-    common_pb2.DATA_TYPE_UINT8: np.dtype("u1"),
-    common_pb2.DATA_TYPE_UINT16: np.dtype("<u2"),
-    common_pb2.DATA_TYPE_INT16: np.dtype("<i2"),
-    common_pb2.DATA_TYPE_INT32: np.dtype("<i4"),
-    common_pb2.DATA_TYPE_FLOAT16: np.dtype("<f2"),
-    common_pb2.DATA_TYPE_BFLOAT16: np.dtype("<u2"),
-    common_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
-    common_pb2.DATA_TYPE_FLOAT64: np.dtype("<f8"),
-    common_pb2.DATA_TYPE_BOOL: np.dtype("?"),
-    common_pb2.DATA_TYPE_INT8: np.dtype("i1"),
-    common_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
+    DataType.UINT8: np.dtype("u1"),
+    DataType.UINT16: np.dtype("<u2"),
+    DataType.INT16: np.dtype("<i2"),
+    DataType.INT32: np.dtype("<i4"),
+    DataType.FLOAT16: np.dtype("<f2"),
+    DataType.BFLOAT16: np.dtype("<u2"),
+    DataType.FLOAT32: np.dtype("<f4"),
+    DataType.FLOAT64: np.dtype("<f8"),
+    DataType.BOOL: np.dtype("?"),
+    DataType.INT8: np.dtype("i1"),
+    DataType.INT64: np.dtype("<i8"),
 }
 
 MAX_DIMS = 5
@@ -54,17 +54,6 @@ MAX_DIMS = 5
 MAX_TENSOR_BYTES = 1 << 40
 DEFAULT_MAX_PIXELS = 64_000_000  # EncoderConfig.max_pixels' default
 IMAGE_CHANNELS = (1, 3, 4)  # gray, RGB, RGBA
-
-_VALUE_RANGES = (
-    encoder_pb2.VALUE_RANGE_UNSPECIFIED,
-    encoder_pb2.VALUE_RANGE_ZERO_TO_ONE,
-    encoder_pb2.VALUE_RANGE_MINUS_ONE_TO_ONE,
-)
-_CHANNEL_ORDERS = (
-    encoder_pb2.CHANNEL_ORDER_UNSPECIFIED,
-    encoder_pb2.CHANNEL_ORDER_LAST,
-    encoder_pb2.CHANNEL_ORDER_FIRST,
-)
 
 
 def numpy_dtype(dtype: int) -> np.dtype:
@@ -96,7 +85,7 @@ def tensor_from_bytes(dtype: int, shape: Sequence[int], data: bytes | bytearray 
             reason="TENSOR_SIZE_MISMATCH",
         )
     array = np.frombuffer(data, dtype=numpy_dtype(dtype)).reshape(tuple(shape))
-    if dtype == common_pb2.DATA_TYPE_BFLOAT16:
+    if dtype == DataType.BFLOAT16:
         # bfloat16 is the top half of a float32: shift the bits back into place.
         return (array.astype(np.uint32) << 16).view(np.float32)
     return array
@@ -152,8 +141,7 @@ def to_image_pixels(array: np.ndarray, value_range: int, keep_16_bit: bool) -> n
     clamped, and must be finite. Other integers have no agreed pixel scale, so
     they pass only when every value already lies in 0..255.
     """
-    if value_range not in _VALUE_RANGES:
-        raise InvalidArgument(f"unknown value_range {value_range}", reason="BAD_VALUE_RANGE")
+    value_range = choice(ValueRange, value_range, field="value_range", reason="BAD_VALUE_RANGE")
     kind = array.dtype
     if kind == np.uint8:
         return array
@@ -183,8 +171,7 @@ def image_batch(array: np.ndarray, channel_order: int, *, max_pixels: int = DEFA
     A 3-D array is always one image: a batch of grayscale images carries its
     channel axis (N×H×W×1), else (4, H, W) could be four images or one RGBA.
     """
-    if channel_order not in _CHANNEL_ORDERS:
-        raise InvalidArgument(f"unknown channel_order {channel_order}", reason="BAD_CHANNEL_ORDER")
+    channel_order = choice(ChannelOrder, channel_order, field="channel_order", reason="BAD_CHANNEL_ORDER")
     if array.ndim == 2:
         batch = array[None, :, :, None]
     elif array.ndim in (3, 4):
@@ -211,11 +198,16 @@ def image_batch(array: np.ndarray, channel_order: int, *, max_pixels: int = DEFA
     return batch
 
 
+def shape_only(shape: Sequence[int]) -> np.ndarray:
+    """An array of `shape` that takes no memory: enough for the layout checks, which read only the shape."""
+    return np.broadcast_to(np.zeros((), dtype=np.uint8), tuple(shape))
+
+
 def channels_first(shape: tuple[int, ...], channel_order: int) -> bool:
     """For an N×?×?×? shape: is axis 1 (not axis 3) the channel axis?"""
-    if channel_order == encoder_pb2.CHANNEL_ORDER_FIRST:
+    if channel_order == ChannelOrder.FIRST:
         return True
-    if channel_order == encoder_pb2.CHANNEL_ORDER_LAST:
+    if channel_order == ChannelOrder.LAST:
         return False
     first, last = shape[1] in IMAGE_CHANNELS, shape[3] in IMAGE_CHANNELS
     if first and last:
@@ -235,7 +227,7 @@ def _floats_to_uint8(array: np.ndarray, value_range: int) -> np.ndarray:
     values: np.ndarray = array.astype(np.float64 if array.dtype == np.float64 else np.float32)
     if not np.isfinite(values).all():
         raise InvalidArgument("tensor holds NaN or infinite values", reason="NON_FINITE")
-    if value_range == encoder_pb2.VALUE_RANGE_MINUS_ONE_TO_ONE:
+    if value_range == ValueRange.MINUS_ONE_TO_ONE:
         values += 1
         values *= 127.5
     else:

@@ -22,9 +22,9 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ferry.services.encoder.choices import OddSizePolicy, VideoCodecPreference, choice
 from ferry.services.encoder.tensors import DEFAULT_MAX_PIXELS, IMAGE_CHANNELS, image_batch, to_uint8
 from ferry.services.errors import InvalidArgument
-from ferry.v1 import encoder_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +87,10 @@ class Mp4Writer:
         audio_sample_rate: int | None = None,
         audio_channels: int | None = None,
     ) -> None:
+        check_video_options(width, height, fps, crf, preset, codec_preference, odd_size_policy)
+        with_audio = check_audio_options(audio_sample_rate, audio_channels)
         crf = CRF if crf is None else crf
         preset = preset or PRESET
-        _check_video_options(width, height, fps, crf, preset, codec_preference, odd_size_policy)
-        with_audio = _check_audio_options(audio_sample_rate, audio_channels)
         self._path = path
         self._width, self._height = width, height
         self._encoded_width, self._encoded_height = width + width % 2, height + height % 2
@@ -201,27 +201,26 @@ class Mp4Writer:
         self._path.unlink(missing_ok=True)
 
 
-def _check_video_options(
-    width: int, height: int, fps: float, crf: int, preset: str, codec_preference: int, odd_size_policy: int
+def check_video_options(
+    width: int, height: int, fps: float, crf: int | None, preset: str, codec_preference: int, odd_size_policy: int
 ) -> None:
+    """A writer's rules, which read no frame (None and "" are the defaults): a request is checked before its frames."""
     if width <= 0 or height <= 0:
         raise InvalidArgument(f"video size {width}×{height} must be positive", reason="BAD_SHAPE")
     if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
         raise InvalidArgument(f"fps {fps} must be above 0 and at most {MAX_FPS:g}", reason="BAD_FPS")
-    if not 0 <= crf <= 51:
+    if crf is not None and not 0 <= crf <= 51:
         raise InvalidArgument(f"crf {crf} is outside 0..51", reason="BAD_CRF")
-    if preset not in X264_PRESETS:
+    if preset and preset not in X264_PRESETS:
         raise InvalidArgument(f"unknown preset {preset!r}; use one of {', '.join(X264_PRESETS)}", reason="BAD_PRESET")
-    if codec_preference not in encoder_pb2.VideoCodecPreference.values():
-        raise InvalidArgument(f"unknown codec_preference {codec_preference}", reason="BAD_CODEC_PREFERENCE")
-    if odd_size_policy not in encoder_pb2.OddSizePolicy.values():
-        raise InvalidArgument(f"unknown odd_size_policy {odd_size_policy}", reason="BAD_ODD_SIZE_POLICY")
-    if odd_size_policy == encoder_pb2.ODD_SIZE_POLICY_REJECT and (width % 2 or height % 2):
+    choice(VideoCodecPreference, codec_preference, field="codec_preference", reason="BAD_CODEC_PREFERENCE")
+    policy = choice(OddSizePolicy, odd_size_policy, field="odd_size_policy", reason="BAD_ODD_SIZE_POLICY")
+    if policy == OddSizePolicy.REJECT and (width % 2 or height % 2):
         raise InvalidArgument(f"{width}×{height} is odd; yuv420p video needs even sizes", reason="ODD_SIZE")
 
 
-def _check_audio_options(sample_rate: int | None, channels: int | None) -> bool:
-    """Whether the video gets an audio track."""
+def check_audio_options(sample_rate: int | None, channels: int | None) -> bool:
+    """Whether the video gets an audio track (neither given: no track); INVALID_ARGUMENT for a track it cannot carry."""
     if sample_rate is None and channels is None:
         return False
     if not sample_rate:
@@ -239,7 +238,7 @@ def _video_codec(
     codec_preference: int, width: int, height: int, rate: Fraction, nvenc_options: dict[str, str]
 ) -> str:
     # The contract lets UNSPECIFIED use the GPU as GPU_IF_AVAILABLE does; only CPU rules it out.
-    if codec_preference == encoder_pb2.VIDEO_CODEC_PREFERENCE_CPU:
+    if codec_preference == VideoCodecPreference.CPU:
         return "libx264"
     try:  # with the real size and options: an old driver may know NVENC but not its p1…p7 presets
         probe = av.CodecContext.create("h264_nvenc", "w")
