@@ -10,14 +10,11 @@ whole (CHW, batches) take the ordinary path: receive everything, then encode.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
-import numpy as np
-
-from ferry.services.encoder.images import EncodedImage, check_quality, encoded_jpeg, jpeg_settings
+from ferry.services.encoder.images import EncodedImage, encoded_jpeg, jpeg_settings
 from ferry.services.encoder.jpeg import encode_strip, mcu_size, stitch_strips, strip_rows
-from ferry.services.encoder.tensors import ArrivingTensor, channels_first, image_batch, to_image_pixels
-from ferry.services.errors import FerryError
+from ferry.services.encoder.tensors import ArrivingTensor, channels_first, to_image_pixels
 
 Run = Callable[[Callable[[int, int], bytes], int, int], Awaitable[bytes]]
 
@@ -43,26 +40,17 @@ class StreamedJpeg:
         channel_order: int,
         value_range: int,
         quality: int | None,
-        max_pixels: int,
         run: Run,
         parts: int,
     ) -> StreamedJpeg | None:
-        """A streamed encode when the tensor is one image whose rows arrive whole; None for the ordinary path.
+        """A streamed encode when the tensor is one image whose rows arrive whole (HW, HWC); None for the ordinary path.
 
-        None also when the header is wrong in any way: the ordinary path then
-        names the problem exactly as it always has.
+        The header has been checked already (spec.py): this only picks the path.
         """
         shape = arriving.shape
-        if len(shape) not in (2, 3):
-            return None
-        try:
-            check_quality(quality)
-            if len(shape) == 3 and channels_first((1, *shape), channel_order):
-                return None
-            image_batch(_shape_only(shape), channel_order, max_pixels=max_pixels)
-        except FerryError:
-            return None
-        return cls(arriving, value_range=value_range, quality=quality, run=run, parts=parts)
+        if len(shape) == 2 or (len(shape) == 3 and not channels_first((1, *shape), channel_order)):
+            return cls(arriving, value_range=value_range, quality=quality, run=run, parts=parts)
+        return None
 
     def rows_arrived(self) -> None:
         """Start encoding every strip whose rows have all arrived (call after each chunk)."""
@@ -96,8 +84,3 @@ class StreamedJpeg:
         """Drop strips not yet started; ones already encoding finish on their thread and are discarded."""
         for strip in self._strips:
             strip.cancel()
-
-
-def _shape_only(shape: Sequence[int]) -> np.ndarray:
-    """An array of `shape` that takes no memory: enough for layout checks that read only the shape."""
-    return np.broadcast_to(np.zeros((), dtype=np.uint8), tuple(shape))

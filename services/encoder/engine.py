@@ -1,0 +1,129 @@
+"""The encoder engine: tensors into media files in storage.
+
+    spec = encoder.spec(header)                       # every header rule, checked once (spec.py)
+    files = await encoder.encode(spec, chunks, expires_in=None)   # [EncodedFile]
+
+Chunks are fed to a pipeline as they arrive (video_pipeline.py,
+image_pipeline.py, wav_pipeline.py); pixels, frames and samples are encoded in
+an executor sized to the machine, never on the event loop. A caller that goes
+away mid-stream (the RPC is cancelled) stops the pipeline: temp files and
+partial encodes are discarded, and nothing reaches storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from ferry.services.config import EncoderConfig
+from ferry.services.encoder.audio import AudioInfo
+from ferry.services.encoder.image_pipeline import ImagePipeline
+from ferry.services.encoder.pipeline import fed
+from ferry.services.encoder.request import Chunk, EncodeHeader
+from ferry.services.encoder.spec import EncodeLimits, EncodeSpec, ImageSpec, VideoSpec, WavSpec
+from ferry.services.encoder.video import VideoInfo
+from ferry.services.encoder.video_pipeline import VideoPipeline
+from ferry.services.encoder.wav_pipeline import WavPipeline
+from ferry.services.storage.base import Storage, StoredObject
+
+T = TypeVar("T")
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    stored: StoredObject
+    media: ImageSize | VideoInfo | AudioInfo
+
+
+class Encoder:
+    """`incoming` holds videos while they are encoded: beside local storage, so storing one is a rename."""
+
+    def __init__(
+        self, storage: Storage, config: EncoderConfig, incoming: Path, executor: Executor, encode_threads: int
+    ) -> None:
+        self.storage = storage
+        self.incoming = incoming
+        self.executor = executor
+        self.encode_threads = encode_threads
+        self.limits = EncodeLimits(max_bytes=int(config.max_tensor_mib * MIB), max_pixels=config.max_pixels)
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    def spec(self, header: EncodeHeader) -> EncodeSpec:
+        """The header checked against every rule, before any tensor byte is read."""
+        return EncodeSpec.from_header(header, self.limits)
+
+    async def encode(self, spec: EncodeSpec, chunks: AsyncIterator[Chunk], expires_in: int | None) -> list[EncodedFile]:
+        """The stream's tensor encoded as `spec` says and stored: one file, or one per image of a batch."""
+        media = spec.media
+        if isinstance(media, VideoSpec):
+            return [await self._video(spec, media, chunks, expires_in)]
+        if isinstance(media, WavSpec):
+            return [await self._wav(spec, media, chunks, expires_in)]
+        return await self._images(spec, media, chunks, expires_in)
+
+    async def _images(
+        self, spec: EncodeSpec, image: ImageSpec, chunks: AsyncIterator[Chunk], expires_in: int | None
+    ) -> list[EncodedFile]:
+        pipeline = ImagePipeline(
+            spec, image, self._run, max_pixels=self.limits.max_pixels, encode_threads=self.encode_threads
+        )
+        images = await fed(pipeline, chunks)
+        files: list[EncodedFile] = []
+        for index, encoded in enumerate(images):
+            name = f"{spec.base_name}{'' if len(images) == 1 else f'-{index}'}{encoded.extension}"
+            stored = await self.storage.put_bytes(
+                encoded.data, file_name=name, content_type=encoded.content_type, expires_in=expires_in
+            )
+            files.append(EncodedFile(stored, ImageSize(encoded.width, encoded.height)))
+        return files
+
+    async def _wav(
+        self, spec: EncodeSpec, wav: WavSpec, chunks: AsyncIterator[Chunk], expires_in: int | None
+    ) -> EncodedFile:
+        data, info = await fed(WavPipeline(spec, wav, self._run), chunks)
+        stored = await self.storage.put_bytes(
+            data, file_name=f"{spec.base_name}.wav", content_type="audio/wav", expires_in=expires_in
+        )
+        return EncodedFile(stored, info)
+
+    async def _video(
+        self, spec: EncodeSpec, video: VideoSpec, chunks: AsyncIterator[Chunk], expires_in: int | None
+    ) -> EncodedFile:
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        pipeline = VideoPipeline(spec, video, self.incoming / f"{os.urandom(8).hex()}.mp4", self._run)
+        try:
+            info = await fed(pipeline, chunks)
+            sha256 = await self._run(_sha256_file, pipeline.path)
+            stored = await self.storage.put_file(
+                pipeline.path,
+                file_name=f"{spec.base_name}.mp4",
+                content_type="video/mp4",
+                sha256=sha256,
+                expires_in=expires_in,
+            )
+        finally:
+            pipeline.path.unlink(missing_ok=True)  # storage linked or copied it; or it failed, and goes
+        return EncodedFile(stored, info)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MIB):
+            digest.update(block)
+    return digest.hexdigest()
