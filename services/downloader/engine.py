@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,7 +195,7 @@ class Downloader:
         finally:
             flight.unsubscribe(queue)
 
-    def read(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[ReadHeader | bytes]:
+    def read(self, path: str, offset: int = 0, length: int | None = None) -> AsyncGenerator[ReadHeader | bytes, None]:
         """A file under the data roots: its ReadHeader, then its bytes from `offset`; see reads.py (close it early
         with `aclosing`, which lets its reader lock go)."""
         return read_file(self.roots, self.locks, path, offset, length)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from ferry.services.downloader.locks import LockFiles, path_lock_key
@@ -32,7 +32,7 @@ class ReadHeader:
 
 async def read_file(
     roots: DataRoots, locks: LockFiles, requested: str, offset: int = 0, length: int | None = None
-) -> AsyncIterator[ReadHeader | bytes]:
+) -> AsyncGenerator[ReadHeader | bytes, None]:
     """The header, then the bytes from `offset` (to the end, or `length` of them) in chunks of at most 1 MiB."""
     path = roots.readable_file(requested)
     async with locks.hold(path_lock_key(path), shared=True):

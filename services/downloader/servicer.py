@@ -57,7 +57,9 @@ def _message(event: Event) -> downloader_pb2.DownloadResponse:
 def _read_message(part: ReadHeader | bytes) -> downloader_pb2.ReadResponse:
     if isinstance(part, ReadHeader):
         return downloader_pb2.ReadResponse(
-            header=downloader_pb2.ReadHeader(file_size=part.file_size, file_name=part.file_name, content_type=part.content_type)
+            header=downloader_pb2.ReadHeader(
+                file_size=part.file_size, file_name=part.file_name, content_type=part.content_type
+            )
         )
     return downloader_pb2.ReadResponse(chunk=part)
 

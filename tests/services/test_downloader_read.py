@@ -36,7 +36,9 @@ def stored(downloader: Downloader) -> Path:
     return path
 
 
-async def read_all(downloader: Downloader, path: str, offset: int = 0, length: int | None = None) -> list[ReadHeader | bytes]:
+async def read_all(
+    downloader: Downloader, path: str, offset: int = 0, length: int | None = None
+) -> list[ReadHeader | bytes]:
     return [part async for part in downloader.read(path, offset, length)]
 
 
@@ -50,7 +52,9 @@ async def test_the_header_names_the_whole_file_and_the_chunks_hold_its_bytes_at_
     assert b"".join(chunks) == BODY
 
 
-@pytest.mark.parametrize(("offset", "length"), [(5, 10), (READ_CHUNK_BYTES - 1, READ_CHUNK_BYTES + 2), (100, None), (len(BODY), 7)])
+@pytest.mark.parametrize(
+    ("offset", "length"), [(5, 10), (READ_CHUNK_BYTES - 1, READ_CHUNK_BYTES + 2), (100, None), (len(BODY), 7)]
+)
 async def test_a_range_reads_from_its_offset_for_its_length_and_stops_at_the_end(
     downloader: Downloader, stored: Path, offset: int, length: int | None
 ) -> None:
