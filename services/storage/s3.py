@@ -168,7 +168,7 @@ class S3Storage(Storage):
 
         `clock`: what lifetimes, presigned URLs and upload activity count from. A completed multipart
         upload's lifetime still counts from S3's own completion time (LastModified)."""
-        self._clock = clock
+        self.clock = clock
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.name = f"s3://{bucket}/{self.prefix}"
@@ -252,7 +252,7 @@ class S3Storage(Storage):
             return f"{self._public_url_base}/{quote(key)}"
         lifetime = self._presign_seconds
         if expires_at is not None:
-            lifetime = min(lifetime, max(1, int((expires_at - self._clock()).total_seconds())))
+            lifetime = min(lifetime, max(1, int((expires_at - self.clock()).total_seconds())))
         return str(
             self._client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime
@@ -277,7 +277,7 @@ class S3Storage(Storage):
         self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
     ) -> StoredObject:
         check_file_name(file_name)
-        expires_at = expiry(expires_in, self._clock())
+        expires_at = expiry(expires_in, self.clock())
         key = self._new_key(file_name)
 
         def upload() -> StoredObject:
@@ -291,7 +291,7 @@ class S3Storage(Storage):
 
     async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
         check_file_name(file_name)
-        expires_at = expiry(expires_in, self._clock())
+        expires_at = expiry(expires_in, self.clock())
         key = self._new_key(file_name)
 
         def upload() -> StoredObject:
@@ -334,13 +334,13 @@ class S3Storage(Storage):
             return str(answer["UploadId"])
 
         s3_upload_id = await self._call("create multipart upload", create)
-        self._upload_activity[s3_upload_id] = self._clock()
+        self._upload_activity[s3_upload_id] = self.clock()
         return self._upload_token(key, s3_upload_id)
 
     async def put_part(self, upload_id: str, part_number: int, path: Path) -> str:
         check_part_number(part_number)
         key, s3_upload_id = self._parse_upload_token(upload_id)
-        self._upload_activity[s3_upload_id] = self._clock()
+        self._upload_activity[s3_upload_id] = self.clock()
 
         def upload() -> str:
             with open(path, "rb") as body:
