@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ferry.client import AsyncClient
+from ferry.inference.services import Upstream
 from ferry.inference.schema import media_input_fields
 
 # Field name → its file, or its files in order for a list field.
@@ -39,7 +39,7 @@ def input_urls(model: BaseModel) -> dict[str, str | list[str]]:
     return urls
 
 
-async def download_inputs(client: AsyncClient, model: BaseModel) -> tuple[InputFiles, dict[str, Path]]:
+async def download_inputs(client: Upstream, model: BaseModel) -> tuple[InputFiles, dict[str, Path]]:
     """Download every media URL of `model` concurrently: (files by field, path by URL)."""
     urls = input_urls(model)
     unique = list(dict.fromkeys(url for value in urls.values() for url in ([value] if isinstance(value, str) else value)))

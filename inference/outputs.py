@@ -40,7 +40,7 @@ import grpc
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from ferry.client import AsyncClient
+from ferry.inference.services import Upstream
 from ferry.errors import FerryError, Internal
 from ferry.toolkit import File
 from ferry.uploads import FORMATS, build_encode
@@ -79,7 +79,7 @@ def is_tensor(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (str, bytes))
 
 
-async def encode_outputs(client: AsyncClient, output_model: type[BaseModel], result: Any, expires_in: int | None) -> Any:
+async def encode_outputs(client: Upstream, output_model: type[BaseModel], result: Any, expires_in: int | None) -> Any:
     """`result` with each tensor in a media field replaced by its stored file; anything else is left as it is."""
     if isinstance(result, BaseModel):
         values = {name: getattr(result, name) for name in type(result).model_fields if hasattr(result, name)}
@@ -158,7 +158,7 @@ def _media_target(annotation: Any, in_list: bool = False) -> _Target | None:
     return None
 
 
-async def _encode_value(client: AsyncClient, name: str, value: Any, target: _Target, expires_in: int | None) -> Any:
+async def _encode_value(client: Upstream, name: str, value: Any, target: _Target, expires_in: int | None) -> Any:
     file_type, marker, is_list = target
     if not is_list:
         if not is_tensor(value):
@@ -181,7 +181,7 @@ async def _encode_value(client: AsyncClient, name: str, value: Any, target: _Tar
 
 
 async def _encode(
-    client: AsyncClient, name: str, tensor: Any, file_type: type[File], marker: Encode | None, expires_in: int | None
+    client: Upstream, name: str, tensor: Any, file_type: type[File], marker: Encode | None, expires_in: int | None
 ) -> list[File]:
     format = (marker.format if marker else None) or _DEFAULT_FORMATS.get(file_type.media_kind or "")
     options = dict(marker.options) if marker else {}

@@ -8,8 +8,21 @@ the runner's own client and the apps' SDK calls (through the request scope,
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Protocol, Unpack
+
 from ferry.client import AsyncClient
 from ferry.connection import StackTarget
+from ferry.uploads import EncodeOptions
+from ferry.v1 import common_pb2
+
+
+class Upstream(Protocol):
+    """What the runner calls on the stack's services (an AsyncClient): the seam its in-process tests fake."""
+
+    async def download_file(self, url: str) -> Path: ...
+
+    async def encode_tensor(self, tensor: Any, format: str, **options: Unpack[EncodeOptions]) -> list[common_pb2.File]: ...
 
 
 class ServiceClients:

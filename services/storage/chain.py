@@ -221,6 +221,10 @@ class StorageChain(Storage):
         )
 
     async def abort_multipart(self, upload_id: str) -> None:
+        try:
+            self._owner(upload_id)
+        except NotFound:
+            return  # as the contract says: aborting an unknown upload is not an error
         await self._on_owner(
             upload_id, "abort a multipart upload", lambda backend, own_id: backend.abort_multipart(own_id)
         )

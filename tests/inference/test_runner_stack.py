@@ -110,7 +110,7 @@ def test_list_endpoints_gives_self_contained_schemas(client):
     (app,) = client.inference.ListEndpoints(inference_pb2.ListEndpointsRequest()).apps
     assert app.app_id == "sample" and app.machine_type == "GPU"
     endpoints = {e.path: e for e in app.endpoints}
-    assert set(endpoints) == {"/", "/slow", "/fail", "/image", "/async"}
+    assert set(endpoints) == {"/", "/slow", "/fail", "/refuse", "/image", "/async"}
     output = json.loads(endpoints["/image"].output_schema_json)
     assert "$ref" not in json.dumps(output)
     assert output["properties"]["image"]["ui"]["preview"] == "image"

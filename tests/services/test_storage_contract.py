@@ -333,6 +333,7 @@ async def test_upload_ids_never_issued_are_not_found(subject: Subject, tmp_path:
         assert (type(unknown), unknown.reason) == (NotFound, "UNKNOWN_UPLOAD"), upload_id
         unknown = await refusal(subject.storage.complete_multipart(upload_id, [(1, "0" * 32)]), f"completing {upload_id!r}")
         assert (type(unknown), unknown.reason) == (NotFound, "UNKNOWN_UPLOAD"), upload_id
+        await subject.storage.abort_multipart(upload_id)  # not an error: there is nothing to abort
 
 
 async def test_idle_uploads_are_swept(subject: Subject, tmp_path: Path, clock: TurnedClock) -> None:
