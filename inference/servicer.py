@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 
 import grpc
+from grpc_health.v1.health import aio as health_aio
 
 from ferry.inference.app import load_app
 from ferry.inference.health import HealthProbe, health_service_name
@@ -26,7 +27,8 @@ from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
 from ferry.errors import FailedPrecondition, NotFound
 from ferry.realtime_connection import SESSION_KEY
-from ferry.services.settings import Hosted, Settings
+from ferry.services.config import StackConfig
+from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import inference_pb2, inference_pb2_grpc
 
 
@@ -135,16 +137,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.ListEndpointsResponse(apps=apps)
 
 
-async def host(server: grpc.aio.Server, settings: Settings) -> Hosted:
+async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -> Hosted:
     """Load every `--app` and serve InferenceService; once the server listens, run each app's setup.
 
     Setup waits for the server because it may use the stack itself (weights through
     the downloader); requests that arrive meanwhile queue until their app is ready.
     """
     threads = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 2), thread_name_prefix="ferry-handler")
-    services = ServiceClients(settings.upstream)
+    services = ServiceClients(runtime.upstream)
     runners: dict[str, AppRunner] = {}
-    for spec in settings.inference.app:
+    for spec in config.inference.app:
         runner = AppRunner(load_app(spec), workers=threads, services=services)
         if runner.spec.app_id in runners:
             raise ValueError(f"two apps share the id {runner.spec.app_id!r}")
@@ -155,7 +157,7 @@ async def host(server: grpc.aio.Server, settings: Settings) -> Hosted:
     async def start_apps() -> None:
         for runner in runners.values():
             await runner.start()
-        probes.extend(asyncio.create_task(probe.run()) for probe in await _report_health(runners.values(), settings))
+        probes.extend(asyncio.create_task(probe.run()) for probe in await _report_health(runners.values(), runtime.health))
 
     async def close() -> None:
         for probe in probes:
@@ -168,11 +170,8 @@ async def host(server: grpc.aio.Server, settings: Settings) -> Hosted:
     return Hosted(close, serving=start_apps)
 
 
-async def _report_health(runners: Iterable[AppRunner], settings: Settings) -> list[HealthProbe]:
+async def _report_health(runners: Iterable[AppRunner], health: health_aio.HealthServicer) -> list[HealthProbe]:
     """Each app SERVING under its own health name; the probes that keep that true for apps that declare one."""
-    health = settings.health
-    if health is None:
-        return []
     probes = []
     for runner in runners:
         name = health_service_name(runner.spec.app_id)

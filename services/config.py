@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
+from urllib.parse import urlsplit
+
+from ferry.services.downloader.url_prefix import UrlPrefix
 
 Config = TypeVar("Config")
 
@@ -141,6 +145,91 @@ class InferenceConfig:
     app: tuple[str, ...] = setting("an app to host, as module.path:ClassName or path/to/file.py:ClassName", ())
     downloader: str | None = setting("DownloaderService address for handlers (default: this server)")
     encoder: str | None = setting("EncoderService address for handlers (default: this server)")
+
+
+LOCAL_SPEC = "local"
+# S3's bucket naming rules, loosely: S3-compatibles allow a little more, AWS a little less.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str
+
+
+def parse_storage_spec(spec: str) -> S3Location | None:
+    """None for `local`, the bucket and prefix for `s3://BUCKET/PREFIX`; ValueError for anything else."""
+    if spec == LOCAL_SPEC:
+        return None
+    expected = "expected 'local' or 's3://BUCKET/PREFIX'"
+    parts = urlsplit(spec)
+    if parts.scheme != "s3":
+        raise ValueError(f"--storage {spec!r}: {expected}")
+    if parts.query or parts.fragment or "@" in parts.netloc or ":" in parts.netloc:
+        raise ValueError(f"--storage {spec!r}: {expected}, without credentials, port, query or fragment")
+    if not _BUCKET.fullmatch(parts.netloc):
+        raise ValueError(f"--storage {spec!r}: {parts.netloc!r} is not an S3 bucket name")
+    return S3Location(parts.netloc, parts.path.strip("/"))
+
+
+@dataclass(frozen=True)
+class StorageConfig(Checked):
+    """Where encoded files and uploads are stored, and how they are kept."""
+
+    storage: tuple[str, ...] = setting(
+        "where stored files go, in fallback order: 'local' or 's3://BUCKET/PREFIX' (repeatable)", ("local",)
+    )
+    s3_endpoint_url: str | None = setting("S3 endpoint for S3-compatible stores (MinIO, R2, …); default AWS")
+    s3_region: str | None = setting("S3 region (default: AWS_REGION / AWS_DEFAULT_REGION)")
+    s3_public_url: str | None = setting("public base URL of the S3 bucket: URLs become BASE/KEY instead of presigned")
+    public_url: str | None = setting(
+        "base URL the CDN is reached at; a downloader hosted without the encoder fetches it past the network guard; "
+        "default http://HOST:CDN_PORT"
+    )
+    sweep_interval_seconds: float = setting("how often expired objects and idle uploads are deleted", 60.0, above=0)
+    multipart_max_age_seconds: float = setting("a multipart upload idle this long is aborted", 86400.0, above=0)
+    storage_attempts: int = setting(
+        "attempts per storage backend before falling back to the next", 10, at_least=1, at_most=100
+    )
+    storage_cool_down_seconds: float = setting(
+        "a backend that failed 5 attempts in a row is skipped this long, then one write probes it",
+        30.0,
+        above=0,
+        at_most=86400,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.storage:
+            raise ValueError("--storage needs at least one of 'local' or 's3://BUCKET/PREFIX'")
+        if len(set(self.storage)) != len(self.storage):
+            raise ValueError(f"--storage lists a backend twice: {', '.join(self.storage)}")
+        locations = [parse_storage_spec(spec) for spec in self.storage]
+        if self.s3_public_url and sum(location is not None for location in locations) > 1:
+            raise ValueError("--s3-public-url names one bucket's public URL: give a single s3:// storage with it")
+        # The downloader recognises the stack's own URLs by these bases, so they must be URLs it can compare.
+        for flag, base in (("--public-url", self.public_url), ("--s3-public-url", self.s3_public_url)):
+            if base is not None:
+                try:
+                    UrlPrefix.parse(base)
+                except ValueError as error:
+                    raise ValueError(f"{flag}: {error}") from None
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything one `ferry serve` was configured with: one config per service, values only.
+
+    What the running stack builds from it (storage, health, where apps reach the
+    services) is the `Runtime` each service's `host()` is handed beside it.
+    """
+
+    server: ServerConfig
+    downloader: DownloaderConfig = field(default_factory=DownloaderConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 def env_name(field_name: str) -> str:

@@ -26,13 +26,22 @@ from ferry.client import DOWNLOADER_SERVICE, ENCODER_SERVICE, INFERENCE_SERVICE
 from ferry.connection import Connection, StackTarget
 from ferry.services import config as config_module
 from ferry.services.auth import BearerTokenInterceptor
-from ferry.services.config import DownloaderConfig, EncoderConfig, InferenceConfig, ServerConfig
+from ferry.services.config import (
+    LOCAL_SPEC,
+    DownloaderConfig,
+    EncoderConfig,
+    InferenceConfig,
+    ServerConfig,
+    StackConfig,
+    StorageConfig,
+)
 from ferry.services.health import add_health
 from ferry.services.interceptors import StatusInterceptor
 from ferry.services.memory import keep_freed_memory
-from ferry.services.settings import Closer, Hosted, Settings
+from ferry.services.runtime import Closer, Hosted, Runtime
 from ferry.services.storage.cdn import create_cdn_app
-from ferry.services.storage.config import LOCAL_SPEC, StorageConfig, build_storage
+from ferry.services.storage.assembly import build_storage
+from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.sweeper import run_sweeper
 
 log = logging.getLogger("ferry.serve")
@@ -41,11 +50,11 @@ log = logging.getLogger("ferry.serve")
 @dataclass(frozen=True)
 class HostedService:
     full_name: str
-    module: str  # has `async def host(server, settings) -> Closer | None`; imported only when hosted
+    module: str  # has `async def host(server, config, runtime) -> Hosted`; imported only when hosted
     needs_cdn: bool = False
 
-    async def host(self, server: grpc.aio.Server, settings: Settings) -> Hosted | Closer | None:
-        return await importlib.import_module(self.module).host(server, settings)  # type: ignore[no-any-return]
+    async def host(self, server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -> Hosted:
+        return await importlib.import_module(self.module).host(server, config, runtime)  # type: ignore[no-any-return]
 
 
 SERVICES: dict[str, HostedService] = {
@@ -55,18 +64,18 @@ SERVICES: dict[str, HostedService] = {
 }
 
 
-def max_receive_bytes(settings: Settings) -> int:
+def max_receive_bytes(config: StackConfig) -> int:
     """Room for the largest data: URI a Download request may carry (base64 is 4/3 of the bytes).
 
     Everything else streams in ≤ 1 MiB messages; only this one request body is
     inherently whole, and the data-URI cap bounds it.
     """
-    return max(4 << 20, int(settings.downloader.data_uri_limit_mib * (1 << 20) * 4 / 3) + (1 << 20))
+    return max(4 << 20, int(config.downloader.data_uri_limit_mib * (1 << 20) * 4 / 3) + (1 << 20))
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
+def server_options(config: StackConfig) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", max_receive_bytes(settings)),
+        ("grpc.max_receive_message_length", max_receive_bytes(config)),
         # The SDK pings every 30 s to keep long, quiet streams alive through
         # proxies; accept that instead of answering GOAWAY "too_many_pings".
         ("grpc.keepalive_permit_without_calls", 1),
@@ -108,12 +117,12 @@ class CannotStart(Exception):
 class Stack:
     """The running servers of one `ferry serve`: start, report where, drain on stop."""
 
-    def __init__(self, settings: Settings, services: Sequence[str]) -> None:
-        self.settings = settings
-        self.config = settings.server
+    def __init__(self, config: StackConfig, services: Sequence[str]) -> None:
+        self.config = config
         self.hosted = [SERVICES[name] for name in services]
         self._closers: list[Closer] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._storage: StorageChain | None = None
         self.grpc_port = 0
         self.cdn_url: str | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -121,7 +130,7 @@ class Stack:
         self._cdn: web.AppRunner | None = None
 
     async def start(self) -> None:
-        cfg = self.config
+        cfg = self.config.server
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -132,21 +141,18 @@ class Stack:
             self._reach_buckets()
         # The token check first: an unauthenticated call learns nothing, not even that its request was malformed.
         interceptors = [*([BearerTokenInterceptor(cfg.token)] if cfg.token else []), StatusInterceptor()]
-        server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
+        server = grpc.aio.server(interceptors=interceptors, options=server_options(self.config))
         # The port first: hosted apps are told where this server is before anything is served.
         self.grpc_port = self._listen(server)
         names = [s.full_name for s in self.hosted]
         self._health = await add_health(server, names)
-        self.settings = replace(self.settings, health=self._health, upstream=self._upstream())
+        runtime = Runtime(health=self._health, upstream=self._upstream(), storage=self._storage)
         serving = []
         for service in self.hosted:
-            hosted = await service.host(server, self.settings)
-            if isinstance(hosted, Hosted):
-                self._closers.append(hosted.close)
-                if hosted.serving is not None:
-                    serving.append(hosted.serving)
-            elif hosted is not None:
-                self._closers.append(hosted)
+            hosted = await service.host(server, self.config, runtime)
+            self._closers.append(hosted.close)
+            if hosted.serving is not None:
+                serving.append(hosted.serving)
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
         await server.start()
         self._grpc = server
@@ -154,7 +160,7 @@ class Stack:
             await start()
 
     def _listen(self, server: grpc.aio.Server) -> int:
-        cfg = self.config
+        cfg = self.config.server
         address = _hostport(cfg.host, cfg.grpc_port)
         _check_bindable(cfg.host, cfg.grpc_port, "gRPC")  # before gRPC's own attempt, which logs its failure raw
         try:
@@ -167,7 +173,7 @@ class Stack:
 
     def _upstream(self) -> StackTarget:
         """Where hosted apps' downloads and encodes go: this server, unless --downloader / --encoder say otherwise."""
-        cfg, inference = self.config, self.settings.inference
+        cfg, inference = self.config.server, self.config.inference
         here = _hostport("127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host, self.grpc_port)
         tls = cfg.tls_cert is not None
         connection = Connection(inference.downloader or here, cfg.token, cfg.tls_cert if tls else None, tls)
@@ -175,30 +181,30 @@ class Stack:
 
     async def _start_storage(self) -> None:
         """Storage and the CDN that serves its local files; local URLs need the CDN's address first."""
-        storage_config = self.settings.storage_config
-        chain, local = build_storage(storage_config, self.config.data_dir, lambda: self.public_url)
+        storage_config = self.config.storage
+        chain, local = build_storage(storage_config, self.config.server.data_dir, lambda: self.public_url)
         await self._start_cdn(local)
-        self.settings = replace(self.settings, storage=chain)
+        self._storage = chain
         self._sweeper = asyncio.create_task(run_sweeper(chain, storage_config.sweep_interval_seconds))
         self._closers.append(chain.close)
 
     def _reach_buckets(self) -> None:
         """A downloader without the encoder reads the stack's own S3 URLs from the buckets its storage
         configuration names (local storage is another machine's disk: its CDN is reached over HTTP)."""
-        storage_config = self.settings.storage_config
+        storage_config = self.config.storage
         buckets = tuple(spec for spec in storage_config.storage if spec != LOCAL_SPEC)
         if buckets:
-            chain, _ = build_storage(replace(storage_config, storage=buckets), self.config.data_dir, lambda: self.public_url)
-            self.settings = replace(self.settings, storage=chain)
+            chain, _ = build_storage(replace(storage_config, storage=buckets), self.config.server.data_dir, lambda: self.public_url)
+            self._storage = chain
             self._closers.append(chain.close)
 
     @property
     def public_url(self) -> str:
         """Where users reach stored files: --public-url, else the CDN's own address."""
-        return (self.settings.storage_config.public_url or self.cdn_url or "").rstrip("/")
+        return (self.config.storage.public_url or self.cdn_url or "").rstrip("/")
 
     async def _start_cdn(self, local: Any) -> None:
-        cfg = self.config
+        cfg = self.config.server
         ssl_context = None
         if cfg.tls_cert:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -220,7 +226,7 @@ class Stack:
 
     @property
     def ready_line(self) -> str:
-        line = f"ferry ready grpc={_hostport(self.config.host, self.grpc_port)}"
+        line = f"ferry ready grpc={_hostport(self.config.server.host, self.grpc_port)}"
         return f"{line} cdn={self.cdn_url}" if self.cdn_url else line
 
     async def stop(self) -> None:
@@ -228,7 +234,7 @@ class Stack:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
-            await self._grpc.stop(self.config.drain_seconds)
+            await self._grpc.stop(self.config.server.drain_seconds)
         if self._sweeper is not None:
             self._sweeper.cancel()
         for close in self._closers:
@@ -237,9 +243,9 @@ class Stack:
             await self._cdn.cleanup()
 
 
-async def serve(settings: Settings, services: Sequence[str], apps: Sequence[Any] = ()) -> int:
+async def serve(config: StackConfig, services: Sequence[str], apps: Sequence[Any] = ()) -> int:
     """Run until SIGTERM or SIGINT; the exit status (1: the stack could not start, said in one line)."""
-    stack = Stack(settings, services)
+    stack = Stack(config, services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -255,7 +261,7 @@ async def serve(settings: Settings, services: Sequence[str], apps: Sequence[Any]
         endpoints = ", ".join(path + (" (realtime)" if spec.realtime else "") for path, spec in app.endpoints.items())
         log.info("hosting app %s (%s): %s", app.app_id, app.app_class.__qualname__, endpoints)
     await stop.wait()
-    log.info("stopping: draining in-flight calls for up to %ss", settings.server.drain_seconds)
+    log.info("stopping: draining in-flight calls for up to %ss", config.server.drain_seconds)
     await stack.stop()
     return 0
 
@@ -284,11 +290,11 @@ def main(argv: Sequence[str]) -> int:
         print(f"ferry serve: unknown service {', '.join(unknown)} (choose from {', '.join(SERVICES)})", file=sys.stderr)
         return 2
     try:
-        settings = Settings(
+        config = StackConfig(
             server=config_module.from_arguments(ServerConfig, args),
             downloader=config_module.from_arguments(DownloaderConfig, args),
             encoder=config_module.from_arguments(EncoderConfig, args),
-            storage_config=config_module.from_arguments(StorageConfig, args),
+            storage=config_module.from_arguments(StorageConfig, args),
             inference=config_module.from_arguments(InferenceConfig, args),
         )
     except ValueError as error:
@@ -296,12 +302,12 @@ def main(argv: Sequence[str]) -> int:
         return 2
     services = args.services or list(SERVICES)
     try:
-        apps = _hosted_apps(settings.inference.app) if "inference" in services else []
+        apps = _hosted_apps(config.inference.app) if "inference" in services else []
     except ValueError as error:
         print(f"ferry serve: {error}", file=sys.stderr)
         return 2
     keep_freed_memory()
-    return asyncio.run(serve(settings, services, apps))
+    return asyncio.run(serve(config, services, apps))
 
 
 def _hosted_apps(specs: Sequence[str]) -> list[Any]:

@@ -51,7 +51,7 @@ ENGINE_MODULES = (
     "services/storage/base.py",
     "services/storage/breaker.py",
     "services/storage/chain.py",
-    "services/storage/config.py",
+    "services/storage/assembly.py",
     "services/storage/local.py",
     "services/storage/media_types.py",
     "services/storage/ordered_hash.py",

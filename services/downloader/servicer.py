@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
@@ -11,7 +11,8 @@ import grpc
 from ferry.services.downloader.engine import Completed, DownloadJob, Downloader, Event, Progress, ReadHeader, Started
 from ferry.services.downloader.own_storage import OwnStorage
 from ferry.services.errors import InvalidArgument
-from ferry.services.settings import Settings
+from ferry.services.config import StackConfig
+from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
 
 
@@ -84,23 +85,23 @@ class DownloaderServicer(downloader_pb2_grpc.DownloaderServiceServicer):
                 yield _read_message(part)
 
 
-async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
-    """Serve DownloaderService on `server`; returns what to await on shutdown."""
+async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -> Hosted:
+    """Serve DownloaderService on `server`."""
     downloader = Downloader(
-        settings.downloader,
-        settings.server.data_dir,
+        config.downloader,
+        config.server.data_dir,
         # URLs of the stack's own storage resolve from it where this process can reach it; where it cannot
         # (the encoder runs elsewhere), the stack's CDN as configured is fetched past the network guard.
-        own_storage=OwnStorage.of(settings.storage),
-        trusted_cdn_url=settings.storage_config.public_url,
+        own_storage=OwnStorage.of(runtime.storage),
+        trusted_cdn_url=config.storage.public_url,
     )
     await asyncio.to_thread(downloader.sweep_abandoned_parts)
     # Its first sweep runs now: records and locks of downloads removed while the server was down go at start.
-    tidying = asyncio.create_task(downloader.keep_tidy(settings.downloader.cache_sweep_seconds))
+    tidying = asyncio.create_task(downloader.keep_tidy(config.downloader.cache_sweep_seconds))
     downloader_pb2_grpc.add_DownloaderServiceServicer_to_server(DownloaderServicer(downloader), server)
 
     async def close() -> None:
         tidying.cancel()
         await downloader.close()
 
-    return close
+    return Hosted(close)

@@ -9,7 +9,7 @@ spec.py, uploads.py).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,7 +32,8 @@ from ferry.services.encoder.uploads import UploadHeader, Uploads
 from ferry.services.errors import InvalidArgument
 from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
-from ferry.services.settings import Settings
+from ferry.services.config import StackConfig
+from ferry.services.runtime import Hosted, Runtime
 from ferry.services.storage.base import StoredObject
 from ferry.services.storage.chain import StorageChain
 from ferry.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
@@ -234,19 +235,18 @@ async def _report_storage_health(chain: StorageChain, health: Any) -> None:
     chain.watch(report)
 
 
-async def host(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
+async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -> Hosted:
     """Serve EncoderService on `server` over the stack's storage chain."""
-    assert settings.storage is not None, "the launcher builds storage before hosting the encoder"
-    if settings.health is not None and isinstance(settings.storage, StorageChain):
-        await _report_storage_health(settings.storage, settings.health)
-    threads = settings.encoder.encode_threads or os.cpu_count() or 2
+    assert runtime.storage is not None, "the launcher builds storage before hosting the encoder"
+    await _report_storage_health(runtime.storage, runtime.health)
+    threads = config.encoder.encode_threads or os.cpu_count() or 2
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ferry-encode")
-    incoming = settings.server.data_dir / ".ferry" / "incoming"
-    encoder = Encoder(settings.storage, settings.encoder, incoming, executor, threads)
-    uploads = Uploads(settings.storage, incoming, executor, limit=encoder.limits.max_bytes)
+    incoming = config.server.data_dir / ".ferry" / "incoming"
+    encoder = Encoder(runtime.storage, config.encoder, incoming, executor, threads)
+    uploads = Uploads(runtime.storage, incoming, executor, limit=encoder.limits.max_bytes)
     encoder_pb2_grpc.add_EncoderServiceServicer_to_server(EncoderServicer(encoder, uploads), server)
 
     async def close() -> None:
         executor.shutdown(wait=False, cancel_futures=True)
 
-    return close
+    return Hosted(close)

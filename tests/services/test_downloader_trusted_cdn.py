@@ -16,7 +16,7 @@ from aiohttp import web
 import ferry
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import Downloader
-from ferry.services.storage.config import StorageConfig
+from ferry.services.config import StorageConfig
 from tests.harness import HttpFileServer
 from tests.services.downloader_fixtures import events
 from tests.services.downloader_fixtures import grpc_add_to_server, grpc_servicer, grpc_stub_cls  # noqa: F401 (fixtures serving `downloader`)

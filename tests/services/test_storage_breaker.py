@@ -21,14 +21,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from moto.server import ThreadedMotoServer
 
 import ferry
-from ferry.services.config import ServerConfig
+from ferry.services.config import ServerConfig, StackConfig, StorageConfig
 from ferry.services.errors import InvalidArgument, Unavailable
 from ferry.services.launch import Stack
-from ferry.services.settings import Settings
 from ferry.services.storage.base import MIN_PART_SIZE, Storage, StoredObject
 from ferry.services.storage.breaker import Admission, Breaker
 from ferry.services.storage.chain import StorageChain
-from ferry.services.storage.config import StorageConfig
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
 from tests.harness import BackgroundLoop, wait_for
@@ -324,7 +322,7 @@ def stack_with_a_dead_s3(
 ) -> Iterator[Stack]:
     storage = StorageConfig(storage=("s3://nowhere/x", "local"), s3_endpoint_url=f"http://{dead_address}")
     server = ServerConfig(grpc_port=0, cdn_port=0, data_dir=tmp_path / "data", drain_seconds=1)
-    stack = Stack(Settings(server=server, storage_config=storage), ["encoder"])
+    stack = Stack(StackConfig(server=server, storage=storage), ["encoder"])
     background_loop.run(stack.start())
     yield stack
     background_loop.run(stack.stop())

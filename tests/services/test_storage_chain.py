@@ -26,7 +26,8 @@ from moto.server import ThreadedMotoServer
 from ferry.services.errors import InvalidArgument, Unavailable
 from ferry.services.storage.base import MIN_PART_SIZE, Storage
 from ferry.services.storage.chain import StorageChain
-from ferry.services.storage.config import StorageConfig, build_storage
+from ferry.services.config import StorageConfig
+from ferry.services.storage.assembly import build_storage
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
 from ferry.services.storage.sweeper import run_sweeper

@@ -23,7 +23,8 @@ import boto3
 import pytest
 from ferry.services.errors import InvalidArgument, Unavailable
 from ferry.services.storage.base import MIN_PART_SIZE, TransientStorageError
-from ferry.services.storage.config import StorageConfig, build_storage
+from ferry.services.config import StorageConfig
+from ferry.services.storage.assembly import build_storage
 from ferry.services.storage.s3 import SINGLE_PUT_BYTES, S3Storage
 
 MAX_AGE = 3600.0

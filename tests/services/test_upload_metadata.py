@@ -17,9 +17,8 @@ import grpc
 import pytest
 
 import ferry
-from ferry.services.config import ServerConfig
+from ferry.services.config import ServerConfig, StackConfig
 from ferry.services.launch import Stack
-from ferry.services.settings import Settings
 from ferry.v1 import common_pb2, encoder_pb2
 from tests.harness import BackgroundLoop
 
@@ -59,7 +58,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(background_loop: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("metadata") / "data"
-    stack = Stack(Settings(server=ServerConfig(grpc_port=0, cdn_port=0, data_dir=data_dir, drain_seconds=1)), ["encoder"])
+    stack = Stack(StackConfig(server=ServerConfig(grpc_port=0, cdn_port=0, data_dir=data_dir, drain_seconds=1)), ["encoder"])
     background_loop.run(stack.start())
     yield Served(stack, data_dir)
     background_loop.run(stack.stop())
