@@ -13,7 +13,14 @@ from grpc_status import rpc_status
 
 from ferry.services.errors import MAX_MESSAGE_CHARS, NotFound
 from ferry.testing import StackProcess
-from ferry.v1 import downloader_pb2, encoder_pb2, inference_pb2
+from ferry.v1 import (
+    downloader_pb2,
+    downloader_pb2_grpc,
+    encoder_pb2,
+    encoder_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+)
 
 SAMPLE_APP = f"{Path(__file__).resolve().parents[1] / 'inference' / 'sample_app.py'}:SampleApp"
 PLACEHOLDER = "AAAA"
@@ -157,3 +164,43 @@ def test_a_bug_is_internal_logged_and_its_details_stay_on_the_server(grpc_server
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in caught.value.details()
     assert any("secret internals" in str(record.exc_info[1]) for record in caplog.records if record.exc_info)
+
+
+# -- every service's bad request, through the interceptor ------------------------------------------------
+
+
+def test_each_service_answers_a_bad_request_with_its_status_and_reason(stack, channel):
+    downloader = downloader_pb2_grpc.DownloaderServiceStub(channel)
+    encoder = encoder_pb2_grpc.EncoderServiceStub(channel)
+    inference = inference_pb2_grpc.InferenceServiceStub(channel)
+    bad_requests = {
+        "Download without a URL": (
+            lambda: list(downloader.Download(downloader_pb2.DownloadRequest(url=""), timeout=10)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MALFORMED_URL",
+        ),
+        "Upload with a content type that is no media type": (
+            lambda: encoder.Upload(
+                iter([encoder_pb2.UploadRequest(header=encoder_pb2.UploadHeader(file_name="a.txt", content_type="text"))]),
+                timeout=10,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_CONTENT_TYPE",
+        ),
+        "Run of an app nobody hosts": (
+            lambda: inference.Run(inference_pb2.RunRequest(app_id="nobody"), timeout=10),
+            grpc.StatusCode.NOT_FOUND,
+            "UNKNOWN_APP",
+        ),
+        "Run with a misspelled field": (
+            lambda: inference.Run(inference_pb2.RunRequest(app_id="sample", input_json='{"txt": "a"}'), timeout=10),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_INPUT",
+        ),
+    }
+    for what, (call, code, reason) in bad_requests.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert (caught.value.code(), reason_of(caught.value)) == (code, reason), what
+    with stack.client() as client:
+        assert client.health() == "SERVING"
