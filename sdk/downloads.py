@@ -19,10 +19,11 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
 
 from ferry.errors import Internal
+from ferry.file_names import safe_file_name
 from ferry.request_scope import current_scope
 from ferry.v1 import downloader_pb2
 
@@ -196,8 +197,8 @@ def _has_size(path: Path, size: int) -> bool:
 
 def _plain_name(file_name: str) -> str:
     # The service names files safely; a path from the wire still never picks another folder here.
-    name = PurePath(file_name.replace("\\", "/")).name
-    if name in ("", ".", ".."):
+    name = safe_file_name(file_name)
+    if name is None:
         raise Internal(f"the service answered an unusable file name {file_name[:100]!r}")
     return name
 

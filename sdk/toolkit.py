@@ -57,6 +57,7 @@ from pydantic.alias_generators import to_camel
 import ferry
 from ferry import download_file, download_model_weights  # the reference imports these from its toolkit too
 from ferry.datauri import image_bytes
+from ferry.file_names import safe_file_name
 from ferry.probe import probe_audio, probe_video
 from ferry.v1 import common_pb2
 
@@ -211,7 +212,7 @@ class File(BaseModel):
         """
         target = Path(path)
         if target.is_dir():
-            target = target / _safe_file_name(self.file_name)
+            target = target / _local_name(self.file_name)
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
         temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.ferry-part")
@@ -593,9 +594,9 @@ def _image_size(size: tuple[int, int]) -> dict[str, int]:
     return {"width": width, "height": height}
 
 
-def _safe_file_name(file_name: str) -> str:
+def _local_name(file_name: str) -> str:
     # The name comes from the store (or untrusted JSON): never let it pick a different directory.
-    name = PurePosixPath(file_name.replace("\\", "/")).name
-    if name in ("", ".", ".."):
+    name = safe_file_name(file_name)
+    if name is None:
         raise ValueError(f"cannot save into a directory: the file has no usable name ({file_name!r})")
     return name

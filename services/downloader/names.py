@@ -1,21 +1,18 @@
 """Choosing a safe file name for a download.
 
 Every candidate comes from the remote side (a Content-Disposition header, the
-URL path), so the extractors return it raw and `safe_file_name` alone decides
-what may touch the disk.
+URL path), so the extractors return it raw and `ferry.file_names.safe_file_name`
+alone decides what may touch the disk; a name it refuses gives way to the next.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os.path
 import re
 from urllib.parse import unquote, urlsplit
 
-MAX_NAME_BYTES = 255  # NAME_MAX of Linux and most file systems, counted in bytes
+from ferry.file_names import safe_file_name
 
-_SEPARATORS = re.compile(r"[/\\]")  # both: a name from a Windows client carries backslashes
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _PARAMETER = re.compile(rf"""\s*;\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))""")
 # Only '"' and '\' are unescaped: Windows paths arrive with bare backslashes,
@@ -23,24 +20,6 @@ _PARAMETER = re.compile(rf"""\s*;\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;
 _QUOTED_PAIR = re.compile(r'\\([\\"])')
 _EXT_VALUE = re.compile(r"([^']*)'[^']*'(.*)", re.DOTALL)  # RFC 5987: charset'language'percent-encoded
 _EXT_CHARSETS = {"utf-8", "iso-8859-1"}
-
-
-def safe_file_name(candidate: str | None) -> str | None:
-    """The basename of `candidate` if it is safe to create inside a target folder, else None."""
-    if candidate is None:
-        return None
-    name = _SEPARATORS.split(candidate)[-1]
-    if _CONTROL.search(name):
-        return None
-    name = name.strip()
-    # ".." also refuses "..name": names that look like parent references are not worth the doubt.
-    if name in ("", ".") or name.startswith(".."):
-        return None
-    try:
-        size = len(name.encode())
-    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 bytes to name a file with
-        return None
-    return name if size <= MAX_NAME_BYTES else _truncated(name)
 
 
 def content_disposition_name(header: str | None) -> str | None:
@@ -74,15 +53,6 @@ def choose_file_name(url: str, content_disposition: str | None) -> str:
         or safe_file_name(url_file_name(url))
         or hashed_name(url)
     )
-
-
-def _truncated(name: str) -> str:
-    stem, extension = os.path.splitext(name)
-    budget = MAX_NAME_BYTES - len(extension.encode())
-    if budget < 1:  # an "extension" that long is just more of the name
-        stem, extension, budget = name, "", MAX_NAME_BYTES
-    # "ignore" drops a character that the cut split in half.
-    return stem.encode()[:budget].decode(errors="ignore") + extension
 
 
 def _decode_ext_value(value: str) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mimetypes
 import os
 
-from ferry.services.downloader.names import MAX_NAME_BYTES, safe_file_name
+from ferry.file_names import MAX_NAME_BYTES, safe_file_name
 from ferry.services.errors import InvalidArgument
 
 # Room after an Encode's base name for "-<index>" and the longest extension (".jpeg"), within 255 bytes.

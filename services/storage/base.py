@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ferry.services.downloader.names import safe_file_name
+from ferry.file_names import is_safe_file_name
 from ferry.services.errors import InvalidArgument
 
 # S3's rules, enforced by every backend so that a client which works against
@@ -96,7 +96,7 @@ class Storage(abc.ABC):
 
 def check_file_name(file_name: str) -> None:
     """Backends store names verbatim, so only names that are already safe are accepted (the servicer sanitizes)."""
-    if safe_file_name(file_name) != file_name:
+    if not is_safe_file_name(file_name):
         raise InvalidArgument(
             f"{file_name!r} is not a storable file name: no separators, control characters or leading '..', "
             "at most 255 bytes",

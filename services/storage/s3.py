@@ -55,7 +55,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from ferry.services.downloader.names import safe_file_name
+from ferry.file_names import is_safe_file_name
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.errors import FerryError, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from ferry.services.storage.base import (
@@ -591,7 +591,7 @@ class S3Storage(Storage):
         if not key.startswith(self._key_prefix):
             return None
         object_id, _, file_name = key.removeprefix(self._key_prefix).partition("/")
-        if not _OBJECT_ID.fullmatch(object_id) or not file_name or safe_file_name(file_name) != file_name:
+        if not _OBJECT_ID.fullmatch(object_id) or not is_safe_file_name(file_name):
             return None
         return key
 

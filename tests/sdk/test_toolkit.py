@@ -237,6 +237,16 @@ def test_save_into_a_directory_uses_the_files_own_name(http_server, tmp_path):
     assert (folder / "server.png").read_bytes() == b"png"
 
 
+@pytest.mark.parametrize("file_name", ["", "..", "../..", "..hidden", "line\nbreak.png", "dir/"])
+def test_save_into_a_directory_refuses_a_name_the_stack_would_not_store(http_server, tmp_path, file_name):
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    file = File(url=http_server.add_file("x.png", b"png"), file_name=file_name)
+    with pytest.raises(ValueError, match="no usable name"):
+        file.save(folder)
+    assert list(folder.iterdir()) == []
+
+
 def test_a_failed_save_leaves_nothing_behind(http_server, tmp_path):
     folder = tmp_path / "outputs"
     folder.mkdir()

@@ -4,14 +4,7 @@ import hashlib
 
 import pytest
 
-from ferry.services.downloader.names import (
-    MAX_NAME_BYTES,
-    choose_file_name,
-    content_disposition_name,
-    hashed_name,
-    safe_file_name,
-    url_file_name,
-)
+from ferry.services.downloader.names import choose_file_name, content_disposition_name, hashed_name, url_file_name
 
 URL = "https://h/a/b/file.bin"
 
@@ -140,49 +133,6 @@ def test_no_filename_parameter_is_none():
 )
 def test_url_name_is_the_last_path_segment_percent_decoded(url, name):
     assert url_file_name(url) == name
-
-
-# -- safe_file_name ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "candidate",
-    [None, "", "   ", ".", "..", "..hidden", "a/..", "dir/", "dir\\", "x\x00y", "x\ty", "x\x1fy", "x\x7fy", "a\ud800"],
-)
-def test_untrustworthy_names_are_refused(candidate):
-    assert safe_file_name(candidate) is None
-
-
-@pytest.mark.parametrize(
-    ("candidate", "name"),
-    [
-        ("report.pdf", "report.pdf"),
-        (" report.pdf ", "report.pdf"),
-        ("a/b\\c.txt", "c.txt"),
-        (".env", ".env"),
-        ("a..b", "a..b"),
-        ("\u00e9t\u00e9.wav", "\u00e9t\u00e9.wav"),
-    ],
-)
-def test_trustworthy_names_keep_only_their_basename(candidate, name):
-    assert safe_file_name(candidate) == name
-
-
-def test_a_name_of_exactly_max_bytes_is_kept():
-    name = "a" * (MAX_NAME_BYTES - 4) + ".bin"
-    assert safe_file_name(name) == name
-
-
-def test_a_long_name_is_cut_to_max_bytes_keeping_its_extension_and_whole_characters():
-    name = safe_file_name("\u00e9" * 200 + ".safetensors")
-    assert name is not None and name.endswith(".safetensors")
-    assert len(name.encode()) <= MAX_NAME_BYTES
-    assert name == "\u00e9" * ((MAX_NAME_BYTES - len(".safetensors")) // 2) + ".safetensors"
-
-
-def test_an_extension_too_long_to_keep_is_cut_with_the_rest():
-    name = safe_file_name("a." + "x" * 300)
-    assert name == ("a." + "x" * 300)[:MAX_NAME_BYTES]
 
 
 # -- hashed_name ---------------------------------------------------------------------------
