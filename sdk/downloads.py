@@ -14,19 +14,19 @@ import asyncio
 import fcntl
 import hashlib
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 
+from ferry.atomic_files import PendingFile, atomic_write, link_into_place, temp_beside
 from ferry.errors import Internal
 from ferry.file_names import safe_file_name
 from ferry.request_scope import current_scope
 from ferry.v1 import downloader_pb2
-
 MIB = 1 << 20
 
 
@@ -216,74 +216,40 @@ def place(source: Path, destination: Path) -> Path:
             return destination
     except OSError:
         pass
-    temp = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.ferry-part")
     try:
-        try:
-            os.link(source, temp)
-        except OSError:  # another filesystem, or links not allowed: copy (a reflink where the filesystem can)
-            _copy(source, temp)
-        os.replace(temp, destination)
-    finally:
-        # Also after success: renaming a link onto another link of the same file does nothing (POSIX),
-        # so when a concurrent caller placed it first, the temp name is still there.
-        temp.unlink(missing_ok=True)
+        link_into_place(source, destination, temp_beside(destination))
+    except OSError:  # another filesystem, or links not allowed: copy (a reflink where the filesystem can)
+        with open(source, "rb") as reader, atomic_write(destination) as writer:
+            _clone_or_copy(reader, writer)
     return destination
 
 
 _FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, xfs); fails elsewhere
 
 
-def _copy(source: Path, temp: Path) -> None:
-    with open(source, "rb") as reader, open(temp, "xb") as writer:
-        try:
-            fcntl.ioctl(writer.fileno(), _FICLONE, reader.fileno())
-        except OSError:
-            shutil.copyfileobj(reader, writer, MIB)
-        writer.flush()
-        os.fsync(writer.fileno())
-
-
-class LocalFile:
-    """Atomic local write: a hidden temp file beside the destination, fsync, rename."""
-
-    def __init__(self, destination: Path) -> None:
-        self.destination = destination
-        self.temp = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.ferry-part")
-        self.file = open(self.temp, "wb")  # noqa: SIM115 (closed in commit/discard)
-
-    def write(self, chunk: bytes) -> None:
-        self.file.write(chunk)
-
-    def commit(self) -> Path:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.temp, self.destination)
-        return self.destination
-
-    def discard(self) -> None:
-        self.file.close()
-        self.temp.unlink(missing_ok=True)
+def _clone_or_copy(reader: BinaryIO, writer: BinaryIO) -> None:
+    try:
+        fcntl.ioctl(writer.fileno(), _FICLONE, reader.fileno())
+    except OSError:
+        shutil.copyfileobj(reader, writer, MIB)
 
 
 def write_read_stream(responses: Iterator[downloader_pb2.ReadResponse], destination: Path) -> Path:
-    local = LocalFile(destination)
-    try:
+    with atomic_write(destination) as file:
         for response in responses:
             if response.WhichOneof("message") == "chunk":
-                local.write(response.chunk)
-        return local.commit()
-    finally:
-        local.discard()
+                file.write(response.chunk)
+    return destination
 
 
 async def write_read_stream_async(responses: AsyncIterator[downloader_pb2.ReadResponse], destination: Path) -> Path:
     """The asyncio twin of `write_read_stream`: disk writes and the fsync run in a thread, off the event loop."""
-    local = await asyncio.to_thread(LocalFile, destination)
+    local = await asyncio.to_thread(PendingFile, temp_beside(destination))
     try:
         async for response in responses:
             if response.WhichOneof("message") == "chunk":
-                await asyncio.to_thread(local.write, response.chunk)
-        return await asyncio.to_thread(local.commit)
+                await asyncio.to_thread(local.file.write, response.chunk)
+        await asyncio.to_thread(local.sync)
+        return await asyncio.to_thread(local.commit, destination)
     finally:
         await asyncio.to_thread(local.discard)

@@ -24,7 +24,6 @@ import io
 import mimetypes
 import os
 import re
-import secrets
 import shutil
 import stat
 import tempfile
@@ -56,6 +55,7 @@ from pydantic.alias_generators import to_camel
 
 import ferry
 from ferry import download_file, download_model_weights  # the reference imports these from its toolkit too
+from ferry.atomic_files import atomic_write
 from ferry.datauri import image_bytes
 from ferry.file_names import safe_file_name
 from ferry.probe import probe_audio, probe_video
@@ -215,22 +215,9 @@ class File(BaseModel):
             target = target / _local_name(self.file_name)
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.ferry-part")
-        # 0o666 less the umask, as open() gives any new file (a NamedTemporaryFile would be 0600).
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with open(descriptor, "wb") as sink:
-                self._copy_to(sink)
-                sink.flush()
-                os.fsync(sink.fileno())
-            if overwrite:
-                os.replace(temp, target)
-            else:
-                os.link(temp, target)  # unlike replace, fails if a file appeared there meanwhile
-                os.unlink(temp)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        # Without overwrite, a file that appears there meanwhile still fails the save (FileExistsError).
+        with atomic_write(target, replace=overwrite) as sink:
+            self._copy_to(sink)
         return target
 
     def _copy_to(self, sink: IO[bytes]) -> None:

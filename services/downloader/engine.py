@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ferry.atomic_files import PART_SUFFIX
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.datauri import extension_for, parse_data_uri, write_decoded
 from ferry.services.downloader.fetch import HttpSource, RemoteFile
@@ -35,7 +36,7 @@ from ferry.services.downloader.paths import DataRoots
 from ferry.services.downloader.reads import ReadHeader, read_file
 from ferry.services.downloader.records import DownloadRecord, RecordStore, flight_key
 from ferry.services.downloader.url_prefix import UrlPrefix
-from ferry.services.downloader.writer import PART_SUFFIX, AtomicFile, link_into_place, part_prefix
+from ferry.services.downloader.writer import AtomicFile, link_into_place, part_prefix
 from ferry.services.errors import FerryError, NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)

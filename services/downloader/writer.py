@@ -1,31 +1,31 @@
-"""Atomic file writes: bytes go to a hidden temp file beside the target, fsync, then `os.replace`.
+"""Atomic file writes for downloads: `ferry.atomic_files`' temp beside the target, fsync, rename, with
+the bytes written as they arrive.
 
 Nothing partial is ever visible under the target name, whatever fails or is
 cancelled. Writing happens off the event loop, one block at a time, while the
 loop keeps receiving the next block (two blocks in memory at most), so memory
-stays flat whatever the file size.
+stays flat whatever the file size. A download's temp name is known before its
+file name is (the server names the file in its answer), so it is named after
+the flight's key instead, which also lets the next holder of the key's lock
+sweep what a crashed flight left.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-PART_SUFFIX = ".ferry-part"
+from ferry import atomic_files
+from ferry.atomic_files import CANNOT_LINK, PART_SUFFIX, PendingFile
 
 
 def part_prefix(key: str) -> str:
     """Temp files of one flight start with this, so the next holder of its lock can sweep leftovers."""
     return f".{key}."
-
-
-# A hard link cannot be made across filesystems, where the filesystem has none, or past the link limit.
-_CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 def temp_name(folder: Path, key: str) -> Path:
@@ -38,17 +38,12 @@ def link_into_place(source: Path, folder: Path, key: str, target: Path) -> bool:
     False when no link can be made here (another filesystem, no hard links): the caller copies instead.
     Run it off the event loop.
     """
-    temp = temp_name(folder, key)
     try:
-        os.link(source, temp)
+        atomic_files.link_into_place(source, target, temp_name(folder, key))
     except OSError as error:
-        if error.errno in _CANNOT_LINK:
+        if error.errno in CANNOT_LINK:
             return False
         raise
-    try:
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
     return True
 
 
@@ -65,8 +60,9 @@ def _write_block(fd: int, pieces: list[bytes]) -> None:
 
 class AtomicFile:
     def __init__(self, folder: Path, key: str, block_size: int) -> None:
-        self.temp_path = temp_name(folder, key)
-        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._pending = PendingFile(temp_name(folder, key))
+        # Written through the descriptor from worker threads (never through the buffered file object).
+        self._fd = self._pending.file.fileno()
         self._block_size = block_size
         self._pieces: list[bytes] = []
         self._buffered = 0
@@ -116,11 +112,8 @@ class AtomicFile:
     async def commit(self, target: Path) -> Path:
         """Flush, fsync and move into place under `target`; the temp file is gone afterwards."""
         await self._drain()
-        await asyncio.to_thread(os.fsync, self._fd)
-        os.close(self._fd)
-        self._fd = -1
-        os.replace(self.temp_path, target)
-        return target
+        await asyncio.to_thread(self._pending.sync)
+        return self._pending.commit(target)
 
     async def discard(self) -> None:
         """Drop the temp file. Safe in any state, including after commit or mid-cancellation."""
@@ -129,7 +122,4 @@ class AtomicFile:
             # it could let a later open() reuse the number mid-write.
             await asyncio.gather(self._writing, return_exceptions=True)
             self._writing = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self.temp_path.unlink(missing_ok=True)
+        self._pending.discard()

@@ -26,13 +26,14 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
+from ferry.atomic_files import CANNOT_LINK, atomic_write, fsync_folder
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ferry.services.storage.base import (
@@ -57,8 +58,6 @@ STATE_DIR = Path(".ferry") / "storage"
 UPLOAD_RECORD = "upload.json"
 TEMP_SUFFIX = ".ferry-tmp"
 COPY_BLOCK = 1 << 20
-# Copying is the fallback when a hard link cannot be made.
-_CANNOT_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def new_id() -> str:
@@ -70,34 +69,12 @@ def _new_etag() -> str:
     return f"{time.time_ns():016x}{secrets.token_hex(8)}"
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _temp_beside(target: Path) -> Path:
-    return target.parent / f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
-
-
-@contextmanager
-def _replacing(target: Path) -> Iterator[BinaryIO]:
+def _replacing(target: Path) -> AbstractContextManager[BinaryIO]:
     """A temp file beside `target` to write; when the block ends it is synced and becomes `target`, whole.
 
     If the block fails, the temp file goes and `target` is left as it was.
     """
-    temp = _temp_beside(target)
-    try:
-        with open(temp, "xb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    return atomic_write(target, sync_folder=True, suffix=TEMP_SUFFIX)
 
 
 STORED_FILE_MODE = 0o444
@@ -116,12 +93,12 @@ def _place(source: Path, target: Path) -> int:
     try:
         os.link(source, target)
     except OSError as error:
-        if error.errno not in _CANNOT_LINK:
+        if error.errno not in CANNOT_LINK:
             raise
         with _replacing(target) as copy, open(source, "rb") as original:
             shutil.copyfileobj(original, copy, COPY_BLOCK)
         return size
-    _fsync_dir(target.parent)
+    fsync_folder(target.parent)
     return size
 
 
@@ -131,7 +108,7 @@ def _write_new(target: Path, data: bytes) -> int:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
-    _fsync_dir(target.parent)
+    fsync_folder(target.parent)
     return len(data)
 
 
