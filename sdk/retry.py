@@ -15,19 +15,22 @@ a stopped stack says so in seconds rather than after the full backoff (~15 s).
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
 
+from ferry.backoff import backoff_seconds
 from ferry.request_scope import current_scope
 
 Stub = TypeVar("Stub")
 T = TypeVar("T")
 
 ATTEMPTS = 10
+# The wait before each round of attempts after the first: 0.1 s, doubling, at most 5 s (`ferry.backoff`).
+BACKOFF_BASE_SECONDS = 0.1
+BACKOFF_CAP_SECONDS = 5.0
 # gRPC reconnects after 1 s, then 1.6 s (±20% jitter): 3 s covers three tries to connect.
 CONNECT_BUDGET_SECONDS = 3.0
 # How grpc (1.85) words UNAVAILABLE when no connection was made: nothing answered, or the name did not resolve.
@@ -44,10 +47,6 @@ def never_connected(error: grpc.RpcError) -> bool:
     if not hasattr(error, "code") or error.code() != grpc.StatusCode.UNAVAILABLE:
         return False
     return (error.details() or "").startswith(_NO_CONNECTION)
-
-
-def backoff_seconds(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
-    return random.uniform(0, min(cap, base * 2**attempt))  # full jitter
 
 
 class RetryBudget:
@@ -73,7 +72,7 @@ class RetryBudget:
         """Seconds to wait before the next attempt: none while other addresses are left to try this round."""
         if (attempt + 1) % self.addresses:
             return 0.0
-        return backoff_seconds(attempt // self.addresses)
+        return backoff_seconds(attempt // self.addresses, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
 
 
 def call_with_retries(

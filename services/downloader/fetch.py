@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
+from ferry.backoff import backoff_seconds
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.guard import AddressBlocked, NetworkGuard
 from ferry.services.downloader.names import choose_file_name
@@ -215,8 +215,8 @@ class HttpSource:
             if retry_after > MAX_RETRY_AFTER_SECONDS:
                 raise Unavailable(f"source asks to retry after {retry_after:.0f}s", reason="SOURCE_UNAVAILABLE")
             return retry_after
-        base = self._config.retry_backoff_seconds * (2**attempt)
-        return random.uniform(base / 2, base)  # jitter: replicas retrying together do not stampede
+        # Capped where the source's own Retry-After stops being heeded: no longer than a source may ask for.
+        return backoff_seconds(attempt, self._config.retry_backoff_seconds, MAX_RETRY_AFTER_SECONDS)
 
     async def _attempt(
         self,

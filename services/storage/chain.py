@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from ferry.backoff import backoff_seconds
 from ferry.services.errors import NotFound, ResourceExhausted, Unavailable
 from ferry.services.storage.base import Storage, StoredObject, TransientStorageError
 from ferry.services.storage.breaker import Admission, Breaker
@@ -96,11 +96,6 @@ class StorageChain(Storage):
         for watcher in self._watchers:
             await watcher(self.backends[index].name, serving)
 
-    def _delay(self, retry: int) -> float:
-        # Half fixed, half random: spread out, yet never much shorter than the exponential step.
-        step = min(self._max_backoff, self._backoff * 2.0**retry)
-        return step * random.uniform(0.5, 1.0)
-
     async def _retried(
         self, index: int, what: str, operation: Callable[[Storage], Awaitable[T]], *, attempts: int, while_closed: bool
     ) -> T:
@@ -117,7 +112,7 @@ class StorageChain(Storage):
                 await self._failed(index)
                 if retry + 1 == attempts or (while_closed and self.breakers[index].is_open):
                     raise
-                delay = self._delay(retry)
+                delay = backoff_seconds(retry, self._backoff, self._max_backoff)
                 log.info(
                     "storage %s: %s failed (attempt %d of %d), retrying in %.2fs: %s",
                     backend.name,
