@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-
 from ferry.atomic_files import PendingFile, atomic_write, link_into_place, temp_beside
 from ferry.errors import Internal
 from ferry.file_names import safe_file_name
 from ferry.request_scope import current_scope
+from ferry.sizes import MIB
 from ferry.v1 import downloader_pb2
-MIB = 1 << 20
 
 
 @dataclass(frozen=True)

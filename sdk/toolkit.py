@@ -59,6 +59,7 @@ from ferry.atomic_files import atomic_write
 from ferry.datauri import image_bytes
 from ferry.file_names import safe_file_name
 from ferry.probe import probe_audio, probe_video
+from ferry.sizes import MIB
 from ferry.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ MEDIA_FIELDS: dict[str, tuple[str, ...]] = {
 
 DEFAULT_MAX_EXTRACTED_BYTES = 1 << 30
 
-_BLOCK = 1 << 20
+_BLOCK = MIB
 # A CDN that stops sending should fail the call, not hang it forever.
 _READ_TIMEOUT_SECONDS = 60.0
 # file:// or ftp:// URLs in a File from untrusted JSON would read the caller's own disk or network.

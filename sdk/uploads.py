@@ -14,11 +14,10 @@ import grpc
 
 from ferry.request_scope import current_scope
 from ferry.retry import call_with_retries, call_with_retries_async
+from ferry.sizes import MESSAGE_BYTES, MIB
 from ferry.tensors import TensorPayload, tensor_payload
 from ferry.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
-MIB = 1 << 20
-MESSAGE_BYTES = MIB  # the contract's largest data message
 MULTIPART_THRESHOLD = 100 * MIB
 PART_BYTES = 10 * MIB
 PARALLEL_PARTS = 10

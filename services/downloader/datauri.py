@@ -15,13 +15,14 @@ from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
 from ferry.services.errors import InvalidArgument, ResourceExhausted
+from ferry.sizes import MIB
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 2045 token: no separators, spaces or controls
 _MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
 _PARAMETER = re.compile(rf"{_TOKEN}=.*", re.DOTALL)
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_SCAN_CHARS = 1 << 20
+_SCAN_CHARS = MIB
 
 # mimetypes answers from the host's mime.types, which differ between machines
 # (and once gave ".jpe" for JPEG): names of common media must not depend on that.
@@ -90,7 +91,7 @@ def decoded_size_bound(uri: str, parsed: DataUri) -> int:
     return length - 2 * uri.count("%", start)
 
 
-def write_decoded(uri: str, parsed: DataUri, out: BinaryIO, *, limit: int, block_chars: int = 1 << 20) -> int:
+def write_decoded(uri: str, parsed: DataUri, out: BinaryIO, *, limit: int, block_chars: int = MIB) -> int:
     """Decode the payload into `out` one block of `block_chars` characters at a time; return the bytes written.
 
     Raises InvalidArgument (MALFORMED_DATA_URI) or ResourceExhausted

@@ -38,12 +38,12 @@ from ferry.services.downloader.records import DownloadRecord, RecordStore, fligh
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.downloader.writer import AtomicFile, link_into_place, part_prefix
 from ferry.services.errors import FerryError, NotFound, ResourceExhausted, Unavailable
+from ferry.sizes import MIB
 
 log = logging.getLogger(__name__)
 
-MIB = 1 << 20
 PROGRESS_INTERVAL_SECONDS = 0.1  # at most ~10 progress events per second
-COPY_BLOCK = 1 << 20
+COPY_BLOCK = MIB
 # A record's temp file lives for one write; one this old was left by a process that died mid-write.
 STALE_TEMP_SECONDS = 3600
 

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from ferry.services.downloader.locks import LockFiles, path_lock_key
 from ferry.services.downloader.paths import DataRoots
 from ferry.services.errors import InvalidArgument, NotFound
-
-READ_CHUNK_BYTES = 1 << 20  # the contract's largest data message
-
+from ferry.sizes import MESSAGE_BYTES
 
 @dataclass(frozen=True)
 class ReadHeader:
@@ -49,7 +47,7 @@ async def read_file(
             yield ReadHeader(file_size=size, file_name=path.name, content_type=content_type)
             position = offset
             while position < end:
-                chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK_BYTES, end - position), position)
+                chunk = await asyncio.to_thread(os.pread, fd, min(MESSAGE_BYTES, end - position), position)
                 if not chunk:  # the file shrank under us: send what there is
                     break
                 position += len(chunk)

@@ -31,9 +31,9 @@ from ferry.services.encoder.video import VideoInfo
 from ferry.services.encoder.video_pipeline import VideoPipeline
 from ferry.services.encoder.wav_pipeline import WavPipeline
 from ferry.services.storage.base import Storage, StoredObject
+from ferry.sizes import MIB
 
 T = TypeVar("T")
-MIB = 1 << 20
 
 
 @dataclass(frozen=True)

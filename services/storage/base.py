@@ -22,10 +22,11 @@ from pathlib import Path
 
 from ferry.file_names import is_safe_file_name
 from ferry.services.errors import InvalidArgument
+from ferry.sizes import MIB
 
 # S3's rules, enforced by every backend so that a client which works against
 # local storage keeps working when the chain lands it on S3.
-MIN_PART_SIZE = 5 * 1024 * 1024  # every part but the last
+MIN_PART_SIZE = 5 * MIB  # every part but the last
 MAX_PART_NUMBER = 10_000
 # The longest lifetime an object may ask for. Longer ones are refused, not clamped: a caller asking for
 # 10^30 seconds is mistaken about the unit or the field, and datetime ends at year 9999 (timedelta

@@ -48,6 +48,7 @@ from ferry.services.storage.base import (
     part_too_small,
     utc_now,
 )
+from ferry.sizes import MIB
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +58,7 @@ ETAG_PATTERN = re.compile(r"[0-9a-f]{32}")
 STATE_DIR = Path(".ferry") / "storage"
 UPLOAD_RECORD = "upload.json"
 TEMP_SUFFIX = ".ferry-tmp"
-COPY_BLOCK = 1 << 20
+COPY_BLOCK = MIB
 
 
 def new_id() -> str:

@@ -29,10 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ferry.sizes import MIB
+
 log = logging.getLogger(__name__)
 
-READ_BLOCK = 1 << 20
-MAX_HELD_BYTES = 512 * 1024 * 1024  # per upload: beyond this, re-reading the whole beats filling the disk
+READ_BLOCK = MIB
+MAX_HELD_BYTES = 512 * MIB  # per upload: beyond this, re-reading the whole beats filling the disk
 
 
 def bare_etag(etag: str) -> str:

@@ -70,6 +70,7 @@ from ferry.services.storage.base import (
     utc_now,
 )
 from ferry.services.storage.ordered_hash import MAX_HELD_BYTES, OrderedSha256
+from ferry.sizes import MIB
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,7 +78,7 @@ T = TypeVar("T")
 SHA256_KEY = "ferry-sha256"
 EXPIRES_AT_KEY = "ferry-expires-at"
 EXPIRES_IN_KEY = "ferry-expires-in"
-READ_BLOCK = 1 << 20
+READ_BLOCK = MIB
 DELETE_BATCH = 1000  # DeleteObjects' limit
 # An in-memory file up to boto3's own multipart threshold goes up in one PutObject; a bigger one in parts.
 SINGLE_PUT_BYTES = TransferConfig().multipart_threshold

@@ -20,10 +20,10 @@ import pytest
 from aiohttp import web
 
 from ferry.progress import ERASE_TO_END
+from ferry.sizes import MIB
 from tests.harness import run_with_stderr_on_a_terminal, socket_bound_but_not_listening, wait_for
 
 KIB = 1 << 10
-MIB = 1 << 20
 PLAIN_LINE = re.compile(r"^clip\.bin: [\d.]+ (B|KiB|MiB)/1\.0 MiB [\d.]+ (B|KiB|MiB|GiB)/s( ETA \d+s)?$")
 
 

@@ -22,11 +22,10 @@ import pytest
 from aiohttp import web
 
 import ferry
-
+from ferry.sizes import MIB
 from tests.harness import wait_for
 
 KIB = 1 << 10
-MIB = 1 << 20
 PART_GLOB = ".*.ferry-part"
 
 

@@ -15,10 +15,11 @@ import pytest
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import Downloader
 from ferry.services.downloader.locks import path_lock_key
-from ferry.services.downloader.reads import READ_CHUNK_BYTES, ReadHeader
+from ferry.services.downloader.reads import ReadHeader
 from ferry.services.errors import InvalidArgument
+from ferry.sizes import MESSAGE_BYTES
 
-BODY = os.urandom(2 * READ_CHUNK_BYTES + 123)
+BODY = os.urandom(2 * MESSAGE_BYTES + 123)
 
 
 @pytest.fixture
@@ -48,12 +49,12 @@ async def test_the_header_names_the_whole_file_and_the_chunks_hold_its_bytes_at_
     header, *chunks = await read_all(downloader, "kept/clip.mp4")
 
     assert header == ReadHeader(file_size=len(BODY), file_name="clip.mp4", content_type="video/mp4")
-    assert all(isinstance(c, bytes) and len(c) <= READ_CHUNK_BYTES for c in chunks)
+    assert all(isinstance(c, bytes) and len(c) <= MESSAGE_BYTES for c in chunks)
     assert b"".join(chunks) == BODY
 
 
 @pytest.mark.parametrize(
-    ("offset", "length"), [(5, 10), (READ_CHUNK_BYTES - 1, READ_CHUNK_BYTES + 2), (100, None), (len(BODY), 7)]
+    ("offset", "length"), [(5, 10), (MESSAGE_BYTES - 1, MESSAGE_BYTES + 2), (100, None), (len(BODY), 7)]
 )
 async def test_a_range_reads_from_its_offset_for_its_length_and_stops_at_the_end(
     downloader: Downloader, stored: Path, offset: int, length: int | None
