@@ -23,11 +23,12 @@ from ferry.inference.app import App, endpoint
 from ferry.inference.outputs import Encode
 from ferry.inference.apps import to_pixels
 from ferry.inference.context import RequestContext
+from ferry.services.config import EncoderConfig
 from ferry.services.errors import InvalidArgument, ResourceExhausted
 from ferry.toolkit import Image
 
 # The encoder's default `max_pixels`: a bigger result could be computed but not stored.
-MAX_OUTPUT_PIXELS = 64_000_000
+MAX_OUTPUT_PIXELS = EncoderConfig.max_pixels
 
 
 class UpscaleInput(BaseModel):

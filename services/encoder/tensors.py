@@ -16,6 +16,7 @@ from math import prod
 
 import numpy as np
 
+from ferry.services.config import EncoderConfig
 from ferry.services.encoder.choices import ChannelOrder, DataType, ValueRange, choice
 from ferry.services.errors import InvalidArgument, ResourceExhausted
 
@@ -52,7 +53,7 @@ MAX_DIMS = 5
 # Far beyond any medium this service writes, and far from overflowing numpy's
 # index arithmetic whatever a uint64 shape in a header claims.
 MAX_TENSOR_BYTES = 1 << 40
-DEFAULT_MAX_PIXELS = 64_000_000  # EncoderConfig.max_pixels' default
+DEFAULT_MAX_PIXELS = EncoderConfig.max_pixels  # the config field's default: one number for both
 IMAGE_CHANNELS = (1, 3, 4)  # gray, RGB, RGBA
 
 
