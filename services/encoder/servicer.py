@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from ferry.client import ENCODER_SERVICE
 from ferry.services.encoder.audio import AudioInfo
 from ferry.services.encoder.engine import EncodedFile, Encoder, ImageSize
 from ferry.services.encoder.request import (
@@ -221,7 +222,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
 
 def storage_health_name(backend_name: str) -> str:
     """The health service name under which a storage backend is SERVING, or NOT_SERVING while its breaker is open."""
-    return f"{encoder_pb2.DESCRIPTOR.services_by_name['EncoderService'].full_name}/storage/{backend_name}"
+    return f"{ENCODER_SERVICE}/storage/{backend_name}"
 
 
 async def _report_storage_health(chain: StorageChain, health: Any) -> None:
