@@ -106,12 +106,17 @@ def encode_wav(samples: np.ndarray, sample_rate: int, sample_format: int) -> tup
     return b"".join((header, data.data)), info
 
 
+def check_sample_rate(sample_rate: int) -> None:
+    """The bound on any audio this service writes, a wav or a video's track: 1 to `MAX_SAMPLE_RATE` Hz."""
+    if not 0 < sample_rate <= MAX_SAMPLE_RATE:
+        raise InvalidArgument(f"sample rate {sample_rate} is outside 1..{MAX_SAMPLE_RATE}", reason="BAD_SAMPLE_RATE")
+
+
 def check_wav_options(sample_rate: int, sample_format: int) -> None:
     """A wav's rules, which read no sample: a request is checked against them before its tensor arrives."""
     if sample_rate == 0:
         raise InvalidArgument("wav needs a sample rate", reason="MISSING_SAMPLE_RATE")
-    if not 0 < sample_rate <= MAX_SAMPLE_RATE:
-        raise InvalidArgument(f"sample rate {sample_rate} is outside 1..{MAX_SAMPLE_RATE}", reason="BAD_SAMPLE_RATE")
+    check_sample_rate(sample_rate)
     choice(AudioSampleFormat, sample_format, field="sample_format", reason="BAD_SAMPLE_FORMAT")
 
 

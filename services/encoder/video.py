@@ -22,6 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ferry.services.encoder.audio import check_sample_rate
 from ferry.services.encoder.choices import OddSizePolicy, VideoCodecPreference, choice
 from ferry.services.encoder.tensors import DEFAULT_MAX_PIXELS, IMAGE_CHANNELS, image_batch, to_uint8
 from ferry.services.errors import InvalidArgument
@@ -36,7 +37,6 @@ X264_PRESETS = (
 # NVENC names its speed/quality steps p1 (fastest) … p7 (best); matched to x264's by intent.
 NVENC_PRESETS = dict(zip(X264_PRESETS, ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7", "p7"), strict=True))
 MAX_FPS = 240.0
-MAX_AUDIO_SAMPLE_RATE = 768_000
 MAX_AUDIO_CHANNELS = 2  # mono or stereo: downmix surround before sending it
 # The rates AAC can carry; any other is resampled to the next one up (or the highest).
 AAC_SAMPLE_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
@@ -225,10 +225,7 @@ def check_audio_options(sample_rate: int | None, channels: int | None) -> bool:
         return False
     if not sample_rate:
         raise InvalidArgument("the audio track needs a sample rate", reason="MISSING_SAMPLE_RATE")
-    if not 0 < sample_rate <= MAX_AUDIO_SAMPLE_RATE:
-        raise InvalidArgument(
-            f"sample rate {sample_rate} is outside 1..{MAX_AUDIO_SAMPLE_RATE}", reason="BAD_SAMPLE_RATE"
-        )
+    check_sample_rate(sample_rate)
     if channels is None or not 1 <= channels <= MAX_AUDIO_CHANNELS:
         raise InvalidArgument(f"a video's audio track has 1 or 2 channels, not {channels}", reason="BAD_CHANNELS")
     return True
