@@ -13,11 +13,10 @@ import grpc
 import pytest
 
 import ferry
+from ferry.sizes import MIB
 from ferry.v1 import encoder_pb2
 from tests.conftest import AWS_TEST_CREDENTIALS
 from tests.harness import wait_for
-
-MIB = 1 << 20
 
 
 def fetch(url: str) -> bytes:

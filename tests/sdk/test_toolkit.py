@@ -21,11 +21,10 @@ from PIL import Image as PILImage
 
 import ferry
 from ferry import datauri
+from ferry.sizes import MIB
 from ferry.toolkit import DEFAULT_MAX_EXTRACTED_BYTES, Audio, CompressedFile, File, Image, Video
 from ferry.v1 import common_pb2
 from tests.harness import RawHttpServer
-
-MIB = 1 << 20
 
 
 def stored_file(**media: object) -> common_pb2.File:

@@ -19,12 +19,12 @@ from ferry.services.downloader.datauri import (
     write_decoded,
 )
 from ferry.services.errors import InvalidArgument, ResourceExhausted
+from ferry.sizes import MIB
 
-MiB = 1 << 20
 block_sizes = st.integers(1, 16).map(lambda quads: 4 * quads)
 
 
-def decode(uri: str, *, limit: int = MiB, block_chars: int = MiB) -> bytes:
+def decode(uri: str, *, limit: int = MIB, block_chars: int = MIB) -> bytes:
     out = io.BytesIO()
     written = write_decoded(uri, parse_data_uri(uri), out, limit=limit, block_chars=block_chars)
     assert written == len(out.getvalue())
@@ -105,7 +105,7 @@ def test_base64_may_omit_its_final_padding(data, block_chars):
         ("aGVsb", "one more"),  # a lone sixth of a byte
     ],
 )
-@pytest.mark.parametrize("block_chars", [4, 8, MiB])
+@pytest.mark.parametrize("block_chars", [4, 8, MIB])
 def test_bad_base64_is_invalid_argument_naming_the_problem(payload, problem, block_chars):
     with pytest.raises(InvalidArgument, match=problem) as raised:
         decode("data:;base64," + payload, block_chars=block_chars)
@@ -135,7 +135,7 @@ def test_a_lone_surrogate_has_no_bytes_and_is_invalid_argument():
 
 
 @pytest.mark.parametrize("payload", ["%zz", "abc%4", "abc%", "%%41", "ab%4g", "a%G1b"])
-@pytest.mark.parametrize("block_chars", [4, 8, MiB])
+@pytest.mark.parametrize("block_chars", [4, 8, MIB])
 def test_percent_without_two_hex_digits_is_invalid_argument(payload, block_chars):
     with pytest.raises(InvalidArgument, match="two hex digits") as raised:
         decode("data:," + payload, block_chars=block_chars)
@@ -160,10 +160,10 @@ def test_exactly_the_limit_passes_and_one_byte_more_is_resource_exhausted(encode
 
 
 def test_a_huge_uri_is_refused_before_anything_is_decoded():
-    uri = "data:;base64," + "A" * (64 * MiB)
+    uri = "data:;base64," + "A" * (64 * MIB)
     out = io.BytesIO()
     with pytest.raises(ResourceExhausted, match="50331648 bytes"):
-        write_decoded(uri, parse_data_uri(uri), out, limit=MiB)
+        write_decoded(uri, parse_data_uri(uri), out, limit=MIB)
     assert out.getvalue() == b""
 
 
@@ -178,18 +178,18 @@ def test_the_limit_holds_even_when_a_malformed_payload_fools_the_size_estimate()
 
 
 def test_decoding_8_mib_holds_about_one_block_in_memory(tmp_path):
-    data = os.urandom(8 * MiB)
+    data = os.urandom(8 * MIB)
     uri = "data:application/octet-stream;base64," + b64(data)
     parsed = parse_data_uri(uri)
     with open(tmp_path / "out.bin", "wb") as out:
         tracemalloc.start()
         try:
-            written = write_decoded(uri, parsed, out, limit=16 * MiB, block_chars=MiB)
+            written = write_decoded(uri, parsed, out, limit=16 * MIB, block_chars=MIB)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    assert written == 8 * MiB
-    assert peak < 3 * MiB
+    assert written == 8 * MIB
+    assert peak < 3 * MIB
     assert (tmp_path / "out.bin").read_bytes() == data
 
 
