@@ -1,8 +1,9 @@
 """Storage under test as users reach it: local storage served by a real CDN on a free loopback port,
-and a clock the test turns instead of waiting for objects to expire."""
+a clock the test turns instead of waiting for objects to expire, and files handed in as the encoder hands them."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ferry.services.storage.base import Storage, StoredObject
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
 
@@ -43,3 +45,21 @@ async def served_local_storage(root: Path, **options: Any) -> AsyncIterator[Loca
         yield storage
     finally:
         await runner.cleanup()
+
+
+def a_file(folder: Path, data: bytes, name: str = "upload.incoming") -> Path:
+    """`data` as a finished file in `folder`, the way an upload reaches storage."""
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+async def put(storage: Storage, tmp_path: Path, data: bytes, **options: Any) -> StoredObject:
+    """`data` stored from a file, as out.png, image/png, kept forever, unless `options` say otherwise."""
+    options = {"file_name": "out.png", "content_type": "image/png", "expires_in": None, **options}
+    return await storage.put_file(a_file(tmp_path, data), sha256=hashlib.sha256(data).hexdigest(), **options)
+
+
+async def send_part(storage: Storage, tmp_path: Path, upload_id: str, number: int, data: bytes) -> str:
+    """Part `number` of a multipart upload, from a file; its etag."""
+    return await storage.put_part(upload_id, number, a_file(tmp_path, data, f"part-{number}.incoming"))

@@ -31,7 +31,7 @@ from ferry.services.storage.assembly import build_storage
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
 from ferry.services.storage.sweeper import run_sweeper
-from tests.services.storage_fixtures import TurnedClock, served_local_storage
+from tests.services.storage_fixtures import TurnedClock, put, served_local_storage
 
 CHAIN_LOG = "ferry.services.storage.chain"
 DATA = b"encoded media"
@@ -106,13 +106,6 @@ def chain_of(*backends: Storage, attempts: int = 3) -> StorageChain:
     return StorageChain(backends, attempts=attempts, backoff_seconds=0.001, max_backoff_seconds=0.01)
 
 
-async def put(storage: Storage, tmp_path: Path, **options: Any) -> Any:
-    source = tmp_path / "upload.incoming"
-    source.write_bytes(DATA)
-    options = {"file_name": "out.png", "content_type": "image/png", "expires_in": None, **options}
-    return await storage.put_file(source, sha256=hashlib.sha256(DATA).hexdigest(), **options)
-
-
 async def fetch(url: str) -> bytes:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         assert response.status == 200
@@ -130,7 +123,7 @@ async def test_a_down_s3_is_retried_then_local_storage_takes_the_file(
 ) -> None:
     s3 = s3_at(down.url)
     with caplog.at_level(logging.INFO, logger=CHAIN_LOG):
-        stored = await put(chain_of(s3, local, attempts=4), tmp_path)
+        stored = await put(chain_of(s3, local, attempts=4), tmp_path, DATA)
 
     assert down.requests == 4
     assert retries_logged(caplog) == 3
@@ -152,7 +145,7 @@ async def test_bytes_in_memory_fall_back_the_same_way(down: DroppingEndpoint, lo
 
 async def test_with_no_backend_left_storage_is_unavailable(down: DroppingEndpoint, tmp_path: Path, dead_address: str) -> None:
     with pytest.raises(Unavailable) as unavailable:
-        await put(chain_of(s3_at(down.url), s3_at(f"http://{dead_address}", "spare")), tmp_path)
+        await put(chain_of(s3_at(down.url), s3_at(f"http://{dead_address}", "spare")), tmp_path, DATA)
 
     assert unavailable.value.reason == "STORAGE_UNAVAILABLE"
     assert "s3://media/outputs" in unavailable.value.message and "s3://spare/outputs" in unavailable.value.message
@@ -164,7 +157,7 @@ async def test_a_misconfigured_backend_is_skipped_without_retrying(
 ) -> None:
     missing_bucket = s3_at(moto_endpoint, "no-such-bucket-here")
     with caplog.at_level(logging.INFO, logger=CHAIN_LOG):
-        stored = await put(chain_of(missing_bucket, local, attempts=5), tmp_path)
+        stored = await put(chain_of(missing_bucket, local, attempts=5), tmp_path, DATA)
 
     assert stored.backend == "local"
     assert retries_logged(caplog) == 0
@@ -175,7 +168,7 @@ async def test_a_bad_request_fails_as_itself_without_falling_back(local: LocalSt
     spare = LocalStorage(tmp_path / "spare" / "files", lambda: "http://spare")
 
     with pytest.raises(InvalidArgument):
-        await put(chain_of(local, spare), tmp_path, file_name="../escape.png")
+        await put(chain_of(local, spare), tmp_path, DATA, file_name="../escape.png")
     assert list(spare.root.iterdir()) == []
 
 
@@ -245,7 +238,7 @@ async def test_when_the_owner_goes_down_mid_upload_its_parts_are_unavailable_not
 async def test_the_sweep_covers_every_backend_even_when_one_fails(
     local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture, dead_address: str, clock: TurnedClock
 ) -> None:
-    await put(local, tmp_path, expires_in=60)
+    await put(local, tmp_path, DATA, expires_in=60)
     chain = chain_of(s3_at(f"http://{dead_address}"), local)
 
     assert await chain.sweep(clock.turn(120)) == 1
@@ -256,7 +249,7 @@ async def test_the_sweep_covers_every_backend_even_when_one_fails(
 async def test_the_sweeper_sweeps_until_cancelled_and_outlives_failures(
     local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture, dead_address: str, clock: TurnedClock
 ) -> None:
-    expired = await put(local, tmp_path, expires_in=1)
+    expired = await put(local, tmp_path, DATA, expires_in=1)
     clock.turn(1)
     unreachable = s3_at(f"http://{dead_address}")
 

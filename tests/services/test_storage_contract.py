@@ -30,11 +30,11 @@ import pytest
 from yarl import URL
 
 from ferry.services.errors import FerryError, InvalidArgument, NotFound
-from ferry.services.storage.base import MIN_PART_SIZE, Storage, StoredObject
+from ferry.services.storage.base import MIN_PART_SIZE, Storage
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
-from tests.services.storage_fixtures import TurnedClock, served_local_storage
+from tests.services.storage_fixtures import TurnedClock, a_file, put, send_part, served_local_storage
 
 MAX_AGE = 3600.0  # how long a multipart upload may sit idle before the sweep aborts it
 BACKENDS = ["local", "s3", "chain"]
@@ -118,21 +118,6 @@ async def subject(
                 lambda: s3.stored_keys() + local.stored_keys(),
                 lambda: s3.open_uploads() + local.open_uploads(),
             )
-
-
-def a_file(folder: Path, data: bytes, name: str = "upload.incoming") -> Path:
-    path = folder / name
-    path.write_bytes(data)
-    return path
-
-
-async def put(storage: Storage, tmp_path: Path, data: bytes, **options: Any) -> StoredObject:
-    options = {"file_name": "out.png", "content_type": "image/png", "expires_in": None, **options}
-    return await storage.put_file(a_file(tmp_path, data), sha256=hashlib.sha256(data).hexdigest(), **options)
-
-
-async def send_part(storage: Storage, tmp_path: Path, upload_id: str, number: int, data: bytes) -> str:
-    return await storage.put_part(upload_id, number, a_file(tmp_path, data, f"part-{number}.incoming"))
 
 
 async def new_upload(storage: Storage, expires_in: int | None = None) -> str:

@@ -9,7 +9,6 @@ layout on disk, durability, and the CDN's view of expiry by the storage's clock.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -19,9 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from ferry.services.errors import NotFound, ResourceExhausted
-from ferry.services.storage.base import StoredObject
 from ferry.services.storage.local import ID_PATTERN, LocalStorage
-from tests.services.storage_fixtures import TurnedClock, served_local_storage
+from tests.services.storage_fixtures import TurnedClock, put, send_part, served_local_storage
 
 MAX_AGE = 3600.0
 
@@ -36,21 +34,6 @@ async def storage(tmp_path: Path, clock: TurnedClock) -> AsyncIterator[LocalStor
     """Local storage under tmp_path/data on `clock`, served by a real CDN on a free loopback port."""
     async with served_local_storage(tmp_path / "data" / "files", multipart_max_age_seconds=MAX_AGE, clock=clock) as local:
         yield local
-
-
-def a_file(folder: Path, data: bytes, name: str = "upload.incoming") -> Path:
-    path = folder / name
-    path.write_bytes(data)
-    return path
-
-
-async def put(storage: LocalStorage, tmp_path: Path, data: bytes, **options: object) -> StoredObject:
-    options = {"file_name": "out.png", "content_type": "image/png", "expires_in": None, **options}
-    return await storage.put_file(
-        a_file(tmp_path, data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        **options,  # type: ignore[arg-type]
-    )
 
 
 async def fetch(url: str) -> tuple[int, bytes, str | None]:
@@ -173,10 +156,6 @@ async def test_the_sweep_clears_an_object_folder_that_never_got_its_metadata(sto
 
 
 # -- multipart ------------------------------------------------------------------
-
-
-async def send_part(storage: LocalStorage, tmp_path: Path, upload_id: str, number: int, data: bytes) -> str:
-    return await storage.put_part(upload_id, number, a_file(tmp_path, data, f"part-{number}.incoming"))
 
 
 async def test_a_completed_upload_cannot_be_completed_again(storage: LocalStorage, tmp_path: Path) -> None:

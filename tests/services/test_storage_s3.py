@@ -26,6 +26,7 @@ from ferry.services.storage.base import MIN_PART_SIZE, TransientStorageError
 from ferry.services.config import StorageConfig
 from ferry.services.storage.assembly import build_storage
 from ferry.services.storage.s3 import SINGLE_PUT_BYTES, S3Storage
+from tests.services.storage_fixtures import a_file, put, send_part
 
 MAX_AGE = 3600.0
 
@@ -72,20 +73,9 @@ async def storage(endpoint: str, bucket: str, holding: Path) -> Any:
     await s3_storage.close()
 
 
-def a_file(folder: Path, data: bytes, name: str = "upload.incoming") -> Path:
-    path = folder / name
-    path.write_bytes(data)
-    return path
-
-
 def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
         return bytes(response.read())
-
-
-async def put(storage: S3Storage, tmp_path: Path, data: bytes, **options: Any) -> Any:
-    options = {"file_name": "out.png", "content_type": "image/png", "expires_in": None, **options}
-    return await storage.put_file(a_file(tmp_path, data), sha256=hashlib.sha256(data).hexdigest(), **options)
 
 
 async def test_a_stored_file_is_an_object_with_its_type_and_metadata(
@@ -164,10 +154,6 @@ async def test_an_unreachable_endpoint_is_transient(tmp_path: Path, dead_address
 
 
 # -- multipart: real S3 multipart uploads ------------------------------------------
-
-
-async def send_part(storage: S3Storage, tmp_path: Path, upload_id: str, number: int, data: bytes) -> str:
-    return await storage.put_part(upload_id, number, a_file(tmp_path, data, f"part-{number}.incoming"))
 
 
 async def test_a_completion_retried_after_it_got_through_answers_the_same_object(
