@@ -112,11 +112,12 @@ class HttpFileServer:
 
 
 class RawHttpServer:
-    """Answers every connection with fixed bytes, then closes: for sources that break HTTP itself."""
+    """Reads each request's head, answers it with fixed bytes, then hangs up: for sources that break HTTP
+    itself, and (answering no bytes at all) for endpoints that are down. `requests` counts the heads read."""
 
     def __init__(self, response: bytes) -> None:
         self.response = response
-        self.connections = 0
+        self.requests = 0
         self.url = ""
         self._server: asyncio.Server | None = None
 
@@ -125,10 +126,13 @@ class RawHttpServer:
         self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(self.response)
-        await writer.drain()
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+            writer.write(self.response)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client hung up first
         writer.close()
 
     async def stop(self) -> None:

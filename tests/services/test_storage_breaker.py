@@ -29,9 +29,9 @@ from ferry.services.storage.breaker import Admission, Breaker
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
-from tests.harness import BackgroundLoop, wait_for
+from tests.harness import BackgroundLoop, RawHttpServer, wait_for
 from tests.services.storage_fixtures import served_local_storage
-from tests.services.test_storage_chain import DroppingEndpoint, down, new_bucket  # noqa: F401 (`down` is a fixture)
+from tests.services.test_storage_chain import down, new_bucket  # noqa: F401 (`down` is a fixture)
 
 CHAIN_LOG = "ferry.services.storage.chain"
 DATA = b"encoded media"
@@ -187,7 +187,7 @@ class Watcher:
 
 
 async def test_once_open_a_down_backend_is_skipped_without_a_single_attempt(
-    down: DroppingEndpoint, local: LocalStorage, caplog: pytest.LogCaptureFixture
+    down: RawHttpServer, local: LocalStorage, caplog: pytest.LogCaptureFixture
 ) -> None:
     chain = chain_of(s3_at(down.url), local, attempts=10, failures_to_open=3)
     watcher = Watcher(chain)
@@ -206,7 +206,7 @@ async def test_once_open_a_down_backend_is_skipped_without_a_single_attempt(
 
 
 async def test_concurrent_writes_open_it_together_and_none_waits_out_the_retries(
-    down: DroppingEndpoint, local: LocalStorage
+    down: RawHttpServer, local: LocalStorage
 ) -> None:
     chain = chain_of(s3_at(down.url), local, attempts=10, failures_to_open=3)
 
@@ -217,7 +217,7 @@ async def test_concurrent_writes_open_it_together_and_none_waits_out_the_retries
     assert chain.breakers[0].is_open
 
 
-async def test_with_every_backend_open_a_write_is_unavailable_at_once_naming_them(down: DroppingEndpoint) -> None:
+async def test_with_every_backend_open_a_write_is_unavailable_at_once_naming_them(down: RawHttpServer) -> None:
     chain = chain_of(s3_at(down.url), attempts=10, failures_to_open=2)
     with pytest.raises(Unavailable):
         await put(chain)
@@ -260,7 +260,7 @@ async def test_when_s3_comes_back_writes_return_to_it_by_themselves(
 
 
 async def test_a_failed_probe_costs_one_attempt_and_writes_keep_falling_back(
-    down: DroppingEndpoint, local: LocalStorage
+    down: RawHttpServer, local: LocalStorage
 ) -> None:
     chain = chain_of(s3_at(down.url), local, attempts=10, failures_to_open=2, cool_down=0.05)
     await put(chain)

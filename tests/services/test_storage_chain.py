@@ -31,36 +31,11 @@ from ferry.services.storage.assembly import build_storage
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
 from ferry.services.storage.sweeper import run_sweeper
+from tests.harness import RawHttpServer
 from tests.services.storage_fixtures import TurnedClock, put, served_local_storage
 
 CHAIN_LOG = "ferry.services.storage.chain"
 DATA = b"encoded media"
-
-
-class DroppingEndpoint:
-    """An S3 endpoint that is down: it reads each request and hangs up without answering."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.url = ""
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._drop, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _drop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            self.requests += 1
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        writer.close()
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
 
 
 @pytest.fixture
@@ -74,8 +49,9 @@ def dummy_credentials(aws_test_credentials: None) -> None:
 
 
 @pytest.fixture
-async def down() -> AsyncIterator[DroppingEndpoint]:
-    endpoint = DroppingEndpoint()
+async def down() -> AsyncIterator[RawHttpServer]:
+    """An S3 endpoint that is down: it reads each request and hangs up without answering."""
+    endpoint = RawHttpServer(b"")
     await endpoint.start()
     yield endpoint
     await endpoint.stop()
@@ -119,7 +95,7 @@ def retries_logged(caplog: pytest.LogCaptureFixture) -> int:
 
 
 async def test_a_down_s3_is_retried_then_local_storage_takes_the_file(
-    down: DroppingEndpoint, local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    down: RawHttpServer, local: LocalStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     s3 = s3_at(down.url)
     with caplog.at_level(logging.INFO, logger=CHAIN_LOG):
@@ -133,7 +109,7 @@ async def test_a_down_s3_is_retried_then_local_storage_takes_the_file(
     assert await fetch(stored.url) == DATA
 
 
-async def test_bytes_in_memory_fall_back_the_same_way(down: DroppingEndpoint, local: LocalStorage) -> None:
+async def test_bytes_in_memory_fall_back_the_same_way(down: RawHttpServer, local: LocalStorage) -> None:
     stored = await chain_of(s3_at(down.url), local).put_bytes(
         DATA, file_name="out.png", content_type="image/png", expires_in=None
     )
@@ -143,7 +119,7 @@ async def test_bytes_in_memory_fall_back_the_same_way(down: DroppingEndpoint, lo
     assert await fetch(stored.url) == DATA
 
 
-async def test_with_no_backend_left_storage_is_unavailable(down: DroppingEndpoint, tmp_path: Path, dead_address: str) -> None:
+async def test_with_no_backend_left_storage_is_unavailable(down: RawHttpServer, tmp_path: Path, dead_address: str) -> None:
     with pytest.raises(Unavailable) as unavailable:
         await put(chain_of(s3_at(down.url), s3_at(f"http://{dead_address}", "spare")), tmp_path, DATA)
 
@@ -199,7 +175,7 @@ async def test_a_multipart_upload_started_on_s3_completes_on_s3(
 
 
 async def test_a_multipart_upload_that_fell_back_never_touches_the_down_backend_again(
-    down: DroppingEndpoint, local: LocalStorage, tmp_path: Path
+    down: RawHttpServer, local: LocalStorage, tmp_path: Path
 ) -> None:
     chain = chain_of(s3_at(down.url), local, attempts=2)
 
