@@ -53,6 +53,8 @@ def test_a_name_safe_as_it_stands_is_safe(name):
     assert is_safe_file_name(name)
 
 
-@pytest.mark.parametrize("name", ["", " report.pdf", "a/b.txt", "a\\b.txt", "..", "..hidden", "x\ty", "a" * (MAX_NAME_BYTES + 1)])
+@pytest.mark.parametrize(
+    "name", ["", " report.pdf", "a/b.txt", "a\\b.txt", "..", "..hidden", "x\ty", "a" * (MAX_NAME_BYTES + 1)]
+)
 def test_a_name_that_would_be_cut_or_changed_is_not(name):
     assert not is_safe_file_name(name)
