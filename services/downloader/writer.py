@@ -4,10 +4,10 @@ the bytes written as they arrive.
 Nothing partial is ever visible under the target name, whatever fails or is
 cancelled. Writing happens off the event loop, one block at a time, while the
 loop keeps receiving the next block (two blocks in memory at most), so memory
-stays flat whatever the file size. A download's temp name is known before its
-file name is (the server names the file in its answer), so it is named after
-the flight's key instead, which also lets the next holder of the key's lock
-sweep what a crashed flight left.
+stays flat whatever the file size. The temp file is opened before the file's
+name is known (the server names it in its answer), so it is named after the
+flight's key instead, which also lets the next holder of the key's lock sweep
+what a crashed flight left.
 """
 
 from __future__ import annotations
