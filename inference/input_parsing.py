@@ -19,7 +19,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import AliasChoices, AliasPath, BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 __all__ = ["MAX_INPUT_DEPTH", "parse_input"]
 

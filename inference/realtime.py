@@ -35,7 +35,7 @@ from ferry.inference.outputs import encode_outputs
 from ferry.inference.input_parsing import parse_input
 from ferry.inference.runner import AppRunner, request_error, request_failure
 from ferry.request_scope import RequestScope, request_scope
-from ferry.services.errors import Cancelled, FerryError, InvalidArgument, NotFound
+from ferry.errors import Cancelled, FerryError, InvalidArgument, NotFound
 from ferry.v1 import common_pb2, inference_pb2
 
 __all__ = ["RealtimeSession"]

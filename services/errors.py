@@ -14,18 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ferry.errors import (  # noqa: F401 (re-exported while imports move to ferry.errors)
-    ERROR_DOMAIN,
-    Cancelled,
-    DeadlineExceeded,
-    FailedPrecondition,
-    FerryError,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unavailable,
-)
+from ferry.errors import ERROR_DOMAIN, FerryError
 
 # A status travels in HTTP/2 trailers, which clients cap (8 KiB by default): a message echoing a
 # 1 MiB URL would arrive as the transport's RESOURCE_EXHAUSTED instead of ferry's own code.

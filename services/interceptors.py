@@ -23,7 +23,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from ferry.services.errors import FerryError, InvalidArgument, abort, abort_with
+from ferry.errors import FerryError, InvalidArgument
+from ferry.services.errors import abort, abort_with
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import json
 
 import grpc
 
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 from ferry.services.storage.base import check_expires_in
 from ferry.v1 import common_pb2
 

@@ -24,7 +24,7 @@ from ferry.inference.outputs import Encode
 from ferry.inference.apps import to_pixels
 from ferry.inference.context import RequestContext
 from ferry.services.config import EncoderConfig
-from ferry.services.errors import InvalidArgument, ResourceExhausted
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.toolkit import Image
 
 # The encoder's default `max_pixels`: a bigger result could be computed but not stored.

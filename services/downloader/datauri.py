@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
-from ferry.services.errors import InvalidArgument, ResourceExhausted
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.sizes import MIB
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 2045 token: no separators, spaces or controls

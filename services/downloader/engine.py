@@ -37,7 +37,7 @@ from ferry.services.downloader.reads import ReadHeader, read_file
 from ferry.services.downloader.records import DownloadRecord, RecordStore, flight_key
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.downloader.writer import AtomicFile, link_into_place, part_prefix
-from ferry.services.errors import FerryError, NotFound, ResourceExhausted, Unavailable
+from ferry.errors import FerryError, NotFound, ResourceExhausted, Unavailable
 from ferry.sizes import MIB
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from ferry.services.downloader.guard import AddressBlocked, NetworkGuard
 from ferry.services.downloader.names import choose_file_name
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.downloader.writer import AtomicFile
-from ferry.services.errors import FailedPrecondition, FerryError, NotFound, PermissionDenied, ResourceExhausted, Unavailable
+from ferry.errors import FailedPrecondition, FerryError, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-from ferry.services.errors import InvalidArgument, PermissionDenied
+from ferry.errors import InvalidArgument, PermissionDenied
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

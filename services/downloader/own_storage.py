@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ferry.services.errors import NotFound, Unavailable
+from ferry.errors import NotFound, Unavailable
 from ferry.services.storage.base import Storage, TransientStorageError
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage

@@ -15,7 +15,7 @@ import hashlib
 import uuid
 from pathlib import Path
 
-from ferry.services.errors import NotFound, PermissionDenied
+from ferry.errors import NotFound, PermissionDenied
 
 INTERNAL_DIR = ".ferry"
 STORED_FILES_DIR = "files"  # the local storage the CDN serves: written only by the encoder

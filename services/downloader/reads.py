@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ferry.services.downloader.locks import LockFiles, path_lock_key
 from ferry.services.downloader.paths import DataRoots
-from ferry.services.errors import InvalidArgument, NotFound
+from ferry.errors import InvalidArgument, NotFound
 from ferry.sizes import MESSAGE_BYTES
 
 @dataclass(frozen=True)

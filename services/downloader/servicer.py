@@ -10,7 +10,7 @@ import grpc
 
 from ferry.services.downloader.engine import Completed, DownloadJob, Downloader, Event, Progress, ReadHeader, Started
 from ferry.services.downloader.own_storage import OwnStorage
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 from ferry.services.config import StackConfig
 from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc

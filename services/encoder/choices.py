@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import TypeVar
 
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 
 class DataType(IntEnum):

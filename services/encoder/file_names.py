@@ -6,7 +6,7 @@ import mimetypes
 import os
 
 from ferry.file_names import MAX_NAME_BYTES, safe_file_name
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 # Room after an Encode's base name for "-<index>" and the longest extension (".jpeg"), within 255 bytes.
 BASE_NAME_BYTES = MAX_NAME_BYTES - 16

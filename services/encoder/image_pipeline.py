@@ -13,7 +13,7 @@ from ferry.services.encoder.request import AudioChunk, Chunk
 from ferry.services.encoder.spec import EncodeSpec, ImageSpec
 from ferry.services.encoder.streamed_jpeg import StreamedJpeg
 from ferry.services.encoder.tensors import ArrivingTensor
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 
 class ImagePipeline:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ferry.services.encoder.jpeg import encode_strip
 from ferry.services.encoder.tensors import DEFAULT_MAX_PIXELS, image_batch, to_image_pixels
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 IMAGE_FORMATS = ("png", "jpeg", "webp", "gif")
 ANIMATED_FORMATS = ("gif", "webp")

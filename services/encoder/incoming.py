@@ -13,7 +13,7 @@ import secrets
 from concurrent.futures import Executor
 from pathlib import Path
 
-from ferry.services.errors import InvalidArgument, ResourceExhausted
+from ferry.errors import InvalidArgument, ResourceExhausted
 
 
 class IncomingFile:

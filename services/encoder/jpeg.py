@@ -21,7 +21,7 @@ import struct
 import numpy as np
 import simplejpeg
 
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 JPEG_MAX_SIDE = 65_535  # SOF stores 16-bit dimensions
 MAX_RESTART_INTERVAL = 65_535  # DRI stores a 16-bit MCU count

@@ -30,7 +30,7 @@ from ferry.services.encoder.request import (
     VideoOptions,
 )
 from ferry.services.encoder.uploads import UploadHeader, Uploads
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
 from ferry.services.config import StackConfig

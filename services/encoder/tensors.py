@@ -18,7 +18,7 @@ import numpy as np
 
 from ferry.services.config import EncoderConfig
 from ferry.services.encoder.choices import ChannelOrder, DataType, ValueRange, choice
-from ferry.services.errors import InvalidArgument, ResourceExhausted
+from ferry.errors import InvalidArgument, ResourceExhausted
 
 ITEMSIZE: dict[int, int] = {
     DataType.UINT8: 1,

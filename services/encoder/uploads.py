@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ferry.services.encoder.file_names import upload_name
 from ferry.services.encoder.incoming import IncomingFile
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 from ferry.services.storage.base import Storage, StoredObject, check_part_number
 from ferry.services.storage.media_types import check_content_type
 

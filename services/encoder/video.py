@@ -25,7 +25,7 @@ import numpy as np
 from ferry.services.encoder.audio import check_sample_rate
 from ferry.services.encoder.choices import OddSizePolicy, VideoCodecPreference, choice
 from ferry.services.encoder.tensors import DEFAULT_MAX_PIXELS, IMAGE_CHANNELS, image_batch, to_uint8
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 

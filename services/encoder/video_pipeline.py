@@ -25,7 +25,7 @@ from ferry.services.encoder.request import AudioChunk, Chunk
 from ferry.services.encoder.spec import EncodeSpec, VideoSpec
 from ferry.services.encoder.tensors import tensor_from_bytes
 from ferry.services.encoder.video import Mp4Writer, VideoInfo, video_frames
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 
 class SharedMp4Writer:

@@ -7,7 +7,7 @@ from ferry.services.encoder.pipeline import Run
 from ferry.services.encoder.request import AudioChunk, Chunk
 from ferry.services.encoder.spec import EncodeSpec, WavSpec
 from ferry.services.encoder.tensors import ArrivingTensor
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 
 class WavPipeline:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ferry.file_names import is_safe_file_name
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 from ferry.sizes import MIB
 
 # S3's rules, enforced by every backend so that a client which works against

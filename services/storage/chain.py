@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ferry.backoff import backoff_seconds
-from ferry.services.errors import NotFound, ResourceExhausted, Unavailable
+from ferry.errors import NotFound, ResourceExhausted, Unavailable
 from ferry.services.storage.base import Storage, StoredObject, TransientStorageError
 from ferry.services.storage.breaker import Admission, Breaker
 

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 from ferry.atomic_files import CANNOT_LINK, atomic_write, fsync_folder
 from ferry.services.downloader.url_prefix import UrlPrefix
-from ferry.services.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ferry.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ferry.services.storage.base import (
     MIN_PART_SIZE,
     Clock,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import TypeGuard
 
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 MAX_CONTENT_TYPE_CHARS = 255
 FALLBACK_CONTENT_TYPE = "application/octet-stream"

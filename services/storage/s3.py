@@ -57,7 +57,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from ferry.file_names import is_safe_file_name
 from ferry.services.downloader.url_prefix import UrlPrefix
-from ferry.services.errors import FerryError, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from ferry.errors import FerryError, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from ferry.services.storage.base import (
     Clock,
     Storage,

@@ -30,7 +30,7 @@ from ferry.inference.apps.text_to_image import TextToImage, TextToImageInput, ge
 from ferry.inference.apps.text_to_video import TextToVideo, TextToVideoInput, generate_video
 from ferry.inference.apps.upscale import Upscaler, UpscaleInput, load_image, upscale_tensor
 from ferry.inference.context import RequestCancelled, RequestContext
-from ferry.services.errors import InvalidArgument, ResourceExhausted
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.testing import StackProcess
 
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferry.inference.input_parsing import MAX_INPUT_DEPTH, parse_input
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 
 class Style(BaseModel):

@@ -18,7 +18,7 @@ from ferry.services.downloader.datauri import (
     parse_data_uri,
     write_decoded,
 )
-from ferry.services.errors import InvalidArgument, ResourceExhausted
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.sizes import MIB
 
 block_sizes = st.integers(1, 16).map(lambda quads: 4 * quads)

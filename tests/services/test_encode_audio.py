@@ -12,7 +12,7 @@ import pytest
 
 from ferry.services.encoder.audio import AudioInfo, audio_samples, encode_wav
 from ferry.services.encoder.tensors import tensor_from_bytes
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 from ferry.v1 import common_pb2, encoder_pb2
 
 UNSPECIFIED = encoder_pb2.CHANNEL_ORDER_UNSPECIFIED

@@ -22,7 +22,7 @@ from ferry.services.encoder.tensors import (
     to_image_pixels,
     to_uint8,
 )
-from ferry.services.errors import InvalidArgument, ResourceExhausted
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.v1 import common_pb2, encoder_pb2
 
 LAST = encoder_pb2.CHANNEL_ORDER_LAST

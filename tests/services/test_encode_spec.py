@@ -22,7 +22,7 @@ from ferry.services.encoder.request import (
     VideoOptions,
 )
 from ferry.services.encoder.spec import EncodeLimits, EncodeSpec, ImageSpec, VideoSpec, WavSpec
-from ferry.services.errors import FerryError, InvalidArgument, ResourceExhausted
+from ferry.errors import FerryError, InvalidArgument, ResourceExhausted
 from ferry.v1 import common_pb2, encoder_pb2
 
 LIMITS = EncodeLimits(max_bytes=1 << 20, max_pixels=10_000)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ferry.services.encoder.video import Mp4Writer, VideoInfo, video_frames
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 from ferry.v1 import encoder_pb2
 
 FIRST = encoder_pb2.CHANNEL_ORDER_FIRST

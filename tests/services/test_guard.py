@@ -8,7 +8,7 @@ import pytest
 import yarl
 
 from ferry.services.downloader.guard import AddressBlocked, NetworkGuard, SchemeRefused, blocked_reason
-from ferry.services.errors import InvalidArgument
+from ferry.errors import InvalidArgument
 
 GUARD = NetworkGuard()
 

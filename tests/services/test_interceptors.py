@@ -11,7 +11,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from ferry.services.errors import MAX_MESSAGE_CHARS, NotFound
+from ferry.errors import NotFound
+from ferry.services.errors import MAX_MESSAGE_CHARS
 from ferry.testing import StackProcess
 from ferry.v1 import (
     downloader_pb2,

@@ -22,7 +22,7 @@ from moto.server import ThreadedMotoServer
 
 import ferry
 from ferry.services.config import ServerConfig, StackConfig, StorageConfig
-from ferry.services.errors import InvalidArgument, Unavailable
+from ferry.errors import InvalidArgument, Unavailable
 from ferry.services.launch import Stack
 from ferry.services.storage.base import MIN_PART_SIZE, Storage, StoredObject
 from ferry.services.storage.breaker import Admission, Breaker

@@ -23,7 +23,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from ferry.services.errors import InvalidArgument, Unavailable
+from ferry.errors import InvalidArgument, Unavailable
 from ferry.services.storage.base import MIN_PART_SIZE, Storage
 from ferry.services.storage.chain import StorageChain
 from ferry.services.config import StorageConfig

@@ -29,7 +29,7 @@ import boto3
 import pytest
 from yarl import URL
 
-from ferry.services.errors import FerryError, InvalidArgument, NotFound
+from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.services.storage.base import MIN_PART_SIZE, Storage
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage

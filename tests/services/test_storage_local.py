@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from ferry.services.errors import NotFound, ResourceExhausted
+from ferry.errors import NotFound, ResourceExhausted
 from ferry.services.storage.local import ID_PATTERN, LocalStorage
 from tests.services.storage_fixtures import TurnedClock, put, send_part, served_local_storage
 

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
 import pytest
-from ferry.services.errors import InvalidArgument, Unavailable
+from ferry.errors import InvalidArgument, Unavailable
 from ferry.services.storage.base import MIN_PART_SIZE, TransientStorageError
 from ferry.services.config import StorageConfig
 from ferry.services.storage.assembly import build_storage
