@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 BUF := node_modules/.bin/buf
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint protos demo bench clean
+.PHONY: install test lint check protos demo bench clean
 
 # torch is pinned: 2.13.0 resolves to the CPU build; an unpinned torch pulls
 # several GB of CUDA wheels.
@@ -31,7 +31,14 @@ lint: $(BUF)
 protos: $(INSTALLED)
 	$(BIN)/python scripts/gen-protos
 
-test: install lint
+# Lint, format and types; settings in pyproject.toml ([tool.ruff], [tool.mypy]).
+# `ruff check --fix .` and `ruff format .` apply what ruff can fix itself.
+check: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/typecheck.py
+
+test: install lint check
 	$(BIN)/python -m pytest
 
 demo: $(INSTALLED)
@@ -48,4 +55,4 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/inference.py
 
 clean:
-	rm -rf $(VENV) node_modules .demo-data .pytest_cache
+	rm -rf $(VENV) node_modules .demo-data .pytest_cache .mypy_cache .ruff_cache build/typecheck
