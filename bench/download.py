@@ -23,7 +23,7 @@ from pathlib import Path
 from ferry.testing import StackProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MIB, median_seconds, write_random_file  # noqa: E402 (bench/ is a folder of scripts)
+from common import MIB, median_seconds, write_random_file
 
 HTTP_SOURCE = Path(__file__).resolve().parent.parent / "scripts" / "http_source.py"
 
@@ -70,13 +70,27 @@ def main() -> int:
             ferry_s = median_seconds(ferry_full, args.repeat)
             curl_s = median_seconds(curl_full, args.repeat)
             ferry_rate, curl_rate = size / ferry_s / MIB, size / curl_s / MIB
-            line("1. download to disk (throughput)", f"{ferry_rate:.0f} MiB/s", "curl -o", f"{curl_rate:.0f} MiB/s", ferry_rate / curl_rate, "goal >= 0.9")
+            line(
+                "1. download to disk (throughput)",
+                f"{ferry_rate:.0f} MiB/s",
+                "curl -o",
+                f"{curl_rate:.0f} MiB/s",
+                ferry_rate / curl_rate,
+                "goal >= 0.9",
+            )
 
             def ferry_hit() -> None:
                 assert client.download_file(url, target_dir="bench").exists()
 
             hit_s = median_seconds(ferry_hit, max(args.repeat, 5))
-            line("2. cache hit vs full download", f"{hit_s * 1000:.1f} ms", "full", f"{ferry_s * 1000:.0f} ms", hit_s / ferry_s, "goal <= 0.02")
+            line(
+                "2. cache hit vs full download",
+                f"{hit_s * 1000:.1f} ms",
+                "full",
+                f"{ferry_s * 1000:.0f} ms",
+                hit_s / ferry_s,
+                "goal <= 0.02",
+            )
 
             payload = os.urandom(8 * MIB)
             uri = "data:application/octet-stream;base64," + base64.b64encode(payload).decode()
@@ -89,7 +103,14 @@ def main() -> int:
 
             ferry_uri_s = median_seconds(ferry_data_uri, args.repeat)
             local_s = median_seconds(inprocess_decode, args.repeat)
-            line("3. 8 MiB data URI", f"{ferry_uri_s * 1000:.1f} ms", "b64decode+write", f"{local_s * 1000:.1f} ms", ferry_uri_s / local_s, "report")
+            line(
+                "3. 8 MiB data URI",
+                f"{ferry_uri_s * 1000:.1f} ms",
+                "b64decode+write",
+                f"{local_s * 1000:.1f} ms",
+                ferry_uri_s / local_s,
+                "report",
+            )
 
         assert stack.process is not None
         rss = peak_rss_mib(stack.process.pid)

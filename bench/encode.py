@@ -36,7 +36,8 @@ from PIL import Image
 from ferry.testing import StackProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MIB, alternating_medians, median_seconds, write_random_file  # noqa: E402 (bench/ is a folder of scripts)
+from common import MIB, alternating_medians, median_seconds, write_random_file
+
 from ferry.v1 import common_pb2, encoder_pb2
 
 # The baselines encode with ferry's own defaults, so the ratio measures ferry's overhead, not settings.
@@ -89,7 +90,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--upload-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", choices=("images", "mp4", "s3", "all"), default="all", help="one case: 1 (images), 2 (mp4) or the S3 upload")
+    parser.add_argument(
+        "--only",
+        choices=("images", "mp4", "s3", "all"),
+        default="all",
+        help="one case: 1 (images), 2 (mp4) or the S3 upload",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-encode-"))
     repeat = args.repeat
@@ -113,50 +119,142 @@ def main() -> int:
                         Image.fromarray(image).save(buffer, format=fmt.upper(), **SAME_SETTINGS_AS_FERRY[fmt])
                         (work / f"local.{fmt}").write_bytes(buffer.getvalue())
 
-                    ferry_s, local_s = alternating_medians(lambda fmt=fmt: client.encode_tensor(image, fmt), pillow, image_repeat)
-                    line(f"1. 1024x1024x3 -> {fmt}", f"{ferry_s * 1000:.1f} ms", "Pillow in-process", f"{local_s * 1000:.1f} ms", ferry_s / local_s, goal)
-                    if fmt == "jpeg":  # where the CPU went; then ferry's own jpeg library, one call on one core: what the strips buy
-                        cpu_line("ferry path", cpu_per_run(lambda: client.encode_tensor(image, "jpeg"), processes, 100), "ms per image", 1000)
+                    ferry_s, local_s = alternating_medians(
+                        lambda fmt=fmt: client.encode_tensor(image, fmt), pillow, image_repeat
+                    )
+                    line(
+                        f"1. 1024x1024x3 -> {fmt}",
+                        f"{ferry_s * 1000:.1f} ms",
+                        "Pillow in-process",
+                        f"{local_s * 1000:.1f} ms",
+                        ferry_s / local_s,
+                        goal,
+                    )
+                    # where the CPU went; then ferry's own jpeg library, one call on one core: what the strips buy
+                    if fmt == "jpeg":
+                        cpu_line(
+                            "ferry path",
+                            cpu_per_run(lambda: client.encode_tensor(image, "jpeg"), processes, 100),
+                            "ms per image",
+                            1000,
+                        )
                         cpu_line("Pillow", cpu_per_run(pillow, {"bench": os.getpid()}, 100), "ms per image", 1000)
 
                         def turbo() -> None:
                             data = simplejpeg.encode_jpeg(image, quality=90, colorspace="RGB", colorsubsampling="444")
                             (work / "local-turbo.jpg").write_bytes(data)
 
-                        ferry_s, turbo_s = alternating_medians(lambda: client.encode_tensor(image, "jpeg"), turbo, image_repeat)
-                        line("1. 1024x1024x3 -> jpeg", f"{ferry_s * 1000:.1f} ms", "simplejpeg in-process", f"{turbo_s * 1000:.1f} ms", ferry_s / turbo_s, "report")
+                        ferry_s, turbo_s = alternating_medians(
+                            lambda: client.encode_tensor(image, "jpeg"), turbo, image_repeat
+                        )
+                        line(
+                            "1. 1024x1024x3 -> jpeg",
+                            f"{ferry_s * 1000:.1f} ms",
+                            "simplejpeg in-process",
+                            f"{turbo_s * 1000:.1f} ms",
+                            ferry_s / turbo_s,
+                            "report",
+                        )
 
-                        def pillow_durable() -> None:  # what ferry's local storage adds to a write: fsync the file and its folder
+                        # what ferry's local storage adds to a write: fsync the file and its folder
+                        def pillow_durable() -> None:
                             buffer = io.BytesIO()
                             Image.fromarray(image).save(buffer, format="JPEG", **SAME_SETTINGS_AS_FERRY["jpeg"])
                             durable_write(work / "durable.jpeg", buffer.getvalue())
 
-                        ferry_s, durable_s = alternating_medians(lambda: client.encode_tensor(image, "jpeg"), pillow_durable, image_repeat)
-                        line("1. 1024x1024x3 -> jpeg", f"{ferry_s * 1000:.1f} ms", "Pillow + fsynced write", f"{durable_s * 1000:.1f} ms", ferry_s / durable_s, "report")
+                        ferry_s, durable_s = alternating_medians(
+                            lambda: client.encode_tensor(image, "jpeg"), pillow_durable, image_repeat
+                        )
+                        line(
+                            "1. 1024x1024x3 -> jpeg",
+                            f"{ferry_s * 1000:.1f} ms",
+                            "Pillow + fsynced write",
+                            f"{durable_s * 1000:.1f} ms",
+                            ferry_s / durable_s,
+                            "report",
+                        )
             if args.only == "images":
                 return 0
 
             frames = np.stack([np.roll(natural_image(512), 4 * i, axis=1) for i in range(120)])
             ferry_s, local_s = alternating_medians(
-                lambda: client.encode_tensor(frames, "mp4", fps=24), lambda: pyav_mp4(frames, work / "local.mp4", 24), repeat
+                lambda: client.encode_tensor(frames, "mp4", fps=24),
+                lambda: pyav_mp4(frames, work / "local.mp4", 24),
+                repeat,
             )
-            line("2. 120x512x512 -> mp4", f"{ferry_s:.2f} s", "PyAV in-process", f"{local_s:.2f} s", ferry_s / local_s, "goal <= 1.1")
-            cpu_line("ferry path", cpu_per_run(lambda: client.encode_tensor(frames, "mp4", fps=24), processes, 3), "seconds per video", 1)
-            cpu_line("PyAV", cpu_per_run(lambda: pyav_mp4(frames, work / "local.mp4", 24), {"bench": os.getpid()}, 3), "seconds per video", 1)
+            line(
+                "2. 120x512x512 -> mp4",
+                f"{ferry_s:.2f} s",
+                "PyAV in-process",
+                f"{local_s:.2f} s",
+                ferry_s / local_s,
+                "goal <= 1.1",
+            )
+            cpu_line(
+                "ferry path",
+                cpu_per_run(lambda: client.encode_tensor(frames, "mp4", fps=24), processes, 3),
+                "seconds per video",
+                1,
+            )
+            cpu_line(
+                "PyAV",
+                cpu_per_run(lambda: pyav_mp4(frames, work / "local.mp4", 24), {"bench": os.getpid()}, 3),
+                "seconds per video",
+                1,
+            )
             if shutil.which("ffmpeg"):
-                command = ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "512x512", "-r", "24",
-                           "-i", "-", "-c:v", "libx264", "-crf", "23", "-preset", "medium", "-pix_fmt", "yuv420p", str(work / "ffmpeg.mp4")]
+                command = [
+                    "ffmpeg",
+                    "-loglevel",
+                    "error",
+                    "-y",
+                    "-f",
+                    "rawvideo",
+                    "-pix_fmt",
+                    "rgb24",
+                    "-s",
+                    "512x512",
+                    "-r",
+                    "24",
+                    "-i",
+                    "-",
+                    "-c:v",
+                    "libx264",
+                    "-crf",
+                    "23",
+                    "-preset",
+                    "medium",
+                    "-pix_fmt",
+                    "yuv420p",
+                    str(work / "ffmpeg.mp4"),
+                ]
                 ffmpeg_s = median_seconds(lambda: subprocess.run(command, input=frames.tobytes(), check=True), repeat)
-                line("2. 120x512x512 -> mp4", f"{ferry_s:.2f} s", "ffmpeg raw on stdin", f"{ffmpeg_s:.2f} s", ferry_s / ffmpeg_s, "report")
+                line(
+                    "2. 120x512x512 -> mp4",
+                    f"{ferry_s:.2f} s",
+                    "ffmpeg raw on stdin",
+                    f"{ffmpeg_s:.2f} s",
+                    ferry_s / ffmpeg_s,
+                    "report",
+                )
             else:
-                line("2. 120x512x512 -> mp4", f"{ferry_s:.2f} s", "ffmpeg raw on stdin", "not installed", None, "report")
+                line(
+                    "2. 120x512x512 -> mp4", f"{ferry_s:.2f} s", "ffmpeg raw on stdin", "not installed", None, "report"
+                )
             if args.only == "mp4":
                 return 0
 
             write_random_file(big, size)
             ferry_s = median_seconds(lambda: client.upload_file(big, expires_in=3600), repeat)
             cp_s = median_seconds(lambda: subprocess.run(["cp", str(big), str(work / "copy.bin")], check=True), repeat)
-            line(f"3. {args.upload_mib} MiB upload, local CDN", f"{size / ferry_s / MIB:.0f} MiB/s", "cp", f"{size / cp_s / MIB:.0f} MiB/s", cp_s / ferry_s, "report")
+            line(
+                f"3. {args.upload_mib} MiB upload, local CDN",
+                f"{size / ferry_s / MIB:.0f} MiB/s",
+                "cp",
+                f"{size / cp_s / MIB:.0f} MiB/s",
+                cp_s / ferry_s,
+                "report",
+            )
 
             # 4. Raw bytes into the service: an Encode whose shape asks for one byte more than is
             # sent, so the server reads everything and answers INVALID_ARGUMENT without encoding.
@@ -242,11 +340,22 @@ def s3_case(big: Path, size: int, work: Path, repeat: int) -> None:
                 if page.get("Contents"):
                     s3.delete_objects(Bucket="bench", Delete={"Objects": [{"Key": o["Key"]} for o in page["Contents"]]})
 
-        flags = ["encoder", "--data-dir", str(work / "data-s3"), "--storage", "s3://bench/ferry", "--s3-endpoint-url", endpoint]
+        flags = [
+            "encoder",
+            "--data-dir",
+            str(work / "data-s3"),
+            "--storage",
+            "s3://bench/ferry",
+            "--s3-endpoint-url",
+            endpoint,
+        ]
         with StackProcess(flags) as stack, stack.client() as client:
             assert stack.process is not None
             processes = {"client": os.getpid(), "ferry": stack.process.pid, "moto": moto_pid}
-            runs = {"ferry": (lambda: client.upload_file(big)), "boto3": (lambda: s3.upload_file(str(big), "bench", "baseline/big.bin"))}
+            runs = {
+                "ferry": (lambda: client.upload_file(big)),
+                "boto3": (lambda: s3.upload_file(str(big), "bench", "baseline/big.bin")),
+            }
             times: dict[str, list[float]] = {name: [] for name in runs}
             cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(processes, 0.0) for name in runs}
             for _ in range(repeat):  # turn about, so moto's state and background load hit both alike
@@ -258,10 +367,22 @@ def s3_case(big: Path, size: int, work: Path, repeat: int) -> None:
                         cpu[name][role] += seconds
                     empty_bucket()
         ferry_s, boto_s = statistics.median(times["ferry"]), statistics.median(times["boto3"])
-        line(f"3. {size // MIB} MiB upload, moto S3", f"{size / ferry_s / MIB:.0f} MiB/s", "boto3 upload_file", f"{size / boto_s / MIB:.0f} MiB/s", boto_s / ferry_s, "goal >= 1.0")
+        line(
+            f"3. {size // MIB} MiB upload, moto S3",
+            f"{size / ferry_s / MIB:.0f} MiB/s",
+            "boto3 upload_file",
+            f"{size / boto_s / MIB:.0f} MiB/s",
+            boto_s / ferry_s,
+            "goal >= 1.0",
+        )
         per_gib = (1 << 30) / (repeat * size)
         cpu_line("ferry path", cpu["ferry"], "seconds per GiB", per_gib)
-        cpu_line("boto3 path", {role: seconds for role, seconds in cpu["boto3"].items() if role != "ferry"}, "seconds per GiB", per_gib)
+        cpu_line(
+            "boto3 path",
+            {role: seconds for role, seconds in cpu["boto3"].items() if role != "ferry"},
+            "seconds per GiB",
+            per_gib,
+        )
 
 
 if __name__ == "__main__":

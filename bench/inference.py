@@ -42,7 +42,7 @@ from ferry.inference.apps.upscale import MAX_OUTPUT_PIXELS, Upscaler, load_image
 from ferry.testing import StackProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MIB  # noqa: E402 (bench/ is a folder of scripts)
+from common import MIB
 
 HTTP_SOURCE = Path(__file__).resolve().parent.parent / "scripts" / "http_source.py"
 APP = "ferry.inference.apps.upscale:Upscaler"
@@ -92,7 +92,9 @@ class InProcess:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             t2 = time.perf_counter()
-            Image.fromarray(to_pixels(upscaled).cpu().numpy()).save(self.out_dir / "phases.png", compress_level=PNG_LEVEL)
+            Image.fromarray(to_pixels(upscaled).cpu().numpy()).save(
+                self.out_dir / "phases.png", compress_level=PNG_LEVEL
+            )
         return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
@@ -123,7 +125,9 @@ def ferry_phases(client: Client, arguments: dict[str, object]) -> tuple[float, f
     return marks["upscaling"] - began, marks["encoding"] - marks["upscaling"], marks["completed"] - marks["encoding"]
 
 
-def hammer(clients: int, total: int, one_request: Callable[[int], Callable[[], object]]) -> tuple[float, list[float], list[str]]:
+def hammer(
+    clients: int, total: int, one_request: Callable[[int], Callable[[], object]]
+) -> tuple[float, list[float], list[str]]:
     """`clients` threads share `total` requests; wall seconds, each request's latency, and the errors."""
     remaining = iter(range(total))
     take = threading.Lock()
@@ -164,10 +168,20 @@ def latency_cases(ferry_run: Callable[[], object], local: InProcess, requests: i
     for _ in range(requests):  # interleaved, so background load falls on both alike
         ferry_s.append(timed(ferry_run))
         local_s.append(timed(local.run))
-    print(f"sequential: {requests} requests each after {warmup} warm-up; overhead = ferry's percentile - the baseline's", flush=True)
+    print(
+        f"sequential: {requests} requests each after {warmup} warm-up; overhead = ferry's percentile - the baseline's",
+        flush=True,
+    )
     for number, q in ((1, 50), (2, 99)):
         f, b = percentile_ms(ferry_s, q), percentile_ms(local_s, q)
-        line(f"{number}. latency p{q}", f"{f:.1f} ms", "in-process + Pillow save", f"{b:.1f} ms", f / b, f"overhead {f - b:+.1f} ms")
+        line(
+            f"{number}. latency p{q}",
+            f"{f:.1f} ms",
+            "in-process + Pillow save",
+            f"{b:.1f} ms",
+            f / b,
+            f"overhead {f - b:+.1f} ms",
+        )
     return local_s
 
 
@@ -177,7 +191,10 @@ def phase_cases(client: Client, arguments: dict[str, object], local: InProcess, 
     for _ in range(requests):  # interleaved too
         ferry_parts.append(ferry_phases(client, arguments))
         local_parts.append(local.phases())
-    print(f"phases: median of {requests}; ferry's boundaries are the app's progress events, seen by the client", flush=True)
+    print(
+        f"phases: median of {requests}; ferry's boundaries are the app's progress events, seen by the client",
+        flush=True,
+    )
     measured = [part for part in ferry_parts if part is not None]
     if len(measured) < len(ferry_parts):
         print("   the app no longer reports 'upscaling' and 'encoding' progress: no ferry phases", flush=True)
@@ -222,8 +239,18 @@ def throughput_cases(
         flush=True,
     )
     goal = f"errors {len(errors)} of {total}, must be 0"
-    for baseline_name, rate in ((f"in-process, {clients} threads", local_rate), ("in-process, sequential (case 1)", sequential_rate)):
-        line(f"4. throughput, {clients} clients", f"{ferry_rate:.2f} req/s", baseline_name, f"{rate:.2f} req/s", ferry_rate / rate, goal)
+    for baseline_name, rate in (
+        (f"in-process, {clients} threads", local_rate),
+        ("in-process, sequential (case 1)", sequential_rate),
+    ):
+        line(
+            f"4. throughput, {clients} clients",
+            f"{ferry_rate:.2f} req/s",
+            baseline_name,
+            f"{rate:.2f} req/s",
+            ferry_rate / rate,
+            goal,
+        )
     for error in sorted(set(errors + local_errors))[:5]:
         print(f"   error: {error}", flush=True)
     return len(errors) + len(local_errors)
@@ -279,7 +306,13 @@ def main() -> int:
             if args.phases:
                 phase_cases(client, arguments, local, args.phases)
             failures = throughput_cases(
-                stack, arguments, local, args.clients, args.concurrent_total, spec.max_concurrency, len(local_s) / sum(local_s)
+                stack,
+                arguments,
+                local,
+                args.clients,
+                args.concurrent_total,
+                spec.max_concurrency,
+                len(local_s) / sum(local_s),
             )
     finally:
         stderr = stack.stop()

@@ -5,7 +5,17 @@ What a model author imports: `App`, `endpoint`, `HealthCheck`, `RequestContext`
 the runner encodes tensors left in media output fields).
 """
 
-from ferry.inference.app import App, AppLoadError, AppSpec, EndpointSpec, HealthCheck, app_id_for, describe, endpoint, load_app
+from ferry.inference.app import (
+    App,
+    AppLoadError,
+    AppSpec,
+    EndpointSpec,
+    HealthCheck,
+    app_id_for,
+    describe,
+    endpoint,
+    load_app,
+)
 from ferry.inference.context import RequestCancelled, RequestContext
 from ferry.inference.outputs import Encode
 from ferry.inference.schema import input_schema, output_schema, ui
@@ -13,8 +23,8 @@ from ferry.inference.schema import input_schema, output_schema, ui
 __all__ = [
     "App",
     "AppLoadError",
-    "Encode",
     "AppSpec",
+    "Encode",
     "EndpointSpec",
     "HealthCheck",
     "RequestCancelled",

@@ -115,7 +115,11 @@ class HealthCheck:
         for name in ("timeout_seconds", "interval_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if isinstance(self.failure_threshold, bool) or not isinstance(self.failure_threshold, int) or self.failure_threshold < 1:
+        if (
+            isinstance(self.failure_threshold, bool)
+            or not isinstance(self.failure_threshold, int)
+            or self.failure_threshold < 1
+        ):
             raise ValueError(f"failure_threshold must be an int >= 1, got {self.failure_threshold!r}")
 
 
@@ -126,7 +130,9 @@ class _EndpointMark:
     health_check: HealthCheck | None
 
 
-def endpoint(path: str, *, realtime: bool = False, health_check: HealthCheck | None = None) -> Callable[[Handler], Handler]:
+def endpoint(
+    path: str, *, realtime: bool = False, health_check: HealthCheck | None = None
+) -> Callable[[Handler], Handler]:
     """Serve the decorated method at `path` ("/" is the app's default endpoint).
 
     `realtime=True`: an `async def` generator taking `AsyncIterator[InputModel]`
@@ -212,7 +218,9 @@ def app_id_for(app_class: type) -> str:
     explicit = vars(app_class).get("app_id")
     if explicit is not None:
         if not isinstance(explicit, str) or not _APP_ID.fullmatch(explicit):
-            raise ValueError(f"{app_class.__qualname__}.app_id must be letters, digits, '.', '_' or '-', got {explicit!r}")
+            raise ValueError(
+                f"{app_class.__qualname__}.app_id must be letters, digits, '.', '_' or '-', got {explicit!r}"
+            )
         return explicit
     name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1-\2", app_class.__name__)  # "SDXLTurbo" -> "SDXL-Turbo"
     name = re.sub(r"([a-z0-9])([A-Z])", r"\1-\2", name)  # "TextToImage" -> "Text-To-Image"
@@ -238,7 +246,9 @@ def describe(app_class: type[App]) -> AppSpec:
         check_encode_markers(spec.output_model, f"{name}.{spec.handler_name} (endpoint {spec.path!r})")
     health = [spec for spec in endpoints.values() if spec.health_check is not None]
     if len(health) > 1:
-        raise ValueError(f"{name} has {len(health)} health-check endpoints ({', '.join(s.path for s in health)}); at most one")
+        raise ValueError(
+            f"{name} has {len(health)} health-check endpoints ({', '.join(s.path for s in health)}); at most one"
+        )
     if health and not _constructible_empty(health[0].input_model):
         raise ValueError(
             f"{name}: the health-check endpoint {health[0].path!r} is called with no input, "
@@ -271,7 +281,9 @@ def _check_constructible(app_class: type[App]) -> None:
         if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     if required:
-        raise TypeError(f"{app_class.__qualname__} is constructed with no arguments; __init__ requires {', '.join(required)}")
+        raise TypeError(
+            f"{app_class.__qualname__} is constructed with no arguments; __init__ requires {', '.join(required)}"
+        )
 
 
 def _marked_methods(app_class: type) -> list[tuple[str, Callable[..., Any]]]:
@@ -279,7 +291,11 @@ def _marked_methods(app_class: type) -> list[tuple[str, Callable[..., Any]]]:
     members: dict[str, Any] = {}
     for klass in reversed(app_class.__mro__):
         members.update(vars(klass))
-    return [(attribute, value) for attribute, value in members.items() if inspect.isfunction(value) and hasattr(value, _MARK)]
+    return [
+        (attribute, value)
+        for attribute, value in members.items()
+        if inspect.isfunction(value) and hasattr(value, _MARK)
+    ]
 
 
 def _endpoint_spec(app_class: type, attribute: str, function: Callable[..., Any], mark: _EndpointMark) -> EndpointSpec:
@@ -295,7 +311,9 @@ def _endpoint_spec(app_class: type, attribute: str, function: Callable[..., Any]
     inputs = [p for p in parameters if p is not context]
     for parameter in inputs:
         if parameter.name not in hints:
-            raise TypeError(f"{where}: annotate parameter {parameter.name!r} with its type (a pydantic BaseModel for the whole input)")
+            raise TypeError(
+                f"{where}: annotate parameter {parameter.name!r} with its type (a pydantic BaseModel for the whole input)"
+            )
     if "return" not in hints:
         raise TypeError(f"{where}: annotate the return type with its output model (a pydantic BaseModel, or dict)")
     takes_model = len(inputs) == 1 and inputs[0].kind != inputs[0].KEYWORD_ONLY and _is_model(hints[inputs[0].name])
@@ -315,7 +333,10 @@ def _endpoint_spec(app_class: type, attribute: str, function: Callable[..., Any]
         if takes_model:
             input_model, keyword_fields = hints[inputs[0].name], None
         else:
-            input_model, keyword_fields = _keyword_model(where, function.__name__, inputs, hints), tuple(p.name for p in inputs)
+            input_model, keyword_fields = (
+                _keyword_model(where, function.__name__, inputs, hints),
+                tuple(p.name for p in inputs),
+            )
         output_model = _output_model(where, hints["return"])
     return EndpointSpec(
         path=mark.path,
@@ -337,9 +358,7 @@ def _is_model(annotation: Any) -> bool:
 
 def _keyword_model(where: str, name: str, inputs: list[inspect.Parameter], hints: dict[str, Any]) -> type[BaseModel]:
     """The input model plain parameters describe: `def process(self, video_url: str, steps: int = 8)`."""
-    fields: dict[str, Any] = {
-        p.name: (hints[p.name], ... if p.default is p.empty else p.default) for p in inputs
-    }
+    fields: dict[str, Any] = {p.name: (hints[p.name], ... if p.default is p.empty else p.default) for p in inputs}
     title = "".join(part.title() for part in name.split("_")) + "Input"
     try:
         return create_model(title, **fields)
@@ -402,13 +421,17 @@ def _request_timeout(app_class: type[App]) -> float | None:
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
-        raise ValueError(f"{app_class.__qualname__}.request_timeout_seconds must be a number > 0 or None, got {limit!r}")
+        raise ValueError(
+            f"{app_class.__qualname__}.request_timeout_seconds must be a number > 0 or None, got {limit!r}"
+        )
     return float(limit)
 
 
 def _download_inputs(app_class: type[App]) -> bool:
     if not isinstance(app_class.download_inputs, bool):
-        raise TypeError(f"{app_class.__qualname__}.download_inputs must be True or False, got {app_class.download_inputs!r}")
+        raise TypeError(
+            f"{app_class.__qualname__}.download_inputs must be True or False, got {app_class.download_inputs!r}"
+        )
     return app_class.download_inputs
 
 

@@ -151,7 +151,9 @@ def logging_context(
     def on_partial(output: dict[str, Any]) -> None:
         logger.debug("%s partial output: %s", where, output)
 
-    return RequestContext(request_id, on_progress=on_progress, on_log=on_log, on_partial=on_partial, cancelled=cancelled)
+    return RequestContext(
+        request_id, on_progress=on_progress, on_log=on_log, on_partial=on_partial, cancelled=cancelled
+    )
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("ferry_request_context", default=None)

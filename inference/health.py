@@ -74,7 +74,9 @@ class HealthProbe:
             return False  # the last probe is still stuck in the app
         probe_id = f"health-{uuid.uuid4().hex[:8]}"
         context = logging_context(probe_id, f"{self.runner.spec.app_id} {probe_id}", log)
-        self._pending = task = asyncio.create_task(self.runner.call_handler(self.endpoint, self.endpoint.input_model(), context))
+        self._pending = task = asyncio.create_task(
+            self.runner.call_handler(self.endpoint, self.endpoint.input_model(), context)
+        )
         done, _ = await asyncio.wait({task}, timeout=self.check.timeout_seconds)
         if not done:
             task.cancel()  # an async probe stops; a sync one is flagged and keeps its thread until it returns

@@ -45,7 +45,9 @@ def parse_input(model: type[BaseModel], input_json: str) -> BaseModel:
         problems += [f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in error.errors()]
         parsed = None
     if problems:
-        shown = problems[:_SHOWN_PROBLEMS] + ([f"and {len(problems) - _SHOWN_PROBLEMS} more"] if len(problems) > _SHOWN_PROBLEMS else [])
+        shown = problems[:_SHOWN_PROBLEMS] + (
+            [f"and {len(problems) - _SHOWN_PROBLEMS} more"] if len(problems) > _SHOWN_PROBLEMS else []
+        )
         raise InvalidArgument("invalid input: " + "; ".join(shown), reason="INVALID_INPUT")
     assert parsed is not None
     return parsed
@@ -98,7 +100,9 @@ def _nested_models(annotation: Any, value: Any) -> list[tuple[type[BaseModel], A
     if origin is Annotated:
         return _nested_models(get_args(annotation)[0], value)
     if origin in (Union, types.UnionType):
-        models = [member for member in get_args(annotation) if isinstance(member, type) and issubclass(member, BaseModel)]
+        models = [
+            member for member in get_args(annotation) if isinstance(member, type) and issubclass(member, BaseModel)
+        ]
         return [(models[0], value)] if len(models) == 1 and isinstance(value, dict) else []
     if origin in (list, tuple, set, frozenset) and isinstance(value, list):
         members = [member for member in get_args(annotation) if member is not Ellipsis]

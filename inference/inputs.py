@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ferry.inference.services import Upstream
 from ferry.inference.schema import media_input_fields
+from ferry.inference.services import Upstream
 
 # Field name → its file, or its files in order for a list field.
 InputFiles = dict[str, Path | list[Path]]
@@ -42,7 +42,9 @@ def input_urls(model: BaseModel) -> dict[str, str | list[str]]:
 async def download_inputs(client: Upstream, model: BaseModel) -> tuple[InputFiles, dict[str, Path]]:
     """Download every media URL of `model` concurrently: (files by field, path by URL)."""
     urls = input_urls(model)
-    unique = list(dict.fromkeys(url for value in urls.values() for url in ([value] if isinstance(value, str) else value)))
+    unique = list(
+        dict.fromkeys(url for value in urls.values() for url in ([value] if isinstance(value, str) else value))
+    )
     tasks = [asyncio.create_task(client.download_file(url)) for url in unique]
     try:
         paths = await asyncio.gather(*tasks)
@@ -54,7 +56,8 @@ async def download_inputs(client: Upstream, model: BaseModel) -> tuple[InputFile
         raise
     by_url = dict(zip(unique, paths, strict=True))
     files: InputFiles = {
-        name: by_url[value] if isinstance(value, str) else [by_url[url] for url in value] for name, value in urls.items()
+        name: by_url[value] if isinstance(value, str) else [by_url[url] for url in value]
+        for name, value in urls.items()
     }
     return files, by_url
 

@@ -40,8 +40,8 @@ import grpc
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from ferry.inference.services import Upstream
 from ferry.errors import FerryError, Internal
+from ferry.inference.services import Upstream
 from ferry.toolkit import File
 from ferry.uploads import FORMATS, build_encode
 
@@ -165,7 +165,9 @@ async def _encode_value(client: Upstream, name: str, value: Any, target: _Target
             return value
         files = await _encode(client, name, value, file_type, marker, expires_in)
         if len(files) != 1:
-            raise OutputEncodingFailed(f"output field {name!r} holds one {file_type.__name__} but its tensor encoded to {len(files)} files")
+            raise OutputEncodingFailed(
+                f"output field {name!r} holds one {file_type.__name__} but its tensor encoded to {len(files)} files"
+            )
         return files[0]
     if is_tensor(value):  # one batch tensor for a list field: a file per item
         return await _encode(client, name, value, file_type, marker, expires_in)
@@ -186,7 +188,9 @@ async def _encode(
     format = (marker.format if marker else None) or _DEFAULT_FORMATS.get(file_type.media_kind or "")
     options = dict(marker.options) if marker else {}
     if format is None:
-        raise OutputEncodingFailed(f"output field {name!r} is a plain File: say how to encode its tensor with Annotated[File, Encode('png')]")
+        raise OutputEncodingFailed(
+            f"output field {name!r} is a plain File: say how to encode its tensor with Annotated[File, Encode('png')]"
+        )
     required = _REQUIRED_OPTIONS.get(format)
     if required and not options.get(required):
         raise OutputEncodingFailed(
@@ -200,5 +204,7 @@ async def _encode(
         raise OutputEncodingFailed(f"output field {name!r}: {error}") from None
     except FerryError as error:
         if error.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
-            raise OutputEncodingFailed(f"output field {name!r}: {error.message}", reason=error.reason or "BAD_OUTPUT_TENSOR") from None
+            raise OutputEncodingFailed(
+                f"output field {name!r}: {error.message}", reason=error.reason or "BAD_OUTPUT_TENSOR"
+            ) from None
         raise

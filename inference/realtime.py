@@ -30,12 +30,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ferry.errors import Cancelled, FerryError, InvalidArgument, NotFound
 from ferry.inference.context import RequestContext, logging_context, using_context
-from ferry.inference.outputs import encode_outputs
 from ferry.inference.input_parsing import parse_input
+from ferry.inference.outputs import encode_outputs
 from ferry.inference.runner import AppRunner, request_error, request_failure
 from ferry.request_scope import RequestScope, request_scope
-from ferry.errors import Cancelled, FerryError, InvalidArgument, NotFound
 from ferry.v1 import common_pb2, inference_pb2
 
 __all__ = ["RealtimeSession"]
@@ -82,7 +82,10 @@ class RealtimeSession:
         if endpoint is None:
             raise NotFound(f"app {runner.spec.app_id!r} has no endpoint {path or '/'!r}", reason="UNKNOWN_ENDPOINT")
         if not endpoint.realtime:
-            raise NotFound(f"{runner.spec.app_id}{endpoint.path} is not a realtime endpoint: call it with Run or Stream", reason="UNKNOWN_ENDPOINT")
+            raise NotFound(
+                f"{runner.spec.app_id}{endpoint.path} is not a realtime endpoint: call it with Run or Stream",
+                reason="UNKNOWN_ENDPOINT",
+            )
         self.runner = runner
         self.endpoint = endpoint
         # The caller's lifecycle preference for the media the session produces.
@@ -103,10 +106,15 @@ class RealtimeSession:
         `lifetime` reads the caller's lifecycle preference from the `open` message (or the call's header).
         """
         if first is None or first.WhichOneof("message") != "open":
-            raise InvalidArgument("a Realtime call starts with an `open` message naming the app and the endpoint path", reason="OPEN_FIRST")
+            raise InvalidArgument(
+                "a Realtime call starts with an `open` message naming the app and the endpoint path",
+                reason="OPEN_FIRST",
+            )
         return cls(runner_for(first.open.app_id), first.open.path, lifetime(first.open.lifecycle))
 
-    async def run(self, requests: AsyncIterator[inference_pb2.RealtimeRequest]) -> AsyncGenerator[inference_pb2.RealtimeResponse, None]:
+    async def run(
+        self, requests: AsyncIterator[inference_pb2.RealtimeRequest]
+    ) -> AsyncGenerator[inference_pb2.RealtimeResponse, None]:
         """The call's responses, from the messages after `open`; raises the handler's failure as a FerryError.
 
         Closing this generator early (the caller vanished) cancels the session.
@@ -144,7 +152,9 @@ class RealtimeSession:
             async for request in requests:
                 try:
                     if request.WhichOneof("message") != "input_json":
-                        raise InvalidArgument("after `open`, each message carries one input_json", reason="NOT_AN_INPUT")
+                        raise InvalidArgument(
+                            "after `open`, each message carries one input_json", reason="NOT_AN_INPUT"
+                        )
                     model = parse_input(self.endpoint.input_model, request.input_json)
                 except InvalidArgument as rejected:
                     await outbox.put(inference_pb2.RealtimeResponse(error=request_error(rejected)))
@@ -164,7 +174,10 @@ class RealtimeSession:
     ) -> None:
         stream = _Inputs(inputs)
         handler = getattr(self.runner.app, self.endpoint.handler_name)
-        with using_context(context), request_scope(RequestScope(self.expires_in, cancelled=self.cancelled, stack=self.runner.services.target)):
+        with (
+            using_context(context),
+            request_scope(RequestScope(self.expires_in, cancelled=self.cancelled, stack=self.runner.services.target)),
+        ):
             args, kwargs = self.endpoint.arguments(stream, context)
             generator: AsyncGenerator[Any, None] = handler(*args, **kwargs)
             try:
@@ -175,7 +188,9 @@ class RealtimeSession:
                 return
         await outbox.put(_Ended())
 
-    async def _drive(self, generator: AsyncGenerator[Any, None], outbox: asyncio.Queue[inference_pb2.RealtimeResponse | _Ended]) -> None:
+    async def _drive(
+        self, generator: AsyncGenerator[Any, None], outbox: asyncio.Queue[inference_pb2.RealtimeResponse | _Ended]
+    ) -> None:
         try:
             async for result in generator:
                 await outbox.put(inference_pb2.RealtimeResponse(output_json=await self._output_json(result)))

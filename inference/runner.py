@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ferry.errors import Cancelled, DeadlineExceeded, FerryError, Internal, NotFound
 from ferry.inference.app import App, AppSpec, EndpointSpec, describe
 from ferry.inference.context import RequestCancelled, RequestContext, using_context
 from ferry.inference.input_parsing import parse_input
@@ -33,7 +34,6 @@ from ferry.inference.inputs import InputFiles, discard, download_inputs, input_u
 from ferry.inference.outputs import encode_outputs
 from ferry.inference.services import ServiceClients
 from ferry.request_scope import RequestScope, request_scope
-from ferry.errors import Cancelled, DeadlineExceeded, FerryError, Internal, NotFound
 from ferry.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,9 @@ class AppRunner:
         def on_progress(current: float, total: float, message: str) -> None:
             def publish() -> None:
                 record.progress = inference_pb2.Progress(current=current, total=total, message=message)
-                record.publish(inference_pb2.StreamResponse(in_progress=inference_pb2.InProgressEvent(progress=record.progress)))
+                record.publish(
+                    inference_pb2.StreamResponse(in_progress=inference_pb2.InProgressEvent(progress=record.progress))
+                )
 
             loop.call_soon_threadsafe(publish)
 
@@ -272,10 +274,18 @@ class AppRunner:
             loop.call_soon_threadsafe(publish)
 
         def on_partial(output: dict[str, Any]) -> None:
-            response = inference_pb2.StreamResponse(partial_output=inference_pb2.PartialOutputEvent(output_json=json.dumps(output)))
+            response = inference_pb2.StreamResponse(
+                partial_output=inference_pb2.PartialOutputEvent(output_json=json.dumps(output))
+            )
             loop.call_soon_threadsafe(record.publish, response)
 
-        return RequestContext(record.request_id, on_progress=on_progress, on_log=on_log, on_partial=on_partial, cancelled=record.cancel_flag)
+        return RequestContext(
+            record.request_id,
+            on_progress=on_progress,
+            on_log=on_log,
+            on_partial=on_partial,
+            cancelled=record.cancel_flag,
+        )
 
     async def _execute(self, record: RequestRecord) -> None:
         if record.state == COMPLETED:  # cancelled between the queue and here
@@ -297,14 +307,20 @@ class AppRunner:
                     finally:
                         record.handler_returned.set()
                 result = await encode_outputs(self.services.client, endpoint.output_model, result, record.expires_in)
-            output = result if isinstance(result, endpoint.output_model) else endpoint.output_model.model_validate(result)
+            output = (
+                result if isinstance(result, endpoint.output_model) else endpoint.output_model.model_validate(result)
+            )
             record.finish(output_json=output.model_dump_json())
         except (asyncio.CancelledError, RequestCancelled):
             record.finish(error=Cancelled("cancelled"))
         except Exception as error:
             if isinstance(error, TimeoutError) and deadline.expired():
                 limit = self.spec.request_timeout_seconds
-                record.finish(error=DeadlineExceeded(f"the request ran past {limit:g} s, the app's limit", reason="REQUEST_TIMEOUT"))
+                record.finish(
+                    error=DeadlineExceeded(
+                        f"the request ran past {limit:g} s, the app's limit", reason="REQUEST_TIMEOUT"
+                    )
+                )
             else:
                 record.finish(error=request_failure(f"{self.spec.app_id}{endpoint.path}", error))
         finally:

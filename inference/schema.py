@@ -34,7 +34,15 @@ from pydantic_core import core_schema
 
 from ferry.toolkit import File
 
-__all__ = ["MEDIA_FIELD_KINDS", "input_schema", "media_input_fields", "media_kind", "media_output_fields", "output_schema", "ui"]
+__all__ = [
+    "MEDIA_FIELD_KINDS",
+    "input_schema",
+    "media_input_fields",
+    "media_kind",
+    "media_output_fields",
+    "output_schema",
+    "ui",
+]
 
 # The `ui.field` values that mean "a URL the runner downloads".
 MEDIA_FIELD_KINDS = ("file", "image", "audio", "video")
@@ -54,7 +62,9 @@ def input_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def output_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The self-contained JSON schema of an endpoint's output (as serialised), with preview hints."""
-    return _self_contained(_require_model(model).model_json_schema(mode="serialization", schema_generator=_OutputSchema))
+    return _self_contained(
+        _require_model(model).model_json_schema(mode="serialization", schema_generator=_OutputSchema)
+    )
 
 
 def media_input_fields(model: type[BaseModel]) -> list[str]:
@@ -73,7 +83,11 @@ def media_input_fields(model: type[BaseModel]) -> list[str]:
 
 def media_output_fields(model: type[BaseModel]) -> dict[str, str]:
     """Top-level output fields holding toolkit files, by name: "image", "video", "audio" or "file"."""
-    return {name: kind for name, field in _require_model(model).model_fields.items() if (kind := media_kind(field.annotation))}
+    return {
+        name: kind
+        for name, field in _require_model(model).model_fields.items()
+        if (kind := media_kind(field.annotation))
+    }
 
 
 def media_kind(annotation: Any) -> str | None:
@@ -97,7 +111,10 @@ def media_kind(annotation: Any) -> str | None:
 
 
 def _name_hint(name: str) -> dict[str, Any]:
-    for suffix, kinds, extra in (("_urls", ("image", "video"), {"dataset": True}), ("_url", ("image", "audio", "video"), {})):
+    for suffix, kinds, extra in (
+        ("_urls", ("image", "video"), {"dataset": True}),
+        ("_url", ("image", "audio", "video"), {}),
+    ):
         if name.endswith(suffix):
             stem = name.removesuffix(suffix)
             kind = next((k for k in kinds if stem == k or stem.endswith("_" + k)), "file")

@@ -17,17 +17,17 @@ from contextlib import aclosing
 import grpc
 from grpc_health.v1.health import aio as health_aio
 
+from ferry.errors import FailedPrecondition, NotFound
 from ferry.inference.app import load_app
 from ferry.inference.health import HealthProbe, health_service_name
 from ferry.inference.realtime import RealtimeSession
 from ferry.inference.runner import COMPLETED, AppRunner, RequestRecord, request_error
 from ferry.inference.schema import input_schema, output_schema
 from ferry.inference.services import ServiceClients
-from ferry.services.health import NOT_SERVING, SERVING
-from ferry.services.lifecycle import expires_in
-from ferry.errors import FailedPrecondition, NotFound
 from ferry.realtime_connection import SESSION_KEY
 from ferry.services.config import StackConfig
+from ferry.services.health import NOT_SERVING, SERVING
+from ferry.services.lifecycle import expires_in
 from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import inference_pb2, inference_pb2_grpc
 
@@ -40,7 +40,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         try:
             return self.runners[app_id]
         except KeyError:
-            raise NotFound(f"no app {app_id!r} (hosted: {', '.join(sorted(self.runners)) or 'none'})", reason="UNKNOWN_APP") from None
+            raise NotFound(
+                f"no app {app_id!r} (hosted: {', '.join(sorted(self.runners)) or 'none'})", reason="UNKNOWN_APP"
+            ) from None
 
     def _record(self, request_id: str) -> tuple[AppRunner, RequestRecord]:
         for runner in self.runners.values():
@@ -48,7 +50,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 return runner, record
         raise NotFound(f"no request {request_id!r}", reason="UNKNOWN_REQUEST")
 
-    async def Run(self, request: inference_pb2.RunRequest, context: grpc.aio.ServicerContext) -> inference_pb2.RunResponse:  # noqa: N802
+    async def Run(
+        self, request: inference_pb2.RunRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.RunResponse:  # noqa: N802
         runner = self._runner(request.app_id)
         record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
         try:
@@ -72,8 +76,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if record.state != COMPLETED:  # the caller disconnected mid-stream
                 runner.cancel(record)
 
-    async def Submit(self, request: inference_pb2.SubmitRequest, context: grpc.aio.ServicerContext) -> inference_pb2.SubmitResponse:  # noqa: N802
-        record = self._runner(request.app_id).submit(request.path, request.input_json, expires_in(request.lifecycle, context))
+    async def Submit(
+        self, request: inference_pb2.SubmitRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.SubmitResponse:  # noqa: N802
+        record = self._runner(request.app_id).submit(
+            request.path, request.input_json, expires_in(request.lifecycle, context)
+        )
         return inference_pb2.SubmitResponse(request_id=record.request_id)
 
     async def GetStatus(  # noqa: N802
@@ -97,13 +105,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         _, record = self._record(request.request_id)
         if record.state != COMPLETED:
             if not request.wait:
-                raise FailedPrecondition("the request has not completed; GetStatus tells where it is", reason="NOT_COMPLETED")
+                raise FailedPrecondition(
+                    "the request has not completed; GetStatus tells where it is", reason="NOT_COMPLETED"
+                )
             await record.finished.wait()
         if record.error is not None:
             raise record.error
         return inference_pb2.GetResultResponse(request_id=record.request_id, output_json=record.output_json)
 
-    async def Cancel(self, request: inference_pb2.CancelRequest, context: grpc.aio.ServicerContext) -> inference_pb2.CancelResponse:  # noqa: N802
+    async def Cancel(
+        self, request: inference_pb2.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.CancelResponse:  # noqa: N802
         runner, record = self._record(request.request_id)
         previous, cancelled = runner.cancel(record)
         return inference_pb2.CancelResponse(previous_state=previous, cancelled=cancelled)
@@ -111,7 +123,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Realtime(  # noqa: N802
         self, request_iterator: AsyncIterator[inference_pb2.RealtimeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.RealtimeResponse]:
-        session = RealtimeSession.open(await anext(request_iterator, None), self._runner, lambda lifecycle: expires_in(lifecycle, context))
+        session = RealtimeSession.open(
+            await anext(request_iterator, None), self._runner, lambda lifecycle: expires_in(lifecycle, context)
+        )
         # Headers now, not with the first output: the caller learns at once that the call is open.
         await context.send_initial_metadata(((SESSION_KEY, session.request_id),))
         async with aclosing(session.run(request_iterator)) as responses:
@@ -133,7 +147,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 )
                 for spec in runner.spec.endpoints.values()
             ]
-            apps.append(inference_pb2.AppDescription(app_id=runner.spec.app_id, machine_type=runner.spec.machine_type, endpoints=endpoints))
+            apps.append(
+                inference_pb2.AppDescription(
+                    app_id=runner.spec.app_id, machine_type=runner.spec.machine_type, endpoints=endpoints
+                )
+            )
         return inference_pb2.ListEndpointsResponse(apps=apps)
 
 
@@ -157,7 +175,9 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
     async def start_apps() -> None:
         for runner in runners.values():
             await runner.start()
-        probes.extend(asyncio.create_task(probe.run()) for probe in await _report_health(runners.values(), runtime.health))
+        probes.extend(
+            asyncio.create_task(probe.run()) for probe in await _report_health(runners.values(), runtime.health)
+        )
 
     async def close() -> None:
         for probe in probes:

@@ -22,7 +22,9 @@ class Upstream(Protocol):
 
     async def download_file(self, url: str) -> Path: ...
 
-    async def encode_tensor(self, tensor: Any, format: str, **options: Unpack[EncodeOptions]) -> list[common_pb2.File]: ...
+    async def encode_tensor(
+        self, tensor: Any, format: str, **options: Unpack[EncodeOptions]
+    ) -> list[common_pb2.File]: ...
 
 
 class ServiceClients:

@@ -92,7 +92,9 @@ def show_encodes(client: ferry.Client) -> str:
     (mp4,) = client.encode_tensor(frames, "mp4", fps=24, audio=(tone, 16000), file_name="scroll")
     print(f"video: {mp4.url} ({mp4.video.frame_count} frames at {mp4.video.fps:g} fps, audio: {mp4.video.has_audio})")
     (wav,) = client.encode_tensor(tone, "wav", sample_rate=16000, file_name="a440", expires_in=3600)
-    print(f"audio: {wav.url} ({wav.audio.duration_seconds:.1f} s, expires {wav.expires_at.ToDatetime():%Y-%m-%d %H:%M} UTC)")
+    print(
+        f"audio: {wav.url} ({wav.audio.duration_seconds:.1f} s, expires {wav.expires_at.ToDatetime():%Y-%m-%d %H:%M} UTC)"
+    )
     return png.url
 
 
@@ -128,7 +130,9 @@ def show_apps(client: ferry.Client, image_url: str) -> None:
     image = ferry.Image.model_validate(output["image"])
     print(f"upscaler: {image.url} ({image.width}x{image.height}, {seconds:.1f} s)")
 
-    output, seconds = timed_run(client, "text-to-image", {"prompt": "a ferry at dawn", "width": 256, "height": 256, "seed": 7})
+    output, seconds = timed_run(
+        client, "text-to-image", {"prompt": "a ferry at dawn", "width": 256, "height": 256, "seed": 7}
+    )
     image = ferry.Image.model_validate(output["image"])
     print(f"text-to-image: {image.url} ({image.width}x{image.height}, seed {output['seed']}, {seconds:.1f} s)")
 

@@ -1,6 +1,6 @@
 """A local file server for benchmarks and the demo, in its own process so it never competes with the measured one.
 
-    python scripts/http_source.py DIR    # prints "port N" once listening
+python scripts/http_source.py DIR    # prints "port N" once listening
 """
 
 from __future__ import annotations

@@ -74,9 +74,7 @@ def download_file(
     return default_client().download_file(url, target_dir, force, request_headers, filesize_limit, on_progress)
 
 
-def download_model_weights(
-    url: str, force: bool = False, request_headers: Mapping[str, str] | None = None
-) -> Path:
+def download_model_weights(url: str, force: bool = False, request_headers: Mapping[str, str] | None = None) -> Path:
     """Download model weights once through the stack at FERRY_ADDRESS; see `Client.download_model_weights`."""
     return default_client().download_model_weights(url, force, request_headers)
 
@@ -98,6 +96,7 @@ def upload_image(image: Any, format: str = "jpeg", expires_in: int | None = None
 
 
 from ferry.toolkit import Audio, CompressedFile, File, Image, Video  # noqa: E402 (uses default_client lazily)
+
 
 def run(
     app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None, timeout: float | None = None
@@ -146,37 +145,37 @@ def realtime(app: str, path: str = "/") -> RealtimeConnection:
 
 
 __all__ = [
+    "AsyncClient",
+    "AsyncRealtimeConnection",
+    "AsyncRequestHandle",
+    "Audio",
+    "Client",
     "Completed",
+    "CompressedFile",
+    "Connection",
+    "DownloadProgress",
+    "FerryError",
+    "File",
+    "Image",
     "InProgress",
     "Queued",
-    "Status",
-    "AsyncRealtimeConnection",
     "RealtimeConnection",
-    "AsyncRequestHandle",
     "RequestHandle",
+    "StackTarget",
+    "Status",
+    "Video",
+    "__version__",
+    "default_client",
+    "download_file",
+    "download_model_weights",
+    "encode",
+    "encode_file",
+    "encode_image",
     "realtime",
     "run",
     "stream",
     "submit",
     "subscribe",
-    "Audio",
-    "CompressedFile",
-    "File",
-    "Image",
-    "Video",
-    "encode",
-    "encode_file",
-    "encode_image",
-    "AsyncClient",
-    "Client",
-    "Connection",
-    "StackTarget",
-    "DownloadProgress",
-    "FerryError",
-    "__version__",
-    "default_client",
-    "download_file",
-    "download_model_weights",
     "upload",
     "upload_file",
     "upload_image",

@@ -21,7 +21,19 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ferry.errors import DeadlineExceeded, FerryError, Unknown, map_rpc_errors
-from ferry.events import Cancelled, Completed, Event, Failed, InProgress, LogLine, Progress, Queued, event_from, log_line, progress_of
+from ferry.events import (
+    Cancelled,
+    Completed,
+    Event,
+    Failed,
+    InProgress,
+    LogLine,
+    Progress,
+    Queued,
+    event_from,
+    log_line,
+    progress_of,
+)
 from ferry.v1 import inference_pb2
 
 if TYPE_CHECKING:
@@ -142,7 +154,9 @@ class AsyncRequestHandle:
 
     async def cancel(self) -> bool:
         with map_rpc_errors():
-            return (await self.client.inference.Cancel(inference_pb2.CancelRequest(request_id=self.request_id))).cancelled
+            return (
+                await self.client.inference.Cancel(inference_pb2.CancelRequest(request_id=self.request_id))
+            ).cancelled
 
     async def iter_events(self, interval: float = 0.2) -> AsyncIterator[Status]:
         seen: Status | None = None
@@ -156,7 +170,9 @@ class AsyncRequestHandle:
             await asyncio.sleep(interval)
 
 
-def stream_events(client: Client, request: inference_pb2.StreamRequest, timeout: float | None = None) -> Iterator[Event]:
+def stream_events(
+    client: Client, request: inference_pb2.StreamRequest, timeout: float | None = None
+) -> Iterator[Event]:
     call = client.inference.Stream(request, timeout=timeout)
     try:
         with map_rpc_errors():
@@ -219,7 +235,9 @@ class _Subscription:
     def failure(self, error: FerryError) -> FerryError:
         """What to raise for `error`: the request's own, or the call's deadline said as the caller's timeout."""
         if error is not self._request_error and error.code == grpc.StatusCode.DEADLINE_EXCEEDED and self.client_timeout:
-            return DeadlineExceeded(f"no result within {self.client_timeout}s; the request was cancelled", reason="CLIENT_TIMEOUT")
+            return DeadlineExceeded(
+                f"no result within {self.client_timeout}s; the request was cancelled", reason="CLIENT_TIMEOUT"
+            )
         return error
 
     @staticmethod

@@ -115,10 +115,14 @@ class _ClientBase:
         filesize_limit: float | None,
         model_weights: bool,
     ) -> DownloadPlan:
-        return DownloadPlan.create(url, target_dir, force, request_headers, filesize_limit, model_weights, self.shared_data_dir)
+        return DownloadPlan.create(
+            url, target_dir, force, request_headers, filesize_limit, model_weights, self.shared_data_dir
+        )
 
     @staticmethod
-    def _bytes_header(data: bytes, content_type: str, file_name: str | None, expires_in: int | None) -> encoder_pb2.UploadHeader:
+    def _bytes_header(
+        data: bytes, content_type: str, file_name: str | None, expires_in: int | None
+    ) -> encoder_pb2.UploadHeader:
         return encoder_pb2.UploadHeader(
             file_name=file_name or "", content_type=content_type, file_size=len(data), lifecycle=lifecycle(expires_in)
         )
@@ -143,13 +147,14 @@ class _ClientBase:
     @staticmethod
     def _multipart_request(header: encoder_pb2.UploadHeader) -> encoder_pb2.CreateUploadRequest:
         return encoder_pb2.CreateUploadRequest(
-            file_name=header.file_name, content_type=header.content_type, file_size=header.file_size, lifecycle=header.lifecycle
+            file_name=header.file_name,
+            content_type=header.content_type,
+            file_size=header.file_size,
+            lifecycle=header.lifecycle,
         )
 
     @staticmethod
-    def _app_request(
-        kind: type[Any], app: str, input_json: str, path: str, expires_in: int | None
-    ) -> Any:
+    def _app_request(kind: type[Any], app: str, input_json: str, path: str, expires_in: int | None) -> Any:
         return kind(app_id=app, path=path, input_json=input_json, lifecycle=lifecycle(expires_in))
 
     @staticmethod
@@ -232,7 +237,9 @@ class Client(_ClientBase):
                 completed = reader.result()
                 if (path := plan.finish(completed)) is not None:
                     return path
-                return write_read_stream(self.downloader.Read(plan.read_request(completed)), plan.destination(completed))
+                return write_read_stream(
+                    self.downloader.Read(plan.read_request(completed)), plan.destination(completed)
+                )
         except BaseException:
             call.cancel()  # Ctrl-C or a failing callback: stop the transfer server-side too
             raise
@@ -246,7 +253,9 @@ class Client(_ClientBase):
         header = self._bytes_header(data, content_type, file_name, expires_in)
         with map_rpc_errors():
             return call_with_retries(
-                self._encoders, lambda stub: stub.Upload(upload_messages(header, None, data, None)).file, idempotent=True
+                self._encoders,
+                lambda stub: stub.Upload(upload_messages(header, None, data, None)).file,
+                idempotent=True,
             )
 
     def upload_file(
@@ -277,7 +286,9 @@ class Client(_ClientBase):
         with map_rpc_errors():
             return call_with_retries(self._encoders, attempt, idempotent=True)
 
-    def _upload_multipart(self, path: Path, header: encoder_pb2.UploadHeader, on_progress: UploadProgress | None) -> common_pb2.File:
+    def _upload_multipart(
+        self, path: Path, header: encoder_pb2.UploadHeader, on_progress: UploadProgress | None
+    ) -> common_pb2.File:
         request = self._multipart_request(header)
         with map_rpc_errors():
             created: list[encoder_pb2_grpc.EncoderServiceStub] = []
@@ -308,7 +319,9 @@ class Client(_ClientBase):
         header, payload, audio_payload = build_encode(tensor, format, **options)
         with map_rpc_errors():
             response = call_with_retries(
-                self._encoders, lambda stub: stub.Encode(encode_messages(header, payload, audio_payload)), idempotent=True
+                self._encoders,
+                lambda stub: stub.Encode(encode_messages(header, payload, audio_payload)),
+                idempotent=True,
             )
         return list(response.files)
 
@@ -333,13 +346,17 @@ class Client(_ClientBase):
         with map_rpc_errors():
             return json.loads(self.inference.Run(request, timeout=timeout).output_json)  # type: ignore[no-any-return]
 
-    def submit(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> RequestHandle:
+    def submit(
+        self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
+    ) -> RequestHandle:
         """Queue a request and return at once with a handle to it."""
         request = self._app_request(inference_pb2.SubmitRequest, app, self._input_json(arguments), path, expires_in)
         with map_rpc_errors():
             return RequestHandle(self, self.inference.Submit(request).request_id)
 
-    def stream(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> Iterator[Event]:
+    def stream(
+        self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
+    ) -> Iterator[Event]:
         """Every event of a request (`ferry.events`): Queued, InProgress, PartialOutput, then Completed, Failed or Cancelled.
 
         Leaving the loop early cancels the request.
@@ -367,7 +384,12 @@ class Client(_ClientBase):
         """
         request = self._app_request(inference_pb2.StreamRequest, app, self._input_json(arguments), path, expires_in)
         return subscribe(
-            self, request, with_logs=with_logs, on_enqueue=on_enqueue, on_queue_update=on_queue_update, client_timeout=client_timeout
+            self,
+            request,
+            with_logs=with_logs,
+            on_enqueue=on_enqueue,
+            on_queue_update=on_queue_update,
+            client_timeout=client_timeout,
         )
 
     def realtime(self, app: str, path: str = "/", expires_in: int | None = None) -> RealtimeConnection:
@@ -558,8 +580,12 @@ class AsyncClient(_ClientBase):
         with map_rpc_errors():
             return json.loads((await self.inference.Run(request, timeout=timeout)).output_json)  # type: ignore[no-any-return]
 
-    async def submit(self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> AsyncRequestHandle:
-        request = self._app_request(inference_pb2.SubmitRequest, app, await self._input_json(arguments), path, expires_in)
+    async def submit(
+        self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
+    ) -> AsyncRequestHandle:
+        request = self._app_request(
+            inference_pb2.SubmitRequest, app, await self._input_json(arguments), path, expires_in
+        )
         with map_rpc_errors():
             return AsyncRequestHandle(self, (await self.inference.Submit(request)).request_id)
 
@@ -567,7 +593,9 @@ class AsyncClient(_ClientBase):
         self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
     ) -> AsyncIterator[Event]:
         """The asyncio twin of `Client.stream`: `async for event in client.stream(...)`; leaving early cancels."""
-        request = self._app_request(inference_pb2.StreamRequest, app, await self._input_json(arguments), path, expires_in)
+        request = self._app_request(
+            inference_pb2.StreamRequest, app, await self._input_json(arguments), path, expires_in
+        )
         async for event in stream_events_async(self, request):
             yield event
 
@@ -583,9 +611,16 @@ class AsyncClient(_ClientBase):
         client_timeout: float | None = None,
         expires_in: int | None = None,
     ) -> dict[str, Any]:
-        request = self._app_request(inference_pb2.StreamRequest, app, await self._input_json(arguments), path, expires_in)
+        request = self._app_request(
+            inference_pb2.StreamRequest, app, await self._input_json(arguments), path, expires_in
+        )
         return await subscribe_async(
-            self, request, with_logs=with_logs, on_enqueue=on_enqueue, on_queue_update=on_queue_update, client_timeout=client_timeout
+            self,
+            request,
+            with_logs=with_logs,
+            on_enqueue=on_enqueue,
+            on_queue_update=on_queue_update,
+            client_timeout=client_timeout,
         )
 
     def realtime(self, app: str, path: str = "/", expires_in: int | None = None) -> AsyncRealtimeConnection:

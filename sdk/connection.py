@@ -74,7 +74,9 @@ class Connection:
     def aio_channel(self) -> grpc.aio.Channel:
         interceptors = _aio_metadata_interceptors(self.metadata) if self.metadata else None
         if self.tls:
-            return grpc.aio.secure_channel(self.address, self._credentials(), CHANNEL_OPTIONS, interceptors=interceptors)
+            return grpc.aio.secure_channel(
+                self.address, self._credentials(), CHANNEL_OPTIONS, interceptors=interceptors
+            )
         return grpc.aio.insecure_channel(self.address, CHANNEL_OPTIONS, interceptors=interceptors)
 
 
@@ -127,4 +129,6 @@ def _aio_metadata_interceptors(metadata: tuple[tuple[str, str], ...]) -> list[gr
         grpc.aio.StreamStreamClientInterceptor,
     )
     methods = ("intercept_unary_unary", "intercept_unary_stream", "intercept_stream_unary", "intercept_stream_stream")
-    return [type(f"Bearer{kind.__name__}", (kind,), {method: add})() for kind, method in zip(kinds, methods, strict=True)]
+    return [
+        type(f"Bearer{kind.__name__}", (kind,), {method: add})() for kind, method in zip(kinds, methods, strict=True)
+    ]

@@ -58,5 +58,7 @@ def image_bytes(image: PILImage, format: str, **save_options: Any) -> tuple[byte
         image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format=pillow_format, **save_options)
-    content_type = Image.MIME.get(pillow_format) or mimetypes.guess_type(f"x.{format.lower()}")[0] or FALLBACK_CONTENT_TYPE
+    content_type = (
+        Image.MIME.get(pillow_format) or mimetypes.guess_type(f"x.{format.lower()}")[0] or FALLBACK_CONTENT_TYPE
+    )
     return buffer.getvalue(), content_type

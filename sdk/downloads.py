@@ -134,7 +134,8 @@ class DownloadPlan:
         if filesize_limit_mb is not None:
             if not filesize_limit_mb > 0:
                 raise ValueError(f"filesize_limit is in MB and must be > 0, got {filesize_limit_mb}")
-            request.filesize_limit_bytes = int(filesize_limit_mb * MIB)  # MB like the reference toolkit; bytes on the wire
+            # MB like the reference toolkit; bytes on the wire
+            request.filesize_limit_bytes = int(filesize_limit_mb * MIB)
         local_dir: Path | None = None
         if model_weights:
             request.kind = downloader_pb2.DOWNLOAD_KIND_MODEL_WEIGHTS

@@ -80,7 +80,11 @@ class FerryError(Exception):
     def of(cls, code: grpc.StatusCode, message: str, reason: str = "") -> FerryError:
         """The error of the class `code` names (`NotFound` for NOT_FOUND), else a FerryError carrying `code`."""
         kind = FerryError._by_code.get(code)
-        return kind(message, reason=reason or None) if kind is not None else FerryError(message, reason=reason or code.name, code=code)
+        return (
+            kind(message, reason=reason or None)
+            if kind is not None
+            else FerryError(message, reason=reason or code.name, code=code)
+        )
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> FerryError:

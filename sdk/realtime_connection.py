@@ -169,7 +169,9 @@ class RealtimeConnection:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.cancel()
 
 
@@ -214,7 +216,9 @@ class AsyncRealtimeConnection:
 
     def _opened(self) -> Any:
         if self._call is None:
-            raise RuntimeError("open the connection first: `async with client.realtime(...)` or `await client.realtime(...)`")
+            raise RuntimeError(
+                "open the connection first: `async with client.realtime(...)` or `await client.realtime(...)`"
+            )
         return self._call
 
     async def send(self, input: RealtimeInput) -> None:
@@ -282,5 +286,7 @@ class AsyncRealtimeConnection:
         await self._open()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.cancel()

@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ferry.connection import StackTarget
 from ferry.errors import Cancelled
 

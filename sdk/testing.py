@@ -38,7 +38,9 @@ class StackProcess:
 
     def start(self, timeout: float = 60) -> StackProcess:
         command = [sys.executable, "-m", "ferry.cli", "serve", *self.args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+        )
         # Read stderr as it comes: a server that logs more than a pipe holds (64 KiB) would block on its next line.
         self._stderr_reader = threading.Thread(target=self._drain_stderr, args=(self.process,), daemon=True)
         self._stderr_reader.start()
@@ -100,7 +102,9 @@ class StackProcess:
 def _first_line(process: subprocess.Popen[str], timeout: float) -> str:
     """The first stdout line, or "" if the process exits or `timeout` passes first."""
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline() if process.stdout else ""), daemon=True)
+    reader = threading.Thread(
+        target=lambda: lines.append(process.stdout.readline() if process.stdout else ""), daemon=True
+    )
     reader.start()
     reader.join(timeout)
     return lines[0] if lines else ""

@@ -64,6 +64,7 @@ from ferry.v1 import common_pb2
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
+
     from ferry.client import Client
 
 __all__ = [
@@ -178,7 +179,9 @@ class File(BaseModel):
 
         An `Image`'s size, a `Video`'s or `Audio`'s figures the store does not report are read from the file.
         """
-        message = _client(client).upload_file(path, content_type=content_type, file_name=file_name, expires_in=expires_in)
+        message = _client(client).upload_file(
+            path, content_type=content_type, file_name=file_name, expires_in=expires_in
+        )
         return cls.from_proto(message)._filled_from(path)
 
     @classmethod
@@ -191,7 +194,9 @@ class File(BaseModel):
         client: Client | None = None,
     ) -> Self:
         """Upload `data` as a file of `content_type` (media figures as for `from_path`)."""
-        return cls.from_proto(_client(client).upload_bytes(data, content_type, file_name, expires_in))._filled_from(io.BytesIO(data))
+        return cls.from_proto(_client(client).upload_bytes(data, content_type, file_name, expires_in))._filled_from(
+            io.BytesIO(data)
+        )
 
     # -- reading ----------------------------------------------------------------------
 

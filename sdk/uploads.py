@@ -104,7 +104,9 @@ async def _read_chunks_async(
 def part_messages(
     upload_id: str, part_number: int, path: Path, offset: int, length: int, on_bytes: Callable[[int], None] | None
 ) -> Iterator[encoder_pb2.UploadPartRequest]:
-    yield encoder_pb2.UploadPartRequest(header=encoder_pb2.UploadPartHeader(upload_id=upload_id, part_number=part_number))
+    yield encoder_pb2.UploadPartRequest(
+        header=encoder_pb2.UploadPartHeader(upload_id=upload_id, part_number=part_number)
+    )
     with open(path, "rb") as file:
         file.seek(offset)
         for chunk in read_chunks(file, length, on_bytes):
@@ -114,14 +116,18 @@ def part_messages(
 async def part_messages_async(
     upload_id: str, part_number: int, path: Path, offset: int, length: int, on_bytes: Callable[[int], None] | None
 ) -> AsyncIterator[encoder_pb2.UploadPartRequest]:
-    yield encoder_pb2.UploadPartRequest(header=encoder_pb2.UploadPartHeader(upload_id=upload_id, part_number=part_number))
+    yield encoder_pb2.UploadPartRequest(
+        header=encoder_pb2.UploadPartHeader(upload_id=upload_id, part_number=part_number)
+    )
     async for chunk in _read_chunks_async(path, offset, length, on_bytes):
         yield encoder_pb2.UploadPartRequest(chunk=chunk)
 
 
 def part_ranges(size: int) -> list[tuple[int, int, int]]:
     """(part number, offset, length) of each 10 MiB part."""
-    return [(index + 1, offset, min(PART_BYTES, size - offset)) for index, offset in enumerate(range(0, size, PART_BYTES))]
+    return [
+        (index + 1, offset, min(PART_BYTES, size - offset)) for index, offset in enumerate(range(0, size, PART_BYTES))
+    ]
 
 
 class RequestStream(Generic[M]):
@@ -193,7 +199,12 @@ class _Parts:
     """One multipart upload's parts: where each lies in the file, and the progress summed over them."""
 
     def __init__(
-        self, stub: encoder_pb2_grpc.EncoderServiceStub, upload_id: str, path: Path, size: int, on_progress: UploadProgress | None
+        self,
+        stub: encoder_pb2_grpc.EncoderServiceStub,
+        upload_id: str,
+        path: Path,
+        size: int,
+        on_progress: UploadProgress | None,
     ) -> None:
         self.stub, self.upload_id, self.path = stub, upload_id, path
         self.ranges = part_ranges(size)
@@ -208,7 +219,12 @@ class PartSender(_Parts):
     """
 
     def __init__(
-        self, stub: encoder_pb2_grpc.EncoderServiceStub, upload_id: str, path: Path, size: int, on_progress: UploadProgress | None
+        self,
+        stub: encoder_pb2_grpc.EncoderServiceStub,
+        upload_id: str,
+        path: Path,
+        size: int,
+        on_progress: UploadProgress | None,
     ) -> None:
         super().__init__(stub, upload_id, path, size, on_progress)
         self._calls: set[grpc.Future] = set()
@@ -216,11 +232,15 @@ class PartSender(_Parts):
         self._stopped = threading.Event()
         self._pool = ThreadPoolExecutor(PARALLEL_PARTS, thread_name_prefix="ferry-part")
 
-    def _attempt(self, stub: encoder_pb2_grpc.EncoderServiceStub, number: int, offset: int, length: int) -> encoder_pb2.UploadPartResponse:
+    def _attempt(
+        self, stub: encoder_pb2_grpc.EncoderServiceStub, number: int, offset: int, length: int
+    ) -> encoder_pb2.UploadPartResponse:
         if self._stopped.is_set():
             raise RuntimeError("upload cancelled")
         self.progress.restart(number)
-        messages = RequestStream(part_messages(self.upload_id, number, self.path, offset, length, self.progress.counter(number)))
+        messages = RequestStream(
+            part_messages(self.upload_id, number, self.path, offset, length, self.progress.counter(number))
+        )
         call = stub.UploadPart.future(iter(messages))
         with self._lock:
             self._calls.add(call)
@@ -256,7 +276,9 @@ class AsyncPartSender(_Parts):
 
     async def _attempt(self, stub: Any, number: int, offset: int, length: int) -> encoder_pb2.UploadPartResponse:
         self.progress.restart(number)
-        messages = RequestStream(part_messages_async(self.upload_id, number, self.path, offset, length, self.progress.counter(number)))
+        messages = RequestStream(
+            part_messages_async(self.upload_id, number, self.path, offset, length, self.progress.counter(number))
+        )
         try:
             return await stub.UploadPart(aiter(messages))
         except (grpc.RpcError, asyncio.CancelledError):
@@ -282,7 +304,9 @@ class AsyncPartSender(_Parts):
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def encode_messages(header: encoder_pb2.EncodeHeader, payload: TensorPayload, audio: TensorPayload | None) -> Iterator[encoder_pb2.EncodeRequest]:
+def encode_messages(
+    header: encoder_pb2.EncodeHeader, payload: TensorPayload, audio: TensorPayload | None
+) -> Iterator[encoder_pb2.EncodeRequest]:
     yield encoder_pb2.EncodeRequest(header=header)
     for chunk in payload.chunks(MESSAGE_BYTES):
         yield encoder_pb2.EncodeRequest(chunk=bytes(chunk))
@@ -300,8 +324,16 @@ FORMATS = {
     "mp4": encoder_pb2.MEDIA_FORMAT_MP4,
     "wav": encoder_pb2.MEDIA_FORMAT_WAV,
 }
-CHANNEL_ORDERS = {None: encoder_pb2.CHANNEL_ORDER_UNSPECIFIED, "last": encoder_pb2.CHANNEL_ORDER_LAST, "first": encoder_pb2.CHANNEL_ORDER_FIRST}
-VALUE_RANGES = {None: encoder_pb2.VALUE_RANGE_UNSPECIFIED, "0,1": encoder_pb2.VALUE_RANGE_ZERO_TO_ONE, "-1,1": encoder_pb2.VALUE_RANGE_MINUS_ONE_TO_ONE}
+CHANNEL_ORDERS = {
+    None: encoder_pb2.CHANNEL_ORDER_UNSPECIFIED,
+    "last": encoder_pb2.CHANNEL_ORDER_LAST,
+    "first": encoder_pb2.CHANNEL_ORDER_FIRST,
+}
+VALUE_RANGES = {
+    None: encoder_pb2.VALUE_RANGE_UNSPECIFIED,
+    "0,1": encoder_pb2.VALUE_RANGE_ZERO_TO_ONE,
+    "-1,1": encoder_pb2.VALUE_RANGE_MINUS_ONE_TO_ONE,
+}
 SAMPLE_FORMATS = {"pcm16": encoder_pb2.AUDIO_SAMPLE_FORMAT_PCM16, "float32": encoder_pb2.AUDIO_SAMPLE_FORMAT_FLOAT32}
 
 
@@ -309,7 +341,9 @@ def _choice(table: dict[Any, int], value: Any, what: str) -> int:
     try:
         return table[value]
     except KeyError:
-        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(str(k) for k in table if k is not None)}") from None
+        raise ValueError(
+            f"unknown {what} {value!r}; choose from {', '.join(str(k) for k in table if k is not None)}"
+        ) from None
 
 
 def encode_header(
@@ -339,18 +373,23 @@ def encode_header(
             value_range=value,
             # Allowed: h264_nvenc when the server has a CUDA device, else libx264.
             codec_preference=(
-                encoder_pb2.VIDEO_CODEC_PREFERENCE_GPU_IF_AVAILABLE if options["allow_gpu"] else encoder_pb2.VIDEO_CODEC_PREFERENCE_CPU
+                encoder_pb2.VIDEO_CODEC_PREFERENCE_GPU_IF_AVAILABLE
+                if options["allow_gpu"]
+                else encoder_pb2.VIDEO_CODEC_PREFERENCE_CPU
             ),
         )
         if options["crf"] is not None:
             video.crf = options["crf"]
         if audio_payload is not None:
-            video.audio_track.CopyFrom(encoder_pb2.AudioTrack(tensor=audio_payload.header, sample_rate=options["audio_rate"]))
+            video.audio_track.CopyFrom(
+                encoder_pb2.AudioTrack(tensor=audio_payload.header, sample_rate=options["audio_rate"])
+            )
         header.video.CopyFrom(video)
     elif media == encoder_pb2.MEDIA_FORMAT_WAV:
         header.audio.CopyFrom(
             encoder_pb2.AudioOptions(
-                sample_rate=options["sample_rate"], sample_format=_choice(SAMPLE_FORMATS, options["sample_format"], "sample format")
+                sample_rate=options["sample_rate"],
+                sample_format=_choice(SAMPLE_FORMATS, options["sample_format"], "sample format"),
             )
         )
     else:

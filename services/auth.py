@@ -61,7 +61,9 @@ def cdn_auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamRespons
     """Reads (GET, HEAD) are public — file URLs are capabilities; anything that writes needs the token."""
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD", "OPTIONS") and not bearer_matches(
             request.headers.get("Authorization"), token
         ):

@@ -61,8 +61,11 @@ class Checked:
             if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             low, floor, high = f.metadata.get("at_least"), f.metadata.get("above"), f.metadata.get("at_most")
-            if value != value or (low is not None and value < low) or (floor is not None and value <= floor) or (
-                high is not None and value > high
+            if (
+                value != value
+                or (low is not None and value < low)
+                or (floor is not None and value <= floor)
+                or (high is not None and value > high)
             ):
                 raise ValueError(f"{flag(f.name)} must be {_range(low, floor, high)}, got {value}")
 
@@ -112,14 +115,20 @@ class DownloaderConfig(Checked):
     )
     allow_hosts: str = setting("comma-separated host names or CIDRs the network guard lets through", "")
     temp_dir: Path | None = setting("root for per-request download folders (default: DATA_DIR/tmp)")
-    chunk_mib: int = setting("body bytes buffered per disk write (and flushed) at a time, in MiB", 16, at_least=1, at_most=1024)
+    chunk_mib: int = setting(
+        "body bytes buffered per disk write (and flushed) at a time, in MiB", 16, at_least=1, at_most=1024
+    )
     data_uri_limit_mib: float = setting("largest decoded data: URI, in MiB", 10.0, above=0, at_most=1024)
     max_download_mib: float | None = setting("server-wide cap on one download, in MiB (default: none)", above=0)
     cache_budget_mib: float | None = setting("evict least-recently-used downloads past this total, in MiB", at_least=0)
-    retries: int = setting("retries of a transient failure (reset, 5xx, 408, 429) before UNAVAILABLE", 4, at_least=0, at_most=100)
+    retries: int = setting(
+        "retries of a transient failure (reset, 5xx, 408, 429) before UNAVAILABLE", 4, at_least=0, at_most=100
+    )
     retry_backoff_seconds: float = setting("first retry delay; doubles per retry, jittered", 0.25, at_least=0)
     connect_timeout_seconds: float = setting("TCP/TLS connect timeout per attempt", 10.0, above=0)
-    read_timeout_seconds: float = setting("a source silent this long is stalled (retried, then UNAVAILABLE)", 30.0, above=0)
+    read_timeout_seconds: float = setting(
+        "a source silent this long is stalled (retried, then UNAVAILABLE)", 30.0, above=0
+    )
     cache_sweep_seconds: float = setting(
         "how often download records whose file is gone, and lock files nobody holds, are removed", 600.0, above=0
     )

@@ -46,7 +46,13 @@ M_ARENA_MAX = -8
 MMAP_THRESHOLD = 64 << 20  # above this a block is mapped on its own (a whole video, a big upload's buffers)
 TRIM_THRESHOLD = 256 << 20
 ARENA_MAX = 1
-_GLIBC_TUNING = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
+_GLIBC_TUNING = (
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_ARENA_MAX",
+    "GLIBC_TUNABLES",
+)
 
 CHECK_SECONDS = 0.5
 # Less CPU than this share of one core is quiet: an idle `ferry serve` uses about 0.1%.
@@ -126,7 +132,18 @@ class _MallInfo2(ctypes.Structure):
 
     _fields_ = [
         (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
     ]
 
 

@@ -14,8 +14,8 @@ import struct
 import subprocess
 import termios
 import threading
-import tty
 import time
+import tty
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path

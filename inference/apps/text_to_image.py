@@ -44,7 +44,9 @@ class ImageOutput(BaseModel):
     seed: int = Field(description="The seed used: pass it back to get this image again.")
 
 
-def procedural_target(prompt: str, seed: int, width: int, height: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def procedural_target(
+    prompt: str, seed: int, width: int, height: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """The 3×H×W image in [0, 1] the sampler converges to."""
     # Parameters are drawn on the CPU so every device renders the same picture.
     layout = torch.Generator().manual_seed(prompt_seed(prompt))

@@ -19,12 +19,12 @@ from PIL.Image import DecompressionBombError
 from pydantic import BaseModel, Field
 
 import ferry
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.inference.app import App, endpoint
-from ferry.inference.outputs import Encode
 from ferry.inference.apps import to_pixels
 from ferry.inference.context import RequestContext
+from ferry.inference.outputs import Encode
 from ferry.services.config import EncoderConfig
-from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.toolkit import Image
 
 # The encoder's default `max_pixels`: a bigger result could be computed but not stored.

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ferry.atomic_files import PART_SUFFIX
+from ferry.errors import FerryError, NotFound, ResourceExhausted, Unavailable
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.datauri import extension_for, parse_data_uri, write_decoded
 from ferry.services.downloader.fetch import HttpSource, RemoteFile
@@ -37,7 +38,6 @@ from ferry.services.downloader.reads import ReadHeader, read_file
 from ferry.services.downloader.records import DownloadRecord, RecordStore, flight_key
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.downloader.writer import AtomicFile, link_into_place, part_prefix
-from ferry.errors import FerryError, NotFound, ResourceExhausted, Unavailable
 from ferry.sizes import MIB
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,9 @@ class Downloader:
         found = await source.find(job.url)  # NotFound when unknown or expired, as the CDN would answer
         limit = self._limit(job)
         if limit is not None and found.size > limit:
-            raise ResourceExhausted(f"stored file has {found.size} bytes, over the {limit}-byte limit", reason="FILE_TOO_LARGE")
+            raise ResourceExhausted(
+                f"stored file has {found.size} bytes, over the {limit}-byte limit", reason="FILE_TOO_LARGE"
+            )
         # A stored object never changes under its URL: while it exists, the copy made before is current.
         record = None if job.force else self.records.load(key)
         if record is not None and record.url == job.url and record.size == found.size and record.vouches_for_file():

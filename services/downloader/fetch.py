@@ -23,12 +23,12 @@ import aiohttp
 from yarl import URL
 
 from ferry.backoff import backoff_seconds
+from ferry.errors import FailedPrecondition, FerryError, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.guard import AddressBlocked, NetworkGuard
 from ferry.services.downloader.names import choose_file_name
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.downloader.writer import AtomicFile
-from ferry.errors import FailedPrecondition, FerryError, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,9 @@ class HttpSource:
             self._sessions[trusted] = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(resolver=resolver, limit=256),
                 timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self._config.connect_timeout_seconds, sock_read=self._config.read_timeout_seconds
+                    total=None,
+                    sock_connect=self._config.connect_timeout_seconds,
+                    sock_read=self._config.read_timeout_seconds,
                 ),
                 trust_env=False,  # no proxy from the environment may sidestep the guard
                 auto_decompress=False,  # store what the source serves, byte for byte
@@ -146,14 +148,16 @@ class HttpSource:
                 response = await client.request(method, current, headers=sent, allow_redirects=False)
             except AddressBlocked:
                 raise  # from the resolver, unwrapped by aiohttp: never retried
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:
+            except (TimeoutError, aiohttp.ClientError, OSError) as error:
                 raise Transient(f"{type(error).__name__}: {error}") from error
             if response.status not in REDIRECT_STATUSES:
                 return response
             location = response.headers.get("Location")
             response.release()
             if not location:
-                raise FailedPrecondition(f"redirect without Location from {current.with_query(None)}", reason="BAD_REDIRECT")
+                raise FailedPrecondition(
+                    f"redirect without Location from {current.with_query(None)}", reason="BAD_REDIRECT"
+                )
             following = self._guard.check_url(current.join(URL(location)))
             if following.origin() != current.origin():
                 sent = {k: v for k, v in sent.items() if k.lower() not in CREDENTIAL_HEADERS}
@@ -204,7 +208,9 @@ class HttpSource:
                 if isinstance(failure, _CutShort):
                     remote = failure.remote  # what a resume must match
                 if attempt == retries:
-                    raise Unavailable(f"source failed {retries + 1} times, last: {failure}", reason="SOURCE_UNAVAILABLE") from None
+                    raise Unavailable(
+                        f"source failed {retries + 1} times, last: {failure}", reason="SOURCE_UNAVAILABLE"
+                    ) from None
                 delay = self._backoff(attempt, failure.retry_after)
                 log.info("retrying %s in %.2fs after: %s", URL(url).with_query(None), delay, failure)
                 await asyncio.sleep(delay)
@@ -265,7 +271,7 @@ class HttpSource:
                     if limit is not None and out.size > limit:
                         raise ResourceExhausted(f"body grew past the {limit}-byte limit", reason="FILE_TOO_LARGE")
                     on_progress(out.size)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError) as error:
+            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as error:
                 # Keep what arrived: the next attempt resumes from it if it can.
                 raise _CutShort(remote, f"body cut short at {out.size} bytes: {type(error).__name__}") from error
             if remote.size is not None and out.size != remote.size:

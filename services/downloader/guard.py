@@ -232,7 +232,9 @@ class _GuardedResolver(AbstractResolver):
         # the guard builds its resolver.
         self._inner: ThreadedResolver | None = None
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         if self._inner is None:
             self._inner = ThreadedResolver()
         results = await self._inner.resolve(host, port, family)

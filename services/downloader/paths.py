@@ -41,7 +41,9 @@ class DataRoots:
         if resolved.is_relative_to(self.internal) and not managed:
             raise PermissionDenied(f"{shown!r} is ferry's own bookkeeping", reason="PATH_OUTSIDE_ROOTS")
         if resolved.is_relative_to(self.stored_files):
-            raise PermissionDenied(f"{shown!r} is the CDN's storage, written only by the encoder", reason="PATH_OUTSIDE_ROOTS")
+            raise PermissionDenied(
+                f"{shown!r} is the CDN's storage, written only by the encoder", reason="PATH_OUTSIDE_ROOTS"
+            )
         return resolved
 
     def target_dir(self, requested: str) -> Path:

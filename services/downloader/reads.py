@@ -16,10 +16,11 @@ import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
+from ferry.errors import InvalidArgument, NotFound
 from ferry.services.downloader.locks import LockFiles, path_lock_key
 from ferry.services.downloader.paths import DataRoots
-from ferry.errors import InvalidArgument, NotFound
 from ferry.sizes import MESSAGE_BYTES
+
 
 @dataclass(frozen=True)
 class ReadHeader:

@@ -51,10 +51,14 @@ class DownloadRecord:
         return (stat.st_ino, stat.st_mtime_ns, stat.st_size) == (self.inode, self.mtime_ns, self.size)
 
     @classmethod
-    def for_file(cls, url: str, path: Path, content_type: str, etag: str | None, last_modified: str | None) -> DownloadRecord:
+    def for_file(
+        cls, url: str, path: Path, content_type: str, etag: str | None, last_modified: str | None
+    ) -> DownloadRecord:
         stat = path.stat()
         now = time.time()
-        return cls(url, str(path), stat.st_size, content_type, etag, last_modified, stat.st_ino, stat.st_mtime_ns, now, now)
+        return cls(
+            url, str(path), stat.st_size, content_type, etag, last_modified, stat.st_ino, stat.st_mtime_ns, now, now
+        )
 
 
 class RecordStore:

@@ -8,10 +8,10 @@ from contextlib import aclosing
 
 import grpc
 
-from ferry.services.downloader.engine import Completed, DownloadJob, Downloader, Event, Progress, ReadHeader, Started
-from ferry.services.downloader.own_storage import OwnStorage
 from ferry.errors import InvalidArgument
 from ferry.services.config import StackConfig
+from ferry.services.downloader.engine import Completed, Downloader, DownloadJob, Event, Progress, ReadHeader, Started
+from ferry.services.downloader.own_storage import OwnStorage
 from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
 

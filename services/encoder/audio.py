@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ferry.services.encoder.choices import AudioSampleFormat, ChannelOrder, choice
 from ferry.errors import InvalidArgument, ResourceExhausted
+from ferry.services.encoder.choices import AudioSampleFormat, ChannelOrder, choice
 
 MAX_CHANNELS = 8  # 7.1; the channel axis is told from the sample axis by this bound
 MAX_SAMPLE_RATE = 768_000

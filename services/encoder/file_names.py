@@ -5,8 +5,8 @@ from __future__ import annotations
 import mimetypes
 import os
 
-from ferry.file_names import MAX_NAME_BYTES, safe_file_name
 from ferry.errors import InvalidArgument
+from ferry.file_names import MAX_NAME_BYTES, safe_file_name
 
 # Room after an Encode's base name for "-<index>" and the longest extension (".jpeg"), within 255 bytes.
 BASE_NAME_BYTES = MAX_NAME_BYTES - 16

@@ -7,13 +7,13 @@ which jpegs start early, and why.
 
 from __future__ import annotations
 
+from ferry.errors import InvalidArgument
 from ferry.services.encoder.images import EncodedImage, encode_images
 from ferry.services.encoder.pipeline import Run
 from ferry.services.encoder.request import AudioChunk, Chunk
 from ferry.services.encoder.spec import EncodeSpec, ImageSpec
 from ferry.services.encoder.streamed_jpeg import StreamedJpeg
 from ferry.services.encoder.tensors import ArrivingTensor
-from ferry.errors import InvalidArgument
 
 
 class ImagePipeline:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ferry.errors import InvalidArgument
 from ferry.services.encoder.jpeg import encode_strip
 from ferry.services.encoder.tensors import DEFAULT_MAX_PIXELS, image_batch, to_image_pixels
-from ferry.errors import InvalidArgument
 
 IMAGE_FORMATS = ("png", "jpeg", "webp", "gif")
 ANIMATED_FORMATS = ("gif", "webp")

@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 
 from ferry.client import ENCODER_SERVICE
+from ferry.errors import InvalidArgument
+from ferry.services.config import StackConfig
 from ferry.services.encoder.audio import AudioInfo
 from ferry.services.encoder.engine import EncodedFile, Encoder, ImageSize
 from ferry.services.encoder.request import (
@@ -30,10 +32,8 @@ from ferry.services.encoder.request import (
     VideoOptions,
 )
 from ferry.services.encoder.uploads import UploadHeader, Uploads
-from ferry.errors import InvalidArgument
 from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
-from ferry.services.config import StackConfig
 from ferry.services.runtime import Hosted, Runtime
 from ferry.services.storage.base import StoredObject
 from ferry.services.storage.chain import StorageChain

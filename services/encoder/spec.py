@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.services.encoder.audio import audio_layout, check_wav_options
 from ferry.services.encoder.choices import (
     AudioSampleFormat,
@@ -30,7 +31,6 @@ from ferry.services.encoder.images import check_image_options
 from ferry.services.encoder.request import AudioOptions, EncodeHeader, ImageOptions, TensorHeader, VideoOptions
 from ferry.services.encoder.tensors import expected_bytes, image_batch, shape_only
 from ferry.services.encoder.video import check_audio_options, check_video_options
-from ferry.errors import InvalidArgument, ResourceExhausted
 
 IMAGE_FORMATS = {MediaFormat.PNG: "png", MediaFormat.JPEG: "jpeg", MediaFormat.WEBP: "webp", MediaFormat.GIF: "gif"}
 

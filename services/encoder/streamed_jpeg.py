@@ -20,7 +20,9 @@ Run = Callable[[Callable[[int, int], bytes], int, int], Awaitable[bytes]]
 
 
 class StreamedJpeg:
-    def __init__(self, arriving: ArrivingTensor, *, value_range: int, quality: int | None, run: Run, parts: int) -> None:
+    def __init__(
+        self, arriving: ArrivingTensor, *, value_range: int, quality: int | None, run: Run, parts: int
+    ) -> None:
         self.arriving = arriving
         self.height, self.width = arriving.shape[:2]
         channels = arriving.shape[2] if len(arriving.shape) == 3 else 1

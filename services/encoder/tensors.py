@@ -16,9 +16,9 @@ from math import prod
 
 import numpy as np
 
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.services.config import EncoderConfig
 from ferry.services.encoder.choices import ChannelOrder, DataType, ValueRange, choice
-from ferry.errors import InvalidArgument, ResourceExhausted
 
 ITEMSIZE: dict[int, int] = {
     DataType.UINT8: 1,

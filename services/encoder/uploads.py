@@ -15,9 +15,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ferry.errors import InvalidArgument
 from ferry.services.encoder.file_names import upload_name
 from ferry.services.encoder.incoming import IncomingFile
-from ferry.errors import InvalidArgument
 from ferry.services.storage.base import Storage, StoredObject, check_part_number
 from ferry.services.storage.media_types import check_content_type
 

@@ -22,17 +22,26 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ferry.errors import InvalidArgument
 from ferry.services.encoder.audio import check_sample_rate
 from ferry.services.encoder.choices import OddSizePolicy, VideoCodecPreference, choice
 from ferry.services.encoder.tensors import DEFAULT_MAX_PIXELS, IMAGE_CHANNELS, image_batch, to_uint8
-from ferry.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 
 CRF = 23  # libx264's own default; ≥ 35 dB PSNR on smooth content (tests/services/test_encode_video.py)
 PRESET = "medium"
 X264_PRESETS = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
 )
 # NVENC names its speed/quality steps p1 (fastest) … p7 (best); matched to x264's by intent.
 NVENC_PRESETS = dict(zip(X264_PRESETS, ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7", "p7"), strict=True))
@@ -196,7 +205,7 @@ class Mp4Writer:
             self._closed = True
             try:
                 self._container.close()
-            except Exception:  # noqa: BLE001 (the file is deleted next; whatever failed here does not matter)
+            except Exception:
                 logger.debug("closing an aborted mp4 failed", exc_info=True)
         self._path.unlink(missing_ok=True)
 
@@ -231,9 +240,7 @@ def check_audio_options(sample_rate: int | None, channels: int | None) -> bool:
     return True
 
 
-def _video_codec(
-    codec_preference: int, width: int, height: int, rate: Fraction, nvenc_options: dict[str, str]
-) -> str:
+def _video_codec(codec_preference: int, width: int, height: int, rate: Fraction, nvenc_options: dict[str, str]) -> str:
     # The contract lets UNSPECIFIED use the GPU as GPU_IF_AVAILABLE does; only CPU rules it out.
     if codec_preference == VideoCodecPreference.CPU:
         return "libx264"

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ferry.errors import InvalidArgument
 from ferry.services.encoder.audio import audio_samples
 from ferry.services.encoder.pipeline import Run
 from ferry.services.encoder.request import AudioChunk, Chunk
 from ferry.services.encoder.spec import EncodeSpec, VideoSpec
 from ferry.services.encoder.tensors import tensor_from_bytes
 from ferry.services.encoder.video import Mp4Writer, VideoInfo, video_frames
-from ferry.errors import InvalidArgument
 
 
 class SharedMp4Writer:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from ferry.errors import InvalidArgument
 from ferry.services.encoder.audio import AudioInfo, audio_samples, encode_wav
 from ferry.services.encoder.pipeline import Run
 from ferry.services.encoder.request import AudioChunk, Chunk
 from ferry.services.encoder.spec import EncodeSpec, WavSpec
 from ferry.services.encoder.tensors import ArrivingTensor
-from ferry.errors import InvalidArgument
 
 
 class WavPipeline:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ferry.file_names import is_safe_file_name
 from ferry.errors import InvalidArgument
+from ferry.file_names import is_safe_file_name
 from ferry.sizes import MIB
 
 # S3's rules, enforced by every backend so that a client which works against
@@ -68,7 +68,9 @@ class Storage(abc.ABC):
         """Store the finished file at `path` (left in place: the caller deletes it)."""
 
     @abc.abstractmethod
-    async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
+    async def put_bytes(
+        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None
+    ) -> StoredObject:
         """Store `data`, a file already in memory (an encoded output), hashing it on the way: one worker-thread trip."""
 
     @abc.abstractmethod

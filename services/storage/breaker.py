@@ -23,7 +23,9 @@ class Admission(Enum):
 
 
 class Breaker:
-    def __init__(self, failures_to_open: int, cool_down_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, failures_to_open: int, cool_down_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if failures_to_open < 1 or cool_down_seconds <= 0:
             raise ValueError("a breaker opens after at least one failure and stays open a positive time")
         self.failures_to_open = failures_to_open

@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from aiohttp import web
+
 from ferry.services.auth import cdn_auth_middleware
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.media_types import servable_content_type

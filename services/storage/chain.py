@@ -78,7 +78,10 @@ class StorageChain(Storage):
 
     async def _succeeded(self, index: int) -> None:
         if self.breakers[index].succeeded():
-            log.warning("storage %s: breaker closed, the backend answers again: writes go to it again", self.backends[index].name)
+            log.warning(
+                "storage %s: breaker closed, the backend answers again: writes go to it again",
+                self.backends[index].name,
+            )
             await self._tell(index, serving=True)
 
     async def _failed(self, index: int) -> None:
@@ -173,10 +176,14 @@ class StorageChain(Storage):
         )
         return stored
 
-    async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
+    async def put_bytes(
+        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None
+    ) -> StoredObject:
         _, stored = await self._first_taker(
             "store a file",
-            lambda backend: backend.put_bytes(data, file_name=file_name, content_type=content_type, expires_in=expires_in),
+            lambda backend: backend.put_bytes(
+                data, file_name=file_name, content_type=content_type, expires_in=expires_in
+            ),
         )
         return stored
 
@@ -200,7 +207,11 @@ class StorageChain(Storage):
         backend = self.backends[index]
         try:
             return await self._retried(
-                index, what, lambda owner: operation(owner, backend_upload_id), attempts=self._attempts, while_closed=False
+                index,
+                what,
+                lambda owner: operation(owner, backend_upload_id),
+                attempts=self._attempts,
+                while_closed=False,
             )
         except TransientStorageError as error:
             raise Unavailable(f"storage unavailable: {backend.name}: {error}", reason="STORAGE_UNAVAILABLE") from error

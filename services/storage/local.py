@@ -34,8 +34,8 @@ from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
 from ferry.atomic_files import CANNOT_LINK, atomic_write, fsync_folder
-from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.storage.base import (
     MIN_PART_SIZE,
     Clock,
@@ -263,7 +263,12 @@ class LocalStorage(Storage):
             # (modes do not stop root; the README says to treat inputs as read-only).
             os.chmod(folder / file_name, STORED_FILE_MODE)
             return self._commit_object(
-                object_id, file_name=file_name, content_type=content_type, size=size, sha256=sha256, expires_at=expires_at
+                object_id,
+                file_name=file_name,
+                content_type=content_type,
+                size=size,
+                sha256=sha256,
+                expires_at=expires_at,
             )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -283,7 +288,9 @@ class LocalStorage(Storage):
             )
         )
 
-    async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
+    async def put_bytes(
+        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None
+    ) -> StoredObject:
         check_file_name(file_name)
         expires_at = expiry(expires_in, self.clock())
         return await _on_disk(

@@ -55,9 +55,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+
+from ferry.errors import FerryError, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from ferry.file_names import is_safe_file_name
 from ferry.services.downloader.url_prefix import UrlPrefix
-from ferry.errors import FerryError, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from ferry.services.storage.base import (
     Clock,
     Storage,
@@ -290,7 +291,9 @@ class S3Storage(Storage):
 
         return await self._call("upload", upload)
 
-    async def put_bytes(self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None) -> StoredObject:
+    async def put_bytes(
+        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None
+    ) -> StoredObject:
         check_file_name(file_name)
         expires_at = expiry(expires_in, self.clock())
         key = self._new_key(file_name)
@@ -330,7 +333,11 @@ class S3Storage(Storage):
 
         def create() -> str:
             answer = self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata, ChecksumAlgorithm=PART_CHECKSUM
+                Bucket=self.bucket,
+                Key=key,
+                ContentType=content_type,
+                Metadata=metadata,
+                ChecksumAlgorithm=PART_CHECKSUM,
             )
             return str(answer["UploadId"])
 
@@ -614,7 +621,11 @@ class S3Storage(Storage):
         parts = urlsplit(url)
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         credentials = self._session.get_credentials()
-        if params.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256" or "X-Amz-Signature" not in params or credentials is None:
+        if (
+            params.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256"
+            or "X-Amz-Signature" not in params
+            or credentials is None
+        ):
             return False
         try:
             region = params["X-Amz-Credential"].split("/")[2]

@@ -180,7 +180,7 @@ def test_addresses_grpc_understands_are_not_usage_errors(address):
     assert result.stderr.startswith("ferry health: UNAVAILABLE: "), result.stderr
 
 
-BROKEN_APP = '''
+BROKEN_APP = """
 from typing import Annotated
 from pydantic import BaseModel
 from ferry.inference import App, Encode, endpoint
@@ -195,7 +195,7 @@ class Clip(BaseModel):
 class Broken(App):
     @endpoint("/")
     def run(self, input: Prompt) -> Clip: ...
-'''
+"""
 
 
 @pytest.mark.parametrize(
@@ -241,7 +241,10 @@ def test_two_apps_with_one_id_are_a_usage_error(tmp_path):
         (["--max-pixels", "0"], "--max-pixels must be at least 1, got 0"),
         (["--retries", "-1"], "--retries must be between 0 and 100, got -1"),
         (["--read-timeout-seconds", "0"], "--read-timeout-seconds must be above 0, got 0.0"),
-        (["--tls-cert", "/no/such/cert.pem", "--tls-key", "/no/such/key.pem"], "--tls-cert '/no/such/cert.pem': no such file"),
+        (
+            ["--tls-cert", "/no/such/cert.pem", "--tls-key", "/no/such/key.pem"],
+            "--tls-cert '/no/such/cert.pem': no such file",
+        ),
     ],
 )
 def test_serve_refuses_a_bad_flag_value_in_one_line_with_exit_2(flags, complaint, tmp_path):
@@ -255,7 +258,10 @@ def test_serve_refuses_a_bad_flag_value_in_one_line_with_exit_2(flags, complaint
     ("flags", "complaint"),
     [
         (["--host", "999.1.1.1"], "ferry serve: cannot listen on 999.1.1.1:0"),
-        (["--data-dir", "/proc/cannot/be/made"], "ferry serve: --data-dir '/proc/cannot/be/made': No such file or directory"),
+        (
+            ["--data-dir", "/proc/cannot/be/made"],
+            "ferry serve: --data-dir '/proc/cannot/be/made': No such file or directory",
+        ),
     ],
 )
 def test_serve_that_cannot_start_says_why_in_one_line_and_exits_1(flags, complaint, tmp_path):
@@ -272,7 +278,10 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(start_ferry, tmp_path):
     result = ferry_cli("serve", "downloader", "--grpc-port", taken, "--data-dir", str(tmp_path / "second"))
 
     assert result.returncode == 1
-    assert result.stderr.startswith(f"ferry serve: cannot listen on 127.0.0.1:{taken} for gRPC") and result.stderr.count("\n") == 1
+    assert (
+        result.stderr.startswith(f"ferry serve: cannot listen on 127.0.0.1:{taken} for gRPC")
+        and result.stderr.count("\n") == 1
+    )
 
 
 # -- ferry apps ---------------------------------------------------------------------------

@@ -196,7 +196,9 @@ def test_live_bar_on_a_terminal(stack, http_server):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("window", "columns_variable"), [(50, None), (200, "50")], ids=["a 50-column terminal", "COLUMNS=50"])
+@pytest.mark.parametrize(
+    ("window", "columns_variable"), [(50, None), (200, "50")], ids=["a 50-column terminal", "COLUMNS=50"]
+)
 def test_the_live_bar_fits_a_narrow_terminal_and_redraws_on_its_one_line(stack, http_server, window, columns_variable):
     name = "a-rather-long-file-name-for-a-narrow-terminal.bin"
     url = http_server.add_file(name, _body(MIB))

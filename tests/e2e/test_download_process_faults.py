@@ -55,7 +55,6 @@ def _trickle(body: bytes, piece: int = 64 * KIB, interval: float = 0.05) -> Call
     return handler
 
 
-
 def _parts(folder: Path) -> list[Path]:
     return sorted(folder.rglob(PART_GLOB)) if folder.exists() else []
 

@@ -97,7 +97,8 @@ class TestStreamedJpeg:
 
     def test_rows_streamed_in_decode_to_the_pixels_of_the_whole_image_path(self, stack):
         _, client = stack
-        image = np.ascontiguousarray(np.roll(smooth_image(1024, 768), 5, axis=0) ^ np.uint8(0x15))  # 2.25 MiB: chunks split rows
+        # 2.25 MiB: chunks split rows
+        image = np.ascontiguousarray(np.roll(smooth_image(1024, 768), 5, axis=0) ^ np.uint8(0x15))
         (streamed,) = client.encode_tensor(image, "jpeg")
         # CHW rows do not arrive whole, so the same pixels sent planar take the receive-then-encode path.
         (whole,) = client.encode_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)), "jpeg", channel_order="first")
@@ -173,7 +174,9 @@ class TestBadInput:
     """Each case: a clear INVALID_ARGUMENT (or RESOURCE_EXHAUSTED), nothing stored, the server still serving."""
 
     def raw_encode(self, client, header, chunks):
-        return client.encoder.Encode(iter([encoder_pb2.EncodeRequest(header=header), *[encoder_pb2.EncodeRequest(chunk=c) for c in chunks]]))
+        return client.encoder.Encode(
+            iter([encoder_pb2.EncodeRequest(header=header), *[encoder_pb2.EncodeRequest(chunk=c) for c in chunks]])
+        )
 
     @pytest.mark.parametrize(
         "dtype, shape, data",
@@ -308,6 +311,8 @@ class TestUploadsAndLifecycle:
         process, client = stack
         header = encoder_pb2.UploadHeader(file_name="x.bin", file_size=10)
         with pytest.raises(grpc.RpcError) as caught:
-            client.encoder.Upload(iter([encoder_pb2.UploadRequest(header=header), encoder_pb2.UploadRequest(chunk=b"abc")]))
+            client.encoder.Upload(
+                iter([encoder_pb2.UploadRequest(header=header), encoder_pb2.UploadRequest(chunk=b"abc")])
+            )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert stored_files(tmp_path / "data0") == []

@@ -82,7 +82,9 @@ def create_upload(client: ferry.Client, seconds: int | None, metadata: Metadata 
 
 
 def run(client: ferry.Client, seconds: int | None, metadata: Metadata = ()) -> Any:
-    request = inference_pb2.RunRequest(app_id="sample", path="/image", input_json='{"size": 8}', lifecycle=lifecycle(seconds))
+    request = inference_pb2.RunRequest(
+        app_id="sample", path="/image", input_json='{"size": 8}', lifecycle=lifecycle(seconds)
+    )
     return client.inference.Run(request, metadata=metadata)
 
 

@@ -53,7 +53,9 @@ def all_at_once(workers: list[Callable[[], None]], pid: int) -> float:
 
 @pytest.mark.timeout(300)
 def test_an_idle_server_gives_back_what_a_burst_of_load_made_it_keep(start_ferry, http_server: HttpFileServer) -> None:
-    urls = [http_server.add_file(f"source-{index}.bin", np.random.default_rng(index).bytes(32 * MIB)) for index in range(4)]
+    urls = [
+        http_server.add_file(f"source-{index}.bin", np.random.default_rng(index).bytes(32 * MIB)) for index in range(4)
+    ]
     stack = start_ferry("--app", APP, "--allow-private-networks")
     pid = stack.process.pid
     image = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
@@ -67,7 +69,11 @@ def test_an_idle_server_gives_back_what_a_burst_of_load_made_it_keep(start_ferry
         with stack.client() as client:
             for round_ in range(ROUNDS):
                 url = urls[(index + round_) % len(urls)]
-                list(client.downloader.Download(downloader_pb2.DownloadRequest(url=url, target_dir=f"d{index}", force=True)))
+                list(
+                    client.downloader.Download(
+                        downloader_pb2.DownloadRequest(url=url, target_dir=f"d{index}", force=True)
+                    )
+                )
 
     def encodes(index: int) -> None:
         with stack.client() as client:
@@ -83,6 +89,8 @@ def test_an_idle_server_gives_back_what_a_burst_of_load_made_it_keep(start_ferry
     workers = [partial(work, index) for work, count in counts for index in range(count)]
     peak = all_at_once(workers, pid)
 
-    assert peak > 1.5 * before, f"the load must make the server keep memory to test this ({before:.0f} -> {peak:.0f} MiB)"
+    assert peak > 1.5 * before, (
+        f"the load must make the server keep memory to test this ({before:.0f} -> {peak:.0f} MiB)"
+    )
     shrunk = f"the server to shrink from {peak:.0f} MiB back to 1.5 x {before:.0f} MiB"
     wait_for(lambda: resident_mib(pid) <= 1.5 * before, shrunk, timeout=30)

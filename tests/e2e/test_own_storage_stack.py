@@ -70,8 +70,14 @@ def test_an_app_takes_the_stacks_own_uploads_and_outputs_as_inputs(tmp_path_fact
         from_url = client.run("upscaler", {"image_url": uploaded.url, "scale": 2})
         chained = client.run("upscaler", {"image_url": from_url["image"]["url"], "scale": 2})  # output → input
     assert all(output["image"]["url"].startswith(stack.cdn_url) for output in (from_path, from_url, chained))
-    assert (ferry.Image.model_validate(from_path["image"]).width, ferry.Image.model_validate(from_url["image"]).height) == (12, 8)
-    assert (ferry.Image.model_validate(chained["image"]).width, ferry.Image.model_validate(chained["image"]).height) == (24, 16)
+    assert (
+        ferry.Image.model_validate(from_path["image"]).width,
+        ferry.Image.model_validate(from_url["image"]).height,
+    ) == (12, 8)
+    assert (
+        ferry.Image.model_validate(chained["image"]).width,
+        ferry.Image.model_validate(chained["image"]).height,
+    ) == (24, 16)
 
 
 def test_a_downloader_apart_from_the_encoder_fetches_the_configured_cdn_over_http(start_ferry, tmp_path):

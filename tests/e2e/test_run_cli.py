@@ -57,7 +57,13 @@ def _command(*args: str) -> list[str]:
 def ferry_run(stack: StackProcess | None, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     address = ("--address", stack.grpc_address) if stack else ()
     return subprocess.run(
-        _command(*args, *address), input=stdin, capture_output=True, text=True, timeout=60, env=_environment(), check=False
+        _command(*args, *address),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_environment(),
+        check=False,
     )
 
 
@@ -99,7 +105,9 @@ def test_queue_position_changes_are_shown_as_they_happen(stack, client):
     reader = threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True)
     reader.start()
     try:
-        wait_for(lambda: any(line.startswith("queued: position ") for line in list(lines)), "a queue position", timeout=60)
+        wait_for(
+            lambda: any(line.startswith("queued: position ") for line in list(lines)), "a queue position", timeout=60
+        )
         running = [handle for handle in ahead if handle.status().state == "IN_PROGRESS"]
         waiting = [handle for handle in ahead if handle not in running]
         assert len(running) == len(waiting) == 1, "one request runs, one waits: both are still ahead"
@@ -228,7 +236,9 @@ def test_the_live_progress_line_fits_a_narrow_terminal(stack):
     assert returncode == 0, screen
     shown = [part.replace(ERASE_TO_END, "") for line in screen.split("\n") for part in line.split("\r")]
     assert all(len(part) < 50 for part in shown), shown
-    assert any(part.startswith("progress [#") and part.endswith("#] 3/3 (100%)") for part in shown), "a shorter bar, the count kept"
+    assert any(part.startswith("progress [#") and part.endswith("#] 3/3 (100%)") for part in shown), (
+        "a shorter bar, the count kept"
+    )
 
 
 def test_ctrl_c_cancels_the_request_on_the_server_and_exits_130(stack, client):

@@ -53,14 +53,26 @@ def test_uploads_and_encodes_land_in_s3(start_ferry, s3_endpoint, bucket, tmp_pa
     with stack.client() as client:
         stored = client.upload_bytes(b"to the bucket", "text/plain", "note.txt")
         assert fetch(stored.url) == b"to the bucket"
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint, **_boto_credentials()).list_objects_v2(Bucket=bucket)["Contents"]]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_endpoint, **_boto_credentials()).list_objects_v2(Bucket=bucket)[
+            "Contents"
+        ]
+    ]
     assert len(keys) == 1 and keys[0].startswith("out/") and keys[0].endswith("/note.txt")
 
 
 def test_a_down_s3_endpoint_falls_back_to_local(start_ferry, tmp_path, dead_address):
     dead = f"http://{dead_address}"
     stack = start_ferry(
-        "--storage", "s3://nowhere/x", "--s3-endpoint-url", dead, "--storage", "local", "--storage-attempts", "2",
+        "--storage",
+        "s3://nowhere/x",
+        "--s3-endpoint-url",
+        dead,
+        "--storage",
+        "local",
+        "--storage-attempts",
+        "2",
         env=AWS_TEST_CREDENTIALS,
     )
     with stack.client() as client:
@@ -71,7 +83,9 @@ def test_a_down_s3_endpoint_falls_back_to_local(start_ferry, tmp_path, dead_addr
 
 def test_with_no_fallback_a_down_s3_is_unavailable(start_ferry, dead_address):
     dead = f"http://{dead_address}"
-    stack = start_ferry("--storage", "s3://nowhere/x", "--s3-endpoint-url", dead, "--storage-attempts", "2", env=AWS_TEST_CREDENTIALS)
+    stack = start_ferry(
+        "--storage", "s3://nowhere/x", "--s3-endpoint-url", dead, "--storage-attempts", "2", env=AWS_TEST_CREDENTIALS
+    )
     with stack.client() as client:
         with pytest.raises(ferry.FerryError) as caught:
             client.upload_bytes(b"lost?", "text/plain", "x.txt")
@@ -136,7 +150,9 @@ def test_a_multipart_upload_whose_client_vanished_is_swept(start_ferry, tmp_path
         wait_for(lambda: not any(uploads_dir(tmp_path / "data0").iterdir()), "the idle upload to be swept")
         with pytest.raises(grpc.RpcError) as caught:
             client.encoder.CompleteUpload(
-                encoder_pb2.CompleteUploadRequest(upload_id=upload_id, parts=[encoder_pb2.CompletedPart(part_number=1, etag=etag)])
+                encoder_pb2.CompleteUploadRequest(
+                    upload_id=upload_id, parts=[encoder_pb2.CompletedPart(part_number=1, etag=etag)]
+                )
             )
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 

@@ -53,19 +53,44 @@ def test_upload_cli_prints_the_url(ferry_serve, tmp_path):
     source = tmp_path / "photo.png"
     PILImage.new("RGB", (8, 8), "red").save(source)
     result = subprocess.run(
-        [sys.executable, "-m", "ferry.cli", "upload", str(source), "--expires-in", "60", "--address", ferry_serve.grpc_address],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "ferry.cli",
+            "upload",
+            str(source),
+            "--expires-in",
+            "60",
+            "--address",
+            ferry_serve.grpc_address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     (url,) = result.stdout.split()
     assert url.endswith("/photo.png")
-    assert ferry.File(url=url, content_type="image/png", file_name="photo.png", file_size=0).as_bytes() == source.read_bytes()
+    assert (
+        ferry.File(url=url, content_type="image/png", file_name="photo.png", file_size=0).as_bytes()
+        == source.read_bytes()
+    )
 
 
 def test_upload_cli_reports_errors(ferry_serve, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "ferry.cli", "upload", str(tmp_path / "missing.bin"), "--address", ferry_serve.grpc_address],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "ferry.cli",
+            "upload",
+            str(tmp_path / "missing.bin"),
+            "--address",
+            ferry_serve.grpc_address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and "no such file" in result.stderr
 

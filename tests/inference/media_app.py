@@ -73,7 +73,9 @@ class MediaApp(App):
     @endpoint("/inspect")
     def inspect(self, input: InspectInput, context: RequestContext) -> InspectOutput:
         files = context.input_files
-        paths = {name: [str(p) for p in (value if isinstance(value, list) else [value])] for name, value in files.items()}
+        paths = {
+            name: [str(p) for p in (value if isinstance(value, list) else [value])] for name, value in files.items()
+        }
         sizes = {name: [Path(p).stat().st_size for p in group] for name, group in paths.items()}
         reused = ferry.download_file(input.image_url) == files["image_url"]
         return InspectOutput(paths=paths, sizes=sizes, sdk_reuses_runner_copy=reused)

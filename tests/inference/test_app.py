@@ -71,7 +71,10 @@ class Upscaler(App):
         async for frame in inputs:
             yield FrameOut(index=frame.index)
 
-    @endpoint("/health", health_check=HealthCheck(start_period_seconds=5, timeout_seconds=2, failure_threshold=3, interval_seconds=10))
+    @endpoint(
+        "/health",
+        health_check=HealthCheck(start_period_seconds=5, timeout_seconds=2, failure_threshold=3, interval_seconds=10),
+    )
     def health(self, input: EmptyInput) -> HealthOutput:
         return HealthOutput(ok=True)
 
@@ -312,8 +315,13 @@ def test_plain_parameters_become_the_input_model_as_in_the_reference() -> None:
     assert spec.input_model.__name__ == "ProcessInput"
     assert spec.input_model.model_json_schema()["required"] == ["video_url"]
     parsed = spec.input_model.model_validate({"video_url": "https://example.com/v.mp4"})
-    context = RequestContext("r", on_progress=lambda *report: None, on_log=lambda *line: None, on_partial=lambda output: None)
-    assert spec.arguments(parsed, context) == ((), {"video_url": "https://example.com/v.mp4", "steps": 8, "context": context})
+    context = RequestContext(
+        "r", on_progress=lambda *report: None, on_log=lambda *line: None, on_partial=lambda output: None
+    )
+    assert spec.arguments(parsed, context) == (
+        (),
+        {"video_url": "https://example.com/v.mp4", "steps": 8, "context": context},
+    )
     assert describe(Reference).endpoints["/nothing"].keyword_fields == ()
 
 
@@ -403,7 +411,9 @@ def test_an_app_the_runner_cannot_construct_is_refused() -> None:
         describe(NeedsWeights)
 
 
-@pytest.mark.parametrize(("attribute", "value", "error"), [("max_concurrency", 0, ValueError), ("download_inputs", "yes", TypeError)])
+@pytest.mark.parametrize(
+    ("attribute", "value", "error"), [("max_concurrency", 0, ValueError), ("download_inputs", "yes", TypeError)]
+)
 def test_bad_settings_are_refused(attribute: str, value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match=attribute):
         describe(type("Misconfigured", (Upscaler,), {attribute: value}))
@@ -484,7 +494,9 @@ def test_load_app_says_what_is_wrong(spec: str, message: str, tmp_path: Path, is
         load_app(spec.format(file=app_file))
 
 
-def test_an_apps_own_missing_dependency_is_not_reported_as_a_missing_app(tmp_path: Path, isolated_imports: None) -> None:
+def test_an_apps_own_missing_dependency_is_not_reported_as_a_missing_app(
+    tmp_path: Path, isolated_imports: None
+) -> None:
     (tmp_path / "needs_dependency_app.py").write_text("import some_dependency_not_installed\n")
     sys.path.insert(0, str(tmp_path))
 

@@ -58,7 +58,9 @@ async def test_stream_yields_progress_then_completion(stack):
 async def test_subscribe_reports_queue_updates_and_cancels_past_its_timeout(stack):
     updates = []
     async with ferry.AsyncClient(stack.grpc_address) as client:
-        output = await client.subscribe("sample", {"steps": 2, "step_seconds": 0.01}, path="/slow", on_queue_update=updates.append)
+        output = await client.subscribe(
+            "sample", {"steps": 2, "step_seconds": 0.01}, path="/slow", on_queue_update=updates.append
+        )
         assert output == {"finished_steps": 2} and updates
         assert all(isinstance(update, (ferry.Queued, ferry.InProgress)) for update in updates)
         with pytest.raises(ferry.FerryError) as caught:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 import ferry
 from ferry import datauri
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.inference.app import describe
 from ferry.inference.apps import prompt_seed, to_pixels
 from ferry.inference.apps.text_to_audio import (
@@ -28,9 +29,8 @@ from ferry.inference.apps.text_to_audio import (
 )
 from ferry.inference.apps.text_to_image import TextToImage, TextToImageInput, generate_image, noise_schedule
 from ferry.inference.apps.text_to_video import TextToVideo, TextToVideoInput, generate_video
-from ferry.inference.apps.upscale import Upscaler, UpscaleInput, load_image, upscale_tensor
+from ferry.inference.apps.upscale import UpscaleInput, Upscaler, load_image, upscale_tensor
 from ferry.inference.context import RequestCancelled, RequestContext
-from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.testing import StackProcess
 
 
@@ -57,7 +57,12 @@ class StopAfter:
 
 def high_frequency_energy(image: torch.Tensor) -> float:
     """Mean distance of a C×H×W image from its 3×3 local mean: grain and sharp edges."""
-    return (image - F.avg_pool2d(image.unsqueeze(0), 3, stride=1, padding=1, count_include_pad=False)[0]).abs().mean().item()
+    return (
+        (image - F.avg_pool2d(image.unsqueeze(0), 3, stride=1, padding=1, count_include_pad=False)[0])
+        .abs()
+        .mean()
+        .item()
+    )
 
 
 # -- shared helpers -----------------------------------------------------------------------
@@ -210,7 +215,11 @@ def test_a_cancelled_image_stops_at_the_step_it_was_cancelled():
 
 def test_text_to_image_input_needs_only_a_prompt():
     assert TextToImageInput(prompt="a cat").model_dump() == {
-        "prompt": "a cat", "width": 512, "height": 512, "seed": None, "steps": 8,
+        "prompt": "a cat",
+        "width": 512,
+        "height": 512,
+        "seed": None,
+        "steps": 8,
     }
     for wrong in ({"prompt": ""}, {"steps": 0}, {"steps": 201}, {"seed": -1}, {"width": 4096}):
         with pytest.raises(ValidationError):

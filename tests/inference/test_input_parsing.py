@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from ferry.inference.input_parsing import MAX_INPUT_DEPTH, parse_input
 from ferry.errors import InvalidArgument
+from ferry.inference.input_parsing import MAX_INPUT_DEPTH, parse_input
 
 
 class Style(BaseModel):
@@ -47,7 +47,9 @@ def test_unknown_fields_of_nested_models_are_refused_with_their_path():
 
 def test_unknown_fields_and_invalid_values_are_reported_together():
     error = refusal(Prompt, '{"promt": "a cat"}')
-    assert "promt: unknown field (did you mean 'prompt'?)" in error.message and "prompt: Field required" in error.message
+    assert (
+        "promt: unknown field (did you mean 'prompt'?)" in error.message and "prompt: Field required" in error.message
+    )
 
 
 def test_aliases_and_field_names_are_both_known():

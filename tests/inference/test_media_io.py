@@ -128,7 +128,9 @@ def test_tensors_left_in_media_fields_are_encoded_by_the_runner(client):
 
     clip = ferry.Video.model_validate(output["clip"])
     assert (clip.fps, clip.frame_count) == (8, 4)
-    assert ferry.Image.model_validate(output["made_here"]).width == 32, "toolkit files built by the handler pass as they are"
+    assert ferry.Image.model_validate(output["made_here"]).width == 32, (
+        "toolkit files built by the handler pass as they are"
+    )
 
 
 def test_a_tensor_of_the_wrong_shape_for_its_output_is_internal_naming_the_field(client):

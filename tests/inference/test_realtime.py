@@ -31,7 +31,9 @@ def closed_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, closed_log: Path) -> Iterator[StackProcess]:
     data = tmp_path_factory.mktemp("realtime-data")
-    with StackProcess(["--data-dir", str(data), "--app", APP], env={"FERRY_TEST_REALTIME_LOG": str(closed_log)}) as stack:
+    with StackProcess(
+        ["--data-dir", str(data), "--app", APP], env={"FERRY_TEST_REALTIME_LOG": str(closed_log)}
+    ) as stack:
         yield stack
 
 
@@ -52,7 +54,9 @@ def wait_until_closed(log: Path, request_id: str, timeout: float = 5.0) -> str:
     raise AssertionError(f"the handler of session {request_id} never ran its finally")
 
 
-def raw_call(client: ferry.Client, messages: list[inference_pb2.RealtimeRequest]) -> list[inference_pb2.RealtimeResponse] | grpc.RpcError:
+def raw_call(
+    client: ferry.Client, messages: list[inference_pb2.RealtimeRequest]
+) -> list[inference_pb2.RealtimeResponse] | grpc.RpcError:
     """Send `messages` through the generated stub, half-close: every response, or how the call failed."""
     try:
         return list(client.inference.Realtime(iter(messages), timeout=10))
@@ -92,7 +96,10 @@ def test_inputs_may_be_models_and_outputs_may_be_dicts_validated_against_the_out
     with client.realtime("live", "/echo") as live:
         live.send(Text(text="one"))
         live.send({"text": "two"})
-        assert [live.recv(timeout=10), live.recv(timeout=10)] == [{"text": "one", "count": 1}, {"text": "two", "count": 2}]
+        assert [live.recv(timeout=10), live.recv(timeout=10)] == [
+            {"text": "one", "count": 1},
+            {"text": "two", "count": 2},
+        ]
 
 
 def test_half_closing_ends_the_handlers_input_iterator(client):
@@ -167,7 +174,11 @@ def test_a_call_must_open_first_and_name_a_hosted_realtime_endpoint(client):
         error = raw_call(client, messages)
         assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert ferry.FerryError.from_rpc_error(error).reason == "OPEN_FIRST"
-    refusals = (("nope", "/invert", "UNKNOWN_APP"), ("live", "/nope", "UNKNOWN_ENDPOINT"), ("live", "/plain", "UNKNOWN_ENDPOINT"))
+    refusals = (
+        ("nope", "/invert", "UNKNOWN_APP"),
+        ("live", "/nope", "UNKNOWN_ENDPOINT"),
+        ("live", "/plain", "UNKNOWN_ENDPOINT"),
+    )
     for app, path, reason in refusals:
         with pytest.raises(ferry.FerryError) as refused:
             client.realtime(app, path)  # refused when opening, before any input
@@ -265,7 +276,9 @@ def test_realtime_calls_do_not_take_a_queue_slot(client):
         busy.send({"text": "slow", "delay_seconds": 30})
         other.send({"values": [1]})
         assert other.recv(timeout=10)["index"] == 0
-        response = client.inference.Run(inference_pb2.RunRequest(app_id="live", path="/plain", input_json='{"text": "q"}'), timeout=10)
+        response = client.inference.Run(
+            inference_pb2.RunRequest(app_id="live", path="/plain", input_json='{"text": "q"}'), timeout=10
+        )
         assert response.output_json == '{"text":"q","count":1}'
 
 
@@ -290,7 +303,9 @@ async def test_the_async_twin_sends_receives_rejects_and_iterates(stack):
         with pytest.raises(TimeoutError):
             await live.recv(timeout=0.2)
         await live.send({"values": [1]})
-        assert await live.recv(timeout=10) == {"values": [-1.0], "index": 0}, "a timed-out recv does not lose the next output"
+        assert await live.recv(timeout=10) == {"values": [-1.0], "index": 0}, (
+            "a timed-out recv does not lose the next output"
+        )
         await live.send({"values": "x"})
         with pytest.raises(ferry.FerryError) as rejected:
             await live.recv(timeout=10)
@@ -319,5 +334,6 @@ async def test_the_async_twin_refuses_at_open_reports_failures_and_cancels(stack
         with pytest.raises(ferry.FerryError) as cancelled:
             await live.recv()
         assert cancelled.value.code == grpc.StatusCode.CANCELLED
-        closed = await asyncio.to_thread(wait_until_closed, closed_log, live.request_id)  # the loop must run to send the cancel
+        # the loop must run to send the cancel
+        closed = await asyncio.to_thread(wait_until_closed, closed_log, live.request_id)
         assert closed.endswith("cancelled=True")

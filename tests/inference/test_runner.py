@@ -168,7 +168,9 @@ class BoardApp(App):
         }
         scope = current_scope()
         self.board.note(f"returned {job.name}")
-        return Done(name=job.name, inputs=inputs, scope_urls=sorted(scope.downloaded), scope_expires_in=scope.expires_in)
+        return Done(
+            name=job.name, inputs=inputs, scope_urls=sorted(scope.downloaded), scope_expires_in=scope.expires_in
+        )
 
 
 class OneSlot(BoardApp):
@@ -235,14 +237,18 @@ async def start(board: Board, services: FakeServices) -> AsyncIterator[Start]:
     board.release_all()
     for runner in runners:
         await runner.stop()
-        tasks = [task for record in runner.records.values() for task in (record.task, record.prefetch) if task is not None]
+        tasks = [
+            task for record in runner.records.values() for task in (record.task, record.prefetch) if task is not None
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     threads.shutdown(wait=True)
 
 
-def submit(runner: AppRunner, name: str, path: str = "/", expires_in: int | None = None, **fields: Any) -> RequestRecord:
+def submit(
+    runner: AppRunner, name: str, path: str = "/", expires_in: int | None = None, **fields: Any
+) -> RequestRecord:
     return runner.submit(path, json.dumps({"name": name, **fields}), expires_in)
 
 
@@ -312,7 +318,9 @@ async def test_with_one_slot_requests_run_one_at_a_time_in_the_order_they_were_s
     board.release("first")
     await finished(*records)
 
-    assert timeline == [entry for name in ("first", "second", "third", "fourth") for entry in (f"handler {name}", f"returned {name}")]
+    assert timeline == [
+        entry for name in ("first", "second", "third", "fourth") for entry in (f"handler {name}", f"returned {name}")
+    ]
     assert [output(record)["name"] for record in records] == ["first", "second", "third", "fourth"]
 
 
@@ -334,7 +342,9 @@ async def test_a_waiting_request_knows_its_place_and_hears_each_move_up(start: S
     assert last.kinds() == ["queued", "queued", "queued", "in_progress", "completed"]
 
 
-async def test_no_more_handlers_run_at_once_than_max_concurrency(start: Start, board: Board, timeline: list[str]) -> None:
+async def test_no_more_handlers_run_at_once_than_max_concurrency(
+    start: Start, board: Board, timeline: list[str]
+) -> None:
     runner = await start(TwoSlots)
     board.hold("a", "b", "c", "d")
     records = [submit(runner, name) for name in "abcd"]
@@ -556,7 +566,9 @@ async def test_a_refused_input_fails_the_request_with_the_downloaders_status_bef
     start: Start, services: FakeServices, timeline: list[str]
 ) -> None:
     runner = await start(OneSlot)
-    blocked = services.client.refuse("http://10.0.0.1/secret.png", PermissionDenied("blocked address", reason="ADDRESS_BLOCKED"))
+    blocked = services.client.refuse(
+        "http://10.0.0.1/secret.png", PermissionDenied("blocked address", reason="ADDRESS_BLOCKED")
+    )
     slow = services.client.serve(f"{SOURCE}/slow.png", b"pixels")
     services.client.hold(slow)
 
@@ -693,7 +705,15 @@ async def test_a_listener_hears_where_the_request_stands_its_progress_logs_and_p
     await listener.to_the_end()
 
     heard = listener.heard
-    assert listener.kinds() == ["queued", "in_progress", "in_progress", "in_progress", "partial_output", "in_progress", "completed"]
+    assert listener.kinds() == [
+        "queued",
+        "in_progress",
+        "in_progress",
+        "in_progress",
+        "partial_output",
+        "in_progress",
+        "completed",
+    ]
     assert (heard[2].in_progress.progress.current, heard[2].in_progress.progress.total) == (1, 2)
     assert heard[2].in_progress.progress.message == "half"
     assert [(line.level, line.message) for line in heard[3].in_progress.logs] == [("INFO", "halfway")]

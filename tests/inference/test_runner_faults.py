@@ -99,7 +99,9 @@ def test_a_failing_health_check_flips_only_that_app_to_not_serving_until_it_reco
         wait_for(lambda: client.health(name) == "NOT_SERVING", "the probe to fail twice in a row")
         assert client.health("ferry.v1.InferenceService/media") == "SERVING"
         assert client.health("") == "SERVING", "one sick app does not take the server down"
-        assert client.run("probed", {"steps": 4}) == {"steps": 4}, "requests still reach it: health is for the orchestrator"
+        assert client.run("probed", {"steps": 4}) == {"steps": 4}, (
+            "requests still reach it: health is for the orchestrator"
+        )
     finally:
         os.unlink(unhealthy_flag)
     wait_for(lambda: client.health(name) == "SERVING", "the next good probe")

@@ -55,7 +55,7 @@ class TreeInput(BaseModel):
 class GalleryOutput(BaseModel):
     cover: Image
     images: list[Image]
-    clip: Optional[Video] = None
+    clip: Video | None = None
     soundtrack: Audio | None = None
     archive: CompressedFile
     report: File
@@ -197,7 +197,9 @@ def test_output_schemas_describe_files_as_they_travel() -> None:
     cover = output_schema(GalleryOutput)["properties"]["cover"]
 
     assert cover["required"] == ["url"]
-    assert {"url", "content_type", "file_name", "file_size", "width", "height"} <= set(cover["properties"]), "flat, as the reference"
+    assert {"url", "content_type", "file_name", "file_size", "width", "height"} <= set(cover["properties"]), (
+        "flat, as the reference"
+    )
 
 
 def test_output_schemas_carry_no_input_hints() -> None:
@@ -242,7 +244,7 @@ def test_media_input_fields_are_the_url_fields_the_runner_downloads() -> None:
         prompt: str
         image_url: str
         reference_urls: list[str] = []
-        audio_url: Optional[str] = None
+        audio_url: str | None = None
         photo: str = Field(json_schema_extra=ui("image"))
         not_downloaded_url: str = Field(json_schema_extra=ui("text"))
         count_url: int = 0

@@ -15,7 +15,9 @@ HERE = Path(__file__).parent
 
 
 def media_services(data: Path, port: str = "0") -> StackProcess:
-    return StackProcess(["downloader", "encoder", "--data-dir", str(data), "--allow-hosts", "127.0.0.1/32", "--grpc-port", port])
+    return StackProcess(
+        ["downloader", "encoder", "--data-dir", str(data), "--allow-hosts", "127.0.0.1/32", "--grpc-port", port]
+    )
 
 
 def test_encoder_and_downloader_down_is_unavailable_then_recovers_when_they_return(tmp_path, http_server):
@@ -25,8 +27,16 @@ def test_encoder_and_downloader_down_is_unavailable_then_recovers_when_they_retu
     port = services.grpc_address.rsplit(":", 1)[1]
     apps = ["--app", f"{HERE / 'media_app.py'}:MediaApp", "--app", f"{HERE / 'sample_app.py'}:SampleApp"]
     runner = StackProcess(
-        ["inference", "--data-dir", str(tmp_path / "runner"), "--downloader", services.grpc_address,
-         "--encoder", services.grpc_address, *apps]
+        [
+            "inference",
+            "--data-dir",
+            str(tmp_path / "runner"),
+            "--downloader",
+            services.grpc_address,
+            "--encoder",
+            services.grpc_address,
+            *apps,
+        ]
     ).start()
     try:
         with runner.client() as client:
@@ -39,7 +49,9 @@ def test_encoder_and_downloader_down_is_unavailable_then_recovers_when_they_retu
                 with pytest.raises(ferry.FerryError) as caught:
                     client.run(app, arguments, path=path)
                 assert caught.value.code == grpc.StatusCode.UNAVAILABLE, f"{path} while its service is down"
-            assert client.run("sample", {"text": "still here"}) == {"text": "still here"}, "work that needs neither goes on"
+            assert client.run("sample", {"text": "still here"}) == {"text": "still here"}, (
+                "work that needs neither goes on"
+            )
 
             services = media_services(tmp_path / "media", port).start()
 

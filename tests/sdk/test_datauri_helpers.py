@@ -21,7 +21,9 @@ def split(uri: str) -> tuple[str, bytes]:
 def gradient(mode: str = "RGB", size: tuple[int, int] = (48, 32)) -> Image.Image:
     width, height = size
     y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height), np.full_like(x, 200)], -1)
+    pixels = np.stack(
+        [x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height), np.full_like(x, 200)], -1
+    )
     return Image.fromarray(pixels.astype(np.uint8), "RGBA").convert(mode)
 
 
@@ -91,7 +93,9 @@ def test_images_jpeg_cannot_hold_are_flattened_to_rgb(mode):
     assert decoded.format == "JPEG" and decoded.mode == "RGB"
 
 
-@pytest.mark.parametrize(("format", "content_type"), [("webp", "image/webp"), ("gif", "image/gif"), ("PNG", "image/png")])
+@pytest.mark.parametrize(
+    ("format", "content_type"), [("webp", "image/webp"), ("gif", "image/gif"), ("PNG", "image/png")]
+)
 def test_other_formats_carry_their_own_content_type(format, content_type):
     uri = datauri.encode_image(gradient(), format)
     assert split(uri)[0] == content_type

@@ -32,7 +32,9 @@ def inputs(tmp_path) -> Path:
     return tmp_path / "caller" / "inputs"
 
 
-def test_an_absolute_target_dir_is_a_folder_of_the_callers_and_the_file_is_linked_there(client, http_server, inputs, data_dir):
+def test_an_absolute_target_dir_is_a_folder_of_the_callers_and_the_file_is_linked_there(
+    client, http_server, inputs, data_dir
+):
     url = http_server.add_file("photo.png", BODY)
 
     path = client.download_file(url, target_dir=inputs)
@@ -97,7 +99,9 @@ def test_filesize_limit_refuses_and_leaves_nothing_in_the_callers_folder(client,
 def test_concurrent_callers_share_one_transfer(client, http_server, inputs):
     url = http_server.add_file("popular.bin", BODY)
     paths: list[Path] = []
-    threads = [threading.Thread(target=lambda: paths.append(client.download_file(url, target_dir=inputs))) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: paths.append(client.download_file(url, target_dir=inputs))) for _ in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -122,7 +126,9 @@ def test_across_filesystems_the_file_is_copied_instead(client, http_server, inpu
     assert leftovers(inputs) == []
 
 
-def test_without_the_data_dir_the_file_is_streamed_and_a_repeat_reads_nothing(grpc_addr, grpc_server, http_server, inputs, data_dir):
+def test_without_the_data_dir_the_file_is_streamed_and_a_repeat_reads_nothing(
+    grpc_addr, grpc_server, http_server, inputs, data_dir
+):
     url = http_server.add_file("remote.bin", BODY)
     with ferry.Client(grpc_addr, shared_data_dir=False) as remote:
         path = remote.download_file(url, target_dir=inputs)
@@ -158,7 +164,9 @@ async def test_the_async_twin_places_files_the_same_way(grpc_addr, grpc_server, 
     assert len(http_server.gets("/async.bin")) == 1
 
 
-async def test_the_async_twin_streams_into_the_callers_folder_without_the_data_dir(grpc_addr, grpc_server, http_server, inputs):
+async def test_the_async_twin_streams_into_the_callers_folder_without_the_data_dir(
+    grpc_addr, grpc_server, http_server, inputs
+):
     url = http_server.add_file("async-remote.bin", BODY)
     async with ferry.AsyncClient(grpc_addr, shared_data_dir=False) as client:
         path = await client.download_file(url, target_dir=inputs)

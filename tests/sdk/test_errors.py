@@ -40,13 +40,21 @@ def test_every_error_is_a_ferry_error_that_says_its_code():
     error = errors.Unavailable("storage is down", reason="STORAGE_UNAVAILABLE")
     assert isinstance(error, ferry.FerryError)
     assert str(error) == "UNAVAILABLE: storage is down"
-    assert (error.code, error.reason, error.message) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE", "storage is down")
+    assert (error.code, error.reason, error.message) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "STORAGE_UNAVAILABLE",
+        "storage is down",
+    )
     assert errors.NotFound("x").reason == "NOT_FOUND", "a class's own reason when none is given"
 
 
 @pytest.mark.parametrize(
     ("code", "kind"),
-    [(grpc.StatusCode.NOT_FOUND, errors.NotFound), (grpc.StatusCode.CANCELLED, errors.Cancelled), (grpc.StatusCode.INTERNAL, errors.Internal)],
+    [
+        (grpc.StatusCode.NOT_FOUND, errors.NotFound),
+        (grpc.StatusCode.CANCELLED, errors.Cancelled),
+        (grpc.StatusCode.INTERNAL, errors.Internal),
+    ],
 )
 def test_of_builds_the_class_a_code_names(code, kind):
     error = ferry.FerryError.of(code, "message", "REASON")

@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_regenerating_the_stubs_changes_nothing(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-protos"), str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen-protos"), str(tmp_path)], check=True, capture_output=True
+    )
     committed = ROOT / "sdk" / "v1"
     generated = sorted(p.name for p in tmp_path.iterdir())
     assert generated == sorted(p.name for p in committed.iterdir() if p.is_file() and p.suffix in (".py", ".pyi"))

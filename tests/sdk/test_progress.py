@@ -21,7 +21,9 @@ LONG = "a-rather-long-file-name-for-a-narrow-terminal.bin"
 @given(
     label=st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=120),
     fraction=st.one_of(st.none(), st.floats(-1, 2)),
-    fields=st.lists(st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), min_size=1, max_size=30), max_size=4),
+    fields=st.lists(
+        st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), min_size=1, max_size=30), max_size=4
+    ),
     columns=st.integers(2, 300),
 )
 def test_the_line_never_reaches_the_last_column(label, fraction, fields, columns):
@@ -29,7 +31,10 @@ def test_the_line_never_reaches_the_last_column(label, fraction, fields, columns
 
 
 def test_a_wide_terminal_shows_everything_with_a_30_cell_bar():
-    assert bar_line("clip.bin", 0.5, [AMOUNT, SPEED, ETA], 120) == f"clip.bin [{'#' * 15}{'-' * 15}] {AMOUNT} {SPEED} {ETA}"
+    assert (
+        bar_line("clip.bin", 0.5, [AMOUNT, SPEED, ETA], 120)
+        == f"clip.bin [{'#' * 15}{'-' * 15}] {AMOUNT} {SPEED} {ETA}"
+    )
 
 
 def test_the_bar_shrinks_first_then_fields_drop_from_the_last():

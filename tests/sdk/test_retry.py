@@ -62,7 +62,9 @@ def no_connect_budget(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_live_server_answering_unavailable_is_retried_past_the_connect_budget(background_loop, no_connect_budget):
     servicer = UnavailableAtFirst(failures=3)
     with serving(background_loop, servicer) as address, grpc.insecure_channel(address) as channel:
-        response = call_with_retries([health_pb2_grpc.HealthStub(channel)], lambda stub: stub.Check(CHECK), idempotent=True)
+        response = call_with_retries(
+            [health_pb2_grpc.HealthStub(channel)], lambda stub: stub.Check(CHECK), idempotent=True
+        )
     assert response.status == health_pb2.HealthCheckResponse.SERVING
     assert servicer.calls == 4
 

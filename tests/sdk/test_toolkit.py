@@ -44,9 +44,13 @@ MESSAGES = {
     "plain": stored_file(),
     "image": stored_file(image=common_pb2.ImageInfo(width=640, height=480)),
     "video": stored_file(
-        video=common_pb2.VideoInfo(width=1280, height=720, fps=23.976, frame_count=240, duration_seconds=10.01, has_audio=True)
+        video=common_pb2.VideoInfo(
+            width=1280, height=720, fps=23.976, frame_count=240, duration_seconds=10.01, has_audio=True
+        )
     ),
-    "audio": stored_file(audio=common_pb2.AudioInfo(sample_rate=48_000, channels=2, duration_seconds=1.5, sample_count=72_000)),
+    "audio": stored_file(
+        audio=common_pb2.AudioInfo(sample_rate=48_000, channels=2, duration_seconds=1.5, sample_count=72_000)
+    ),
 }
 TYPES = {"plain": File, "image": Image, "video": Video, "audio": Audio}
 
@@ -103,8 +107,17 @@ def test_the_references_documented_json_validates():
     image = ferry.Image.model_validate(reference)
     assert (image.width, image.height, image.file_size) == (1024, 1024, 1024)
     assert image.model_dump(mode="json") == reference
-    assert ferry.File.model_validate({"url": "https://example.com/file.bin", "content_type": "application/octet-stream",
-                                      "file_name": "file.bin", "file_size": 1024}).file_name == "file.bin"
+    assert (
+        ferry.File.model_validate(
+            {
+                "url": "https://example.com/file.bin",
+                "content_type": "application/octet-stream",
+                "file_name": "file.bin",
+                "file_size": 1024,
+            }
+        ).file_name
+        == "file.bin"
+    )
 
 
 def test_video_and_audio_details_sit_beside_the_url():
@@ -118,7 +131,12 @@ def test_video_and_audio_details_sit_beside_the_url():
         "has_audio": True,
     }
     audio = json.loads(Audio.from_proto(MESSAGES["audio"]).model_dump_json())
-    assert (audio["sample_rate"], audio["channels"], audio["duration_seconds"], audio["sample_count"]) == (48_000, 2, 1.5, 72_000)
+    assert (audio["sample_rate"], audio["channels"], audio["duration_seconds"], audio["sample_count"]) == (
+        48_000,
+        2,
+        1.5,
+        72_000,
+    )
     assert "video" not in video and "audio" not in audio
 
 
@@ -148,7 +166,12 @@ def test_a_file_without_media_info_is_an_image_of_unknown_size():
 def test_unset_fields_are_left_out_as_in_proto_json():
     file = File(url="https://cdn.example/a.txt")
     assert file.sha256 is None and file.expires_at is None
-    assert file.model_dump(mode="json") == {"url": "https://cdn.example/a.txt", "content_type": "", "file_name": "", "file_size": 0}
+    assert file.model_dump(mode="json") == {
+        "url": "https://cdn.example/a.txt",
+        "content_type": "",
+        "file_name": "",
+        "file_size": 0,
+    }
     assert not file.to_proto().HasField("expires_at")
 
 
@@ -162,8 +185,16 @@ def test_a_naive_expiry_means_utc():
 def test_the_json_schema_describes_the_flat_json(mode):
     properties = Audio.model_json_schema(mode=mode)["properties"]
     assert set(properties) == {
-        "url", "content_type", "file_name", "file_size", "sha256", "expires_at",
-        "sample_rate", "channels", "duration_seconds", "sample_count",
+        "url",
+        "content_type",
+        "file_name",
+        "file_size",
+        "sha256",
+        "expires_at",
+        "sample_rate",
+        "channels",
+        "duration_seconds",
+        "sample_count",
     }
 
 
@@ -172,7 +203,9 @@ def test_the_json_schema_describes_the_flat_json(mode):
 
 def test_as_bytes_fetches_the_url(http_server):
     data = bytes(range(256)) * 5000
-    file = File(url=http_server.add_file("blob.bin", data), file_size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    file = File(
+        url=http_server.add_file("blob.bin", data), file_size=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
     assert file.as_bytes() == data
 
 
@@ -347,7 +380,10 @@ def test_glob_matches_under_the_archive_root(http_server, temp_root):
     with CompressedFile(url=http_server.add_file("nested.zip", NESTED)) as archive:
         root = archive.extract()
         assert [p.relative_to(root).as_posix() for p in archive.glob("*.txt")] == ["readme.txt"]
-        assert [p.relative_to(root).as_posix() for p in archive.glob("**/*.png")] == ["images/a.png", "images/deeper/b.png"]
+        assert [p.relative_to(root).as_posix() for p in archive.glob("**/*.png")] == [
+            "images/a.png",
+            "images/deeper/b.png",
+        ]
         assert archive.glob("images") == []  # files only, like iteration
         for outside in ("../**/*", "/etc/*"):
             with pytest.raises(ValueError, match="inside the archive"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+
 from ferry.services.storage.base import StoredObject
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
@@ -141,7 +142,9 @@ async def test_an_expiring_file_is_cached_privately_no_longer_than_it_lives(cdn:
     assert directive == "private" and 590 <= int(max_age.removeprefix("max-age=")) <= 600
 
 
-async def test_an_expired_file_is_not_found_before_and_after_the_sweep(cdn: Cdn, tmp_path: Path, clock: TurnedClock) -> None:
+async def test_an_expired_file_is_not_found_before_and_after_the_sweep(
+    cdn: Cdn, tmp_path: Path, clock: TurnedClock
+) -> None:
     stored = await cdn.put(tmp_path, expires_in=1)
     clock.turn(1)
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.services.downloader.datauri import (
     DataUri,
     decoded_size_bound,
@@ -18,7 +19,6 @@ from ferry.services.downloader.datauri import (
     parse_data_uri,
     write_decoded,
 )
-from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.sizes import MIB
 
 block_sizes = st.integers(1, 16).map(lambda quads: 4 * quads)

@@ -125,7 +125,9 @@ class TestCache:
         url = http_server.add_file("model.safetensors", BODY)
         request = dict(url=url, kind=downloader_pb2.DOWNLOAD_KIND_MODEL_WEIGHTS)
         first = completed(events(grpc_stub, **request))
-        expected = data_dir / ".ferry" / "model_weights" / hashlib.sha256(url.encode()).hexdigest() / "model.safetensors"
+        expected = (
+            data_dir / ".ferry" / "model_weights" / hashlib.sha256(url.encode()).hexdigest() / "model.safetensors"
+        )
         assert Path(first.path) == expected and expected.read_bytes() == BODY
         requests_before = len(http_server.requests)
         again = completed(events(grpc_stub, **request))
@@ -149,7 +151,12 @@ class TestDataUris:
 
     @pytest.mark.parametrize(
         "uri",
-        ["data:text/plain;base64,@@@@", "data:text/plain;base64SGVsbG8=", "data:text/plain;base64,SGVsb G8=", "data:,%zz"],
+        [
+            "data:text/plain;base64,@@@@",
+            "data:text/plain;base64SGVsbG8=",
+            "data:text/plain;base64,SGVsb G8=",
+            "data:,%zz",
+        ],
         ids=["bad-base64", "missing-comma", "whitespace", "bad-escape"],
     )
     def test_malformed_data_uris_are_invalid_arguments(self, grpc_stub, data_dir, uri):
@@ -166,7 +173,9 @@ class TestDataUris:
 
 
 class TestTargetsAndNames:
-    @pytest.mark.parametrize("target", ["../../etc", "/etc", "in/../../..", ".ferry/records", "files/AAAAAAAAAAAAAAAAAAAAAA"])
+    @pytest.mark.parametrize(
+        "target", ["../../etc", "/etc", "in/../../..", ".ferry/records", "files/AAAAAAAAAAAAAAAAAAAAAA"]
+    )
     def test_targets_outside_the_data_roots_are_refused(self, grpc_stub, http_server, target):
         url = http_server.add_file("f.txt", b"x")
         code, _ = status_of(grpc_stub, url=url, target_dir=target)
@@ -254,7 +263,11 @@ class TestHeadersAndRedirects:
 class TestFaults:
     @pytest.mark.parametrize(
         "status, code",
-        [(404, grpc.StatusCode.NOT_FOUND), (403, grpc.StatusCode.PERMISSION_DENIED), (500, grpc.StatusCode.UNAVAILABLE)],
+        [
+            (404, grpc.StatusCode.NOT_FOUND),
+            (403, grpc.StatusCode.PERMISSION_DENIED),
+            (500, grpc.StatusCode.UNAVAILABLE),
+        ],
     )
     def test_source_statuses_map_to_grpc_codes(self, grpc_stub, http_server, data_dir, status, code):
         async def answer(_request):
@@ -309,7 +322,9 @@ class TestFaults:
             await response.write(BODY)
             return response
 
-        done = completed(events(grpc_stub, url=http_server.route("/restart.bin", cut_once_no_ranges), target_dir="restart"))
+        done = completed(
+            events(grpc_stub, url=http_server.route("/restart.bin", cut_once_no_ranges), target_dir="restart")
+        )
         assert Path(done.path).read_bytes() == BODY, "the partial first attempt was discarded, not appended to"
         assert len(attempts) == 2 and "Range" not in attempts[1]
 
@@ -327,7 +342,9 @@ class TestFaults:
         assert list((data_dir / "short").iterdir()) == [] and leftovers(data_dir) == []
 
     def test_a_body_longer_than_declared_is_a_malformed_response(self, grpc_stub, background_loop, data_dir):
-        server = RawHttpServer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789EXTRA-BYTES-THE-SERVER-LIED-ABOUT")
+        server = RawHttpServer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789EXTRA-BYTES-THE-SERVER-LIED-ABOUT"
+        )
         background_loop.run(server.start())
         try:
             code, details = status_of(grpc_stub, url=f"{server.url}/long.bin", target_dir="long")
@@ -438,7 +455,9 @@ class TestSdk:
         assert seen and seen[-1].bytes_done == len(BODY) and seen[-1].total_bytes == len(BODY)
         assert seen[-1].file_name == "sdk.bin"
 
-    def test_a_client_without_the_data_dir_fetches_through_read(self, grpc_addr, grpc_server, http_server, tmp_path, data_dir):
+    def test_a_client_without_the_data_dir_fetches_through_read(
+        self, grpc_addr, grpc_server, http_server, tmp_path, data_dir
+    ):
         url = http_server.add_file("remote.bin", BODY)
         with ferry.Client(grpc_addr, shared_data_dir=False) as remote:
             path = remote.download_file(url, target_dir=tmp_path / "local")

@@ -18,7 +18,7 @@ import grpc
 from aiohttp import web
 
 from ferry.services.config import DownloaderConfig
-from ferry.services.downloader.engine import DownloadJob, Downloader
+from ferry.services.downloader.engine import Downloader, DownloadJob
 from ferry.services.downloader.locks import LockFiles, path_lock_key
 from ferry.services.downloader.records import flight_key
 from ferry.v1 import downloader_pb2
@@ -123,7 +123,9 @@ def test_a_readers_lock_file_goes_when_the_read_ends(grpc_stub, http_server, dat
 # -- swept when stale -----------------------------------------------------------------------
 
 
-def test_the_sweep_removes_the_record_and_lock_of_a_file_deleted_behind_its_back(grpc_stub, http_server, data_dir, downloader):
+def test_the_sweep_removes_the_record_and_lock_of_a_file_deleted_behind_its_back(
+    grpc_stub, http_server, data_dir, downloader
+):
     url = http_server.add_file("deleted.bin", b"deleted soon")
     path = download(grpc_stub, url, "deleted")
     key = flight_key(path.parent, url)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from ferry.errors import InvalidArgument
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import Downloader
 from ferry.services.downloader.locks import path_lock_key
 from ferry.services.downloader.reads import ReadHeader
-from ferry.errors import InvalidArgument
 from ferry.sizes import MESSAGE_BYTES
 
 BODY = os.urandom(2 * MESSAGE_BYTES + 123)

@@ -14,12 +14,10 @@ import pytest
 from aiohttp import web
 
 import ferry
-from ferry.services.config import DownloaderConfig
+from ferry.services.config import DownloaderConfig, StorageConfig
 from ferry.services.downloader.engine import Downloader
-from ferry.services.config import StorageConfig
 from tests.harness import HttpFileServer
-from tests.services.downloader_fixtures import events
-from tests.services.downloader_fixtures import grpc_add_to_server, grpc_servicer, grpc_stub_cls  # noqa: F401 (fixtures serving `downloader`)
+from tests.services.downloader_fixtures import events, grpc_add_to_server, grpc_servicer, grpc_stub_cls  # noqa: F401 (fixtures serving `downloader`)
 
 CONFIG = DownloaderConfig(allow_hosts="localhost", retries=0)
 
@@ -61,7 +59,8 @@ def test_a_url_under_the_configured_cdn_is_fetched_over_http_past_the_guard(grpc
 
 
 @pytest.mark.parametrize(
-    "path", ["/private/secret.txt", "/cdn/../private/secret.txt", "/cdn/%2e%2e/private/secret.txt", "/cdnx/lookalike.txt"]
+    "path",
+    ["/private/secret.txt", "/cdn/../private/secret.txt", "/cdn/%2e%2e/private/secret.txt", "/cdnx/lookalike.txt"],
 )
 def test_another_path_on_the_cdns_origin_meets_the_guard(grpc_stub, cdn, path):
     error = refusal(grpc_stub, url=cdn.base_url + path, target_dir="outside")

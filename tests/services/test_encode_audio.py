@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 
+from ferry.errors import InvalidArgument
 from ferry.services.encoder.audio import AudioInfo, audio_samples, encode_wav
 from ferry.services.encoder.tensors import tensor_from_bytes
-from ferry.errors import InvalidArgument
 from ferry.v1 import common_pb2, encoder_pb2
 
 UNSPECIFIED = encoder_pb2.CHANNEL_ORDER_UNSPECIFIED

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageSequence
 
+from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.services.encoder.images import EncodedImage, encode_images
 from ferry.services.encoder.tensors import (
     ITEMSIZE,
@@ -22,7 +23,6 @@ from ferry.services.encoder.tensors import (
     to_image_pixels,
     to_uint8,
 )
-from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.v1 import common_pb2, encoder_pb2
 
 LAST = encoder_pb2.CHANNEL_ORDER_LAST

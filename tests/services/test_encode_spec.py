@@ -10,6 +10,7 @@ from enum import IntEnum
 import numpy as np
 import pytest
 
+from ferry.errors import FerryError, InvalidArgument, ResourceExhausted
 from ferry.services.encoder import choices
 from ferry.services.encoder.audio import audio_samples
 from ferry.services.encoder.choices import ChannelOrder, DataType, MediaFormat, OddSizePolicy, VideoCodecPreference
@@ -22,18 +23,17 @@ from ferry.services.encoder.request import (
     VideoOptions,
 )
 from ferry.services.encoder.spec import EncodeLimits, EncodeSpec, ImageSpec, VideoSpec, WavSpec
-from ferry.errors import FerryError, InvalidArgument, ResourceExhausted
 from ferry.v1 import common_pb2, encoder_pb2
 
 LIMITS = EncodeLimits(max_bytes=1 << 20, max_pixels=10_000)
 UINT8, FLOAT32 = DataType.UINT8, DataType.FLOAT32
 
 
-def header(shape: tuple[int, ...], media: MediaFormat, options=None, *, dtype: int = UINT8, **fields) -> EncodeHeader:  # noqa: ANN001
+def header(shape: tuple[int, ...], media: MediaFormat, options=None, *, dtype: int = UINT8, **fields) -> EncodeHeader:
     return EncodeHeader(TensorHeader(dtype, shape), media, options=options, **fields)
 
 
-def video(shape: tuple[int, ...] = (4, 6, 8, 3), **options) -> EncodeHeader:  # noqa: ANN003
+def video(shape: tuple[int, ...] = (4, 6, 8, 3), **options) -> EncodeHeader:
     return header(shape, MediaFormat.MP4, VideoOptions(**{"fps": 10.0, **options}))
 
 

@@ -12,8 +12,8 @@ import av
 import numpy as np
 import pytest
 
-from ferry.services.encoder.video import Mp4Writer, VideoInfo, video_frames
 from ferry.errors import InvalidArgument
+from ferry.services.encoder.video import Mp4Writer, VideoInfo, video_frames
 from ferry.v1 import encoder_pb2
 
 FIRST = encoder_pb2.CHANNEL_ORDER_FIRST

@@ -17,12 +17,12 @@ import av
 import numpy as np
 import pytest
 
+from ferry.errors import InvalidArgument
 from ferry.services.encoder.choices import DataType, MediaFormat
 from ferry.services.encoder.request import AudioChunk, EncodeHeader, TensorChunk, TensorHeader, VideoOptions
 from ferry.services.encoder.spec import EncodeLimits, EncodeSpec, VideoSpec
 from ferry.services.encoder.video import Mp4Writer
 from ferry.services.encoder.video_pipeline import SharedMp4Writer, VideoPipeline
-from ferry.errors import InvalidArgument
 
 FRAMES = np.stack([np.roll(np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3), 3 * i, axis=1) for i in range(6)])
 FRAME_BYTES = FRAMES[0].nbytes

@@ -7,8 +7,8 @@ import grpc
 import pytest
 import yarl
 
-from ferry.services.downloader.guard import AddressBlocked, NetworkGuard, SchemeRefused, blocked_reason
 from ferry.errors import InvalidArgument
+from ferry.services.downloader.guard import AddressBlocked, NetworkGuard, SchemeRefused, blocked_reason
 
 GUARD = NetworkGuard()
 
@@ -55,7 +55,9 @@ def test_address_hosts_outside_the_public_internet_are_refused(url, address, why
 )
 def test_other_spellings_of_an_address_are_refused_under_the_address_they_denote(host):
     # yarl keeps these hosts as written; inet_aton (and so the OS) reads them as 127.0.0.1.
-    with pytest.raises(AddressBlocked, match=r"^PERMISSION_DENIED: refusing 127\.0\.0\.1 \(loopback\) for host '[^']+';"):
+    with pytest.raises(
+        AddressBlocked, match=r"^PERMISSION_DENIED: refusing 127\.0\.0\.1 \(loopback\) for host '[^']+';"
+    ):
         GUARD.check_url(f"http://{host}/")
 
 
@@ -116,13 +118,16 @@ def test_check_url_accepts_a_parsed_url():
     assert GUARD.check_url(url) is url
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1/", "http://10.0.0.1/", "http://[::ffff:127.0.0.1]/", "http://[fc00::1]/"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1/", "http://10.0.0.1/", "http://[::ffff:127.0.0.1]/", "http://[fc00::1]/"]
+)
 def test_allowing_private_networks_opens_loopback_and_private_ranges(url):
     NetworkGuard(allow_private_networks=True).check_url(url)
 
 
 @pytest.mark.parametrize(
-    ("url", "why"), [("http://224.0.0.1/", "multicast"), ("http://0.0.0.0/", "unspecified"), ("http://[::]/", "unspecified")]
+    ("url", "why"),
+    [("http://224.0.0.1/", "multicast"), ("http://0.0.0.0/", "unspecified"), ("http://[::]/", "unspecified")],
 )
 def test_allowing_private_networks_still_refuses_multicast_and_unspecified(url, why):
     with pytest.raises(AddressBlocked, match=f"\\({why}\\)"):
@@ -146,7 +151,9 @@ def test_an_allowed_host_name_may_resolve_anywhere_and_other_names_may_not():
 
     guard.check_address("minio.internal", "10.0.0.5")
     guard.check_address("minio.internal.", "127.0.0.1")
-    with pytest.raises(AddressBlocked, match=r"^PERMISSION_DENIED: refusing 10\.0\.0\.5 \(private\) for host 'other\.internal';"):
+    with pytest.raises(
+        AddressBlocked, match=r"^PERMISSION_DENIED: refusing 10\.0\.0\.5 \(private\) for host 'other\.internal';"
+    ):
         guard.check_address("other.internal", "10.0.0.5")
 
 
@@ -225,7 +232,9 @@ def test_blocked_reason_with_private_allowed_still_names_what_stays_closed():
 
 
 async def test_the_resolver_refuses_a_name_that_resolves_to_loopback():
-    with pytest.raises(AddressBlocked, match=r"^PERMISSION_DENIED: refusing (127\.0\.0\.1|::1) \(loopback\) for host 'localhost';"):
+    with pytest.raises(
+        AddressBlocked, match=r"^PERMISSION_DENIED: refusing (127\.0\.0\.1|::1) \(loopback\) for host 'localhost';"
+    ):
         await GUARD.resolver().resolve("localhost", 80)
 
 

@@ -147,16 +147,18 @@ def grpc_servicer():
 
 
 def test_a_raised_ferry_error_is_its_status_with_its_reason(grpc_server, grpc_addr):
-    with grpc.insecure_channel(grpc_addr) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            raw(channel, "unary_unary", "/test.Raising/Lookup")(b"", timeout=10)
+    with grpc.insecure_channel(grpc_addr) as channel, pytest.raises(grpc.RpcError) as caught:
+        raw(channel, "unary_unary", "/test.Raising/Lookup")(b"", timeout=10)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND and caught.value.details() == "no such thing"
     assert reason_of(caught.value) == "NO_SUCH_THING"
 
 
 @pytest.mark.parametrize(("kind", "method"), [("unary_unary", "Crash"), ("unary_stream", "CrashStreaming")])
 def test_a_bug_is_internal_logged_and_its_details_stay_on_the_server(grpc_server, grpc_addr, caplog, kind, method):
-    with caplog.at_level(logging.ERROR, logger="ferry.services.interceptors"), grpc.insecure_channel(grpc_addr) as channel:
+    with (
+        caplog.at_level(logging.ERROR, logger="ferry.services.interceptors"),
+        grpc.insecure_channel(grpc_addr) as channel,
+    ):
         call = raw(channel, kind, f"/test.Raising/{method}")
         with pytest.raises(grpc.RpcError) as caught:
             answer = call(b"", timeout=10)
@@ -182,7 +184,9 @@ def test_each_service_answers_a_bad_request_with_its_status_and_reason(stack, ch
         ),
         "Upload with a content type that is no media type": (
             lambda: encoder.Upload(
-                iter([encoder_pb2.UploadRequest(header=encoder_pb2.UploadHeader(file_name="a.txt", content_type="text"))]),
+                iter(
+                    [encoder_pb2.UploadRequest(header=encoder_pb2.UploadHeader(file_name="a.txt", content_type="text"))]
+                ),
                 timeout=10,
             ),
             grpc.StatusCode.INVALID_ARGUMENT,

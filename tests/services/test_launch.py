@@ -21,7 +21,10 @@ def two_stacks(tmp_path, background_loop):
     stacks = []
     for name in ("a", "b"):
         server = ServerConfig(grpc_port=0, cdn_port=0, data_dir=tmp_path / name, drain_seconds=1)
-        stack = Stack(StackConfig(server=server, inference=InferenceConfig(app=(SAMPLE_APP,))), ["downloader", "encoder", "inference"])
+        stack = Stack(
+            StackConfig(server=server, inference=InferenceConfig(app=(SAMPLE_APP,))),
+            ["downloader", "encoder", "inference"],
+        )
         background_loop.run(stack.start(), timeout=60)
         stacks.append(stack)
     yield stacks
@@ -39,7 +42,14 @@ def test_two_stacks_in_one_process_each_serve_their_own_apps_and_storage(two_sta
     assert two_stacks[0].cdn_url != two_stacks[1].cdn_url
 
 
-ENVIRONMENT_CALLS = ("os.environ.update", "os.environ.setdefault", "os.environ.pop", "os.environ.clear", "os.putenv", "os.unsetenv")
+ENVIRONMENT_CALLS = (
+    "os.environ.update",
+    "os.environ.setdefault",
+    "os.environ.pop",
+    "os.environ.clear",
+    "os.putenv",
+    "os.unsetenv",
+)
 
 
 def environment_writes(tree: ast.AST) -> list[int]:

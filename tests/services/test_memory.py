@@ -14,7 +14,13 @@ from tests.harness import wait_for
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_glibc_is_told_to_keep_freed_memory(monkeypatch):
-    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES"):
+    for name in (
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TOP_PAD_",
+        "MALLOC_ARENA_MAX",
+        "GLIBC_TUNABLES",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert keep_freed_memory() is True
 

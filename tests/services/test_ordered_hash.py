@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from ferry.services.storage.ordered_hash import READ_BLOCK, OrderedSha256
 
 

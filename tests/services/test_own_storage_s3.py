@@ -17,8 +17,8 @@ from typing import Any
 
 import boto3
 import grpc
-from botocore.config import Config
 import pytest
+from botocore.config import Config
 
 import ferry
 from ferry.services.config import DownloaderConfig
@@ -27,8 +27,7 @@ from ferry.services.downloader.own_storage import OwnStorage
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.s3 import S3Storage
 from tests.conftest import AWS_TEST_CREDENTIALS
-from tests.services.downloader_fixtures import events, leftovers
-from tests.services.downloader_fixtures import grpc_add_to_server, grpc_servicer, grpc_stub_cls  # noqa: F401 (fixtures serving `downloader`)
+from tests.services.downloader_fixtures import events, grpc_add_to_server, grpc_servicer, grpc_stub_cls, leftovers  # noqa: F401 (fixtures serving `downloader`)
 
 CONFIG = DownloaderConfig(retries=0)
 
@@ -135,12 +134,16 @@ def test_filesize_limit_holds_for_bucket_objects(grpc_stub, signed, background_l
 def test_a_presigned_url_for_another_bucket_meets_the_guard(grpc_stub, s3):
     other = new_bucket(s3)
     s3.put_object(Bucket=other, Key="out/AAAAAAAAAAAAAAAAAAAAAA/clip.mp4", Body=b"not ours")
-    url = s3.generate_presigned_url("get_object", Params={"Bucket": other, "Key": "out/AAAAAAAAAAAAAAAAAAAAAA/clip.mp4"})
+    url = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": other, "Key": "out/AAAAAAAAAAAAAAAAAAAAAA/clip.mp4"}
+    )
     error = refusal(grpc_stub, url=url)
     assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADDRESS_BLOCKED")
 
 
-@pytest.mark.parametrize("key", ["secrets/AAAAAAAAAAAAAAAAAAAAAA/key.pem", "out/not-an-object-id/clip.mp4", "out/clip.mp4"])
+@pytest.mark.parametrize(
+    "key", ["secrets/AAAAAAAAAAAAAAAAAAAAAA/key.pem", "out/not-an-object-id/clip.mp4", "out/clip.mp4"]
+)
 def test_a_url_of_the_bucket_outside_the_storages_prefix_and_layout_meets_the_guard(grpc_stub, s3, signed, key):
     s3.put_object(Bucket=signed.bucket, Key=key, Body=b"someone else's")
     url = s3.generate_presigned_url("get_object", Params={"Bucket": signed.bucket, "Key": key})  # same credentials

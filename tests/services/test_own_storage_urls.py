@@ -22,13 +22,12 @@ from aiohttp import web
 
 import ferry
 from ferry.services.config import DownloaderConfig
-from ferry.services.downloader.engine import DownloadJob, Downloader
+from ferry.services.downloader.engine import Downloader, DownloadJob
 from ferry.services.downloader.own_storage import OwnStorage
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
-from tests.services.downloader_fixtures import events, leftovers
-from tests.services.downloader_fixtures import grpc_add_to_server, grpc_servicer, grpc_stub_cls  # noqa: F401 (fixtures serving `downloader`)
+from tests.services.downloader_fixtures import events, grpc_add_to_server, grpc_servicer, grpc_stub_cls, leftovers  # noqa: F401 (fixtures serving `downloader`)
 
 CONFIG = DownloaderConfig(allow_hosts="localhost", retries=0)
 

@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from moto.server import ThreadedMotoServer
 
 import ferry
-from ferry.services.config import ServerConfig, StackConfig, StorageConfig
 from ferry.errors import InvalidArgument, Unavailable
+from ferry.services.config import ServerConfig, StackConfig, StorageConfig
 from ferry.services.launch import Stack
 from ferry.services.storage.base import MIN_PART_SIZE, Storage, StoredObject
 from ferry.services.storage.breaker import Admission, Breaker
@@ -157,7 +157,9 @@ def moto() -> Iterator[RestartableMoto]:
     server.stop()
 
 
-def chain_of(*backends: Storage, attempts: int = 10, failures_to_open: int = 3, cool_down: float = NEVER) -> StorageChain:
+def chain_of(
+    *backends: Storage, attempts: int = 10, failures_to_open: int = 3, cool_down: float = NEVER
+) -> StorageChain:
     return StorageChain(
         backends,
         attempts=attempts,
@@ -347,7 +349,10 @@ def test_health_reports_an_open_backend_while_the_server_keeps_serving(
 
 
 def test_an_unknown_health_name_is_still_not_found(stack_with_a_dead_s3: Stack) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{stack_with_a_dead_s3.grpc_port}") as channel, pytest.raises(grpc.RpcError) as caught:
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{stack_with_a_dead_s3.grpc_port}") as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
         request = health_pb2.HealthCheckRequest(service="ferry.v1.EncoderService/storage/s3://elsewhere/x")
         health_pb2_grpc.HealthStub(channel).Check(request)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND

@@ -24,10 +24,10 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from ferry.errors import InvalidArgument, Unavailable
-from ferry.services.storage.base import MIN_PART_SIZE, Storage
-from ferry.services.storage.chain import StorageChain
 from ferry.services.config import StorageConfig
 from ferry.services.storage.assembly import build_storage
+from ferry.services.storage.base import MIN_PART_SIZE, Storage
+from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
 from ferry.services.storage.sweeper import run_sweeper
@@ -119,7 +119,9 @@ async def test_bytes_in_memory_fall_back_the_same_way(down: RawHttpServer, local
     assert await fetch(stored.url) == DATA
 
 
-async def test_with_no_backend_left_storage_is_unavailable(down: RawHttpServer, tmp_path: Path, dead_address: str) -> None:
+async def test_with_no_backend_left_storage_is_unavailable(
+    down: RawHttpServer, tmp_path: Path, dead_address: str
+) -> None:
     with pytest.raises(Unavailable) as unavailable:
         await put(chain_of(s3_at(down.url), s3_at(f"http://{dead_address}", "spare")), tmp_path, DATA)
 

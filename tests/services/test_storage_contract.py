@@ -52,7 +52,9 @@ class Subject:
 
 def local_keys(local: LocalStorage) -> list[str]:
     """Object folders and metadata sidecars alike: a half-deleted object still shows."""
-    return sorted({folder.name for folder in local.root.iterdir()} | {sidecar.stem for sidecar in local.objects.glob("*.json")})
+    return sorted(
+        {folder.name for folder in local.root.iterdir()} | {sidecar.stem for sidecar in local.objects.glob("*.json")}
+    )
 
 
 def local_uploads(local: LocalStorage) -> list[str]:
@@ -69,7 +71,9 @@ def s3_uploads(s3: Any, bucket: str) -> list[str]:
 
 @asynccontextmanager
 async def local_subject(tmp_path: Path, clock: TurnedClock) -> AsyncIterator[tuple[LocalStorage, Subject]]:
-    async with served_local_storage(tmp_path / "data" / "files", multipart_max_age_seconds=MAX_AGE, clock=clock) as local:
+    async with served_local_storage(
+        tmp_path / "data" / "files", multipart_max_age_seconds=MAX_AGE, clock=clock
+    ) as local:
         yield local, Subject(local, "local", lambda: local_keys(local), lambda: local_uploads(local))
 
 
@@ -111,7 +115,9 @@ async def subject(
     else:
         endpoint = request.getfixturevalue("s3_endpoint")
         async with s3_subject(endpoint, tmp_path, clock) as (_, s3), local_subject(tmp_path, clock) as (_, local):
-            chain = StorageChain((s3.storage, local.storage), attempts=3, backoff_seconds=0.001, max_backoff_seconds=0.01)
+            chain = StorageChain(
+                (s3.storage, local.storage), attempts=3, backoff_seconds=0.001, max_backoff_seconds=0.01
+            )
             yield Subject(
                 chain,
                 s3.backend,  # the first backend takes every write while it answers
@@ -121,7 +127,9 @@ async def subject(
 
 
 async def new_upload(storage: Storage, expires_in: int | None = None) -> str:
-    return await storage.create_multipart(file_name="a.bin", content_type="application/octet-stream", expires_in=expires_in)
+    return await storage.create_multipart(
+        file_name="a.bin", content_type="application/octet-stream", expires_in=expires_in
+    )
 
 
 def part_bytes(seed: int, size: int = MIN_PART_SIZE) -> bytes:
@@ -150,7 +158,9 @@ async def fetch(url: str) -> tuple[int, bytes, str | None]:
 # -- storing a file ---------------------------------------------------------------
 
 
-async def test_a_stored_file_is_served_at_its_url_with_its_name_type_size_and_hash(subject: Subject, tmp_path: Path) -> None:
+async def test_a_stored_file_is_served_at_its_url_with_its_name_type_size_and_hash(
+    subject: Subject, tmp_path: Path
+) -> None:
     stored = await put(subject.storage, tmp_path, b"\x89PNG pixels", file_name="cat photo.png")
 
     assert (stored.file_name, stored.content_type, stored.size) == ("cat photo.png", "image/png", 11)
@@ -163,7 +173,9 @@ async def test_a_stored_file_is_served_at_its_url_with_its_name_type_size_and_ha
 
 
 async def test_bytes_in_memory_are_stored_and_hashed_by_the_storage(subject: Subject, clock: TurnedClock) -> None:
-    stored = await subject.storage.put_bytes(b"\xff\xd8 jpeg", file_name="out.jpg", content_type="image/jpeg", expires_in=60)
+    stored = await subject.storage.put_bytes(
+        b"\xff\xd8 jpeg", file_name="out.jpg", content_type="image/jpeg", expires_in=60
+    )
 
     assert (stored.size, stored.sha256) == (7, hashlib.sha256(b"\xff\xd8 jpeg").hexdigest())
     assert stored.expires_at == clock() + timedelta(seconds=60)
@@ -206,7 +218,9 @@ async def test_an_expiring_object_says_when(subject: Subject, tmp_path: Path, cl
     assert stored.expires_at == clock() + timedelta(seconds=3600)
 
 
-async def test_a_multipart_lifetime_counts_from_completion(subject: Subject, tmp_path: Path, clock: TurnedClock) -> None:
+async def test_a_multipart_lifetime_counts_from_completion(
+    subject: Subject, tmp_path: Path, clock: TurnedClock
+) -> None:
     upload_id = await new_upload(subject.storage, expires_in=60)
     etag = await send_part(subject.storage, tmp_path, upload_id, 1, b"only part")
     # S3 counts it from its own completion time (LastModified), in whole seconds.
@@ -284,7 +298,9 @@ async def test_abort_leaves_nothing_and_may_be_repeated(subject: Subject, tmp_pa
     assert subject.open_uploads() == [] and subject.stored_keys() == []
 
 
-async def test_aborting_a_completed_upload_is_not_an_error_and_keeps_its_object(subject: Subject, tmp_path: Path) -> None:
+async def test_aborting_a_completed_upload_is_not_an_error_and_keeps_its_object(
+    subject: Subject, tmp_path: Path
+) -> None:
     upload_id = await new_upload(subject.storage)
     etag = await send_part(subject.storage, tmp_path, upload_id, 1, b"whole")
     stored = await subject.storage.complete_multipart(upload_id, [(1, etag)])
@@ -316,7 +332,9 @@ async def test_upload_ids_never_issued_are_not_found(subject: Subject, tmp_path:
     for upload_id in NEVER_ISSUED:
         unknown = await refusal(send_part(subject.storage, tmp_path, upload_id, 1, b"x"), f"a part for {upload_id!r}")
         assert (type(unknown), unknown.reason) == (NotFound, "UNKNOWN_UPLOAD"), upload_id
-        unknown = await refusal(subject.storage.complete_multipart(upload_id, [(1, "0" * 32)]), f"completing {upload_id!r}")
+        unknown = await refusal(
+            subject.storage.complete_multipart(upload_id, [(1, "0" * 32)]), f"completing {upload_id!r}"
+        )
         assert (type(unknown), unknown.reason) == (NotFound, "UNKNOWN_UPLOAD"), upload_id
         await subject.storage.abort_multipart(upload_id)  # not an error: there is nothing to abort
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
 from ferry.errors import NotFound, ResourceExhausted
 from ferry.services.storage.local import ID_PATTERN, LocalStorage
 from tests.services.storage_fixtures import TurnedClock, put, send_part, served_local_storage
@@ -32,7 +33,9 @@ def clock() -> TurnedClock:
 @pytest.fixture
 async def storage(tmp_path: Path, clock: TurnedClock) -> AsyncIterator[LocalStorage]:
     """Local storage under tmp_path/data on `clock`, served by a real CDN on a free loopback port."""
-    async with served_local_storage(tmp_path / "data" / "files", multipart_max_age_seconds=MAX_AGE, clock=clock) as local:
+    async with served_local_storage(
+        tmp_path / "data" / "files", multipart_max_age_seconds=MAX_AGE, clock=clock
+    ) as local:
         yield local
 
 
@@ -45,7 +48,9 @@ def object_folders(storage: LocalStorage) -> list[Path]:
     return list(storage.root.iterdir())
 
 
-async def test_a_stored_files_url_is_the_cdns_files_path_with_its_name_quoted(storage: LocalStorage, tmp_path: Path) -> None:
+async def test_a_stored_files_url_is_the_cdns_files_path_with_its_name_quoted(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
     stored = await put(storage, tmp_path, b"\x89PNG pixels", file_name="cat photo.png")
 
     assert stored.url.endswith(f"/files/{stored.key}/cat%20photo.png")
@@ -85,9 +90,13 @@ async def test_stored_files_are_read_only_since_published_bytes_never_change(
     if how == "put_file":
         stored = await put(storage, tmp_path, b"frames")
     elif how == "put_bytes":
-        stored = await storage.put_bytes(b"frames", file_name="a.bin", content_type="application/octet-stream", expires_in=None)
+        stored = await storage.put_bytes(
+            b"frames", file_name="a.bin", content_type="application/octet-stream", expires_in=None
+        )
     else:
-        upload_id = await storage.create_multipart(file_name="a.bin", content_type="application/octet-stream", expires_in=None)
+        upload_id = await storage.create_multipart(
+            file_name="a.bin", content_type="application/octet-stream", expires_in=None
+        )
         etag = await send_part(storage, tmp_path, upload_id, 1, b"frames")
         stored = await storage.complete_multipart(upload_id, [(1, etag)])
 
@@ -170,10 +179,14 @@ async def test_a_completed_upload_cannot_be_completed_again(storage: LocalStorag
 
 
 @pytest.mark.parametrize("ended_by", ["abort", "sweep"])
-async def test_a_part_sent_after_its_upload_ended_is_not_found(storage: LocalStorage, tmp_path: Path, ended_by: str) -> None:
+async def test_a_part_sent_after_its_upload_ended_is_not_found(
+    storage: LocalStorage, tmp_path: Path, ended_by: str
+) -> None:
     # Every backend should answer so (S3 says NoSuchUpload), but moto's S3 server fails the part with a 500,
     # so the contract suite holds local storage alone to it.
-    upload_id = await storage.create_multipart(file_name="a.bin", content_type="application/octet-stream", expires_in=None)
+    upload_id = await storage.create_multipart(
+        file_name="a.bin", content_type="application/octet-stream", expires_in=None
+    )
     await send_part(storage, tmp_path, upload_id, 1, b"x")
     if ended_by == "abort":
         await storage.abort_multipart(upload_id)

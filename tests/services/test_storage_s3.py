@@ -21,10 +21,11 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
 import pytest
+
 from ferry.errors import InvalidArgument, Unavailable
-from ferry.services.storage.base import MIN_PART_SIZE, TransientStorageError
 from ferry.services.config import StorageConfig
 from ferry.services.storage.assembly import build_storage
+from ferry.services.storage.base import MIN_PART_SIZE, TransientStorageError
 from ferry.services.storage.s3 import SINGLE_PUT_BYTES, S3Storage
 from tests.services.storage_fixtures import a_file, put, send_part
 
@@ -232,9 +233,7 @@ async def test_a_part_re_sent_after_it_was_hashed_falls_back_to_reading_the_whol
     assert held_files(holding) == []
 
 
-async def test_a_completion_of_fewer_parts_than_were_hashed_reads_the_whole(
-    storage: S3Storage, tmp_path: Path
-) -> None:
+async def test_a_completion_of_fewer_parts_than_were_hashed_reads_the_whole(storage: S3Storage, tmp_path: Path) -> None:
     parts = three_parts()
     reads = count_object_reads(storage)
     upload_id = await new_upload(storage)
@@ -383,7 +382,9 @@ async def test_a_fresh_upload_survives_a_sweep_even_when_the_store_misreports_it
     storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
     # moto reports every upload as initiated in 2010; the sweep must still see it as fresh.
-    upload_id = await storage.create_multipart(file_name="fresh.bin", content_type="application/octet-stream", expires_in=None)
+    upload_id = await storage.create_multipart(
+        file_name="fresh.bin", content_type="application/octet-stream", expires_in=None
+    )
     assert await storage.sweep(datetime.now(UTC)) == 0
     assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
     await storage.abort_multipart(upload_id)
@@ -394,7 +395,9 @@ async def test_every_part_carries_a_crc32_that_s3_checks_and_the_whole_keeps(
 ) -> None:
     parts = three_parts()
     upload_id = await new_upload(storage)
-    etags = [(number, await send_part(storage, tmp_path, upload_id, number, data)) for number, data in enumerate(parts, 1)]
+    etags = [
+        (number, await send_part(storage, tmp_path, upload_id, number, data)) for number, data in enumerate(parts, 1)
+    ]
     for (_, token), data in zip(etags, parts, strict=True):
         # S3 answers with the checksum it verified; it rides to completion inside the opaque etag.
         assert token.endswith("|" + base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode())

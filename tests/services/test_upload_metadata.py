@@ -58,7 +58,9 @@ class Served:
 @pytest.fixture(scope="module")
 def served(background_loop: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("metadata") / "data"
-    stack = Stack(StackConfig(server=ServerConfig(grpc_port=0, cdn_port=0, data_dir=data_dir, drain_seconds=1)), ["encoder"])
+    stack = Stack(
+        StackConfig(server=ServerConfig(grpc_port=0, cdn_port=0, data_dir=data_dir, drain_seconds=1)), ["encoder"]
+    )
     background_loop.run(stack.start())
     yield Served(stack, data_dir)
     background_loop.run(stack.stop())
@@ -70,12 +72,16 @@ def client(served: Served) -> Iterator[ferry.Client]:
         yield client
 
 
-def upload(client: ferry.Client, data: bytes, *, content_type: str = "", file_name: str = "") -> encoder_pb2.UploadResponse:
+def upload(
+    client: ferry.Client, data: bytes, *, content_type: str = "", file_name: str = ""
+) -> encoder_pb2.UploadResponse:
     header = encoder_pb2.UploadHeader(file_name=file_name, content_type=content_type, file_size=len(data))
-    return client.encoder.Upload(iter([encoder_pb2.UploadRequest(header=header), encoder_pb2.UploadRequest(chunk=data)]))
+    return client.encoder.Upload(
+        iter([encoder_pb2.UploadRequest(header=header), encoder_pb2.UploadRequest(chunk=data)])
+    )
 
 
-def refusal(call) -> ferry.FerryError:  # noqa: ANN001 (a zero-argument callable)
+def refusal(call) -> ferry.FerryError:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return ferry.FerryError.from_rpc_error(caught.value)
@@ -121,7 +127,8 @@ def test_a_multipart_upload_with_such_a_content_type_is_never_created(
 
 
 @pytest.mark.parametrize(
-    "content_type", ["image/png", "text/plain; charset=utf-8", 'multipart/mixed; boundary="a b;c"', "application/vnd.api+json"]
+    "content_type",
+    ["image/png", "text/plain; charset=utf-8", 'multipart/mixed; boundary="a b;c"', "application/vnd.api+json"],
 )
 def test_media_types_with_parameters_are_stored_and_served_as_given(
     background_loop: BackgroundLoop, client: ferry.Client, content_type: str
@@ -134,7 +141,9 @@ def test_media_types_with_parameters_are_stored_and_served_as_given(
     assert stored.content_type == headers["Content-Type"] == content_type
 
 
-def test_without_a_content_type_one_is_guessed_from_the_name(background_loop: BackgroundLoop, client: ferry.Client) -> None:
+def test_without_a_content_type_one_is_guessed_from_the_name(
+    background_loop: BackgroundLoop, client: ferry.Client
+) -> None:
     stored = upload(client, b"x,y\n", file_name="table.csv").file
 
     assert stored.content_type == "text/csv"
@@ -237,4 +246,3 @@ def test_the_server_keeps_serving_after_hostile_metadata(client: ferry.Client) -
     for content_type in HOSTILE_CONTENT_TYPES.values():
         refusal(lambda content_type=content_type: upload(client, b"x", content_type=content_type))
     assert upload(client, b"still here", content_type="text/plain").file.file_size == len(b"still here")
-
