@@ -1,6 +1,7 @@
 """Inference benchmark: the image→image app end to end against the same model in-process, same run.
 
-    .venv/bin/python bench/inference.py [--requests 50] [--concurrent-total 128] [--clients 32] [--warmup 3] [--phases 20]
+    .venv/bin/python bench/inference.py [--requests 50] [--concurrent-total 128] [--clients 32]
+                                        [--warmup 3] [--phases 20]
 
 Prints one line per case: ferry's figure, the baseline's, and the ratio.
 ferry runs `ferry serve --app ferry.inference.apps.upscale:Upscaler` in its
@@ -146,7 +147,7 @@ def hammer(
             try:
                 request()
                 latencies.append(time.perf_counter() - began)
-            except Exception as error:  # counted, never raised: the run reports how many failed
+            except Exception as error:  # noqa: BLE001 (counted, never raised: the run reports how many failed)
                 errors.append(f"{type(error).__name__}: {error}")
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
@@ -233,8 +234,9 @@ def throughput_cases(
     local_wall, _, local_errors = hammer(clients, total, lambda i: lambda: local.run(f"out-{i}.png"))
     ferry_rate, local_rate = total / ferry_wall, total / local_wall
     print(
-        f"throughput: {clients} clients (threads, a Client each) share {total} requests; the app runs {max_concurrency} "
-        f"at a time, the rest queue: client-side latency p50 {percentile_ms(ferry_latencies, 50) / 1000:.2f} s, "
+        f"throughput: {clients} clients (threads, a Client each) share {total} requests; "
+        f"the app runs {max_concurrency} at a time, the rest queue: "
+        f"client-side latency p50 {percentile_ms(ferry_latencies, 50) / 1000:.2f} s, "
         f"p99 {percentile_ms(ferry_latencies, 99) / 1000:.2f} s",
         flush=True,
     )
@@ -286,7 +288,8 @@ def main() -> int:
             print(
                 f"app {spec.app_id}: machine_type {spec.machine_type}, max_concurrency {spec.max_concurrency}, "
                 f"device {local.device.type}; input {SIZE}x{SIZE} png ({source_png.stat().st_size / MIB:.2f} MiB) "
-                f"from {url} (same URL each time, downloaded each time), scale {SCALE} -> {SIZE * SCALE}x{SIZE * SCALE} png",
+                f"from {url} (same URL each time, downloaded each time), "
+                f"scale {SCALE} -> {SIZE * SCALE}x{SIZE * SCALE} png",
                 flush=True,
             )
 

@@ -312,7 +312,8 @@ def _endpoint_spec(app_class: type, attribute: str, function: Callable[..., Any]
     for parameter in inputs:
         if parameter.name not in hints:
             raise TypeError(
-                f"{where}: annotate parameter {parameter.name!r} with its type (a pydantic BaseModel for the whole input)"
+                f"{where}: annotate parameter {parameter.name!r} with its type "
+                "(a pydantic BaseModel for the whole input)"
             )
     if "return" not in hints:
         raise TypeError(f"{where}: annotate the return type with its output model (a pydantic BaseModel, or dict)")

@@ -107,7 +107,10 @@ _Target = tuple[type[File], "Encode | None", bool]
 
 
 def check_encode_markers(model: type[BaseModel], where: str) -> None:
-    """Refuse an output field whose `Encode` the runner could never carry out: ValueError naming `where` and the field."""
+    """Refuse an output field whose `Encode` the runner could never carry out.
+
+    The ValueError names `where` and the field.
+    """
     for name, field in model.model_fields.items():
         target = _field_target(field)
         if target is not None and target[1] is not None and (problem := _marker_problem(target[0], target[1])):
@@ -125,7 +128,10 @@ def _marker_problem(file_type: type[File], marker: Encode) -> str | None:
     required = _REQUIRED_OPTIONS.get(format.lower())
     value = marker.options.get(required) if required else None
     if required and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-        return f"{marker!r} encodes {format}, which needs {required} > 0: annotate it Annotated[{file_type.__name__}, Encode({required}=...)]"
+        return (
+            f"{marker!r} encodes {format}, which needs {required} > 0: "
+            f"annotate it Annotated[{file_type.__name__}, Encode({required}=...)]"
+        )
     return None
 
 
@@ -140,7 +146,10 @@ def _field_target(field: FieldInfo) -> _Target | None:
 
 
 def _media_target(annotation: Any, in_list: bool = False) -> _Target | None:
-    """Which toolkit type (and Encode marker) a field holds: `Image`, `Annotated[Audio, Encode(...)]`, lists, Optional."""
+    """Which toolkit type (and Encode marker) a field holds.
+
+    `Image`, `Annotated[Audio, Encode(...)]`, lists, Optional.
+    """
     origin = get_origin(annotation)
     if origin is Annotated:
         inner, *extras = get_args(annotation)
@@ -194,7 +203,8 @@ async def _encode(
     required = _REQUIRED_OPTIONS.get(format)
     if required and not options.get(required):
         raise OutputEncodingFailed(
-            f"output field {name!r} holds a tensor but no {required}: annotate it Annotated[{file_type.__name__}, Encode({required}=...)]"
+            f"output field {name!r} holds a tensor but no {required}: "
+            f"annotate it Annotated[{file_type.__name__}, Encode({required}=...)]"
         )
     options.setdefault("expires_in", expires_in)
     try:

@@ -101,7 +101,9 @@ class RealtimeSession:
         runner_for: Callable[[str], AppRunner],
         lifetime: Callable[[common_pb2.Lifecycle], int | None],
     ) -> RealtimeSession:
-        """The session the call's first message opens; INVALID_ARGUMENT unless it is `open`, NOT_FOUND for an unknown app or path.
+        """The session the call's first message opens.
+
+        INVALID_ARGUMENT unless it is `open`, NOT_FOUND for an unknown app or path.
 
         `lifetime` reads the caller's lifecycle preference from the `open` message (or the call's header).
         """

@@ -313,7 +313,7 @@ class AppRunner:
             record.finish(output_json=output.model_dump_json())
         except (asyncio.CancelledError, RequestCancelled):
             record.finish(error=Cancelled("cancelled"))
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 (whatever the handler raised fails its request, not the runner)
             if isinstance(error, TimeoutError) and deadline.expired():
                 limit = self.spec.request_timeout_seconds
                 record.finish(

@@ -50,9 +50,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 return runner, record
         raise NotFound(f"no request {request_id!r}", reason="UNKNOWN_REQUEST")
 
-    async def Run(
+    async def Run(  # noqa: N802
         self, request: inference_pb2.RunRequest, context: grpc.aio.ServicerContext
-    ) -> inference_pb2.RunResponse:  # noqa: N802
+    ) -> inference_pb2.RunResponse:
         runner = self._runner(request.app_id)
         record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
         try:
@@ -76,9 +76,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if record.state != COMPLETED:  # the caller disconnected mid-stream
                 runner.cancel(record)
 
-    async def Submit(
+    async def Submit(  # noqa: N802
         self, request: inference_pb2.SubmitRequest, context: grpc.aio.ServicerContext
-    ) -> inference_pb2.SubmitResponse:  # noqa: N802
+    ) -> inference_pb2.SubmitResponse:
         record = self._runner(request.app_id).submit(
             request.path, request.input_json, expires_in(request.lifecycle, context)
         )
@@ -113,9 +113,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise record.error
         return inference_pb2.GetResultResponse(request_id=record.request_id, output_json=record.output_json)
 
-    async def Cancel(
+    async def Cancel(  # noqa: N802
         self, request: inference_pb2.CancelRequest, context: grpc.aio.ServicerContext
-    ) -> inference_pb2.CancelResponse:  # noqa: N802
+    ) -> inference_pb2.CancelResponse:
         runner, record = self._record(request.request_id)
         previous, cancelled = runner.cancel(record)
         return inference_pb2.CancelResponse(previous_state=previous, cancelled=cancelled)

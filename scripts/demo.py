@@ -93,7 +93,8 @@ def show_encodes(client: ferry.Client) -> str:
     print(f"video: {mp4.url} ({mp4.video.frame_count} frames at {mp4.video.fps:g} fps, audio: {mp4.video.has_audio})")
     (wav,) = client.encode_tensor(tone, "wav", sample_rate=16000, file_name="a440", expires_in=3600)
     print(
-        f"audio: {wav.url} ({wav.audio.duration_seconds:.1f} s, expires {wav.expires_at.ToDatetime():%Y-%m-%d %H:%M} UTC)"
+        f"audio: {wav.url} ({wav.audio.duration_seconds:.1f} s, "
+        f"expires {wav.expires_at.ToDatetime():%Y-%m-%d %H:%M} UTC)"
     )
     return png.url
 

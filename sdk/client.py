@@ -12,6 +12,7 @@ place (`ferry.errors.map_rpc_errors`). The generated stubs are exposed as-is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -308,10 +309,8 @@ class Client(_ClientBase):
             except BaseException:
                 sender.cancel()
                 # Nothing half-made stays behind: abort is idempotent and best effort.
-                try:
+                with contextlib.suppress(grpc.RpcError):
                     stub.AbortUpload(encoder_pb2.AbortUploadRequest(upload_id=upload_id), timeout=30)
-                except grpc.RpcError:
-                    pass
                 raise
 
     def encode_tensor(self, tensor: Any, format: str, **options: Unpack[EncodeOptions]) -> list[common_pb2.File]:
@@ -357,9 +356,10 @@ class Client(_ClientBase):
     def stream(
         self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
     ) -> Iterator[Event]:
-        """Every event of a request (`ferry.events`): Queued, InProgress, PartialOutput, then Completed, Failed or Cancelled.
+        """Every event of a request (`ferry.events`).
 
-        Leaving the loop early cancels the request.
+        Queued, InProgress, PartialOutput, then Completed, Failed or Cancelled. Leaving the loop early cancels the
+        request.
         """
         request = self._app_request(inference_pb2.StreamRequest, app, self._input_json(arguments), path, expires_in)
         return stream_events(self, request)
@@ -658,7 +658,5 @@ class _ProgressCounter:
 
 async def _abort_upload(stub: encoder_pb2_grpc.EncoderServiceStub, upload_id: str) -> None:
     """Abort is idempotent and best effort."""
-    try:
+    with contextlib.suppress(grpc.RpcError):
         await stub.AbortUpload(encoder_pb2.AbortUploadRequest(upload_id=upload_id), timeout=30)
-    except grpc.RpcError:
-        pass

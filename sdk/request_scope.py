@@ -53,7 +53,10 @@ class RequestScope:
         return path if path is not None and path.is_file() else None
 
 
-_scope: contextvars.ContextVar[RequestScope] = contextvars.ContextVar("ferry_request_scope", default=RequestScope())
+_scope: contextvars.ContextVar[RequestScope] = contextvars.ContextVar(
+    "ferry_request_scope",
+    default=RequestScope(),  # noqa: B039 (frozen, its Mapping never written: outside a request, nothing downloaded)
+)
 
 
 def current_scope() -> RequestScope:

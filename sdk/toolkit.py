@@ -384,7 +384,10 @@ class Video(File):
         client: Client | None = None,
         **options: Any,
     ) -> Self:
-        """Encode frames (THWC or TCHW, numpy or torch) as an mp4, with `audio` = (samples, sample_rate) as its track."""
+        """Encode frames (THWC or TCHW, numpy or torch) as an mp4.
+
+        `audio` = (samples, sample_rate) becomes its audio track.
+        """
         files = _client(client).encode_tensor(tensor, "mp4", fps=fps, audio=audio, expires_in=expires_in, **options)
         return cls.from_proto(_only_file(files, "Video.from_tensor"))
 

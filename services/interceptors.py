@@ -84,7 +84,7 @@ def _unary_response(behavior: Behavior, method: str, streaming_requests: bool) -
             return await result if inspect.isawaitable(result) else result
         except grpc.aio.AbortError:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 (the one place a handler's error becomes a status)
             await _answer(context, error, method)
 
     return handle
@@ -101,7 +101,7 @@ def _streamed_response(behavior: Behavior, method: str, streaming_requests: bool
                     yield response
         except grpc.aio.AbortError:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 (the one place a handler's error becomes a status)
             await _answer(context, error, method)
 
     return handle

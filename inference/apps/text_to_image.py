@@ -15,7 +15,7 @@ import math
 import secrets
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (PyTorch's own spelling)
 from pydantic import BaseModel, Field
 
 from ferry.inference.app import App, endpoint

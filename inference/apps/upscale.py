@@ -13,7 +13,7 @@ from typing import Annotated
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (PyTorch's own spelling)
 from PIL import Image as PILImageModule
 from PIL.Image import DecompressionBombError
 from pydantic import BaseModel, Field

@@ -12,6 +12,7 @@ listening, and the transfer is cancelled only when no caller is left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -439,7 +440,7 @@ class Downloader:
                 self.locks.discard(key, fd)
                 removed += 2
         removed += self.records.remove_stale_temps(time.time() - STALE_TEMP_SECONDS)
-        for key in self.locks.keys():
+        for key in self.locks.keys():  # noqa: SIM118 (LockFiles lists its lock files; it is no dict)
             if key in vouched or (fd := self.locks.try_exclusive(key)) is None:
                 continue  # guards a download, or someone holds it
             current = self.records.load(key)
@@ -500,7 +501,7 @@ async def _linked(source: Path, folder: Path, key: str, target: Path) -> bool:
     try:
         return await asyncio.to_thread(link_into_place, source, folder, key, target)
     except FileNotFoundError:
-        if not source.exists():  # swept (expired) since it was found
+        if not await asyncio.to_thread(source.exists):  # swept (expired) since it was found
             raise NotFound("no stored file at this URL (unknown, or expired)", reason="OBJECT_NOT_FOUND") from None
         raise
 
@@ -512,10 +513,8 @@ def _copy_file(source: Path, into: BinaryIO) -> int:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # something landed in it after all, or it is gone already
         folder.rmdir()
-    except OSError:
-        pass  # something landed in it after all, or it is gone already
 
 
 def _sweep_parts(folder: Path, key: str) -> None:

@@ -202,8 +202,7 @@ class HttpSource:
         retries = self._config.retries
         for attempt in range(retries + 1):
             try:
-                remote = await self._attempt(url, headers, out, remote, limit, on_started, on_progress)
-                return remote
+                return await self._attempt(url, headers, out, remote, limit, on_started, on_progress)
             except Transient as failure:
                 if isinstance(failure, _CutShort):
                     remote = failure.remote  # what a resume must match

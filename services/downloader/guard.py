@@ -250,7 +250,7 @@ class _GuardedResolver(AbstractResolver):
 
 
 def _how_to_allow(why: str) -> str:
-    """For a refusal that may be a server's own network (a misconfiguration rather than an attack), the flags that open it."""
+    """The flags that open a refusal that may be a server's own network (a misconfiguration rather than an attack)."""
     kind = next((why.removeprefix(form) for form in _EMBEDDING_FORMS if why.startswith(form)), why)
     if kind in _PRIVATE_KINDS:
         return "; allow it with --allow-hosts or --allow-private-networks"

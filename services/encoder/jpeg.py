@@ -82,7 +82,7 @@ def stitch_strips(strips: list[bytes], height: int, width: int, rows_per_strip: 
     if len(strips) == 1:
         return strips[0]
     first = strips[0]
-    sos, scan = _segments(first)
+    sos, _ = _segments(first)
     headers = bytearray(first[:sos])
     at = 2
     while at < sos:

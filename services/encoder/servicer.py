@@ -226,7 +226,10 @@ def storage_health_name(backend_name: str) -> str:
 
 
 async def _report_storage_health(chain: StorageChain, health: Any) -> None:
-    """Each backend's breaker as a health status; the overall status stays SERVING while another backend takes writes."""
+    """Each backend's breaker as a health status.
+
+    The overall status stays SERVING while another backend takes writes.
+    """
 
     async def report(backend_name: str, serving: bool) -> None:
         await health.set(storage_health_name(backend_name), SERVING if serving else NOT_SERVING)

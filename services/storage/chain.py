@@ -88,7 +88,8 @@ class StorageChain(Storage):
         breaker = self.breakers[index]
         if breaker.failed():
             log.warning(
-                "storage %s: breaker open after %d failed attempts in a row: writes skip it for %gs, then one probes it",
+                "storage %s: breaker open after %d failed attempts in a row: "
+                "writes skip it for %gs, then one probes it",
                 self.backends[index].name,
                 breaker.failures_in_a_row,
                 breaker.cool_down_seconds,

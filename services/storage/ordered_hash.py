@@ -19,6 +19,7 @@ outside the lock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -155,10 +156,8 @@ class OrderedSha256:
 
     def _remove_holding_if_empty(self) -> None:
         if self.holding is not None:
-            try:
+            with contextlib.suppress(OSError):  # absent, or a copy is still on its way in (it is removed once it lands)
                 self.holding.rmdir()
-            except OSError:
-                pass  # absent, or a copy is still on its way in (it is removed once it lands)
 
     # -- outside the lock ----------------------------------------------------------------
 

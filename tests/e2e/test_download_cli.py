@@ -223,7 +223,7 @@ def test_a_cache_hit_on_a_terminal_is_its_one_line_and_no_empty_bar(stack, http_
     assert ferry_download(url, "--to", "in", "--address", stack.grpc_address).returncode == 0
     command = [sys.executable, "-m", "ferry.cli", "download", url, "--to", "in", "--address", stack.grpc_address]
 
-    returncode, stdout, screen = run_with_stderr_on_a_terminal(command, _environment())
+    returncode, _stdout, screen = run_with_stderr_on_a_terminal(command, _environment())
 
     assert returncode == 0, screen
     assert screen == "clip.bin: cache hit (the stack's copy is current; nothing was downloaded)\n"

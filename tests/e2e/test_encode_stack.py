@@ -179,7 +179,7 @@ class TestBadInput:
         )
 
     @pytest.mark.parametrize(
-        "dtype, shape, data",
+        ("dtype", "shape", "data"),
         [
             (common_pb2.DATA_TYPE_UINT8, [4, 4, 3], b"\0" * 47),
             (common_pb2.DATA_TYPE_UINT8, [4, 4, 3], b"\0" * 49),
@@ -192,7 +192,7 @@ class TestBadInput:
         ids=["short", "long", "unknown-dtype", "5-d", "2-channels", "7-channels", "zero-dim"],
     )
     def test_malformed_tensors(self, stack, dtype, shape, data):
-        process, client = stack
+        _, client = stack
         header = encoder_pb2.EncodeHeader(
             tensor=common_pb2.TensorHeader(dtype=dtype, shape=shape), format=encoder_pb2.MEDIA_FORMAT_PNG
         )
@@ -250,7 +250,7 @@ class TestBadInput:
         assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
     def test_a_client_dying_mid_stream_leaves_no_object(self, stack, tmp_path):
-        process, client = stack
+        _, client = stack
         data_dir = tmp_path / "data0"
         header = encoder_pb2.EncodeHeader(
             tensor=common_pb2.TensorHeader(dtype=1, shape=[64, 256, 256, 3]),
@@ -308,7 +308,7 @@ class TestUploadsAndLifecycle:
         assert 3500 < remaining <= 3600
 
     def test_a_declared_size_that_does_not_match_is_refused(self, stack, tmp_path):
-        process, client = stack
+        _, client = stack
         header = encoder_pb2.UploadHeader(file_name="x.bin", file_size=10)
         with pytest.raises(grpc.RpcError) as caught:
             client.encoder.Upload(

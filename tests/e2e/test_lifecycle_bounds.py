@@ -29,8 +29,8 @@ U64_MAX = 2**64 - 1
 TOO_LONG = {"2^64-1": U64_MAX, "100 years and a second": MAX_EXPIRES_IN_SECONDS + 1}
 # Header values, each with the reason it is refused for.
 BAD_HEADERS = {
-    "10^30": ('{"expiration_duration_seconds": %d}' % 10**30, "INVALID_EXPIRY"),
-    "2^64-1": ('{"expiration_duration_seconds": %d}' % U64_MAX, "INVALID_EXPIRY"),
+    "10^30": (f'{{"expiration_duration_seconds": {10**30}}}', "INVALID_EXPIRY"),
+    "2^64-1": (f'{{"expiration_duration_seconds": {U64_MAX}}}', "INVALID_EXPIRY"),
     "negative": ('{"expiration_duration_seconds": -5}', "INVALID_EXPIRY"),
     "zero": ('{"expiration_duration_seconds": 0}', "INVALID_EXPIRY"),
     "1e400": ('{"expiration_duration_seconds": 1e400}', "BAD_LIFECYCLE"),

@@ -231,7 +231,7 @@ def test_the_live_progress_line_fits_a_narrow_terminal(stack):
     command = _command("sample", "--path", "/slow", "--input", QUICK_SLOW, "--address", stack.grpc_address)
     env = {k: v for k, v in _environment().items() if k not in ("COLUMNS", "LINES")}
 
-    returncode, stdout, screen = run_with_stderr_on_a_terminal(command, env, columns=50)
+    returncode, _stdout, screen = run_with_stderr_on_a_terminal(command, env, columns=50)
 
     assert returncode == 0, screen
     shown = [part.replace(ERASE_TO_END, "") for line in screen.split("\n") for part in line.split("\r")]

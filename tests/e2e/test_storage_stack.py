@@ -32,11 +32,11 @@ def bucket(s3_endpoint) -> str:
 
 
 def _boto_credentials() -> dict[str, str]:
-    return dict(
-        aws_access_key_id=AWS_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=AWS_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=AWS_TEST_CREDENTIALS["AWS_DEFAULT_REGION"],
-    )
+    return {
+        "aws_access_key_id": AWS_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": AWS_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": AWS_TEST_CREDENTIALS["AWS_DEFAULT_REGION"],
+    }
 
 
 def big_file(folder: Path, size: int) -> Path:
@@ -131,7 +131,7 @@ def test_a_failing_multipart_upload_is_aborted_by_the_sdk(start_ferry, tmp_path)
         if sent > 30 * MIB:
             os.truncate(path, 40 * MIB)  # the file changed under the upload: parts past it cannot be read
 
-    with stack.client() as client, pytest.raises(OSError, match="ended .* bytes early"):  # why, not a cancelled call
+    with stack.client() as client, pytest.raises(OSError, match=r"ended .* bytes early"):  # why, not a cancelled call
         client.upload_file(path, on_progress=shrink)
     assert list(uploads_dir(tmp_path / "data0").iterdir()) == [], "AbortUpload removed every part"
     assert list((tmp_path / "data0" / "files").rglob("*.bin")) == []

@@ -397,7 +397,7 @@ def test_an_app_without_endpoints_is_refused() -> None:
 
 
 def test_only_app_subclasses_are_described() -> None:
-    with pytest.raises(TypeError, match="expected a subclass of ferry.inference.App"):
+    with pytest.raises(TypeError, match=r"expected a subclass of ferry\.inference\.App"):
         describe(UpscaleInput)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="expected a subclass"):
         describe(App)
@@ -555,7 +555,9 @@ def test_callbacks_never_run_concurrently_when_four_threads_report() -> None:
         seen.append((current, message))
         inside.clear()
 
-    context = RequestContext("req", on_progress=on_progress, on_log=lambda m, l: None, on_partial=lambda o: None)
+    context = RequestContext(
+        "req", on_progress=on_progress, on_log=lambda message, level: None, on_partial=lambda output: None
+    )
     start = threading.Barrier(4)
 
     def report(worker: int) -> None:

@@ -32,7 +32,7 @@ def app_returning(output: type[BaseModel]) -> type[App]:
 
 
 def refusal(output: type[BaseModel]) -> str:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError) as caught:  # noqa: PT011 (each caller reads the message)
         describe(app_returning(output))
     return str(caught.value)
 
@@ -59,7 +59,7 @@ def test_an_audio_field_encoded_as_wav_without_a_sample_rate_is_refused():
     ids=["in a list", "zero, in an Optional", "negative"],
 )
 def test_fps_must_be_a_positive_number_wherever_the_video_field_is_nested(annotation: Any):
-    Clips = create_model("Clips", clips=(annotation, ...))
+    Clips = create_model("Clips", clips=(annotation, ...))  # noqa: N806 (a class, made at run time)
 
     assert "output field 'clips'" in (message := refusal(Clips)) and "fps > 0" in message
 

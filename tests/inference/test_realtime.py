@@ -1,4 +1,7 @@
-"""The Realtime RPC through `ferry serve --app`: one call, many inputs, per-message errors, failures, vanishing callers."""
+"""The Realtime RPC through `ferry serve --app`.
+
+One call, many inputs, per-message errors, failures, vanishing callers.
+"""
 
 from __future__ import annotations
 

@@ -222,7 +222,7 @@ def test_an_authors_output_hint_wins() -> None:
         (Image, "image"),
         (list[Image], "image"),
         (tuple[Audio, ...], "audio"),
-        (Optional[Video], "video"),
+        (Optional[Video], "video"),  # noqa: UP045 (the old spelling is the case under test)
         (list[Video] | None, "video"),
         (Image | Video, "file"),
         (File, "file"),

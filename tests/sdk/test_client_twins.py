@@ -97,7 +97,7 @@ async def test_a_failing_async_multipart_upload_is_aborted(stack, stack_data, tm
             os.truncate(path, 40 * MIB)  # parts past 40 MiB can no longer be read
 
     async with AsyncClient(stack.grpc_address) as client:
-        with pytest.raises(OSError, match="ended .* bytes early"):  # the reason, as the sync twin says it
+        with pytest.raises(OSError, match=r"ended .* bytes early"):  # the reason, as the sync twin says it
             await client.upload_file(path, on_progress=shrink)
     assert list((stack_data / ".ferry" / "storage" / "uploads").iterdir()) == [], "AbortUpload removed every part"
 

@@ -1,4 +1,7 @@
-"""One family of errors for apps, the runner, the services and the SDK: raised on one side, the same class on the other."""
+"""One family of errors for apps, the runner, the services and the SDK.
+
+Raised on one side, the same class on the other.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +19,11 @@ SAMPLE_APP = f"{Path(__file__).resolve().parents[1] / 'inference' / 'sample_app.
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    with StackProcess(["--data-dir", str(tmp_path_factory.mktemp("stack")), "--app", SAMPLE_APP]) as stack:
-        with stack.client() as client:
-            yield client
+    with (
+        StackProcess(["--data-dir", str(tmp_path_factory.mktemp("stack")), "--app", SAMPLE_APP]) as stack,
+        stack.client() as client,
+    ):
+        yield client
 
 
 def test_an_app_raises_an_sdk_error_and_its_caller_catches_that_class_with_its_reason(client):

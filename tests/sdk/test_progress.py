@@ -1,4 +1,7 @@
-"""The live progress line fits the terminal it is drawn on: what gives way, in what order, and where the width comes from."""
+"""The live progress line fits the terminal it is drawn on.
+
+What gives way, in what order, and where the width comes from.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The SDK's retries: a live server answering UNAVAILABLE gets the whole budget; an address nothing answers on fails fast.
+"""The SDK's retries.
+
+A live server answering UNAVAILABLE gets the whole budget; an address nothing answers on fails fast.
 
 The calls go to real grpc.aio servers on loopback (the standard health service,
 here and there made to answer UNAVAILABLE) and to a port nothing listens on.
@@ -23,7 +25,10 @@ CHECK = health_pb2.HealthCheckRequest()
 
 
 class UnavailableAtFirst(health.aio.HealthServicer):
-    """The standard health service, answering UNAVAILABLE to its first `failures` calls (a server whose storage is down)."""
+    """The standard health service, answering UNAVAILABLE to its first `failures` calls.
+
+    (A server whose storage is down.)
+    """
 
     def __init__(self, failures: int) -> None:
         super().__init__()

@@ -143,7 +143,7 @@ def test_percent_without_two_hex_digits_is_invalid_argument(payload, block_chars
 
 
 def test_block_size_must_hold_whole_base64_quads():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="multiple of 4"):
         decode("data:,abc", block_chars=6)
 
 

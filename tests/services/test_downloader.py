@@ -123,7 +123,7 @@ class TestCache:
 
     def test_model_weights_land_in_the_weights_store_and_return_at_once(self, grpc_stub, http_server, data_dir):
         url = http_server.add_file("model.safetensors", BODY)
-        request = dict(url=url, kind=downloader_pb2.DOWNLOAD_KIND_MODEL_WEIGHTS)
+        request = {"url": url, "kind": downloader_pb2.DOWNLOAD_KIND_MODEL_WEIGHTS}
         first = completed(events(grpc_stub, **request))
         expected = (
             data_dir / ".ferry" / "model_weights" / hashlib.sha256(url.encode()).hexdigest() / "model.safetensors"
@@ -163,11 +163,11 @@ class TestDataUris:
         code, _ = status_of(grpc_stub, url=uri, target_dir="bad-data-uris")
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         folder = data_dir / "bad-data-uris"
-        assert [p for p in folder.iterdir()] == [] if folder.exists() else True
+        assert list(folder.iterdir()) == [] if folder.exists() else True
 
     def test_data_uris_over_the_cap_are_refused(self, grpc_stub, data_dir):
         uri = "data:application/octet-stream;base64," + base64.b64encode(b"\0" * ((1 << 20) + 1)).decode()
-        code, details = status_of(grpc_stub, url=uri, target_dir="huge-data-uri")
+        code, _details = status_of(grpc_stub, url=uri, target_dir="huge-data-uri")
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert list((data_dir / "huge-data-uri").iterdir()) == []
 
@@ -262,7 +262,7 @@ class TestHeadersAndRedirects:
 
 class TestFaults:
     @pytest.mark.parametrize(
-        "status, code",
+        ("status", "code"),
         [
             (404, grpc.StatusCode.NOT_FOUND),
             (403, grpc.StatusCode.PERMISSION_DENIED),
@@ -362,7 +362,7 @@ class TestFaults:
             await asyncio.sleep(30)
             return response
 
-        code, details = status_of(grpc_stub, url=http_server.route("/stall.bin", stall), target_dir="stall")
+        code, _details = status_of(grpc_stub, url=http_server.route("/stall.bin", stall), target_dir="stall")
         assert code == grpc.StatusCode.UNAVAILABLE
         assert len(http_server.gets("/stall.bin")) == CONFIG.retries + 1
         assert leftovers(data_dir) == []
@@ -432,7 +432,7 @@ class TestRead:
         assert b"".join(r.chunk for r in responses[1:]) == BODY[100:2_000_100]
 
     @pytest.mark.parametrize(
-        "path, code",
+        ("path", "code"),
         [
             ("/etc/passwd", grpc.StatusCode.PERMISSION_DENIED),
             ("../../etc/passwd", grpc.StatusCode.PERMISSION_DENIED),

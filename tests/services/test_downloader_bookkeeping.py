@@ -48,11 +48,13 @@ def held_by_another_process(path: Path) -> Iterator[None]:
         [
             sys.executable,
             "-c",
-            "import fcntl, os, sys\n"
-            f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT, 0o644)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "print('held', flush=True)\n"
-            "sys.stdin.read()\n",
+            (
+                "import fcntl, os, sys\n"
+                f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT, 0o644)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                "print('held', flush=True)\n"
+                "sys.stdin.read()\n"
+            ),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -16,7 +16,7 @@ data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client =
 
 
 @pytest.mark.parametrize(
-    "url, reason",
+    ("url", "reason"),
     [
         ("http://127.0.0.1/", "loopback"),
         ("http://[::1]/", "loopback"),

@@ -95,7 +95,7 @@ def test_a_redirect_from_the_cdn_elsewhere_on_its_host_is_guarded(grpc_stub, cdn
     assert cdn.gets("/private/secret.txt") == []
 
 
-@pytest.mark.parametrize("flag, field", [("--public-url", "public_url"), ("--s3-public-url", "s3_public_url")])
+@pytest.mark.parametrize(("flag", "field"), [("--public-url", "public_url"), ("--s3-public-url", "s3_public_url")])
 def test_a_cdn_base_that_is_not_an_http_url_is_refused_when_the_stack_is_configured(flag, field):
     with pytest.raises(ValueError, match=f"^{flag}: 'cdn.example.com' is not an http"):
         StorageConfig(**{field: "cdn.example.com"})

@@ -189,7 +189,7 @@ def test_a_refused_host_name_is_shown_by_its_start_only():
 
 
 def test_an_allow_list_entry_with_host_bits_set_is_rejected_as_a_likely_typo():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="host bits set"):
         NetworkGuard(allowed=("10.1.2.3/16",))
 
 

@@ -133,7 +133,7 @@ def test_without_a_holding_folder_a_part_ahead_of_its_turn_spoils_the_digest(inc
 
 
 @pytest.mark.parametrize(
-    "listed, size",
+    ("listed", "size"),
     [
         ([(1, etag_of(PARTS[0])), (2, etag_of(PARTS[1]))], len(PARTS[0]) + len(PARTS[1])),  # part 3 not listed
         ([(1, etag_of(PARTS[0])), (2, etag_of(b"other")), (3, etag_of(PARTS[2]))], len(WHOLE)),  # etag differs

@@ -52,5 +52,5 @@ def test_a_base_without_a_path_covers_its_whole_origin():
 
 @pytest.mark.parametrize("base", ["", "ftp://example.com/", "https:///nohost", "https://user@example.com/"])
 def test_only_plain_http_urls_can_be_bases(base):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not an http"):
         UrlPrefix.parse(base)
