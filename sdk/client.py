@@ -188,7 +188,10 @@ class Client(_ClientBase):
     def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         """The serving status ("SERVING", "NOT_SERVING", …) of `service` ("" = the whole server)."""
         with map_rpc_errors():
-            response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            # typeshed's HealthStub declares no methods (types-grpcio-health-checking)
+            response = self._health.Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
         return _STATUS_NAMES[response.status]
 
     def wait_until_serving(self, timeout: float = 10.0) -> None:
@@ -439,7 +442,10 @@ class AsyncClient(_ClientBase):
 
     async def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         with map_rpc_errors():
-            response = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            # typeshed's HealthStub declares no methods (types-grpcio-health-checking)
+            response = await self._health.Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
         return _STATUS_NAMES[response.status]
 
     async def wait_until_serving(self, timeout: float = 10.0) -> None:
@@ -492,7 +498,7 @@ class AsyncClient(_ClientBase):
     ) -> common_pb2.File:
         header = self._bytes_header(data, content_type, file_name, expires_in)
 
-        async def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> common_pb2.File:
+        async def attempt(stub: encoder_pb2_grpc.EncoderServiceAsyncStub) -> common_pb2.File:
             return (await stub.Upload(upload_messages(header, None, data, None))).file
 
         with map_rpc_errors():
@@ -507,13 +513,13 @@ class AsyncClient(_ClientBase):
         on_progress: UploadProgress | None = None,
     ) -> common_pb2.File:
         """The asyncio twin of `Client.upload_file`: multipart past 100 MiB, the file read off the event loop."""
-        path, header = await asyncio.to_thread(self._file_upload, path, content_type, file_name, expires_in)
+        local, header = await asyncio.to_thread(self._file_upload, path, content_type, file_name, expires_in)
         if header.file_size > MULTIPART_THRESHOLD:
-            return await self._upload_multipart(path, header, on_progress)
+            return await self._upload_multipart(local, header, on_progress)
 
-        async def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> common_pb2.File:
+        async def attempt(stub: encoder_pb2_grpc.EncoderServiceAsyncStub) -> common_pb2.File:
             counted = _ProgressCounter(header.file_size, on_progress)
-            messages = RequestStream(upload_messages_async(header, path, None, counted))
+            messages = RequestStream(upload_messages_async(header, local, None, counted))
             try:
                 return (await stub.Upload(aiter(messages))).file
             except (grpc.RpcError, asyncio.CancelledError):
@@ -528,9 +534,9 @@ class AsyncClient(_ClientBase):
     ) -> common_pb2.File:
         request = self._multipart_request(header)
         with map_rpc_errors():
-            created: list[encoder_pb2_grpc.EncoderServiceStub] = []
+            created: list[encoder_pb2_grpc.EncoderServiceAsyncStub] = []
 
-            async def create(stub: encoder_pb2_grpc.EncoderServiceStub) -> str:
+            async def create(stub: encoder_pb2_grpc.EncoderServiceAsyncStub) -> str:
                 upload_id = (await stub.CreateUpload(request)).upload_id
                 created.append(stub)
                 return upload_id
@@ -542,7 +548,7 @@ class AsyncClient(_ClientBase):
                 parts = await sender.send_all()
                 complete = encoder_pb2.CompleteUploadRequest(upload_id=upload_id, parts=parts)
 
-                async def finish(s: encoder_pb2_grpc.EncoderServiceStub) -> common_pb2.File:
+                async def finish(s: encoder_pb2_grpc.EncoderServiceAsyncStub) -> common_pb2.File:
                     return (await s.CompleteUpload(complete)).file
 
                 return await call_with_retries_async([stub], finish, idempotent=True)
@@ -555,7 +561,7 @@ class AsyncClient(_ClientBase):
         # Reading the tensor may copy it (off a CUDA device, into C order): not on the event loop.
         header, payload, audio_payload = await asyncio.to_thread(lambda: build_encode(tensor, format, **options))
 
-        async def attempt(stub: encoder_pb2_grpc.EncoderServiceStub) -> encoder_pb2.EncodeResponse:
+        async def attempt(stub: encoder_pb2_grpc.EncoderServiceAsyncStub) -> encoder_pb2.EncodeResponse:
             return await stub.Encode(encode_messages(header, payload, audio_payload))
 
         with map_rpc_errors():
@@ -656,7 +662,7 @@ class _ProgressCounter:
             self.on_progress(self.sent, self.total)
 
 
-async def _abort_upload(stub: encoder_pb2_grpc.EncoderServiceStub, upload_id: str) -> None:
+async def _abort_upload(stub: encoder_pb2_grpc.EncoderServiceAsyncStub, upload_id: str) -> None:
     """Abort is idempotent and best effort."""
     with contextlib.suppress(grpc.RpcError):
         await stub.AbortUpload(encoder_pb2.AbortUploadRequest(upload_id=upload_id), timeout=30)

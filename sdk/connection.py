@@ -112,8 +112,9 @@ class _SyncMetadata(
     def _call(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(_with_metadata(details, self._metadata), request)
 
-    intercept_unary_unary = intercept_unary_stream = _call
-    intercept_stream_unary = intercept_stream_stream = _call
+    # One body for every call kind: the stubs type each kind's continuation apart.
+    intercept_unary_unary = intercept_unary_stream = _call  # type: ignore[assignment]
+    intercept_stream_unary = intercept_stream_stream = _call  # type: ignore[assignment]
 
 
 def _aio_metadata_interceptors(metadata: tuple[tuple[str, str], ...]) -> list[grpc.aio.ClientInterceptor]:

@@ -16,7 +16,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -242,7 +242,7 @@ def write_read_stream(responses: Iterator[downloader_pb2.ReadResponse], destinat
     return destination
 
 
-async def write_read_stream_async(responses: AsyncIterator[downloader_pb2.ReadResponse], destination: Path) -> Path:
+async def write_read_stream_async(responses: AsyncIterable[downloader_pb2.ReadResponse], destination: Path) -> Path:
     """The asyncio twin of `write_read_stream`: disk writes and the fsync run in a thread, off the event loop."""
     local = await asyncio.to_thread(PendingFile, temp_beside(destination))
     try:

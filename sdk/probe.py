@@ -36,7 +36,7 @@ def _probe(source: Source, read: Any) -> dict[str, Any]:
     except ImportError:
         return {}
     try:
-        with av.open(source if hasattr(source, "read") else os.fspath(source)) as container:  # type: ignore[arg-type]
+        with av.open(source if hasattr(source, "read") else os.fspath(source)) as container:
             fields: dict[str, Any] = read(container)
     except (av.FFmpegError, OSError, ValueError, IndexError):
         return {}
@@ -47,7 +47,7 @@ def _duration(container: Any, stream: Any) -> float:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
-        return container.duration / 1_000_000  # AV_TIME_BASE
+        return float(container.duration) / 1_000_000  # AV_TIME_BASE
     return 0.0
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ferry.v1 import common_pb2
 
-NUMPY_DATA_TYPES: dict[np.dtype[Any], int] = {
+NUMPY_DATA_TYPES: dict[np.dtype[Any], common_pb2.DataType.ValueType] = {
     np.dtype(np.uint8): common_pb2.DATA_TYPE_UINT8,
     np.dtype(np.uint16): common_pb2.DATA_TYPE_UINT16,
     np.dtype(np.int8): common_pb2.DATA_TYPE_INT8,
@@ -51,7 +51,7 @@ def is_torch_tensor(value: object) -> bool:
     return type(value).__module__.startswith("torch")
 
 
-def _from_torch(tensor: Any) -> tuple[np.ndarray, int | None]:
+def _from_torch(tensor: Any) -> tuple[np.ndarray, common_pb2.DataType.ValueType | None]:
     import torch  # only reached when the caller handed us a torch tensor
 
     tensor = tensor.detach()
@@ -64,7 +64,7 @@ def _from_torch(tensor: Any) -> tuple[np.ndarray, int | None]:
 
 
 def tensor_payload(tensor: Any) -> TensorPayload:
-    forced: int | None = None
+    forced: common_pb2.DataType.ValueType | None = None
     if is_torch_tensor(tensor):
         array, forced = _from_torch(tensor)
     else:
@@ -79,4 +79,4 @@ def tensor_payload(tensor: Any) -> TensorPayload:
             array = array.astype(array.dtype.newbyteorder("<"))
     header = common_pb2.TensorHeader(dtype=forced, shape=list(array.shape))
     # Flat bytes through numpy: memoryview.cast refuses zero-size shapes, which must reach the server to be refused.
-    return TensorPayload(header, memoryview(array.reshape(-1).view(np.uint8)))
+    return TensorPayload(header, array.reshape(-1).view(np.uint8).data)

@@ -138,7 +138,7 @@ class File(BaseModel):
         return {**{key: value for key, value in data.items() if key != cls.media_kind}, **info}
 
     @model_serializer(mode="wrap")
-    def _without_unset(self, handler: SerializerFunctionWrapHandler):
+    def _without_unset(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
         # Unannotated on purpose: a return type would replace the fields in the serialization JSON schema.
         return {key: value for key, value in handler(self).items() if value is not None}
 

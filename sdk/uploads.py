@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypedDict, TypeVar
@@ -24,6 +24,7 @@ PARALLEL_PARTS = 10
 
 UploadProgress = Callable[[int, int], None]  # (bytes sent, total)
 M = TypeVar("M")
+Choice = TypeVar("Choice")  # a protobuf enum's ValueType
 
 
 def lifecycle(expires_in: int | None) -> common_pb2.Lifecycle:
@@ -227,7 +228,7 @@ class PartSender(_Parts):
         on_progress: UploadProgress | None,
     ) -> None:
         super().__init__(stub, upload_id, path, size, on_progress)
-        self._calls: set[grpc.Future] = set()
+        self._calls: set[grpc.Future[encoder_pb2.UploadPartResponse]] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._pool = ThreadPoolExecutor(PARALLEL_PARTS, thread_name_prefix="ferry-part")
@@ -274,7 +275,11 @@ class PartSender(_Parts):
 class AsyncPartSender(_Parts):
     """The asyncio twin of `PartSender`: a task per part, PARALLEL_PARTS at a time; cancelling cancels them all."""
 
-    async def _attempt(self, stub: Any, number: int, offset: int, length: int) -> encoder_pb2.UploadPartResponse:
+    stub: encoder_pb2_grpc.EncoderServiceAsyncStub
+
+    async def _attempt(
+        self, stub: encoder_pb2_grpc.EncoderServiceAsyncStub, number: int, offset: int, length: int
+    ) -> encoder_pb2.UploadPartResponse:
         self.progress.restart(number)
         messages = RequestStream(
             part_messages_async(self.upload_id, number, self.path, offset, length, self.progress.counter(number))
@@ -337,7 +342,7 @@ VALUE_RANGES = {
 SAMPLE_FORMATS = {"pcm16": encoder_pb2.AUDIO_SAMPLE_FORMAT_PCM16, "float32": encoder_pb2.AUDIO_SAMPLE_FORMAT_FLOAT32}
 
 
-def _choice(table: dict[Any, int], value: Any, what: str) -> int:
+def _choice(table: Mapping[Any, Choice], value: Any, what: str) -> Choice:
     try:
         return table[value]
     except KeyError:
