@@ -54,7 +54,7 @@ class RequestRecord:
     input: BaseModel
     # Seconds the media this request produces lives (the caller's lifecycle preference); None = the store's default.
     expires_in: int | None = None
-    state: int = QUEUED
+    state: inference_pb2.RequestState.ValueType = QUEUED
     logs: list[inference_pb2.LogLine] = field(default_factory=list)
     progress: inference_pb2.Progress | None = None
     output_json: str = ""
@@ -136,7 +136,8 @@ class AppRunner:
         # setup() reaches the stack hosting it, as handlers do: weights download through its downloader.
         with request_scope(RequestScope(stack=self.services.target)):
             if self.spec.setup_is_async:
-                await self.app.setup()
+                # App.setup is typed `def`: an app may override it with `async def` (setup_is_async).
+                await self.app.setup()  # type: ignore[func-returns-value, misc]
             else:
                 copied = contextvars.copy_context()  # carries the scope into the thread
                 await asyncio.get_running_loop().run_in_executor(self._threads, copied.run, self.app.setup)
@@ -171,7 +172,7 @@ class AppRunner:
     def position(self, record: RequestRecord) -> int:
         return self._waiting.index(record) if record in self._waiting else 0
 
-    def cancel(self, record: RequestRecord) -> tuple[int, bool]:
+    def cancel(self, record: RequestRecord) -> tuple[inference_pb2.RequestState.ValueType, bool]:
         previous = record.state
         if previous == COMPLETED:
             return previous, False

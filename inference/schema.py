@@ -210,7 +210,7 @@ def _self_contained(schema: dict[str, Any]) -> dict[str, Any]:
             return {**inline(definitions[name]), **rest}
         return rest
 
-    document = inline(schema)
+    document: dict[str, Any] = inline(schema)
     top = _definition_name(document.get("$ref"))
     if top in definitions:  # a recursive model at the top: open it once
         document = {**inline(definitions[top]), **{key: value for key, value in document.items() if key != "$ref"}}

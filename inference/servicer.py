@@ -51,7 +51,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         raise NotFound(f"no request {request_id!r}", reason="UNKNOWN_REQUEST")
 
     async def Run(  # noqa: N802
-        self, request: inference_pb2.RunRequest, context: grpc.aio.ServicerContext
+        self,
+        request: inference_pb2.RunRequest,
+        context: grpc.aio.ServicerContext[inference_pb2.RunRequest, inference_pb2.RunResponse],
     ) -> inference_pb2.RunResponse:
         runner = self._runner(request.app_id)
         record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
@@ -65,7 +67,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.RunResponse(request_id=record.request_id, output_json=record.output_json)
 
     async def Stream(  # noqa: N802
-        self, request: inference_pb2.StreamRequest, context: grpc.aio.ServicerContext
+        self,
+        request: inference_pb2.StreamRequest,
+        context: grpc.aio.ServicerContext[inference_pb2.StreamRequest, inference_pb2.StreamResponse],
     ) -> AsyncIterator[inference_pb2.StreamResponse]:
         runner = self._runner(request.app_id)
         record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
@@ -77,7 +81,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 runner.cancel(record)
 
     async def Submit(  # noqa: N802
-        self, request: inference_pb2.SubmitRequest, context: grpc.aio.ServicerContext
+        self,
+        request: inference_pb2.SubmitRequest,
+        context: grpc.aio.ServicerContext[inference_pb2.SubmitRequest, inference_pb2.SubmitResponse],
     ) -> inference_pb2.SubmitResponse:
         record = self._runner(request.app_id).submit(
             request.path, request.input_json, expires_in(request.lifecycle, context)
@@ -85,7 +91,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.SubmitResponse(request_id=record.request_id)
 
     async def GetStatus(  # noqa: N802
-        self, request: inference_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+        self,
+        request: inference_pb2.GetStatusRequest,
+        context: grpc.aio.ServicerContext[inference_pb2.GetStatusRequest, inference_pb2.GetStatusResponse],
     ) -> inference_pb2.GetStatusResponse:
         runner, record = self._record(request.request_id)
         response = inference_pb2.GetStatusResponse(
@@ -100,7 +108,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return response
 
     async def GetResult(  # noqa: N802
-        self, request: inference_pb2.GetResultRequest, context: grpc.aio.ServicerContext
+        self,
+        request: inference_pb2.GetResultRequest,
+        context: grpc.aio.ServicerContext[inference_pb2.GetResultRequest, inference_pb2.GetResultResponse],
     ) -> inference_pb2.GetResultResponse:
         _, record = self._record(request.request_id)
         if record.state != COMPLETED:
@@ -114,14 +124,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.GetResultResponse(request_id=record.request_id, output_json=record.output_json)
 
     async def Cancel(  # noqa: N802
-        self, request: inference_pb2.CancelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: inference_pb2.CancelRequest,
+        context: grpc.aio.ServicerContext[inference_pb2.CancelRequest, inference_pb2.CancelResponse],
     ) -> inference_pb2.CancelResponse:
         runner, record = self._record(request.request_id)
         previous, cancelled = runner.cancel(record)
         return inference_pb2.CancelResponse(previous_state=previous, cancelled=cancelled)
 
     async def Realtime(  # noqa: N802
-        self, request_iterator: AsyncIterator[inference_pb2.RealtimeRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[inference_pb2.RealtimeRequest],
+        context: grpc.aio.ServicerContext[inference_pb2.RealtimeRequest, inference_pb2.RealtimeResponse],
     ) -> AsyncIterator[inference_pb2.RealtimeResponse]:
         session = RealtimeSession.open(
             await anext(request_iterator, None), self._runner, lambda lifecycle: expires_in(lifecycle, context)
@@ -133,7 +147,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 yield response
 
     async def ListEndpoints(  # noqa: N802
-        self, request: inference_pb2.ListEndpointsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: inference_pb2.ListEndpointsRequest,
+        context: grpc.aio.ServicerContext[inference_pb2.ListEndpointsRequest, inference_pb2.ListEndpointsResponse],
     ) -> inference_pb2.ListEndpointsResponse:
         runners = [self._runner(request.app_id)] if request.app_id else list(self.runners.values())
         apps = []

@@ -29,11 +29,11 @@ def bearer_matches(header_value: str | None, token: str) -> bool:
     return hmac.compare_digest((header_value or "").encode(), expected)
 
 
-def _rejecting_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _rejecting_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same streaming kind as `handler` that answers UNAUTHENTICATED."""
     status = to_status(grpc.StatusCode.UNAUTHENTICATED, "BAD_TOKEN", "missing or wrong bearer token")
 
-    async def reject(_request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def reject(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     return handler_like(handler, reject)
@@ -45,14 +45,15 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_METHOD_PREFIXES):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if bearer_matches(metadata.get("authorization"), self._token):
+        authorization = metadata.get("authorization")  # a str: only "-bin" keys carry bytes
+        if isinstance(authorization, str) and bearer_matches(authorization, self._token):
             return handler
         return _rejecting_handler(handler)
 

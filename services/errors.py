@@ -7,7 +7,7 @@ runner, the services and clients all share.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -30,11 +30,13 @@ def to_status(code: grpc.StatusCode, reason: str, message: str) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[detail]))
 
 
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str, message: str) -> NoReturn:
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, reason: str, message: str
+) -> NoReturn:
     status = to_status(code, reason, message)
     await context.abort(status.code, status.details, status.trailing_metadata)
     raise AssertionError("context.abort returned")  # it always raises
 
 
-async def abort_with(context: grpc.aio.ServicerContext, error: FerryError) -> NoReturn:
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: FerryError) -> NoReturn:
     await abort(context, error.code, error.reason, error.message)

@@ -8,6 +8,7 @@ every status set, for clients that cannot guess the names.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,12 +20,19 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class HealthServicer(health.aio.HealthServicer):
     """grpcio's asyncio servicer, plus the `List` RPC it leaves unimplemented."""
 
+    # The type: ignores: typeshed's grpc_health stubs (types-grpcio-health-checking) know neither the List messages
+    # nor the servicer's `_server_status`; grpcio-health-checking itself has both.
     async def List(  # noqa: N802 (generated name)
-        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
-    ) -> health_pb2.HealthListResponse:
+        self,
+        request: health_pb2.HealthListRequest,  # type: ignore[name-defined]
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> health_pb2.HealthListResponse:  # type: ignore[name-defined]
         # `_server_status` is the base class's declared store of what `set` was told.
-        statuses = {name: health_pb2.HealthCheckResponse(status=status) for name, status in self._server_status.items()}
-        return health_pb2.HealthListResponse(statuses=statuses)
+        statuses = {
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._server_status.items()  # type: ignore[attr-defined]
+        }
+        return health_pb2.HealthListResponse(statuses=statuses)  # type: ignore[attr-defined]
 
 
 async def add_health(server: grpc.aio.Server, service_names: Iterable[str]) -> HealthServicer:

@@ -70,7 +70,7 @@ def _parsed(request: Any, streaming_requests: bool) -> Any:
     return request
 
 
-async def _answer(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+async def _answer(context: grpc.aio.ServicerContext[Any, Any], error: Exception, method: str) -> None:
     if isinstance(error, FerryError):
         await abort_with(context, error)
     log.error("%s failed unexpectedly", method, exc_info=error)
@@ -78,7 +78,7 @@ async def _answer(context: grpc.aio.ServicerContext, error: Exception, method: s
 
 
 def _unary_response(behavior: Behavior, method: str, streaming_requests: bool) -> Behavior:
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             result = behavior(_parsed(request, streaming_requests), context)
             return await result if inspect.isawaitable(result) else result
@@ -91,7 +91,7 @@ def _unary_response(behavior: Behavior, method: str, streaming_requests: bool) -
 
 
 def _streamed_response(behavior: Behavior, method: str, streaming_requests: bool) -> Behavior:
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             result = behavior(_parsed(request, streaming_requests), context)
             if inspect.isawaitable(result):  # a handler that writes with context.write()
@@ -116,8 +116,10 @@ _KINDS = {  # (request streaming, response streaming) → how to make such a han
 
 
 def handler_like(
-    handler: grpc.RpcMethodHandler, behavior: Behavior, request_deserializer: Callable[[bytes], Any] | None = None
-) -> grpc.RpcMethodHandler:
+    handler: grpc.RpcMethodHandler[Any, Any],
+    behavior: Behavior,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of `handler`'s streaming kind and serializers that runs `behavior` instead."""
     make, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
     return make(
@@ -127,7 +129,7 @@ def handler_like(
     )
 
 
-def mapped_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def mapped_handler(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
     """`handler` with malformed requests refused and raised errors answered as statuses."""
     _, attribute = _KINDS[(handler.request_streaming, handler.response_streaming)]
     wrap = _streamed_response if handler.response_streaming else _unary_response
@@ -138,9 +140,9 @@ def mapped_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMetho
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler

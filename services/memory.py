@@ -162,7 +162,7 @@ def _kept_bytes_counter(libc: ctypes.CDLL) -> Callable[[], int] | None:
 
     def kept_bytes() -> int:
         info = mallinfo2()
-        return _resident_bytes() - info.uordblks - info.hblkhd
+        return _resident_bytes() - int(info.uordblks) - int(info.hblkhd)
 
     return kept_bytes
 

@@ -73,7 +73,7 @@ class Scene:
         along = (x - 0.5) * math.cos(angle) + (y - 0.5) * math.sin(angle)
         mix = 0.5 + 0.5 * torch.sin(2 * math.pi * (self.band_frequency * along - self.band_speed * seconds))
         start, end = self.gradient_colours
-        frame = start + (end - start) * mix
+        frame: torch.Tensor = start + (end - start) * mix
 
         # Centres swing over the middle 70 % of the frame; computed on the CPU: six numbers are not worth a kernel.
         swing = torch.sin(2 * math.pi * self.path_frequencies * seconds + self.path_phases)

@@ -10,8 +10,9 @@ import grpc
 
 from ferry.errors import InvalidArgument
 from ferry.services.config import StackConfig
-from ferry.services.downloader.engine import Completed, Downloader, DownloadJob, Event, Progress, ReadHeader, Started
+from ferry.services.downloader.engine import Completed, Downloader, DownloadJob, Event, Progress, Started
 from ferry.services.downloader.own_storage import OwnStorage
+from ferry.services.downloader.reads import ReadHeader
 from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
 
@@ -70,13 +71,17 @@ class DownloaderServicer(downloader_pb2_grpc.DownloaderServiceServicer):
         self.downloader = downloader
 
     async def Download(  # noqa: N802 (generated name)
-        self, request: downloader_pb2.DownloadRequest, context: grpc.aio.ServicerContext
+        self,
+        request: downloader_pb2.DownloadRequest,
+        context: grpc.aio.ServicerContext[downloader_pb2.DownloadRequest, downloader_pb2.DownloadResponse],
     ) -> AsyncIterator[downloader_pb2.DownloadResponse]:
         async for event in self.downloader.download(_job(request)):
             yield _message(event)
 
     async def Read(  # noqa: N802
-        self, request: downloader_pb2.ReadRequest, context: grpc.aio.ServicerContext
+        self,
+        request: downloader_pb2.ReadRequest,
+        context: grpc.aio.ServicerContext[downloader_pb2.ReadRequest, downloader_pb2.ReadResponse],
     ) -> AsyncIterator[downloader_pb2.ReadResponse]:
         length = request.length if request.HasField("length") else None
         # aclosing: a caller that leaves early closes the read now, and its reader lock goes with it.

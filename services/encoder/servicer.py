@@ -171,7 +171,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self.uploads = uploads
 
     async def Encode(  # noqa: N802 (generated name)
-        self, request_iterator: AsyncIterator[encoder_pb2.EncodeRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[encoder_pb2.EncodeRequest],
+        context: grpc.aio.ServicerContext[encoder_pb2.EncodeRequest, encoder_pb2.EncodeResponse],
     ) -> encoder_pb2.EncodeResponse:
         header = await _first_header(request_iterator, "the header")
         spec = self.encoder.spec(_encode_header(header))
@@ -180,7 +182,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         return encoder_pb2.EncodeResponse(files=[_encoded_file(encoded) for encoded in files])
 
     async def Upload(  # noqa: N802
-        self, request_iterator: AsyncIterator[encoder_pb2.UploadRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[encoder_pb2.UploadRequest],
+        context: grpc.aio.ServicerContext[encoder_pb2.UploadRequest, encoder_pb2.UploadResponse],
     ) -> encoder_pb2.UploadResponse:
         header = await _first_header(request_iterator, "the header")
         declared = header.file_size if header.HasField("file_size") else None
@@ -190,28 +194,36 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         return encoder_pb2.UploadResponse(file=_file(stored))
 
     async def CreateUpload(  # noqa: N802
-        self, request: encoder_pb2.CreateUploadRequest, context: grpc.aio.ServicerContext
+        self,
+        request: encoder_pb2.CreateUploadRequest,
+        context: grpc.aio.ServicerContext[encoder_pb2.CreateUploadRequest, encoder_pb2.CreateUploadResponse],
     ) -> encoder_pb2.CreateUploadResponse:
         lifetime = expires_in(request.lifecycle, context)
         upload_id = await self.uploads.create(request.file_name, request.content_type, lifetime)
         return encoder_pb2.CreateUploadResponse(upload_id=upload_id)
 
     async def UploadPart(  # noqa: N802
-        self, request_iterator: AsyncIterator[encoder_pb2.UploadPartRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[encoder_pb2.UploadPartRequest],
+        context: grpc.aio.ServicerContext[encoder_pb2.UploadPartRequest, encoder_pb2.UploadPartResponse],
     ) -> encoder_pb2.UploadPartResponse:
         header = await _first_header(request_iterator, "the part header")
         part = await self.uploads.put_part(header.upload_id, header.part_number, _bytes(request_iterator))
         return encoder_pb2.UploadPartResponse(part_number=part.part_number, etag=part.etag, part_size=part.size)
 
     async def CompleteUpload(  # noqa: N802
-        self, request: encoder_pb2.CompleteUploadRequest, context: grpc.aio.ServicerContext
+        self,
+        request: encoder_pb2.CompleteUploadRequest,
+        context: grpc.aio.ServicerContext[encoder_pb2.CompleteUploadRequest, encoder_pb2.CompleteUploadResponse],
     ) -> encoder_pb2.CompleteUploadResponse:
         parts = [(part.part_number, part.etag) for part in request.parts]
         stored = await self.uploads.complete(request.upload_id, parts)
         return encoder_pb2.CompleteUploadResponse(file=_file(stored))
 
     async def AbortUpload(  # noqa: N802
-        self, request: encoder_pb2.AbortUploadRequest, context: grpc.aio.ServicerContext
+        self,
+        request: encoder_pb2.AbortUploadRequest,
+        context: grpc.aio.ServicerContext[encoder_pb2.AbortUploadRequest, encoder_pb2.AbortUploadResponse],
     ) -> encoder_pb2.AbortUploadResponse:
         await self.uploads.abort(request.upload_id)
         return encoder_pb2.AbortUploadResponse()

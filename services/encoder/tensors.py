@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from math import prod
 
 import numpy as np
+import numpy.typing as npt
 
 from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.services.config import EncoderConfig
@@ -77,7 +78,9 @@ def expected_bytes(dtype: int, shape: Sequence[int]) -> int:
     return size
 
 
-def tensor_from_bytes(dtype: int, shape: Sequence[int], data: bytes | bytearray | memoryview) -> np.ndarray:
+def tensor_from_bytes(
+    dtype: int, shape: Sequence[int], data: bytes | bytearray | memoryview | npt.NDArray[np.uint8]
+) -> np.ndarray:
     """The tensor, C order; a read-only view of `data` for every dtype but bfloat16 (widened to float32)."""
     expected = expected_bytes(dtype, shape)
     if len(data) != expected:
@@ -126,7 +129,7 @@ class ArrivingTensor:
         return tensor_from_bytes(self.dtype, [stop - start, *self.shape[1:]], rows)
 
     def tensor(self) -> np.ndarray:
-        return tensor_from_bytes(self.dtype, self.shape, memoryview(self.buffer)[: self.received])
+        return tensor_from_bytes(self.dtype, self.shape, self.buffer.data[: self.received])
 
 
 def to_uint8(array: np.ndarray, value_range: int) -> np.ndarray:
@@ -234,4 +237,5 @@ def _floats_to_uint8(array: np.ndarray, value_range: int) -> np.ndarray:
     else:
         values *= 255
     np.clip(values, 0, 255, out=values)
-    return np.rint(values, out=values).astype(np.uint8)
+    np.rint(values, out=values)
+    return values.astype(np.uint8)
