@@ -118,10 +118,16 @@ def _health(args: argparse.Namespace) -> int:
     """
     with _client(args) as client:
         try:
-            listed = health_pb2_grpc.HealthStub(client.channel).List(health_pb2.HealthListRequest(), timeout=HEALTH_TIMEOUT_SECONDS)
+            # typeshed's grpc_health stubs (types-grpcio-health-checking) know neither List nor its messages
+            listed = health_pb2_grpc.HealthStub(client.channel).List(  # type: ignore[attr-defined]
+                health_pb2.HealthListRequest(),  # type: ignore[attr-defined]
+                timeout=HEALTH_TIMEOUT_SECONDS,
+            )
         except grpc.RpcError as error:
             return _failed("health", FerryError.from_rpc_error(error))
-    statuses = {name: health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status) for name, reply in listed.statuses.items()}
+    statuses = {
+        name: health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status) for name, reply in listed.statuses.items()
+    }
     for name in sorted({*statuses, *SERVICE_NAMES}):  # "" (the whole server) sorts first
         print(f"{name or 'server'}: {statuses.get(name, 'not hosted')}")
     return 0 if _healthy(statuses) else 1
@@ -145,7 +151,7 @@ def _list_apps(client: Client, app_id: str) -> list[inference_pb2.AppDescription
     try:
         return list(client.inference.ListEndpoints(inference_pb2.ListEndpointsRequest(app_id=app_id)).apps)
     except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+        if error.code() == grpc.StatusCode.UNIMPLEMENTED:
             raise Unimplemented("this server does not host the InferenceService") from None
         raise FerryError.from_rpc_error(error) from None
 
@@ -454,13 +460,17 @@ def _command(commands: Any, name: str, help: str, **kwargs: Any) -> argparse.Arg
 
 def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--address", metavar="HOST:PORT", help=f"the stack's gRPC address (default: $FERRY_ADDRESS, else {DEFAULT_ADDRESS})"
+        "--address",
+        metavar="HOST:PORT",
+        help=f"the stack's gRPC address (default: $FERRY_ADDRESS, else {DEFAULT_ADDRESS})",
     )
     parser.add_argument("--token", help="bearer token, for a stack started with --token (default: $FERRY_TOKEN)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ferry", description="Move media in and out of GPU inference.", formatter_class=_HelpWithDefaults)
+    parser = _Parser(
+        prog="ferry", description="Move media in and out of GPU inference.", formatter_class=_HelpWithDefaults
+    )
     parser.add_argument("--version", action="version", version=f"ferry {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -479,10 +489,23 @@ def _parser() -> argparse.ArgumentParser:
 
     download = _command(commands, "download", "download a URL or data: URI through the stack; prints the path")
     download.add_argument("url")
-    download.add_argument("--to", metavar="DIR", help="where the file goes: an absolute folder on this machine, or one relative to the service's data dir")
+    download.add_argument(
+        "--to",
+        metavar="DIR",
+        help="where the file goes: an absolute folder on this machine, or one relative to the service's data dir",
+    )
     download.add_argument("--force", action="store_true", help="download again even when cached")
-    download.add_argument("--header", action="append", type=_header, default=[], metavar="NAME:VALUE", help="send this header to the source (repeatable)")
-    download.add_argument("--limit-mb", type=_positive_number, metavar="MB", help="refuse files larger than this many MB")
+    download.add_argument(
+        "--header",
+        action="append",
+        type=_header,
+        default=[],
+        metavar="NAME:VALUE",
+        help="send this header to the source (repeatable)",
+    )
+    download.add_argument(
+        "--limit-mb", type=_positive_number, metavar="MB", help="refuse files larger than this many MB"
+    )
     _connection_arguments(download)
     download.set_defaults(handler=_download)
 
@@ -501,8 +524,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("app", help="the app id (as `ferry apps` lists it)")
     run.add_argument("--path", default="/", help="the endpoint path")
-    run.add_argument("--input", default="{}", metavar="JSON", help="the input: a JSON object, @FILE to read one, or - for stdin")
-    run.add_argument("--expires-in", type=_seconds, metavar="SECONDS", help="delete the media it produces after this long")
+    run.add_argument(
+        "--input", default="{}", metavar="JSON", help="the input: a JSON object, @FILE to read one, or - for stdin"
+    )
+    run.add_argument(
+        "--expires-in", type=_seconds, metavar="SECONDS", help="delete the media it produces after this long"
+    )
     _connection_arguments(run)
     run.set_defaults(handler=_run)
     return parser

@@ -39,8 +39,8 @@ from ferry.services.health import add_health
 from ferry.services.interceptors import StatusInterceptor
 from ferry.services.memory import keep_freed_memory
 from ferry.services.runtime import Closer, Hosted, Runtime
-from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.assembly import build_storage
+from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.sweeper import run_sweeper
 
@@ -94,7 +94,10 @@ def _hostport(host: str, port: int) -> str:
 
 
 def _check_bindable(host: str, port: int, what: str) -> None:
-    """CannotStart, in words, when `host:port` cannot be bound (the address is not this machine's, the port is taken)."""
+    """CannotStart, in words, when `host:port` cannot be bound.
+
+    (The address is not this machine's, or the port is taken.)
+    """
     try:
         addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, protocol, _, where in addresses:
@@ -102,7 +105,9 @@ def _check_bindable(host: str, port: int, what: str) -> None:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: a restart is not refused
                 probe.bind(where)
     except OSError as error:
-        raise CannotStart(f"cannot listen on {_hostport(host, port)[:200]} for {what}: {error.strerror or error}") from None
+        raise CannotStart(
+            f"cannot listen on {_hostport(host, port)[:200]} for {what}: {error.strerror or error}"
+        ) from None
 
 
 def _read(path: Any) -> bytes:
@@ -194,7 +199,9 @@ class Stack:
         storage_config = self.config.storage
         buckets = tuple(spec for spec in storage_config.storage if spec != LOCAL_SPEC)
         if buckets:
-            chain, _ = build_storage(replace(storage_config, storage=buckets), self.config.server.data_dir, lambda: self.public_url)
+            chain, _ = build_storage(
+                replace(storage_config, storage=buckets), self.config.server.data_dir, lambda: self.public_url
+            )
             self._storage = chain
             self._closers.append(chain.close)
 
@@ -219,7 +226,9 @@ class Stack:
             await site.start()
         except OSError as error:
             await runner.cleanup()
-            raise CannotStart(f"cannot listen on {_hostport(cfg.host, cfg.cdn_port)[:200]} for the CDN: {error.strerror or error}") from None
+            raise CannotStart(
+                f"cannot listen on {_hostport(cfg.host, cfg.cdn_port)[:200]} for the CDN: {error.strerror or error}"
+            ) from None
         self._cdn = runner
         port = runner.addresses[0][1]
         self.cdn_url = f"{'https' if ssl_context else 'http'}://{_hostport(cfg.host, port)}"
@@ -267,7 +276,9 @@ async def serve(config: StackConfig, services: Sequence[str], apps: Sequence[Any
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferry serve", description="Run ferry's services on one gRPC port, plus the CDN.")
+    parser = argparse.ArgumentParser(
+        prog="ferry serve", description="Run ferry's services on one gRPC port, plus the CDN."
+    )
     parser.add_argument(
         "services",
         nargs="*",
@@ -316,9 +327,9 @@ def _hosted_apps(specs: Sequence[str]) -> list[Any]:
 
     Errors raised by the app module's own code are not caught: their traceback is what its author needs.
     """
-    from ferry.inference.app import AppLoadError, describe, load_app
+    from ferry.inference.app import AppLoadError, AppSpec, describe, load_app
 
-    apps = []
+    apps: list[AppSpec] = []
     for spec in specs:
         try:
             app_class = load_app(spec)
