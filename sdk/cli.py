@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry import __version__
-from ferry.client import SERVICE_NAMES, Client
+from ferry.client import SERVICE_NAMES, STORAGE_HEALTH_PREFIX, Client
 from ferry.connection import DEFAULT_ADDRESS, Connection
 from ferry.downloads import DownloadProgress
 from ferry.errors import FerryError, Unimplemented, Unknown
@@ -133,14 +133,11 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if _healthy(statuses) else 1
 
 
-STORAGE_BACKEND = "/storage/"  # in `ferry.v1.EncoderService/storage/<backend>`
-
-
 def _healthy(statuses: dict[str, str]) -> bool:
     """Everything the server reports serves — except storage backends, of which one taking writes is enough:
     a backend whose circuit is open while a fallback takes its writes is news, not an outage."""
-    backends = [status for name, status in statuses.items() if STORAGE_BACKEND in name]
-    others = [status for name, status in statuses.items() if STORAGE_BACKEND not in name]
+    backends = [status for name, status in statuses.items() if name.startswith(STORAGE_HEALTH_PREFIX)]
+    others = [status for name, status in statuses.items() if not name.startswith(STORAGE_HEALTH_PREFIX)]
     return bool(others) and all(s == "SERVING" for s in others) and (not backends or "SERVING" in backends)
 
 

@@ -71,13 +71,23 @@ from ferry.v1 import (
     inference_pb2_grpc,
 )
 
-__all__ = ["DOWNLOADER_SERVICE", "ENCODER_SERVICE", "INFERENCE_SERVICE", "SERVICE_NAMES", "AsyncClient", "Client"]
+__all__ = [
+    "DOWNLOADER_SERVICE",
+    "ENCODER_SERVICE",
+    "INFERENCE_SERVICE",
+    "SERVICE_NAMES",
+    "STORAGE_HEALTH_PREFIX",
+    "AsyncClient",
+    "Client",
+]
 
 # The contract's service names, as its descriptors spell them (health and reflection use them).
 DOWNLOADER_SERVICE = downloader_pb2.DESCRIPTOR.services_by_name["DownloaderService"].full_name
 ENCODER_SERVICE = encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 SERVICE_NAMES = (DOWNLOADER_SERVICE, ENCODER_SERVICE, INFERENCE_SERVICE)
+# The health name of each storage backend behind the encoder: SERVING, or NOT_SERVING while its circuit is open.
+STORAGE_HEALTH_PREFIX = f"{ENCODER_SERVICE}/storage/"
 _STATUS_NAMES = {value: name for name, value in health_pb2.HealthCheckResponse.ServingStatus.items()}
 
 

@@ -43,6 +43,7 @@ from ferry.services.storage.assembly import build_storage
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.sweeper import run_sweeper
+from ferry.sizes import MESSAGE_BYTES, MIB
 
 log = logging.getLogger("ferry.serve")
 
@@ -70,7 +71,7 @@ def max_receive_bytes(config: StackConfig) -> int:
     Everything else streams in ≤ 1 MiB messages; only this one request body is
     inherently whole, and the data-URI cap bounds it.
     """
-    return max(4 << 20, int(config.downloader.data_uri_limit_mib * (1 << 20) * 4 / 3) + (1 << 20))
+    return max(4 * MIB, int(config.downloader.data_uri_limit_mib * MIB * 4 / 3) + MESSAGE_BYTES)
 
 
 def server_options(config: StackConfig) -> list[tuple[str, int]]:

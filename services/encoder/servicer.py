@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from ferry.client import ENCODER_SERVICE
+from ferry.client import STORAGE_HEALTH_PREFIX
 from ferry.errors import InvalidArgument
 from ferry.services.config import StackConfig
 from ferry.services.encoder.audio import AudioInfo
@@ -234,7 +234,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
 
 def storage_health_name(backend_name: str) -> str:
     """The health service name under which a storage backend is SERVING, or NOT_SERVING while its breaker is open."""
-    return f"{ENCODER_SERVICE}/storage/{backend_name}"
+    return f"{STORAGE_HEALTH_PREFIX}{backend_name}"
 
 
 async def _report_storage_health(chain: StorageChain, health: Any) -> None:
