@@ -18,10 +18,23 @@ import pytest
 
 import ferry
 from ferry.services.config import DownloaderConfig
-from tests.services.downloader_fixtures import host_downloader, leftovers
+from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
+    client,
+    data_dir,
+    downloader,
+    grpc_add_to_server,
+    grpc_servicer,
+    grpc_stub_cls,
+    leftovers,
+)
 
 CONFIG = DownloaderConfig(allow_private_networks=True, chunk_mib=1, retries=1, retry_backoff_seconds=0.01)
-data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client = host_downloader(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def downloader_config() -> DownloaderConfig:
+    return CONFIG
+
 
 BODY = os.urandom((1 << 20) + 123)
 

@@ -1,4 +1,13 @@
-"""Hosting a real DownloaderService for a test module, and helpers its tests share."""
+"""Hosting a real DownloaderService for a test module, and helpers its tests share.
+
+A module imports the fixtures it uses and says how its downloader is configured:
+
+    from tests.services.downloader_fixtures import client, downloader, grpc_add_to_server, grpc_servicer, grpc_stub_cls
+
+    @pytest.fixture(scope="module")
+    def downloader_config() -> DownloaderConfig:
+        return CONFIG
+"""
 
 from __future__ import annotations
 
@@ -30,25 +39,23 @@ def grpc_stub_cls():
     return downloader_pb2_grpc.DownloaderServiceStub
 
 
-def host_downloader(config: DownloaderConfig):
-    """pytest-grpc fixtures serving a Downloader built from `config` on a module-scoped data dir."""
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
 
-    @pytest.fixture(scope="module")
-    def data_dir(tmp_path_factory) -> Path:
-        return tmp_path_factory.mktemp("data")
 
-    @pytest.fixture(scope="module")
-    def downloader(data_dir, background_loop):
-        downloader = Downloader(config, data_dir)
-        yield downloader
-        background_loop.run(downloader.close())
+@pytest.fixture(scope="module")
+def downloader(downloader_config: DownloaderConfig, data_dir: Path, background_loop):
+    """A Downloader built from the test module's own `downloader_config` fixture, on a module-scoped data dir."""
+    downloader = Downloader(downloader_config, data_dir)
+    yield downloader
+    background_loop.run(downloader.close())
 
-    @pytest.fixture
-    def client(grpc_addr, grpc_server):
-        with ferry.Client(grpc_addr) as client:
-            yield client
 
-    return data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client
+@pytest.fixture
+def client(grpc_addr, grpc_server):
+    with ferry.Client(grpc_addr) as client:
+        yield client
 
 
 def events(stub, **fields) -> list[downloader_pb2.DownloadResponse]:

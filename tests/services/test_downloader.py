@@ -18,7 +18,17 @@ import ferry
 from ferry.services.config import DownloaderConfig
 from ferry.v1 import downloader_pb2
 from tests.harness import RawHttpServer, wait_for
-from tests.services.downloader_fixtures import events, host_downloader, leftovers, status_of
+from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
+    client,
+    data_dir,
+    downloader,
+    events,
+    grpc_add_to_server,
+    grpc_servicer,
+    grpc_stub_cls,
+    leftovers,
+    status_of,
+)
 
 CONFIG = DownloaderConfig(
     allow_private_networks=True,  # the source is a loopback server
@@ -28,7 +38,12 @@ CONFIG = DownloaderConfig(
     read_timeout_seconds=1.0,
     data_uri_limit_mib=1.0,
 )
-data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client = host_downloader(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def downloader_config() -> DownloaderConfig:
+    return CONFIG
+
 
 BODY = os.urandom(3 * (1 << 20) + 17)
 

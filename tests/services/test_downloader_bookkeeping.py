@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+import pytest
 from aiohttp import web
 
 from ferry.services.config import DownloaderConfig
@@ -23,10 +24,23 @@ from ferry.services.downloader.locks import LockFiles, path_lock_key
 from ferry.services.downloader.records import flight_key
 from ferry.v1 import downloader_pb2
 from tests.harness import wait_for
-from tests.services.downloader_fixtures import events, host_downloader, status_of
+from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
+    client,
+    data_dir,
+    downloader,
+    events,
+    grpc_add_to_server,
+    grpc_servicer,
+    grpc_stub_cls,
+    status_of,
+)
 
 CONFIG = DownloaderConfig(allow_private_networks=True, retries=0)  # the source is a loopback server
-data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client = host_downloader(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def downloader_config() -> DownloaderConfig:
+    return CONFIG
 
 
 def lock_file(data_dir: Path, key: str) -> Path:

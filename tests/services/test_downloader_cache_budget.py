@@ -5,16 +5,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.locks import path_lock_key
 from ferry.services.downloader.records import flight_key
 from ferry.sizes import MIB
 from ferry.v1 import downloader_pb2
 from tests.harness import wait_for
-from tests.services.downloader_fixtures import events, host_downloader
+from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
+    client,
+    data_dir,
+    downloader,
+    events,
+    grpc_add_to_server,
+    grpc_servicer,
+    grpc_stub_cls,
+)
 
 CONFIG = DownloaderConfig(allow_private_networks=True, cache_budget_mib=30, chunk_mib=1)
-data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client = host_downloader(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def downloader_config() -> DownloaderConfig:
+    return CONFIG
 
 
 def fetch(stub, url) -> Path:

@@ -7,12 +7,26 @@ import pytest
 from aiohttp import web
 
 from ferry.services.config import DownloaderConfig
-from tests.services.downloader_fixtures import events, host_downloader, leftovers, status_of
+from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
+    client,
+    data_dir,
+    downloader,
+    events,
+    grpc_add_to_server,
+    grpc_servicer,
+    grpc_stub_cls,
+    leftovers,
+    status_of,
+)
 
 # Only the host name "localhost" is allow-listed: the test source is reachable
 # by that name, while every address spelling of loopback stays refused.
 CONFIG = DownloaderConfig(allow_hosts="localhost", retries=0)
-data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client = host_downloader(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def downloader_config() -> DownloaderConfig:
+    return CONFIG
 
 
 @pytest.mark.parametrize(

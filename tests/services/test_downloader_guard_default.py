@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from ferry.services.config import DownloaderConfig
-from tests.services.downloader_fixtures import host_downloader, status_of
+from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
+    client,
+    data_dir,
+    downloader,
+    grpc_add_to_server,
+    grpc_servicer,
+    grpc_stub_cls,
+    status_of,
+)
 
-data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client = host_downloader(DownloaderConfig())
+
+@pytest.fixture(scope="module")
+def downloader_config() -> DownloaderConfig:
+    return DownloaderConfig()
 
 
 def test_localhost_is_checked_on_its_resolved_address(grpc_stub, http_server):

@@ -7,10 +7,23 @@ import pytest
 
 import ferry
 from ferry.services.config import DownloaderConfig
-from tests.services.downloader_fixtures import events, host_downloader, leftovers
+from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
+    client,
+    data_dir,
+    downloader,
+    events,
+    grpc_add_to_server,
+    grpc_servicer,
+    grpc_stub_cls,
+    leftovers,
+)
 
 CONFIG = DownloaderConfig(allow_private_networks=True, retries=0)  # the source is a loopback server
-data_dir, downloader, grpc_servicer, grpc_add_to_server, grpc_stub_cls, client = host_downloader(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def downloader_config() -> DownloaderConfig:
+    return CONFIG
 
 
 def refusal(stub, **fields) -> ferry.FerryError:
