@@ -31,7 +31,7 @@ from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
 from tests.harness import BackgroundLoop, RawHttpServer, wait_for
 from tests.services.storage_fixtures import served_local_storage
-from tests.services.test_storage_chain import down, new_bucket  # noqa: F401 (`down` is a fixture)
+from tests.services.test_storage_chain import new_bucket
 
 CHAIN_LOG = "ferry.services.storage.chain"
 DATA = b"encoded media"

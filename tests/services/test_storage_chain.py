@@ -49,15 +49,6 @@ def dummy_credentials(aws_test_credentials: None) -> None:
 
 
 @pytest.fixture
-async def down() -> AsyncIterator[RawHttpServer]:
-    """An S3 endpoint that is down: it reads each request and hangs up without answering."""
-    endpoint = RawHttpServer(b"")
-    await endpoint.start()
-    yield endpoint
-    await endpoint.stop()
-
-
-@pytest.fixture
 def clock() -> TurnedClock:
     return TurnedClock()
 

@@ -7,17 +7,7 @@ import pytest
 from aiohttp import web
 
 from ferry.services.config import DownloaderConfig
-from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
-    client,
-    data_dir,
-    downloader,
-    events,
-    grpc_add_to_server,
-    grpc_servicer,
-    grpc_stub_cls,
-    leftovers,
-    status_of,
-)
+from tests.services.downloader.helpers import events, leftovers, status_of
 
 # Only the host name "localhost" is allow-listed: the test source is reachable
 # by that name, while every address spelling of loopback stays refused.

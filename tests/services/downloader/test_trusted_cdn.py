@@ -17,7 +17,7 @@ import ferry
 from ferry.services.config import DownloaderConfig, StorageConfig
 from ferry.services.downloader.engine import Downloader
 from tests.harness import HttpFileServer
-from tests.services.downloader_fixtures import events, grpc_add_to_server, grpc_servicer, grpc_stub_cls  # noqa: F401 (fixtures serving `downloader`)
+from tests.services.downloader.helpers import events
 
 CONFIG = DownloaderConfig(allow_hosts="localhost", retries=0)
 

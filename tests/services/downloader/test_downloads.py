@@ -18,17 +18,7 @@ import ferry
 from ferry.services.config import DownloaderConfig
 from ferry.v1 import downloader_pb2
 from tests.harness import RawHttpServer, wait_for
-from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
-    client,
-    data_dir,
-    downloader,
-    events,
-    grpc_add_to_server,
-    grpc_servicer,
-    grpc_stub_cls,
-    leftovers,
-    status_of,
-)
+from tests.services.downloader.helpers import events, leftovers, status_of
 
 CONFIG = DownloaderConfig(
     allow_private_networks=True,  # the source is a loopback server

@@ -24,16 +24,7 @@ from ferry.services.downloader.locks import LockFiles, path_lock_key
 from ferry.services.downloader.records import flight_key
 from ferry.v1 import downloader_pb2
 from tests.harness import wait_for
-from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
-    client,
-    data_dir,
-    downloader,
-    events,
-    grpc_add_to_server,
-    grpc_servicer,
-    grpc_stub_cls,
-    status_of,
-)
+from tests.services.downloader.helpers import events, status_of
 
 CONFIG = DownloaderConfig(allow_private_networks=True, retries=0)  # the source is a loopback server
 

@@ -18,15 +18,7 @@ import pytest
 
 import ferry
 from ferry.services.config import DownloaderConfig
-from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
-    client,
-    data_dir,
-    downloader,
-    grpc_add_to_server,
-    grpc_servicer,
-    grpc_stub_cls,
-    leftovers,
-)
+from tests.services.downloader.helpers import leftovers
 
 CONFIG = DownloaderConfig(allow_private_networks=True, chunk_mib=1, retries=1, retry_backoff_seconds=0.01)
 

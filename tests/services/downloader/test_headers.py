@@ -7,16 +7,7 @@ import pytest
 
 import ferry
 from ferry.services.config import DownloaderConfig
-from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
-    client,
-    data_dir,
-    downloader,
-    events,
-    grpc_add_to_server,
-    grpc_servicer,
-    grpc_stub_cls,
-    leftovers,
-)
+from tests.services.downloader.helpers import events, leftovers
 
 CONFIG = DownloaderConfig(allow_private_networks=True, retries=0)  # the source is a loopback server
 

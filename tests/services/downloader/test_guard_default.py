@@ -6,15 +6,7 @@ import grpc
 import pytest
 
 from ferry.services.config import DownloaderConfig
-from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
-    client,
-    data_dir,
-    downloader,
-    grpc_add_to_server,
-    grpc_servicer,
-    grpc_stub_cls,
-    status_of,
-)
+from tests.services.downloader.helpers import status_of
 
 
 @pytest.fixture(scope="module")

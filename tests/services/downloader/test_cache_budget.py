@@ -13,15 +13,7 @@ from ferry.services.downloader.records import flight_key
 from ferry.sizes import MIB
 from ferry.v1 import downloader_pb2
 from tests.harness import wait_for
-from tests.services.downloader_fixtures import (  # noqa: F401 (fixtures this module uses)
-    client,
-    data_dir,
-    downloader,
-    events,
-    grpc_add_to_server,
-    grpc_servicer,
-    grpc_stub_cls,
-)
+from tests.services.downloader.helpers import events
 
 CONFIG = DownloaderConfig(allow_private_networks=True, cache_budget_mib=30, chunk_mib=1)
 

@@ -27,7 +27,7 @@ from ferry.services.downloader.own_storage import OwnStorage
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
-from tests.services.downloader_fixtures import events, grpc_add_to_server, grpc_servicer, grpc_stub_cls, leftovers  # noqa: F401 (fixtures serving `downloader`)
+from tests.services.downloader.helpers import events, leftovers
 
 CONFIG = DownloaderConfig(allow_hosts="localhost", retries=0)
 

@@ -27,7 +27,7 @@ from ferry.services.downloader.own_storage import OwnStorage
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.s3 import S3Storage
 from tests.conftest import AWS_TEST_CREDENTIALS
-from tests.services.downloader_fixtures import events, grpc_add_to_server, grpc_servicer, grpc_stub_cls, leftovers  # noqa: F401 (fixtures serving `downloader`)
+from tests.services.downloader.helpers import events, leftovers
 
 CONFIG = DownloaderConfig(retries=0)
 
