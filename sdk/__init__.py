@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from ferry.app_requests import AsyncRequestHandle, QueueUpdate, RequestHandle, Status
+from ferry.app_requests import AsyncRequestHandle, RequestHandle, Status, SubscribeOptions
 from ferry.client import AsyncClient, Client
 from ferry.connection import Connection, StackTarget
 from ferry.datauri import encode, encode_file, encode_image, image_bytes
@@ -71,12 +71,19 @@ def download_file(
     on_progress: ProgressCallback | None = None,
 ) -> Path:
     """Download `url` through the stack at FERRY_ADDRESS; see `Client.download_file`."""
-    return default_client().download_file(url, target_dir, force, request_headers, filesize_limit, on_progress)
+    return default_client().download_file(
+        url,
+        target_dir,
+        force=force,
+        request_headers=request_headers,
+        filesize_limit=filesize_limit,
+        on_progress=on_progress,
+    )
 
 
 def download_model_weights(url: str, force: bool = False, request_headers: Mapping[str, str] | None = None) -> Path:
     """Download model weights once through the stack at FERRY_ADDRESS; see `Client.download_model_weights`."""
-    return default_client().download_model_weights(url, force, request_headers)
+    return default_client().download_model_weights(url, force=force, request_headers=request_headers)
 
 
 def upload_file(path: str | os.PathLike[str], expires_in: int | None = None) -> str:
@@ -102,7 +109,7 @@ def run(
     app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None, timeout: float | None = None
 ) -> dict[str, Any]:
     """Run an app endpoint through the stack at FERRY_ADDRESS and return its output; see `Client.run`."""
-    return default_client().run(app, arguments, path, expires_in, timeout)
+    return default_client().run(app, arguments, path, expires_in=expires_in, timeout=timeout)
 
 
 def submit(app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> RequestHandle:
@@ -111,27 +118,10 @@ def submit(app: str, arguments: dict[str, Any], path: str = "/", expires_in: int
 
 
 def subscribe(
-    app: str,
-    arguments: dict[str, Any],
-    path: str = "/",
-    *,
-    with_logs: bool = False,
-    on_enqueue: Callable[[str], None] | None = None,
-    on_queue_update: QueueUpdate | None = None,
-    client_timeout: float | None = None,
-    expires_in: int | None = None,
+    app: str, arguments: dict[str, Any], path: str = "/", **options: Unpack[SubscribeOptions]
 ) -> dict[str, Any]:
     """Run and follow a request to its output; see `Client.subscribe`."""
-    return default_client().subscribe(
-        app,
-        arguments,
-        path,
-        with_logs=with_logs,
-        on_enqueue=on_enqueue,
-        on_queue_update=on_queue_update,
-        client_timeout=client_timeout,
-        expires_in=expires_in,
-    )
+    return default_client().subscribe(app, arguments, path, **options)
 
 
 def stream(app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> Iterator[Event]:

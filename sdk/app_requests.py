@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import grpc
 
@@ -34,6 +34,7 @@ from ferry.events import (
     log_line,
     progress_of,
 )
+from ferry.keywords import check_keywords
 from ferry.v1 import inference_pb2
 
 if TYPE_CHECKING:
@@ -194,6 +195,28 @@ async def stream_events_async(
         call.cancel()
 
 
+class RunOptions(TypedDict, total=False):
+    """`run`'s keywords: how long the outputs live (seconds), and how long to wait before cancelling."""
+
+    expires_in: int | None
+    timeout: float | None
+
+
+class SubscribeOptions(TypedDict, total=False):
+    """`subscribe`'s keywords, the reference client's.
+
+    `on_enqueue(request_id)` once; `on_queue_update` with each `Queued` and `InProgress` (those with log lines
+    only when `with_logs`); past `client_timeout` seconds the request is cancelled and DEADLINE_EXCEEDED raised;
+    `expires_in` is how long the request's stored outputs live.
+    """
+
+    with_logs: bool
+    on_enqueue: Callable[[str], None] | None
+    on_queue_update: QueueUpdate | None
+    client_timeout: float | None
+    expires_in: int | None
+
+
 class _Subscription:
     """What `subscribe` does with each event, for the sync and async loops alike.
 
@@ -201,17 +224,12 @@ class _Subscription:
     a caller that leaves cancels its request on the server.
     """
 
-    def __init__(
-        self,
-        with_logs: bool,
-        on_enqueue: Callable[[str], None] | None,
-        on_queue_update: QueueUpdate | None,
-        client_timeout: float | None,
-    ) -> None:
-        self.with_logs = with_logs
-        self.on_enqueue = on_enqueue
-        self.on_queue_update = on_queue_update
-        self.client_timeout = client_timeout
+    def __init__(self, options: SubscribeOptions) -> None:
+        check_keywords("subscribe", options, SubscribeOptions)
+        self.with_logs = options.get("with_logs", False)
+        self.on_enqueue = options.get("on_enqueue")
+        self.on_queue_update = options.get("on_queue_update")
+        self.client_timeout = options.get("client_timeout")
         self.request_id = ""
         self._request_error: FerryError | None = None
 
@@ -245,19 +263,11 @@ class _Subscription:
         return Unknown("the stream ended without a result")
 
 
-def subscribe(
-    client: Client,
-    request: inference_pb2.StreamRequest,
-    *,
-    with_logs: bool = False,
-    on_enqueue: Callable[[str], None] | None = None,
-    on_queue_update: QueueUpdate | None = None,
-    client_timeout: float | None = None,
-) -> dict[str, Any]:
+def subscribe(client: Client, request: inference_pb2.StreamRequest, options: SubscribeOptions) -> dict[str, Any]:
     """Run through Stream, reporting queue updates (and logs when asked); cancels past `client_timeout`."""
-    subscription = _Subscription(with_logs, on_enqueue, on_queue_update, client_timeout)
+    subscription = _Subscription(options)
     try:
-        for event in stream_events(client, request, client_timeout):
+        for event in stream_events(client, request, subscription.client_timeout):
             if (output := subscription.feed(event)) is not None:
                 return output
     except FerryError as error:
@@ -266,18 +276,12 @@ def subscribe(
 
 
 async def subscribe_async(
-    client: AsyncClient,
-    request: inference_pb2.StreamRequest,
-    *,
-    with_logs: bool = False,
-    on_enqueue: Callable[[str], None] | None = None,
-    on_queue_update: QueueUpdate | None = None,
-    client_timeout: float | None = None,
+    client: AsyncClient, request: inference_pb2.StreamRequest, options: SubscribeOptions
 ) -> dict[str, Any]:
     """The asyncio twin of `subscribe`."""
-    subscription = _Subscription(with_logs, on_enqueue, on_queue_update, client_timeout)
+    subscription = _Subscription(options)
     try:
-        async for event in stream_events_async(client, request, client_timeout):
+        async for event in stream_events_async(client, request, subscription.client_timeout):
             if (output := subscription.feed(event)) is not None:
                 return output
     except FerryError as error:

@@ -15,18 +15,19 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Unpack
+from typing import Any, Generic, TypeVar, Unpack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry.app_requests import (
     AsyncRequestHandle,
-    QueueUpdate,
     RequestHandle,
+    RunOptions,
+    SubscribeOptions,
     stream_events,
     stream_events_async,
     subscribe,
@@ -36,15 +37,16 @@ from ferry.app_requests import (
 )
 from ferry.connection import Connection
 from ferry.downloads import (
+    DownloadOptions,
     DownloadPlan,
     EventReader,
-    ProgressCallback,
-    already_downloaded,
+    WeightsOptions,
     write_read_stream,
     write_read_stream_async,
 )
 from ferry.errors import map_rpc_errors
 from ferry.events import Event
+from ferry.keywords import check_keywords
 from ferry.realtime_connection import AsyncRealtimeConnection, RealtimeConnection
 from ferry.retry import call_with_retries, call_with_retries_async
 from ferry.uploads import (
@@ -53,6 +55,7 @@ from ferry.uploads import (
     EncodeOptions,
     PartSender,
     RequestStream,
+    UploadOptions,
     UploadProgress,
     build_encode,
     encode_messages,
@@ -88,6 +91,7 @@ INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"
 SERVICE_NAMES = (DOWNLOADER_SERVICE, ENCODER_SERVICE, INFERENCE_SERVICE)
 # The health name of each storage backend behind the encoder: SERVING, or NOT_SERVING while its circuit is open.
 STORAGE_HEALTH_PREFIX = f"{ENCODER_SERVICE}/storage/"
+ChannelT = TypeVar("ChannelT", grpc.Channel, grpc.aio.Channel)
 _STATUS_NAMES = {value: name for name, value in health_pb2.HealthCheckResponse.ServingStatus.items()}
 
 
@@ -97,38 +101,49 @@ def _encoder_addresses(given: Sequence[str] | None) -> list[str]:
     return [a.strip() for a in os.environ.get("FERRY_ENCODER_ADDRESSES", "").split(",") if a.strip()]
 
 
-class _ClientBase:
-    """What both twins decide alike: where the stack is, and what each request says."""
+class _ClientBase(Generic[ChannelT]):
+    """What both twins decide alike: where the stack is, and what each request says.
+
+    The twins differ only in the channel they open (`_open`) and in how they wait on it.
+    """
 
     def __init__(
         self,
-        address: str | None,
-        token: str | None,
-        ca_file: str | os.PathLike[str] | None,
-        tls: bool | None,
-        shared_data_dir: bool | None,
-        encoder_addresses: Sequence[str] | None,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        tls: bool | None = None,
+        shared_data_dir: bool | None = None,
+        encoder_addresses: Sequence[str] | None = None,
     ) -> None:
         self.connection = Connection.resolve(address, token=token, ca_file=ca_file, tls=tls)
         self.shared_data_dir = shared_data_dir  # None: FERRY_SHARED_DATA_DIR, else detect per download
+        # The stubs' types depend on the channel's kind: each twin declares them.
+        self.channel: ChannelT = self._open(self.connection)
+        self.downloader: Any = downloader_pb2_grpc.DownloaderServiceStub(self.channel)
+        self.encoder: Any = encoder_pb2_grpc.EncoderServiceStub(self.channel)
+        self.inference: Any = inference_pb2_grpc.InferenceServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
         # Encoder calls fail over across these (FERRY_ENCODER_ADDRESSES), else use the main address.
-        self._encoder_connections = [
-            Connection(a, self.connection.token, self.connection.ca_file, self.connection.tls)
+        self._encoder_channels: list[ChannelT] = [
+            self._open(Connection(a, self.connection.token, self.connection.ca_file, self.connection.tls))
             for a in _encoder_addresses(encoder_addresses)
         ]
+        self._encoders: list[Any] = [encoder_pb2_grpc.EncoderServiceStub(c) for c in self._encoder_channels] or [
+            self.encoder
+        ]
+
+    @staticmethod
+    def _open(connection: Connection) -> ChannelT:
+        raise NotImplementedError
 
     def _download_plan(
-        self,
-        url: str,
-        target_dir: str | os.PathLike[str] | None,
-        force: bool,
-        request_headers: Mapping[str, str] | None,
-        filesize_limit: float | None,
-        model_weights: bool,
+        self, caller: str, url: str, target_dir: str | os.PathLike[str] | None, options: Mapping[str, Any]
     ) -> DownloadPlan:
-        return DownloadPlan.create(
-            url, target_dir, force, request_headers, filesize_limit, model_weights, self.shared_data_dir
-        )
+        model_weights = caller == "download_model_weights"
+        check_keywords(caller, options, WeightsOptions if model_weights else DownloadOptions)
+        return DownloadPlan.create(url, target_dir, model_weights, options, self.shared_data_dir)
 
     @staticmethod
     def _bytes_header(
@@ -139,19 +154,18 @@ class _ClientBase:
         )
 
     @staticmethod
-    def _file_upload(
-        path: str | os.PathLike[str], content_type: str | None, file_name: str | None, expires_in: int | None
-    ) -> tuple[Path, encoder_pb2.UploadHeader]:
+    def _file_upload(path: str | os.PathLike[str], options: UploadOptions) -> tuple[Path, encoder_pb2.UploadHeader]:
         """The file and what its upload says; its size decides between one Upload and a multipart one."""
+        check_keywords("upload_file", options, UploadOptions)
         path = Path(path)
         if not path.is_file():
             raise IsADirectoryError(f"{path} is a directory, not a file") if path.is_dir() else FileNotFoundError(path)
-        name = file_name or path.name
+        name = options.get("file_name") or path.name
         header = encoder_pb2.UploadHeader(
             file_name=name,
-            content_type=guess_content_type(name, content_type),
+            content_type=guess_content_type(name, options.get("content_type")),
             file_size=path.stat().st_size,
-            lifecycle=lifecycle(expires_in),
+            lifecycle=lifecycle(options.get("expires_in")),
         )
         return path, header
 
@@ -173,27 +187,17 @@ class _ClientBase:
         return inference_pb2.RealtimeOpen(app_id=app, path=path, lifecycle=lifecycle(expires_in))
 
 
-class Client(_ClientBase):
+class Client(_ClientBase[grpc.Channel]):
     """A synchronous connection to a ferry stack (`FERRY_ADDRESS` unless `address` is given)."""
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        token: str | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-        tls: bool | None = None,
-        shared_data_dir: bool | None = None,
-        encoder_addresses: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(address, token, ca_file, tls, shared_data_dir, encoder_addresses)
-        self.channel = self.connection.channel()
-        self.downloader = downloader_pb2_grpc.DownloaderServiceStub(self.channel)
-        self.encoder = encoder_pb2_grpc.EncoderServiceStub(self.channel)
-        self.inference = inference_pb2_grpc.InferenceServiceStub(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
-        self._encoder_channels = [connection.channel() for connection in self._encoder_connections]
-        self._encoders = [encoder_pb2_grpc.EncoderServiceStub(c) for c in self._encoder_channels] or [self.encoder]
+    downloader: downloader_pb2_grpc.DownloaderServiceStub
+    encoder: encoder_pb2_grpc.EncoderServiceStub
+    inference: inference_pb2_grpc.InferenceServiceStub
+    _encoders: list[encoder_pb2_grpc.EncoderServiceStub]
+
+    @staticmethod
+    def _open(connection: Connection) -> grpc.Channel:
+        return connection.channel()
 
     def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         """The serving status ("SERVING", "NOT_SERVING", …) of `service` ("" = the whole server)."""
@@ -211,13 +215,7 @@ class Client(_ClientBase):
     # -- downloads -----------------------------------------------------------------------
 
     def download_file(
-        self,
-        url: str,
-        target_dir: str | os.PathLike[str] | None = None,
-        force: bool = False,
-        request_headers: Mapping[str, str] | None = None,
-        filesize_limit: float | None = None,
-        on_progress: ProgressCallback | None = None,
+        self, url: str, target_dir: str | os.PathLike[str] | None = None, **options: Unpack[DownloadOptions]
     ) -> Path:
         """Download `url` (http, https or data:) and return the local path.
 
@@ -225,24 +223,16 @@ class Client(_ClientBase):
         dir; absolute = a folder on this machine (see `ferry.downloads.DownloadPlan`).
         `filesize_limit` is in MB. Raises `FerryError` with the service's status.
         """
-        if (path := already_downloaded(url, target_dir, force, False)) is not None:
-            return path
-        plan = self._download_plan(url, target_dir, force, request_headers, filesize_limit, False)
-        return self._download(plan, on_progress)
+        return self._download(self._download_plan("download_file", url, target_dir, options), options)
 
-    def download_model_weights(
-        self,
-        url: str,
-        force: bool = False,
-        request_headers: Mapping[str, str] | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> Path:
+    def download_model_weights(self, url: str, **options: Unpack[WeightsOptions]) -> Path:
         """Download weights once into the service's weights store; later calls return at once."""
-        already_downloaded(url, None, force, True)  # a cancelled request's handler stops here
-        return self._download(self._download_plan(url, None, force, request_headers, None, True), on_progress)
+        return self._download(self._download_plan("download_model_weights", url, None, options), options)
 
-    def _download(self, plan: DownloadPlan, on_progress: ProgressCallback | None) -> Path:
-        reader = EventReader(on_progress)
+    def _download(self, plan: DownloadPlan, options: WeightsOptions) -> Path:
+        if plan.held is not None:
+            return plan.held
+        reader = EventReader(options.get("on_progress"))
         call = self.downloader.Download(plan.request)
         try:
             with map_rpc_errors():
@@ -272,19 +262,13 @@ class Client(_ClientBase):
                 idempotent=True,
             )
 
-    def upload_file(
-        self,
-        path: str | os.PathLike[str],
-        content_type: str | None = None,
-        file_name: str | None = None,
-        expires_in: int | None = None,
-        on_progress: UploadProgress | None = None,
-    ) -> common_pb2.File:
+    def upload_file(self, path: str | os.PathLike[str], **options: Unpack[UploadOptions]) -> common_pb2.File:
         """Store a local file; files over 100 MiB go multipart (10 MiB parts, 10 in parallel).
 
         `on_progress(bytes_sent, total)` is called as the bytes go.
         """
-        path, header = self._file_upload(path, content_type, file_name, expires_in)
+        path, header = self._file_upload(path, options)
+        on_progress = options.get("on_progress")
         if header.file_size > MULTIPART_THRESHOLD:
             return self._upload_multipart(path, header, on_progress)
 
@@ -343,20 +327,17 @@ class Client(_ClientBase):
         return json.dumps(upload_local_files(arguments, self))
 
     def run(
-        self,
-        app: str,
-        arguments: dict[str, Any],
-        path: str = "/",
-        expires_in: int | None = None,
-        timeout: float | None = None,
+        self, app: str, arguments: dict[str, Any], path: str = "/", **options: Unpack[RunOptions]
     ) -> dict[str, Any]:
         """Run an app endpoint and return its output (local Path arguments are uploaded first).
 
         Past `timeout` seconds the call fails DEADLINE_EXCEEDED and the request is cancelled.
         """
-        request = self._app_request(inference_pb2.RunRequest, app, self._input_json(arguments), path, expires_in)
+        check_keywords("run", options, RunOptions)
+        input_json = self._input_json(arguments)
+        request = self._app_request(inference_pb2.RunRequest, app, input_json, path, options.get("expires_in"))
         with map_rpc_errors():
-            return json.loads(self.inference.Run(request, timeout=timeout).output_json)  # type: ignore[no-any-return]
+            return json.loads(self.inference.Run(request, timeout=options.get("timeout")).output_json)  # type: ignore[no-any-return]
 
     def submit(
         self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
@@ -378,32 +359,12 @@ class Client(_ClientBase):
         return stream_events(self, request)
 
     def subscribe(
-        self,
-        app: str,
-        arguments: dict[str, Any],
-        path: str = "/",
-        *,
-        with_logs: bool = False,
-        on_enqueue: Callable[[str], None] | None = None,
-        on_queue_update: QueueUpdate | None = None,
-        client_timeout: float | None = None,
-        expires_in: int | None = None,
+        self, app: str, arguments: dict[str, Any], path: str = "/", **options: Unpack[SubscribeOptions]
     ) -> dict[str, Any]:
-        """Run and follow a request to its output, as the reference client's `subscribe`.
-
-        `on_enqueue(request_id)` once; `on_queue_update` with each `Queued` and
-        `InProgress` (those with log lines only when `with_logs`); past
-        `client_timeout` seconds the request is cancelled and DEADLINE_EXCEEDED raised.
-        """
-        request = self._app_request(inference_pb2.StreamRequest, app, self._input_json(arguments), path, expires_in)
-        return subscribe(
-            self,
-            request,
-            with_logs=with_logs,
-            on_enqueue=on_enqueue,
-            on_queue_update=on_queue_update,
-            client_timeout=client_timeout,
-        )
+        """Run and follow a request to its output, as the reference client's `subscribe` (see `SubscribeOptions`)."""
+        input_json = self._input_json(arguments)
+        request = self._app_request(inference_pb2.StreamRequest, app, input_json, path, options.get("expires_in"))
+        return subscribe(self, request, options)
 
     def realtime(self, app: str, path: str = "/", expires_in: int | None = None) -> RealtimeConnection:
         """Open one call to a realtime endpoint: `send` inputs, `recv` or iterate outputs, over one call.
@@ -428,27 +389,17 @@ class Client(_ClientBase):
         self.close()
 
 
-class AsyncClient(_ClientBase):
+class AsyncClient(_ClientBase[grpc.aio.Channel]):
     """The asyncio twin of `Client`: the same methods, to `await`; cancelling a task cancels its call."""
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        token: str | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-        tls: bool | None = None,
-        shared_data_dir: bool | None = None,
-        encoder_addresses: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(address, token, ca_file, tls, shared_data_dir, encoder_addresses)
-        self.channel = self.connection.aio_channel()
-        self.downloader = downloader_pb2_grpc.DownloaderServiceStub(self.channel)
-        self.encoder = encoder_pb2_grpc.EncoderServiceStub(self.channel)
-        self.inference = inference_pb2_grpc.InferenceServiceStub(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
-        self._encoder_channels = [connection.aio_channel() for connection in self._encoder_connections]
-        self._encoders = [encoder_pb2_grpc.EncoderServiceStub(c) for c in self._encoder_channels] or [self.encoder]
+    downloader: downloader_pb2_grpc.DownloaderServiceAsyncStub
+    encoder: encoder_pb2_grpc.EncoderServiceAsyncStub
+    inference: inference_pb2_grpc.InferenceServiceAsyncStub
+    _encoders: list[encoder_pb2_grpc.EncoderServiceAsyncStub]
+
+    @staticmethod
+    def _open(connection: Connection) -> grpc.aio.Channel:
+        return connection.aio_channel()
 
     async def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         with map_rpc_errors():
@@ -465,32 +416,18 @@ class AsyncClient(_ClientBase):
     # -- downloads -----------------------------------------------------------------------
 
     async def download_file(
-        self,
-        url: str,
-        target_dir: str | os.PathLike[str] | None = None,
-        force: bool = False,
-        request_headers: Mapping[str, str] | None = None,
-        filesize_limit: float | None = None,
-        on_progress: ProgressCallback | None = None,
+        self, url: str, target_dir: str | os.PathLike[str] | None = None, **options: Unpack[DownloadOptions]
     ) -> Path:
         """The asyncio twin of `Client.download_file`; cancelling the task cancels the transfer."""
-        if (path := already_downloaded(url, target_dir, force, False)) is not None:
-            return path
-        plan = self._download_plan(url, target_dir, force, request_headers, filesize_limit, False)
-        return await self._download(plan, on_progress)
+        return await self._download(self._download_plan("download_file", url, target_dir, options), options)
 
-    async def download_model_weights(
-        self,
-        url: str,
-        force: bool = False,
-        request_headers: Mapping[str, str] | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> Path:
-        already_downloaded(url, None, force, True)
-        return await self._download(self._download_plan(url, None, force, request_headers, None, True), on_progress)
+    async def download_model_weights(self, url: str, **options: Unpack[WeightsOptions]) -> Path:
+        return await self._download(self._download_plan("download_model_weights", url, None, options), options)
 
-    async def _download(self, plan: DownloadPlan, on_progress: ProgressCallback | None) -> Path:
-        reader = EventReader(on_progress)
+    async def _download(self, plan: DownloadPlan, options: WeightsOptions) -> Path:
+        if plan.held is not None:
+            return plan.held
+        reader = EventReader(options.get("on_progress"))
         with map_rpc_errors():
             async for response in self.downloader.Download(plan.request):
                 reader.feed(response)
@@ -514,16 +451,10 @@ class AsyncClient(_ClientBase):
         with map_rpc_errors():
             return await call_with_retries_async(self._encoders, attempt, idempotent=True)
 
-    async def upload_file(
-        self,
-        path: str | os.PathLike[str],
-        content_type: str | None = None,
-        file_name: str | None = None,
-        expires_in: int | None = None,
-        on_progress: UploadProgress | None = None,
-    ) -> common_pb2.File:
+    async def upload_file(self, path: str | os.PathLike[str], **options: Unpack[UploadOptions]) -> common_pb2.File:
         """The asyncio twin of `Client.upload_file`: multipart past 100 MiB, the file read off the event loop."""
-        local, header = await asyncio.to_thread(self._file_upload, path, content_type, file_name, expires_in)
+        local, header = await asyncio.to_thread(self._file_upload, path, options)
+        on_progress = options.get("on_progress")
         if header.file_size > MULTIPART_THRESHOLD:
             return await self._upload_multipart(local, header, on_progress)
 
@@ -584,17 +515,14 @@ class AsyncClient(_ClientBase):
         return json.dumps(await upload_local_files_async(arguments, self))
 
     async def run(
-        self,
-        app: str,
-        arguments: dict[str, Any],
-        path: str = "/",
-        expires_in: int | None = None,
-        timeout: float | None = None,
+        self, app: str, arguments: dict[str, Any], path: str = "/", **options: Unpack[RunOptions]
     ) -> dict[str, Any]:
         """The asyncio twin of `Client.run`; cancelling the task cancels the request."""
-        request = self._app_request(inference_pb2.RunRequest, app, await self._input_json(arguments), path, expires_in)
+        check_keywords("run", options, RunOptions)
+        input_json = await self._input_json(arguments)
+        request = self._app_request(inference_pb2.RunRequest, app, input_json, path, options.get("expires_in"))
         with map_rpc_errors():
-            return json.loads((await self.inference.Run(request, timeout=timeout)).output_json)  # type: ignore[no-any-return]
+            return json.loads((await self.inference.Run(request, timeout=options.get("timeout"))).output_json)  # type: ignore[no-any-return]
 
     async def submit(
         self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
@@ -616,28 +544,11 @@ class AsyncClient(_ClientBase):
             yield event
 
     async def subscribe(
-        self,
-        app: str,
-        arguments: dict[str, Any],
-        path: str = "/",
-        *,
-        with_logs: bool = False,
-        on_enqueue: Callable[[str], None] | None = None,
-        on_queue_update: QueueUpdate | None = None,
-        client_timeout: float | None = None,
-        expires_in: int | None = None,
+        self, app: str, arguments: dict[str, Any], path: str = "/", **options: Unpack[SubscribeOptions]
     ) -> dict[str, Any]:
-        request = self._app_request(
-            inference_pb2.StreamRequest, app, await self._input_json(arguments), path, expires_in
-        )
-        return await subscribe_async(
-            self,
-            request,
-            with_logs=with_logs,
-            on_enqueue=on_enqueue,
-            on_queue_update=on_queue_update,
-            client_timeout=client_timeout,
-        )
+        input_json = await self._input_json(arguments)
+        request = self._app_request(inference_pb2.StreamRequest, app, input_json, path, options.get("expires_in"))
+        return await subscribe_async(self, request, options)
 
     def realtime(self, app: str, path: str = "/", expires_in: int | None = None) -> AsyncRealtimeConnection:
         """The asyncio twin of `Client.realtime`: `async with client.realtime(app, path) as live:` opens the call.

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import AsyncIterable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypedDict
 
 from ferry.atomic_files import PendingFile, atomic_write, link_into_place, temp_beside
 from ferry.errors import Internal
@@ -42,6 +42,20 @@ class DownloadProgress:
 
 
 ProgressCallback = Callable[[DownloadProgress], None]
+
+
+class WeightsOptions(TypedDict, total=False):
+    """`download_model_weights`'s keywords: re-fetch even if stored, headers for the source, progress reports."""
+
+    force: bool
+    request_headers: Mapping[str, str] | None
+    on_progress: ProgressCallback | None
+
+
+class DownloadOptions(WeightsOptions, total=False):
+    """`download_file`'s keywords: those of weights, and a size limit in MB."""
+
+    filesize_limit: float | None
 
 
 class EventReader:
@@ -115,23 +129,29 @@ class DownloadPlan:
     force: bool
     sharing: bool | None
     request: downloader_pb2.DownloadRequest
+    # Inside a handler, the runner's copy of this input: nothing to call.
+    held: Path | None
 
     @classmethod
     def create(
         cls,
         url: str,
         target_dir: str | os.PathLike[str] | None,
-        force: bool,
-        request_headers: Mapping[str, str] | None,
-        filesize_limit_mb: float | None,
         model_weights: bool,
+        options: Mapping[str, Any],
         shared_data_dir: bool | None,
     ) -> DownloadPlan:
+        """The plan for `url` given a `download_file` call's `DownloadOptions` (or weights' `WeightsOptions`)."""
+        force = options.get("force", False)
+        held = already_downloaded(url, target_dir, force, model_weights)
         sharing = sharing_setting(shared_data_dir)
         request = downloader_pb2.DownloadRequest(
-            url=url, force=force, request_headers=dict(request_headers or {}), kind=downloader_pb2.DOWNLOAD_KIND_FILE
+            url=url,
+            force=force,
+            request_headers=dict(options.get("request_headers") or {}),
+            kind=downloader_pb2.DOWNLOAD_KIND_FILE,
         )
-        if filesize_limit_mb is not None:
+        if (filesize_limit_mb := options.get("filesize_limit")) is not None:
             if not filesize_limit_mb > 0:
                 raise ValueError(f"filesize_limit is in MB and must be > 0, got {filesize_limit_mb}")
             # MB like the reference toolkit; bytes on the wire
@@ -146,7 +166,7 @@ class DownloadPlan:
                 local_dir = folder
             else:
                 request.target_dir = os.fspath(folder)
-        return cls(url, local_dir, model_weights, force, sharing, request)
+        return cls(url, local_dir, model_weights, force, sharing, request, held)
 
     def finish(self, completed: downloader_pb2.DownloadCompleted) -> Path | None:
         """The local path when no `Read` is needed, placing the file first where the caller asked.

@@ -413,6 +413,16 @@ def encode_header(
     return header
 
 
+class UploadOptions(TypedDict, total=False):
+    """`upload_file`'s keywords: the stored file's type and name (else guessed from the path), its lifetime in
+    seconds (None: the store's default), and `on_progress(bytes_sent, total)` as the bytes go."""
+
+    content_type: str | None
+    file_name: str | None
+    expires_in: int | None
+    on_progress: UploadProgress | None
+
+
 class EncodeOptions(TypedDict, total=False):
     """The keywords `encode_tensor` (and `Image.from_tensor`, …) take; `build_encode` gives their defaults."""
 

@@ -68,3 +68,13 @@ async def test_subscribe_reports_queue_updates_and_cancels_past_its_timeout(stac
         assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         # The abandoned request was cancelled, so the one slot is free again.
         assert await client.run("sample", {"text": "free"}, timeout=20) == {"text": "free"}
+
+
+async def test_a_misspelt_keyword_is_a_type_error_as_with_any_named_parameter(stack):
+    async with ferry.AsyncClient(stack.grpc_address) as client:
+        with pytest.raises(TypeError, match=r"subscribe.*'with_log'"):
+            await client.subscribe("sample", {"text": "x"}, with_log=True)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match=r"download_file.*'filesize_limit_mb'"):
+            await client.download_file("data:,x", filesize_limit_mb=1)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match=r"download_model_weights.*'filesize_limit'"):
+            await client.download_model_weights("data:,x", filesize_limit=1)  # type: ignore[call-arg]

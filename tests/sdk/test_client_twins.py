@@ -110,7 +110,7 @@ async def test_small_uploads_report_progress_in_both_twins(stack, tmp_path):
         await client.upload_file(path, on_progress=lambda *report: async_seen.append(report))
     sync_seen: list[tuple[int, int]] = []
     with Client(stack.grpc_address) as client:
-        await asyncio.to_thread(client.upload_file, path, None, None, None, lambda *report: sync_seen.append(report))
+        await asyncio.to_thread(lambda: client.upload_file(path, on_progress=lambda *report: sync_seen.append(report)))
     assert async_seen == sync_seen and async_seen[-1] == (path.stat().st_size,) * 2
 
 
