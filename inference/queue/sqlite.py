@@ -1,0 +1,407 @@
+"""The embedded queue: one SQLite file in WAL mode, durable across restarts, shared by processes on one host.
+
+Every transition is one `BEGIN IMMEDIATE` transaction, so replicas in other
+processes see a request in exactly one state. Calls run on one thread per
+queue (sqlite3 connections are not shared across threads); the event loop only
+awaits them. A replica in this process is woken at once by submits, events and
+cancels made through the same queue object; other processes are noticed by
+polling every POLL_SECONDS, which bounds how late they hear of a cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ferry.errors import NotFound
+from ferry.inference.queue.base import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RESULT_TTL_SECONDS,
+    FINISHED,
+    MAX_EVENTS,
+    Claim,
+    Event,
+    Failure,
+    NewRequest,
+    State,
+    Status,
+)
+
+POLL_SECONDS = 0.1
+# Completed requests past their TTL are deleted this often (status() hides them from the moment they expire).
+SWEEP_SECONDS = 60.0
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order: the queue's order
+    id TEXT NOT NULL UNIQUE,
+    app_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    input_json TEXT NOT NULL,
+    expires_in INTEGER,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    lease TEXT,
+    lease_until REAL,
+    output_json TEXT NOT NULL DEFAULT '',
+    failure_code TEXT,
+    failure_message TEXT,
+    failure_reason TEXT,
+    gone_at REAL  -- a completed request's record and events vanish then
+);
+CREATE INDEX IF NOT EXISTS requests_by_app ON requests (app_id, state, seq);
+CREATE INDEX IF NOT EXISTS requests_by_lease ON requests (app_id, state, lease_until);
+CREATE INDEX IF NOT EXISTS requests_by_end ON requests (gone_at);
+CREATE TABLE IF NOT EXISTS events (
+    request_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (request_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cancels (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL
+);
+"""
+
+
+class SqliteQueue:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        result_ttl_seconds: float = DEFAULT_RESULT_TTL_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.result_ttl_seconds = result_ttl_seconds
+        self.clock = clock
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferry-queue")
+        self._db: sqlite3.Connection | None = None
+        # Wakeups for waiters in this process; others poll.
+        self._work: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._followed: dict[str, tuple[asyncio.Event, int]] = {}  # request id → (its news, how many follow)
+        self._cancelled: set[asyncio.Queue[str]] = set()
+        self._last_sweep = 0.0
+
+    @classmethod
+    async def open(cls, path: Path, **settings: Any) -> SqliteQueue:
+        queue = cls(path, **settings)
+        await queue._run(queue._connect)
+        return queue
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit: every write below opens its own transaction.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes, fsync per checkpoint
+        db.execute("PRAGMA busy_timeout=10000")  # another process's transaction: wait for it, do not fail
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+        def run() -> T:
+            db = self._db
+            assert db is not None, "the queue is closed"
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return run
+
+    # -- requests ------------------------------------------------------------------------
+
+    async def submit(self, request: NewRequest) -> str:
+        request_id = uuid.uuid4().hex
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO requests (id, app_id, path, input_json, expires_in, state) VALUES (?, ?, ?, ?, ?, ?)",
+                (request_id, request.app_id, request.path, request.input_json, request.expires_in, State.QUEUED),
+            )
+
+        await self._run(self._transaction(insert))
+        self._work[request.app_id].set()
+        return request_id
+
+    async def status(self, request_id: str) -> Status:
+        def read(db: sqlite3.Connection) -> Status:
+            row = db.execute(
+                "SELECT app_id, state, attempt, output_json, failure_code, failure_message, failure_reason, seq,"
+                " gone_at FROM requests WHERE id = ?",
+                (request_id,),
+            ).fetchone()
+            if row is None or (row[8] is not None and row[8] <= self.clock()):
+                raise NotFound(f"no request {request_id[:100]!r}", reason="UNKNOWN_REQUEST")
+            app_id, state, attempt, output_json, code, message, reason, seq, _ = row
+            position = 0
+            if state == State.QUEUED:
+                position = db.execute(
+                    "SELECT count(*) FROM requests WHERE app_id = ? AND state = ? AND seq < ?",
+                    (app_id, State.QUEUED, seq),
+                ).fetchone()[0]
+            failure = Failure(code, message, reason or "") if code is not None else None
+            return Status(request_id, app_id, State(state), position, attempt, output_json, failure)
+
+        # A read: no write lock, so it never waits behind another process's transaction.
+        return await self._run(lambda: read(self._connected()))
+
+    async def _select(self, query: str, parameters: tuple[Any, ...]) -> list[Any]:
+        return await self._run(lambda: self._connected().execute(query, parameters).fetchall())
+
+    def _connected(self) -> sqlite3.Connection:
+        assert self._db is not None, "the queue is closed"
+        return self._db
+
+    async def depth(self, app_id: str) -> int:
+        def count() -> int:
+            query = "SELECT count(*) FROM requests WHERE app_id = ? AND state = ?"
+            return int(self._connected().execute(query, (app_id, State.QUEUED)).fetchone()[0])
+
+        return await self._run(count)
+
+    async def take(self, app_id: str, timeout: float) -> Claim | None:
+        deadline = time.monotonic() + timeout
+        wakeup = self._work[app_id]
+        while True:
+            wakeup.clear()
+            claim, finished = await self._run(self._transaction(lambda db: self._claim(db, app_id)))
+            for request_id in finished:
+                self._notify(request_id)
+            if claim is not None:
+                return claim
+            await self._sweep_now_and_then()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), min(left, POLL_SECONDS))
+
+    def _claim(self, db: sqlite3.Connection, app_id: str) -> tuple[Claim | None, list[str]]:
+        """The app's next request under a fresh lease, and the ids of lapsed ones failed past max_attempts."""
+        now = self.clock()
+        failed: list[str] = []
+        while True:
+            row = (
+                db.execute(
+                    "SELECT seq, id, path, input_json, expires_in, attempt FROM requests"
+                    " WHERE app_id = ? AND state = ? AND lease_until < ? ORDER BY seq LIMIT 1",
+                    (app_id, State.IN_PROGRESS, now),
+                ).fetchone()
+                or db.execute(
+                    "SELECT seq, id, path, input_json, expires_in, attempt FROM requests"
+                    " WHERE app_id = ? AND state = ? ORDER BY seq LIMIT 1",
+                    (app_id, State.QUEUED),
+                ).fetchone()
+            )
+            if row is None:
+                return None, failed
+            seq, request_id, path, input_json, expires_in, attempt = row
+            if attempt >= self.max_attempts:
+                failure = Failure(
+                    "UNAVAILABLE",
+                    f"the request ran {attempt} times and its replica died each time",
+                    "MAX_ATTEMPTS",
+                )
+                self._complete(db, request_id, "", failure)
+                failed.append(request_id)
+                continue
+            lease = uuid.uuid4().hex
+            db.execute(
+                "UPDATE requests SET state = ?, attempt = ?, lease = ?, lease_until = ? WHERE seq = ?",
+                (State.IN_PROGRESS, attempt + 1, lease, now + self.lease_seconds, seq),
+            )
+            request = NewRequest(app_id, path, input_json, expires_in)
+            return Claim(request_id, request, attempt + 1, lease), failed
+
+    async def renew(self, request_id: str, lease: str) -> bool:
+        def extend(db: sqlite3.Connection) -> bool:
+            changed = db.execute(
+                "UPDATE requests SET lease_until = ? WHERE id = ? AND lease = ? AND state = ?",
+                (self.clock() + self.lease_seconds, request_id, lease, State.IN_PROGRESS),
+            )
+            return changed.rowcount == 1
+
+        return await self._run(self._transaction(extend))
+
+    async def finish(self, request_id: str, lease: str, output_json: str = "", failure: Failure | None = None) -> bool:
+        def complete(db: sqlite3.Connection) -> bool:
+            held = db.execute(
+                "SELECT 1 FROM requests WHERE id = ? AND lease = ? AND state = ?",
+                (request_id, lease, State.IN_PROGRESS),
+            ).fetchone()
+            if held is None:
+                return False
+            self._complete(db, request_id, output_json, failure)
+            return True
+
+        done = await self._run(self._transaction(complete))
+        if done:
+            self._notify(request_id)
+        return done
+
+    def _complete(self, db: sqlite3.Connection, request_id: str, output_json: str, failure: Failure | None) -> None:
+        code, message, reason = (failure.code, failure.message, failure.reason) if failure else (None, None, None)
+        db.execute(
+            "UPDATE requests SET state = ?, lease = NULL, lease_until = NULL, output_json = ?, failure_code = ?,"
+            " failure_message = ?, failure_reason = ?, gone_at = ? WHERE id = ?",
+            (State.COMPLETED, output_json, code, message, reason, self.clock() + self.result_ttl_seconds, request_id),
+        )
+        self._append(db, request_id, FINISHED, b"")
+
+    async def cancel(self, request_id: str) -> tuple[State, bool]:
+        def cancel(db: sqlite3.Connection) -> tuple[State, bool]:
+            row = db.execute("SELECT state, gone_at FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if row is None or (row[1] is not None and row[1] <= self.clock()):
+                raise NotFound(f"no request {request_id[:100]!r}", reason="UNKNOWN_REQUEST")
+            previous = State(row[0])
+            if previous == State.COMPLETED:
+                return previous, False
+            self._complete(db, request_id, "", Failure("CANCELLED", "cancelled by the caller"))
+            if previous == State.IN_PROGRESS:
+                db.execute("INSERT INTO cancels (request_id) VALUES (?)", (request_id,))
+            return previous, True
+
+        previous, cancelled = await self._run(self._transaction(cancel))
+        if cancelled:
+            self._notify(request_id)
+            if previous == State.IN_PROGRESS:
+                for listener in self._cancelled:
+                    listener.put_nowait(request_id)
+        return previous, cancelled
+
+    async def cancellations(self) -> AsyncIterator[str]:
+        """Cancels made through this object arrive at once; other processes' by polling the cancels journal."""
+        mine: asyncio.Queue[str] = asyncio.Queue()
+        self._cancelled.add(mine)
+        query = "SELECT coalesce(max(id), 0) FROM cancels"
+        seen = await self._run(lambda: int(self._connected().execute(query).fetchone()[0]))
+        heard: set[str] = set()
+        try:
+            while True:
+                try:
+                    request_id = await asyncio.wait_for(mine.get(), POLL_SECONDS)
+                    if request_id not in heard:
+                        heard.add(request_id)
+                        yield request_id
+                    continue
+                except TimeoutError:
+                    pass
+                rows = await self._select("SELECT id, request_id FROM cancels WHERE id > ? ORDER BY id", (seen,))
+                for cancel_id, request_id in rows:
+                    seen = cancel_id
+                    if request_id not in heard:
+                        heard.add(request_id)
+                        yield request_id
+                if len(heard) > 10_000:  # ids heard in-process and again from the journal: forget the old ones
+                    heard.clear()
+        finally:
+            self._cancelled.discard(mine)
+
+    # -- events --------------------------------------------------------------------------
+
+    async def append(self, request_id: str, kind: str, data: bytes) -> None:
+        def add(db: sqlite3.Connection) -> None:
+            running = db.execute("SELECT state FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if running is not None and running[0] != State.COMPLETED:  # nothing follows FINISHED
+                self._append(db, request_id, kind, data)
+
+        await self._run(self._transaction(add))
+        self._notify(request_id)
+
+    def _append(self, db: sqlite3.Connection, request_id: str, kind: str, data: bytes) -> None:
+        (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM events WHERE request_id = ?", (request_id,)).fetchone()
+        db.execute(
+            "INSERT INTO events (request_id, seq, kind, data) VALUES (?, ?, ?, ?)", (request_id, last + 1, kind, data)
+        )
+        if last + 1 > MAX_EVENTS:
+            db.execute("DELETE FROM events WHERE request_id = ? AND seq <= ?", (request_id, last + 1 - MAX_EVENTS))
+
+    async def follow(self, request_id: str, after: int = 0) -> AsyncIterator[Event]:
+        await self.status(request_id)  # NotFound for an unknown request, before anything is yielded
+        news = self._listen(request_id)
+        query = "SELECT seq, kind, data FROM events WHERE request_id = ? AND seq > ? ORDER BY seq"
+        try:
+            while True:
+                news.clear()
+                rows = await self._select(query, (request_id, after))
+                for seq, kind, data in rows:
+                    after = seq
+                    yield Event(seq, kind, bytes(data))
+                    if kind == FINISHED:
+                        return
+                if not rows:
+                    try:
+                        await asyncio.wait_for(news.wait(), POLL_SECONDS)
+                    except TimeoutError:
+                        await self.status(request_id)  # ends the loop (NotFound) once the record expired
+        finally:
+            self._unlisten(request_id)
+
+    def _listen(self, request_id: str) -> asyncio.Event:
+        news, followers = self._followed.get(request_id, (asyncio.Event(), 0))
+        self._followed[request_id] = (news, followers + 1)
+        return news
+
+    def _unlisten(self, request_id: str) -> None:
+        news, followers = self._followed[request_id]
+        if followers == 1:
+            del self._followed[request_id]
+        else:
+            self._followed[request_id] = (news, followers - 1)
+
+    def _notify(self, request_id: str) -> None:
+        if (followed := self._followed.get(request_id)) is not None:
+            followed[0].set()
+
+    # -- upkeep --------------------------------------------------------------------------
+
+    async def _sweep_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < SWEEP_SECONDS:
+            return
+        self._last_sweep = now
+        await self.sweep()
+
+    async def sweep(self) -> int:
+        """Delete completed requests past their TTL, their events, and the old cancel journal; how many."""
+
+        def delete(db: sqlite3.Connection) -> int:
+            now = self.clock()
+            db.execute("DELETE FROM events WHERE request_id IN (SELECT id FROM requests WHERE gone_at <= ?)", (now,))
+            gone = db.execute("DELETE FROM requests WHERE gone_at <= ?", (now,)).rowcount
+            db.execute("DELETE FROM cancels WHERE id <= (SELECT coalesce(max(id), 0) - 10000 FROM cancels)")
+            return gone
+
+        return await self._run(self._transaction(delete))
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
+        self._thread.shutdown(wait=False)
