@@ -99,6 +99,10 @@ class RequestQueue(Protocol):
         """Where it stands; `NotFound` (reason UNKNOWN_REQUEST) once unknown or expired."""
         ...
 
+    async def peek(self, app_id: str) -> tuple[str, NewRequest] | None:
+        """The app's next queued request without taking it (a busy replica starts its input downloads early)."""
+        ...
+
     async def take(self, app_id: str, timeout: float) -> Claim | None:
         """The app's oldest queued request (or one whose replica's lease lapsed), now IN_PROGRESS under a new
         lease; None if none came within `timeout` seconds.
@@ -131,6 +135,10 @@ class RequestQueue(Protocol):
         """Add to the request's event log (its oldest entries drop past MAX_EVENTS)."""
         ...
 
+    async def events(self, request_id: str) -> list[Event]:
+        """The event log as it stands (FINISHED last once the request completed); `NotFound` for an unknown id."""
+        ...
+
     def follow(self, request_id: str, after: int = 0) -> AsyncIterator[Event]:
         """The log's entries after `after`, then each new one as it comes, ending with FINISHED once the request
         completes (at once, when it already has)."""
@@ -140,4 +148,6 @@ class RequestQueue(Protocol):
         """How many of the app's requests are queued (not running): the autoscaling signal."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Idempotent."""
+        ...

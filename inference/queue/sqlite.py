@@ -42,6 +42,8 @@ SWEEP_SECONDS = 60.0
 
 T = TypeVar("T")
 
+EVENTS_AFTER = "SELECT seq, kind, data FROM events WHERE request_id = ? AND seq > ? ORDER BY seq"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order: the queue's order
@@ -184,6 +186,16 @@ class SqliteQueue:
             return int(self._connected().execute(query, (app_id, State.QUEUED)).fetchone()[0])
 
         return await self._run(count)
+
+    async def peek(self, app_id: str) -> tuple[str, NewRequest] | None:
+        rows = await self._select(
+            "SELECT id, path, input_json, expires_in FROM requests WHERE app_id = ? AND state = ? ORDER BY seq LIMIT 1",
+            (app_id, State.QUEUED),
+        )
+        if not rows:
+            return None
+        request_id, path, input_json, expires_in = rows[0]
+        return request_id, NewRequest(app_id, path, input_json, expires_in)
 
     async def take(self, app_id: str, timeout: float) -> Claim | None:
         deadline = time.monotonic() + timeout
@@ -342,14 +354,18 @@ class SqliteQueue:
         if last + 1 > MAX_EVENTS:
             db.execute("DELETE FROM events WHERE request_id = ? AND seq <= ?", (request_id, last + 1 - MAX_EVENTS))
 
+    async def events(self, request_id: str) -> list[Event]:
+        await self.status(request_id)
+        rows = await self._select(EVENTS_AFTER, (request_id, 0))
+        return [Event(seq, kind, bytes(data)) for seq, kind, data in rows]
+
     async def follow(self, request_id: str, after: int = 0) -> AsyncIterator[Event]:
         await self.status(request_id)  # NotFound for an unknown request, before anything is yielded
         news = self._listen(request_id)
-        query = "SELECT seq, kind, data FROM events WHERE request_id = ? AND seq > ? ORDER BY seq"
         try:
             while True:
                 news.clear()
-                rows = await self._select(query, (request_id, after))
+                rows = await self._select(EVENTS_AFTER, (request_id, after))
                 for seq, kind, data in rows:
                     after = seq
                     yield Event(seq, kind, bytes(data))

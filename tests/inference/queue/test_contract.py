@@ -60,6 +60,16 @@ async def test_take_waits_for_work_and_gives_up_after_its_timeout(replicas: Open
     assert claim is not None and claim.request_id == request_id
 
 
+async def test_peek_shows_the_next_queued_request_without_taking_it(replicas: OpenReplica) -> None:
+    a, b = await replicas(), await replicas()
+    assert await a.peek("painter") is None
+    first, _ = await a.submit(job(text="1")), await a.submit(job(text="2"))
+    assert await b.peek("painter") == (first, job(text="1"))
+    assert (await a.status(first)).state == State.QUEUED
+    claim = await b.take("painter", timeout=1)
+    assert claim is not None and claim.request_id == first
+
+
 async def test_each_app_has_its_own_queue(queue: RequestQueue) -> None:
     await queue.submit(job("painter"))
     assert await queue.take("singer", timeout=0.2) is None
@@ -195,6 +205,16 @@ async def test_a_follower_on_any_replica_sees_the_history_then_live_events_then_
     assert [e.seq for e in events] == [1, 2, 3]
     # Following later (or from where a dropped stream left off) replays what remains.
     assert [e.kind for e in await collect(watcher.follow(request_id, after=1))] == ["log", FINISHED]
+    assert await runner.events(request_id) == events
+
+
+async def test_the_log_as_it_stands_is_read_without_waiting(queue: RequestQueue) -> None:
+    request_id = await queue.submit(job())
+    assert await queue.events(request_id) == []
+    await queue.append(request_id, "log", b"1")
+    assert [(e.seq, e.kind, e.data) for e in await queue.events(request_id)] == [(1, "log", b"1")]
+    with pytest.raises(NotFound):
+        await queue.events("nope")
 
 
 async def test_nothing_is_appended_after_the_end(queue: RequestQueue) -> None:
