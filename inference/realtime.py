@@ -34,7 +34,7 @@ from ferry.errors import Cancelled, FerryError, InvalidArgument, NotFound
 from ferry.inference.context import RequestContext, logging_context, using_context
 from ferry.inference.input_parsing import parse_input
 from ferry.inference.outputs import encode_outputs
-from ferry.inference.runner import AppRunner, request_error, request_failure
+from ferry.inference.runner import AppRunner, request_failure
 from ferry.request_scope import RequestScope, request_scope
 from ferry.v1 import common_pb2, inference_pb2
 
@@ -211,3 +211,7 @@ class RealtimeSession:
         # A realtime call has no event stream besides its outputs: progress, logs and partials go to `logging`.
         where = f"{self.runner.spec.app_id}{self.endpoint.path} session {self.request_id}"
         return logging_context(self.request_id, where, log, self.cancelled)
+
+
+def request_error(error: FerryError) -> inference_pb2.RequestError:
+    return inference_pb2.RequestError(code=error.code.value[0], message=error.message, reason=error.reason)

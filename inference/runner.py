@@ -1,12 +1,20 @@
-"""Runs one app's endpoints: a queue in front of a concurrency limit, request records, events, cancellation.
+"""Runs one app's requests from the shared queue: a slot per `max_concurrency`, leases, events, cancellation.
 
-Requests wait in an ordered list, so a queued request always knows its
-position; `max_concurrency` workers take them in order. A handler's progress,
-log lines and partial outputs become events every listener of the request
-receives. Sync handlers run in a worker thread (the context variables that
-`App.progress` relies on are copied in); cancelling one sets the flag its
-context exposes, and its slot is only freed once the thread returns, so the
-concurrency limit (the GPU) stays honest.
+Pull, never push: each slot takes a request from the queue only when it is
+free, so the GPU behind the slots is never over-committed; a slot is held while
+the handler runs, and freed while its outputs encode. The runner keeps no
+request state beyond what it is running: where a request waits, what it
+reported and how it ended live in the queue (inference/queue), which any
+replica reads.
+
+While every slot is busy, the request next in line (peeked, not taken) has its
+input downloads started, so they overlap the running handler; whichever replica
+takes it, the downloads it does not use are discarded.
+
+A running request's lease is renewed every third of its length; a replica that
+dies stops renewing, and another takes the request again (handlers run at least
+once). Sync handlers run in a worker thread; cancelling one sets the flag its
+context exposes, and its slot is freed only once the thread returns.
 """
 
 from __future__ import annotations
@@ -17,86 +25,44 @@ import json
 import logging
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ferry.errors import Cancelled, DeadlineExceeded, FerryError, Internal, NotFound
+from ferry.backoff import backoff_seconds
+from ferry.errors import Cancelled, DeadlineExceeded, FerryError, Internal, NotFound, Unavailable
 from ferry.inference.app import App, AppSpec, EndpointSpec, describe
 from ferry.inference.context import RequestCancelled, RequestContext, using_context
 from ferry.inference.input_parsing import parse_input
 from ferry.inference.inputs import InputFiles, discard, download_inputs, input_urls
 from ferry.inference.outputs import encode_outputs
+from ferry.inference.queue.base import DEFAULT_LEASE_SECONDS, Claim, Failure, RequestQueue
+from ferry.inference.request_events import LogLine, PartialOutput, Progress, RequestEvent, Started, encode
 from ferry.inference.services import ServiceClients
 from ferry.request_scope import RequestScope, request_scope
-from ferry.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
 
-QUEUED = inference_pb2.REQUEST_STATE_QUEUED
-IN_PROGRESS = inference_pb2.REQUEST_STATE_IN_PROGRESS
-COMPLETED = inference_pb2.REQUEST_STATE_COMPLETED
+T = TypeVar("T")
+
+# How long a free slot waits on the queue per call (it calls again at once): bounds how late it sees a stop.
+TAKE_SECONDS = 1.0
+# How often a busy replica looks for a new request next in line to prefetch.
+PEEK_SECONDS = 0.1
+
+Downloads = asyncio.Task[tuple[InputFiles, dict[str, Path]]]
 
 
 class HandlerFailed(Internal):
     reason = "HANDLER_FAILED"
 
 
-@dataclass
-class RequestRecord:
-    request_id: str
-    endpoint: EndpointSpec
-    input: BaseModel
-    # Seconds the media this request produces lives (the caller's lifecycle preference); None = the store's default.
-    expires_in: int | None = None
-    state: inference_pb2.RequestState.ValueType = QUEUED
-    logs: list[inference_pb2.LogLine] = field(default_factory=list)
-    progress: inference_pb2.Progress | None = None
-    output_json: str = ""
-    error: FerryError | None = None
-    cancel_flag: threading.Event = field(default_factory=threading.Event)
-    task: asyncio.Task[None] | None = None
-    # The input downloads, started while the request is next in line.
-    prefetch: asyncio.Task[tuple[InputFiles, dict[str, Path]]] | None = None
-    # Set when the handler has returned: the slot is free while outputs encode.
-    handler_returned: asyncio.Event = field(default_factory=asyncio.Event)
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-    listeners: set[asyncio.Queue[inference_pb2.StreamResponse]] = field(default_factory=set)
-
-    def publish(self, response: inference_pb2.StreamResponse) -> None:
-        response.request_id = self.request_id
-        for queue in self.listeners:
-            queue.put_nowait(response)
-
-    def finish(self, output_json: str = "", error: FerryError | None = None) -> None:
-        if self.state == COMPLETED:
-            return
-        self.state, self.output_json, self.error = COMPLETED, output_json, error
-        if error is None:
-            self.publish(inference_pb2.StreamResponse(completed=inference_pb2.CompletedEvent(output_json=output_json)))
-        else:
-            self.publish(inference_pb2.StreamResponse(failed=inference_pb2.FailedEvent(error=request_error(error))))
-        self.finished.set()
-
-
-def _drop_prefetch(record: RequestRecord) -> None:
-    """Stop a cancelled request's input downloads, or delete what they already fetched."""
-    prefetch = record.prefetch
-    if prefetch is None:
-        return
-    if not prefetch.done():
-        prefetch.cancel()  # download_inputs removes its partial work
-    elif not prefetch.cancelled() and prefetch.exception() is None:
-        discard(list(prefetch.result()[1].values()))
-
-
-def request_error(error: FerryError) -> inference_pb2.RequestError:
-    return inference_pb2.RequestError(code=error.code.value[0], message=error.message, reason=error.reason)
+def failure_of(error: FerryError) -> Failure:
+    return Failure(error.code.name, error.message, error.reason)
 
 
 def request_failure(where: str, error: BaseException) -> FerryError:
@@ -112,27 +78,96 @@ def request_failure(where: str, error: BaseException) -> FerryError:
     return HandlerFailed(f"{type(error).__name__}: {error}")
 
 
+@dataclass
+class Running:
+    """A request this replica took, while it runs here."""
+
+    claim: Claim
+    endpoint: EndpointSpec
+    input: BaseModel
+    downloads: Downloads | None
+    cancel_flag: threading.Event = field(default_factory=threading.Event)
+    # Set when the handler has returned: the slot is free while outputs encode.
+    handler_returned: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.claim.request_id
+
+    def cancel(self) -> None:
+        self.cancel_flag.set()
+        if self.task is not None:
+            self.task.cancel()
+
+
+class EventWriter:
+    """Appends one request's events to its log in the order they happened, off the handler's path.
+
+    Progress reports that pile up while an append is in flight collapse to the latest.
+    """
+
+    def __init__(self, queue: RequestQueue, request_id: str) -> None:
+        self._queue, self._request_id = queue, request_id
+        self._pending: list[RequestEvent] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._drain())
+
+    def put(self, event: RequestEvent) -> None:
+        if isinstance(event, Progress) and self._pending and isinstance(self._pending[-1], Progress):
+            self._pending[-1] = event
+        else:
+            self._pending.append(event)
+        self._wakeup.set()
+
+    async def _drain(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                event = self._pending.pop(0)
+                try:
+                    await self._queue.append(self._request_id, *encode(event))
+                except FerryError as error:  # the queue is unreachable: progress is not worth a retry
+                    log.warning("dropped an event of %s: %s", self._request_id, error)
+            if self._closing:
+                return
+
+    async def close(self) -> None:
+        """Return once every event put so far is in the log."""
+        self._closing = True
+        self._wakeup.set()
+        await self._task
+
+
 class AppRunner:
     def __init__(
         self,
         app_class: type[App],
         *,
+        queue: RequestQueue,
         workers: ThreadPoolExecutor,
         services: ServiceClients | None = None,
-        keep_finished: int = 10_000,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         self.spec: AppSpec = describe(app_class)
         self.app = app_class()
+        self.queue = queue
         self._threads = workers
-        self._waiting: list[RequestRecord] = []
-        self._wakeup = asyncio.Event()
-        self._workers: list[asyncio.Task[None]] = []
-        self._keep_finished = keep_finished
-        self.records: dict[str, RequestRecord] = {}
         self.services = services or ServiceClients()
+        self._renew_every = lease_seconds / 3  # the queue's lease: renewed well before it lapses
+        self._tasks: list[asyncio.Task[None]] = []
+        self.running: dict[str, Running] = {}
+        self._busy = 0
+        self._prefetched: tuple[str, Downloads] | None = None
+
+    @property
+    def app_id(self) -> str:
+        return self.spec.app_id
 
     async def start(self) -> None:
-        """Run `setup()` once, then start the workers."""
+        """Run `setup()` once, then start taking requests."""
         # setup() reaches the stack hosting it, as handlers do: weights download through its downloader.
         with request_scope(RequestScope(stack=self.services.target)):
             if self.spec.setup_is_async:
@@ -141,192 +176,224 @@ class AppRunner:
             else:
                 copied = contextvars.copy_context()  # carries the scope into the thread
                 await asyncio.get_running_loop().run_in_executor(self._threads, copied.run, self.app.setup)
-        self._workers = [asyncio.create_task(self._work()) for _ in range(self.spec.max_concurrency)]
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.spec.max_concurrency)]
+        self._tasks.append(asyncio.create_task(self._hear_cancellations()))
+        if self.spec.download_inputs:
+            self._tasks.append(asyncio.create_task(self._prefetch_next()))
 
     async def stop(self) -> None:
-        for worker in self._workers:
-            worker.cancel()
-        for record in list(self.records.values()):
-            if record.state != COMPLETED:
-                record.cancel_flag.set()
-                record.finish(error=Cancelled("the server is shutting down"))
+        """Stop taking requests and stop the handlers running here.
 
-    # -- requests ------------------------------------------------------------------------
+        Their requests are not failed: their leases lapse and another replica
+        (or this one, restarted) runs them again.
+        """
+        for task in self._tasks:
+            task.cancel()
+        for running in list(self.running.values()):
+            running.cancel()
+        tasks = [*self._tasks, *(r.task for r in self.running.values() if r.task is not None)]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._drop_prefetch()
 
     def validate(self, path: str, input_json: str) -> tuple[EndpointSpec, BaseModel]:
+        """The endpoint and its parsed input; `NotFound` / `InvalidArgument` for what no handler could run."""
         endpoint = self.spec.endpoints.get(path or "/")
         if endpoint is None or endpoint.realtime:
             raise NotFound(f"app {self.spec.app_id!r} has no endpoint {path or '/'!r}", reason="UNKNOWN_ENDPOINT")
         return endpoint, parse_input(endpoint.input_model, input_json)
 
-    def submit(self, path: str, input_json: str, expires_in: int | None = None) -> RequestRecord:
-        endpoint, model = self.validate(path, input_json)
-        record = RequestRecord(uuid.uuid4().hex, endpoint, model, expires_in)
-        self.records[record.request_id] = record
-        self._waiting.append(record)
-        self._wakeup.set()
-        self._prefetch_next()
-        self._forget_old()
-        return record
-
-    def position(self, record: RequestRecord) -> int:
-        return self._waiting.index(record) if record in self._waiting else 0
-
-    def cancel(self, record: RequestRecord) -> tuple[inference_pb2.RequestState.ValueType, bool]:
-        previous = record.state
-        if previous == COMPLETED:
-            return previous, False
-        if record in self._waiting:
-            self._waiting.remove(record)
-            self._announce_positions()
-            self._prefetch_next()
-        record.cancel_flag.set()
-        if record.task is not None:
-            record.task.cancel()
-        _drop_prefetch(record)
-        record.finish(error=Cancelled("cancelled by the caller"))
-        return previous, True
-
-    async def events(self, record: RequestRecord) -> AsyncIterator[inference_pb2.StreamResponse]:
-        """Everything the request reports from now on, starting with where it stands."""
-        queue: asyncio.Queue[inference_pb2.StreamResponse] = asyncio.Queue()
-        record.listeners.add(queue)
-        try:
-            if record.state == QUEUED:
-                yield inference_pb2.StreamResponse(
-                    request_id=record.request_id, queued=inference_pb2.QueuedEvent(position=self.position(record))
-                )
-            elif record.state == COMPLETED:
-                return
-            while True:
-                response = await queue.get()
-                yield response
-                if response.WhichOneof("event") in ("completed", "failed"):
-                    return
-        finally:
-            record.listeners.discard(queue)
-
-    def _forget_old(self) -> None:
-        finished = [r for r in self.records.values() if r.state == COMPLETED]
-        for record in finished[: max(0, len(finished) - self._keep_finished)]:
-            del self.records[record.request_id]
-
-    def _announce_positions(self) -> None:
-        for position, waiting in enumerate(self._waiting):
-            waiting.publish(inference_pb2.StreamResponse(queued=inference_pb2.QueuedEvent(position=position)))
-
-    # -- execution -----------------------------------------------------------------------
+    # -- taking requests -----------------------------------------------------------------
 
     async def _work(self) -> None:
-        """One slot: take the next request, hold the slot while its handler runs, then take the next.
+        """One slot: take a request, hold the slot while its handler runs, then take the next.
 
-        The slot (the GPU) covers the handler only. The next request's inputs
-        download while this one's handler runs, and this one's outputs encode
+        The slot (the GPU) covers the handler only: this request's outputs encode
         while the next one's handler runs.
         """
         while True:
-            while not self._waiting:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            record = self._waiting.pop(0)
-            self._announce_positions()
-            record.task = asyncio.create_task(self._execute(record))
-            self._prefetch_next()
-            returned = asyncio.ensure_future(record.handler_returned.wait())
+            claim = await self._retrying("take a request", lambda: self.queue.take(self.app_id, TAKE_SECONDS))
+            if claim is None:
+                continue
+            running = await self._begin(claim)
+            if running is None or running.task is None:
+                continue
+            self._busy += 1
+            returned = asyncio.ensure_future(running.handler_returned.wait())
             try:
                 # A cancelled sync handler's task ends only once its thread has returned.
-                await asyncio.wait({record.task, returned}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({running.task, returned}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 returned.cancel()
+                self._busy -= 1
 
-    def _prefetch_next(self) -> None:
-        if not (self.spec.download_inputs and self._waiting):
+    async def _begin(self, claim: Claim) -> Running | None:
+        """Start running a claimed request; None when its input cannot run here (it is failed instead)."""
+        try:
+            endpoint, model = self.validate(claim.request.path, claim.request.input_json)
+        except FerryError as error:  # submitted through a replica hosting another version of the app
+            await self._finish(claim, failure=failure_of(error))
+            return None
+        running = Running(claim, endpoint, model, self._take_prefetched(claim.request_id))
+        self.running[claim.request_id] = running
+        running.task = asyncio.create_task(self._execute(running))
+        return running
+
+    async def _hear_cancellations(self) -> None:
+        """Stop a handler here when its request is cancelled on any replica."""
+        while True:
+            try:
+                async for request_id in self.queue.cancellations():
+                    if (running := self.running.get(request_id)) is not None:
+                        running.cancel()
+            except FerryError as error:
+                log.warning("%s: cannot hear cancellations (%s); retrying", self.app_id, error)
+                await asyncio.sleep(1)
+
+    async def _keep_lease(self, running: Running) -> None:
+        """Renew the lease while the request runs; a lease lost (cancelled, or lapsed and retaken) stops it."""
+        claim = running.claim
+        while True:
+            await asyncio.sleep(self._renew_every)
+            try:
+                held = await self.queue.renew(claim.request_id, claim.lease)
+            except FerryError as error:  # the queue is unreachable: keep running, try again next time
+                log.warning("%s: cannot renew the lease of %s: %s", self.app_id, claim.request_id, error)
+                continue
+            if not held:
+                running.cancel()
+                return
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` until the queue answers: while it is unreachable, waiting with backoff."""
+        retry = 0
+        while True:
+            try:
+                return await call()
+            except Unavailable as error:
+                delay, retry = backoff_seconds(retry, 0.1, 2.0), retry + 1
+                log.warning("%s: cannot %s (%s); again in %.1f s", self.app_id, what, error, delay)
+                await asyncio.sleep(delay)
+
+    # -- prefetching ---------------------------------------------------------------------
+
+    async def _prefetch_next(self) -> None:
+        """While every slot is busy, download the inputs of the request next in line."""
+        while True:
+            await asyncio.sleep(PEEK_SECONDS)
+            if self._busy < self.spec.max_concurrency:
+                self._drop_prefetch()  # a free slot takes the next request itself
+                continue
+            try:
+                head = await self.queue.peek(self.app_id)
+            except FerryError:
+                continue
+            if head is None or (self._prefetched is not None and self._prefetched[0] != head[0]):
+                self._drop_prefetch()  # taken elsewhere, or cancelled
+            if head is None or self._prefetched is not None:
+                continue
+            request_id, request = head
+            try:
+                _, model = self.validate(request.path, request.input_json)
+            except FerryError:
+                continue
+            if input_urls(model):
+                downloads = asyncio.create_task(download_inputs(self.services.client, model))
+                self._prefetched = (request_id, downloads)
+
+    def _take_prefetched(self, request_id: str) -> Downloads | None:
+        if self._prefetched is None or self._prefetched[0] != request_id:
+            return None
+        downloads = self._prefetched[1]
+        self._prefetched = None
+        return downloads
+
+    def _drop_prefetch(self) -> None:
+        """Stop a prefetch no one will use, or delete what it already fetched."""
+        if self._prefetched is None:
             return
-        upcoming = self._waiting[0]
-        if upcoming.prefetch is None and input_urls(upcoming.input):
-            self._downloads(upcoming)
+        downloads = self._prefetched[1]
+        self._prefetched = None
+        if not downloads.done():
+            downloads.cancel()  # download_inputs removes its partial work
+        elif not downloads.cancelled() and downloads.exception() is None:
+            discard(list(downloads.result()[1].values()))
 
-    def _downloads(self, record: RequestRecord) -> asyncio.Task[tuple[InputFiles, dict[str, Path]]]:
-        """The request's input downloads, started now unless they were prefetched."""
-        if record.prefetch is None:
-            record.prefetch = asyncio.create_task(download_inputs(self.services.client, record.input))
-        return record.prefetch
+    # -- running -------------------------------------------------------------------------
 
-    def _context(self, record: RequestRecord) -> RequestContext:
+    def _context(self, running: Running, events: EventWriter) -> RequestContext:
         loop = asyncio.get_running_loop()
 
         def on_progress(current: float, total: float, message: str) -> None:
-            def publish() -> None:
-                record.progress = inference_pb2.Progress(current=current, total=total, message=message)
-                record.publish(
-                    inference_pb2.StreamResponse(in_progress=inference_pb2.InProgressEvent(progress=record.progress))
-                )
-
-            loop.call_soon_threadsafe(publish)
+            loop.call_soon_threadsafe(events.put, Progress(current, total, message))
 
         def on_log(message: str, level: str) -> None:
-            line = inference_pb2.LogLine(level=level, message=message)
-            line.time.FromNanoseconds(time.time_ns())
-
-            def publish() -> None:
-                record.logs.append(line)
-                record.publish(inference_pb2.StreamResponse(in_progress=inference_pb2.InProgressEvent(logs=[line])))
-
-            loop.call_soon_threadsafe(publish)
+            loop.call_soon_threadsafe(events.put, LogLine(level, message, time.time_ns()))
 
         def on_partial(output: dict[str, Any]) -> None:
-            response = inference_pb2.StreamResponse(
-                partial_output=inference_pb2.PartialOutputEvent(output_json=json.dumps(output))
-            )
-            loop.call_soon_threadsafe(record.publish, response)
+            loop.call_soon_threadsafe(events.put, PartialOutput(json.dumps(output)))
 
         return RequestContext(
-            record.request_id,
+            running.request_id,
             on_progress=on_progress,
             on_log=on_log,
             on_partial=on_partial,
-            cancelled=record.cancel_flag,
+            cancelled=running.cancel_flag,
         )
 
-    async def _execute(self, record: RequestRecord) -> None:
-        if record.state == COMPLETED:  # cancelled between the queue and here
-            return
-        record.state = IN_PROGRESS
-        record.publish(inference_pb2.StreamResponse(in_progress=inference_pb2.InProgressEvent()))
-        endpoint = record.endpoint
-        context = self._context(record)
+    async def _execute(self, running: Running) -> None:
+        claim, endpoint = running.claim, running.endpoint
+        expires_in = claim.request.expires_in
+        events = EventWriter(self.queue, running.request_id)
+        events.put(Started())
+        lease = asyncio.create_task(self._keep_lease(running))
+        context = self._context(running, events)
         downloaded: dict[str, Path] = {}
         deadline = asyncio.timeout(self.spec.request_timeout_seconds)
+        output_json, failure = "", None
         try:
             async with deadline:
                 if self.spec.download_inputs:
-                    context.input_files, downloaded = await self._downloads(record)
-                scope = RequestScope(record.expires_in, downloaded, record.cancel_flag, self.services.target)
+                    if running.downloads is None:
+                        running.downloads = asyncio.create_task(download_inputs(self.services.client, running.input))
+                    context.input_files, downloaded = await running.downloads
+                scope = RequestScope(expires_in, downloaded, running.cancel_flag, self.services.target)
                 with request_scope(scope):
                     try:
-                        result = await self.call_handler(endpoint, record.input, context)
+                        result = await self.call_handler(endpoint, running.input, context)
                     finally:
-                        record.handler_returned.set()
-                result = await encode_outputs(self.services.client, endpoint.output_model, result, record.expires_in)
+                        running.handler_returned.set()
+                result = await encode_outputs(self.services.client, endpoint.output_model, result, expires_in)
             output = (
                 result if isinstance(result, endpoint.output_model) else endpoint.output_model.model_validate(result)
             )
-            record.finish(output_json=output.model_dump_json())
+            output_json = output.model_dump_json()
         except (asyncio.CancelledError, RequestCancelled):
-            record.finish(error=Cancelled("cancelled"))
+            failure = failure_of(Cancelled("cancelled"))
         except Exception as error:  # noqa: BLE001 (whatever the handler raised fails its request, not the runner)
             if isinstance(error, TimeoutError) and deadline.expired():
                 limit = self.spec.request_timeout_seconds
-                record.finish(
-                    error=DeadlineExceeded(
-                        f"the request ran past {limit:g} s, the app's limit", reason="REQUEST_TIMEOUT"
-                    )
-                )
+                message = f"the request ran past {limit:g} s, the app's limit"
+                failure = failure_of(DeadlineExceeded(message, reason="REQUEST_TIMEOUT"))
             else:
-                record.finish(error=request_failure(f"{self.spec.app_id}{endpoint.path}", error))
+                failure = failure_of(request_failure(f"{self.spec.app_id}{endpoint.path}", error))
         finally:
+            running.handler_returned.set()
             context.close()  # a thread the handler left behind cannot report into a finished request
             discard(list(downloaded.values()))
+            lease.cancel()
+        try:
+            await events.close()
+            if not running.cancel_flag.is_set():  # a cancelled request was completed by whoever cancelled it
+                await self._finish(claim, output_json, failure)
+        finally:
+            self.running.pop(running.request_id, None)
+
+    async def _finish(self, claim: Claim, output_json: str = "", failure: Failure | None = None) -> None:
+        """Record how the request ended; while the queue is unreachable, keep trying (the lease may lapse)."""
+        await self._retrying(
+            f"record the end of {claim.request_id}",
+            lambda: self.queue.finish(claim.request_id, claim.lease, output_json, failure),
+        )
 
     async def call_handler(self, endpoint: EndpointSpec, input: BaseModel, context: RequestContext) -> Any:
         """The handler's return value: awaited on the loop, or from a worker thread for a sync handler.

@@ -1,8 +1,10 @@
-"""InferenceService: maps Run, Stream, the queue API and ListEndpoints onto the app runners.
+"""InferenceService: maps Run, Stream, the queue API and ListEndpoints onto the shared queue and the app runners.
 
-A Run or Stream caller that disconnects cancels its request. Realtime opens a
-`RealtimeSession` (inference/realtime.py) from its first message and relays it;
-a Realtime caller that disconnects closes its handler.
+Requests go through `Requests` (inference/requests.py), which reads the queue, so
+any replica answers for any request. A Run or Stream caller that disconnects
+cancels its request. Realtime opens a `RealtimeSession` (inference/realtime.py)
+from its first message and relays it on this replica; a Realtime caller that
+disconnects closes its handler.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from contextlib import aclosing
 import grpc
 from grpc_health.v1.health import aio as health_aio
 
-from ferry.errors import FailedPrecondition, NotFound
 from ferry.inference.app import load_app
 from ferry.inference.health import HealthProbe, health_service_name
+from ferry.inference.queue.base import State, Status
+from ferry.inference.queue.opening import open_queue
 from ferry.inference.realtime import RealtimeSession
-from ferry.inference.runner import COMPLETED, AppRunner, RequestRecord, request_error
+from ferry.inference.request_events import LogLine, PartialOutput, Progress, Started
+from ferry.inference.requests import Finished, Queued, Requests, StreamEvent, output_of
+from ferry.inference.runner import AppRunner
 from ferry.inference.schema import input_schema, output_schema
 from ferry.inference.services import ServiceClients
 from ferry.realtime_connection import SESSION_KEY
@@ -31,80 +36,72 @@ from ferry.services.lifecycle import expires_in
 from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import inference_pb2, inference_pb2_grpc
 
+STATES = {
+    State.QUEUED: inference_pb2.REQUEST_STATE_QUEUED,
+    State.IN_PROGRESS: inference_pb2.REQUEST_STATE_IN_PROGRESS,
+    State.COMPLETED: inference_pb2.REQUEST_STATE_COMPLETED,
+}
+
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, runners: dict[str, AppRunner]) -> None:
-        self.runners = runners
-
-    def _runner(self, app_id: str) -> AppRunner:
-        try:
-            return self.runners[app_id]
-        except KeyError:
-            raise NotFound(
-                f"no app {app_id!r} (hosted: {', '.join(sorted(self.runners)) or 'none'})", reason="UNKNOWN_APP"
-            ) from None
-
-    def _record(self, request_id: str) -> tuple[AppRunner, RequestRecord]:
-        for runner in self.runners.values():
-            if (record := runner.records.get(request_id)) is not None:
-                return runner, record
-        raise NotFound(f"no request {request_id!r}", reason="UNKNOWN_REQUEST")
+    def __init__(self, requests: Requests) -> None:
+        self.requests = requests
 
     async def Run(  # noqa: N802
         self,
         request: inference_pb2.RunRequest,
         context: grpc.aio.ServicerContext[inference_pb2.RunRequest, inference_pb2.RunResponse],
     ) -> inference_pb2.RunResponse:
-        runner = self._runner(request.app_id)
-        record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
+        lifetime = expires_in(request.lifecycle, context)
+        request_id = await self.requests.submit(request.app_id, request.path, request.input_json, lifetime)
         try:
-            await record.finished.wait()
+            status = await self.requests.outcome(request_id)
         except asyncio.CancelledError:  # the caller went away: so does its request
-            runner.cancel(record)
+            await asyncio.shield(self.requests.cancel(request_id))
             raise
-        if record.error is not None:
-            raise record.error
-        return inference_pb2.RunResponse(request_id=record.request_id, output_json=record.output_json)
+        return inference_pb2.RunResponse(request_id=request_id, output_json=output_of(status))
 
     async def Stream(  # noqa: N802
         self,
         request: inference_pb2.StreamRequest,
         context: grpc.aio.ServicerContext[inference_pb2.StreamRequest, inference_pb2.StreamResponse],
     ) -> AsyncIterator[inference_pb2.StreamResponse]:
-        runner = self._runner(request.app_id)
-        record = runner.submit(request.path, request.input_json, expires_in(request.lifecycle, context))
+        lifetime = expires_in(request.lifecycle, context)
+        request_id = await self.requests.submit(request.app_id, request.path, request.input_json, lifetime)
+        ended = False
         try:
-            async for response in runner.events(record):
-                yield response
+            async for event in self.requests.events(request_id):
+                ended = isinstance(event, Finished)
+                yield stream_response(request_id, event)
         finally:
-            if record.state != COMPLETED:  # the caller disconnected mid-stream
-                runner.cancel(record)
+            if not ended:  # the caller disconnected mid-stream
+                await asyncio.shield(self.requests.cancel(request_id))
 
     async def Submit(  # noqa: N802
         self,
         request: inference_pb2.SubmitRequest,
         context: grpc.aio.ServicerContext[inference_pb2.SubmitRequest, inference_pb2.SubmitResponse],
     ) -> inference_pb2.SubmitResponse:
-        record = self._runner(request.app_id).submit(
-            request.path, request.input_json, expires_in(request.lifecycle, context)
-        )
-        return inference_pb2.SubmitResponse(request_id=record.request_id)
+        lifetime = expires_in(request.lifecycle, context)
+        request_id = await self.requests.submit(request.app_id, request.path, request.input_json, lifetime)
+        return inference_pb2.SubmitResponse(request_id=request_id)
 
     async def GetStatus(  # noqa: N802
         self,
         request: inference_pb2.GetStatusRequest,
         context: grpc.aio.ServicerContext[inference_pb2.GetStatusRequest, inference_pb2.GetStatusResponse],
     ) -> inference_pb2.GetStatusResponse:
-        runner, record = self._record(request.request_id)
+        report = await self.requests.report(request.request_id)
+        status = report.status
         response = inference_pb2.GetStatusResponse(
-            request_id=record.request_id, state=record.state, queue_position=runner.position(record)
+            request_id=status.request_id, state=STATES[status.state], queue_position=status.position
         )
         if request.with_logs:
-            response.logs.extend(record.logs)
-        if record.progress is not None:
-            response.progress.CopyFrom(record.progress)
-        if record.error is not None:
-            response.error.CopyFrom(request_error(record.error))
+            response.logs.extend(_log_line(line) for line in report.logs)
+        if report.progress is not None:
+            response.progress.CopyFrom(_progress(report.progress))
+        if status.failure is not None:
+            response.error.CopyFrom(_request_error(status))
         return response
 
     async def GetResult(  # noqa: N802
@@ -112,25 +109,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         request: inference_pb2.GetResultRequest,
         context: grpc.aio.ServicerContext[inference_pb2.GetResultRequest, inference_pb2.GetResultResponse],
     ) -> inference_pb2.GetResultResponse:
-        _, record = self._record(request.request_id)
-        if record.state != COMPLETED:
-            if not request.wait:
-                raise FailedPrecondition(
-                    "the request has not completed; GetStatus tells where it is", reason="NOT_COMPLETED"
-                )
-            await record.finished.wait()
-        if record.error is not None:
-            raise record.error
-        return inference_pb2.GetResultResponse(request_id=record.request_id, output_json=record.output_json)
+        output_json = await self.requests.result(request.request_id, request.wait)
+        return inference_pb2.GetResultResponse(request_id=request.request_id, output_json=output_json)
 
     async def Cancel(  # noqa: N802
         self,
         request: inference_pb2.CancelRequest,
         context: grpc.aio.ServicerContext[inference_pb2.CancelRequest, inference_pb2.CancelResponse],
     ) -> inference_pb2.CancelResponse:
-        runner, record = self._record(request.request_id)
-        previous, cancelled = runner.cancel(record)
-        return inference_pb2.CancelResponse(previous_state=previous, cancelled=cancelled)
+        previous, cancelled = await self.requests.cancel(request.request_id)
+        return inference_pb2.CancelResponse(previous_state=STATES[previous], cancelled=cancelled)
 
     async def Realtime(  # noqa: N802
         self,
@@ -138,7 +126,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[inference_pb2.RealtimeRequest, inference_pb2.RealtimeResponse],
     ) -> AsyncIterator[inference_pb2.RealtimeResponse]:
         session = RealtimeSession.open(
-            await anext(request_iterator, None), self._runner, lambda lifecycle: expires_in(lifecycle, context)
+            await anext(request_iterator, None),
+            self.requests.runner,
+            lambda lifecycle: expires_in(lifecycle, context),
         )
         # Headers now, not with the first output: the caller learns at once that the call is open.
         await context.send_initial_metadata(((SESSION_KEY, session.request_id),))
@@ -151,7 +141,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         request: inference_pb2.ListEndpointsRequest,
         context: grpc.aio.ServicerContext[inference_pb2.ListEndpointsRequest, inference_pb2.ListEndpointsResponse],
     ) -> inference_pb2.ListEndpointsResponse:
-        runners = [self._runner(request.app_id)] if request.app_id else list(self.runners.values())
+        runners = [self.requests.runner(request.app_id)] if request.app_id else list(self.requests.runners.values())
         apps = []
         for runner in runners:
             endpoints = [
@@ -179,13 +169,15 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
     """
     threads = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 2), thread_name_prefix="ferry-handler")
     services = ServiceClients(runtime.upstream)
+    queue = await open_queue(config.inference, config.server.data_dir)
     runners: dict[str, AppRunner] = {}
     for spec in config.inference.app:
-        runner = AppRunner(load_app(spec), workers=threads, services=services)
+        lease = config.inference.lease_seconds
+        runner = AppRunner(load_app(spec), queue=queue, workers=threads, services=services, lease_seconds=lease)
         if runner.spec.app_id in runners:
             raise ValueError(f"two apps share the id {runner.spec.app_id!r}")
         runners[runner.spec.app_id] = runner
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(runners), server)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(Requests(queue, runners)), server)
     probes: list[asyncio.Task[None]] = []
 
     async def start_apps() -> None:
@@ -200,6 +192,7 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
             probe.cancel()
         for runner in runners.values():
             await runner.stop()
+        await queue.close()
         await services.close()
         threads.shutdown(wait=False, cancel_futures=True)
 
@@ -219,3 +212,39 @@ async def _report_health(runners: Iterable[AppRunner], health: health_aio.Health
 
             probes.append(HealthProbe(runner, report))
     return probes
+
+
+def stream_response(request_id: str, event: StreamEvent) -> inference_pb2.StreamResponse:
+    response = inference_pb2.StreamResponse(request_id=request_id)
+    if isinstance(event, Queued):
+        response.queued.position = event.position
+    elif isinstance(event, Started):
+        response.in_progress.SetInParent()
+    elif isinstance(event, Progress):
+        response.in_progress.progress.CopyFrom(_progress(event))
+    elif isinstance(event, LogLine):
+        response.in_progress.logs.append(_log_line(event))
+    elif isinstance(event, PartialOutput):
+        response.partial_output.output_json = event.output_json
+    elif event.status.failure is None:
+        response.completed.output_json = event.status.output_json
+    else:
+        response.failed.error.CopyFrom(_request_error(event.status))
+    return response
+
+
+def _progress(progress: Progress) -> inference_pb2.Progress:
+    return inference_pb2.Progress(current=progress.current, total=progress.total, message=progress.message)
+
+
+def _log_line(line: LogLine) -> inference_pb2.LogLine:
+    message = inference_pb2.LogLine(level=line.level, message=line.message)
+    message.time.FromNanoseconds(line.time_ns)
+    return message
+
+
+def _request_error(status: Status) -> inference_pb2.RequestError:
+    failure = status.failure
+    assert failure is not None
+    code = grpc.StatusCode[failure.code]
+    return inference_pb2.RequestError(code=code.value[0], message=failure.message, reason=failure.reason or code.name)

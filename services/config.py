@@ -148,12 +148,27 @@ class EncoderConfig(Checked):
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
-    """Which apps the runner hosts, and where its downloader and encoder are."""
+class InferenceConfig(Checked):
+    """Which apps the runner hosts, where its downloader and encoder are, and the queue its requests wait in."""
 
     app: tuple[str, ...] = setting("an app to host, as module.path:ClassName or path/to/file.py:ClassName", ())
     downloader: str | None = setting("DownloaderService address for handlers (default: this server)")
     encoder: str | None = setting("EncoderService address for handlers (default: this server)")
+    queue: str | None = setting(
+        "where requests wait, shared by every replica: redis://HOST:PORT/DB or rediss://… "
+        "(default: a SQLite file under the data dir, shared by the processes of one host)"
+    )
+    queue_password: str | None = setting("the Redis password, when --queue's URL does not carry one")
+    lease_seconds: float = setting(
+        "a running request returns to the queue this long after its replica stops renewing it", 10.0, above=0
+    )
+    max_attempts: int = setting("runs of one request (its replicas died) before it fails UNAVAILABLE", 3, at_least=1)
+    result_ttl_seconds: float = setting("how long a finished request's record and result are kept", 86400.0, above=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.queue is not None and urlsplit(self.queue).scheme not in ("redis", "rediss"):
+            raise ValueError(f"--queue {self.queue[:200]!r}: expected redis://HOST:PORT/DB or rediss://…")
 
 
 LOCAL_SPEC = "local"

@@ -1,0 +1,148 @@
+"""Any request, from any replica: submit, status, result, cancel and its events, read from the shared queue.
+
+What the InferenceService answers about a request needs nothing of the replica
+that runs it: the queue holds where it waits, what it reported and how it
+ended. Only `submit` needs the app here, to refuse what no handler could run
+before it is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import grpc
+
+from ferry.errors import FailedPrecondition, FerryError, NotFound
+from ferry.inference.queue.base import FINISHED, NewRequest, RequestQueue, State, Status
+from ferry.inference.request_events import LogLine, Progress, RequestEvent, decode
+from ferry.inference.runner import AppRunner
+
+# How often a queued request's Stream re-reads its position.
+POSITION_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Queued:
+    position: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    status: Status
+
+
+StreamEvent = Queued | RequestEvent | Finished
+
+
+@dataclass(frozen=True)
+class Report:
+    """A request's status with what its event log says of it: its latest progress and its log lines."""
+
+    status: Status
+    progress: Progress | None
+    logs: list[LogLine]
+
+
+class Requests:
+    def __init__(self, queue: RequestQueue, runners: Mapping[str, AppRunner]) -> None:
+        self.queue = queue
+        self.runners = runners
+
+    def runner(self, app_id: str) -> AppRunner:
+        try:
+            return self.runners[app_id]
+        except KeyError:
+            raise NotFound(
+                f"no app {app_id!r} (hosted: {', '.join(sorted(self.runners)) or 'none'})", reason="UNKNOWN_APP"
+            ) from None
+
+    async def submit(self, app_id: str, path: str, input_json: str, expires_in: int | None) -> str:
+        self.runner(app_id).validate(path, input_json)
+        return await self.queue.submit(NewRequest(app_id, path or "/", input_json, expires_in))
+
+    async def report(self, request_id: str) -> Report:
+        status = await self.queue.status(request_id)
+        progress: Progress | None = None
+        logs: list[LogLine] = []
+        for entry in await self.queue.events(request_id):
+            event = decode(entry)
+            if isinstance(event, Progress):
+                progress = event
+            elif isinstance(event, LogLine):
+                logs.append(event)
+        return Report(status, progress, logs)
+
+    async def result(self, request_id: str, wait: bool) -> str:
+        """The output JSON; the request's failure as its FerryError; FailedPrecondition while it runs unless `wait`."""
+        status = await self.queue.status(request_id)
+        if status.state != State.COMPLETED:
+            if not wait:
+                raise FailedPrecondition(
+                    "the request has not completed; GetStatus tells where it is", reason="NOT_COMPLETED"
+                )
+            status = await self.outcome(request_id)
+        return output_of(status)
+
+    async def outcome(self, request_id: str) -> Status:
+        """The request's final status, once it has one."""
+        async for entry in self.queue.follow(request_id):
+            if entry.kind == FINISHED:
+                break
+        return await self.queue.status(request_id)
+
+    async def cancel(self, request_id: str) -> tuple[State, bool]:
+        return await self.queue.cancel(request_id)
+
+    async def events(self, request_id: str) -> AsyncIterator[StreamEvent]:
+        """Where the request stands, each move up the queue while it waits, what it reports, then its end."""
+        status = await self.queue.status(request_id)
+        if status.state == State.COMPLETED:
+            yield Finished(status)
+            return
+        merged: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+        positions = asyncio.create_task(self._positions(status, merged)) if status.state == State.QUEUED else None
+        follow = asyncio.create_task(self._follow(request_id, merged))
+        try:
+            while (event := await merged.get()) is not None:
+                if not isinstance(event, Queued) and positions is not None:
+                    positions.cancel()  # it started: no more places to report
+                    positions = None
+                yield event
+        finally:
+            for task in (positions, follow):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def _positions(self, status: Status, out: asyncio.Queue[StreamEvent | None]) -> None:
+        last = status.position
+        await out.put(Queued(last))
+        while status.state == State.QUEUED:
+            await asyncio.sleep(POSITION_SECONDS)
+            status = await self.queue.status(status.request_id)
+            if status.state == State.QUEUED and status.position != last:
+                last = status.position
+                await out.put(Queued(last))
+
+    async def _follow(self, request_id: str, out: asyncio.Queue[StreamEvent | None]) -> None:
+        try:
+            async for entry in self.queue.follow(request_id):
+                if entry.kind == FINISHED:
+                    await out.put(Finished(await self.queue.status(request_id)))
+                    break
+                if (event := decode(entry)) is not None:
+                    await out.put(event)
+        finally:
+            await out.put(None)
+
+
+def output_of(status: Status) -> str:
+    """A completed request's output JSON, or its failure raised as the FerryError it was."""
+    if status.failure is not None:
+        failure = status.failure
+        raise FerryError.of(grpc.StatusCode[failure.code], failure.message, failure.reason)
+    return status.output_json
