@@ -1,0 +1,88 @@
+"""Requests outlive the process that took them, and any replica answers for any of them (the embedded queue).
+
+`ferry serve --app` keeps its requests in a SQLite file under the data dir:
+killed with requests queued and one running, a restarted server runs them all;
+two servers on one data dir are two replicas of one queue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ferry.testing import StackProcess
+from ferry.v1 import inference_pb2
+from tests.harness import wait_for
+
+APP = f"{Path(__file__).parents[1] / 'inference' / 'sample_app.py'}:SampleApp"
+
+
+@pytest.fixture
+def replica(tmp_path: Path):
+    """Start `ferry serve --app sample` on the shared data dir; every replica is stopped afterwards."""
+    started: list[StackProcess] = []
+
+    def start() -> StackProcess:
+        stack = StackProcess(["--data-dir", str(tmp_path / "data"), "--app", APP, "--lease-seconds", "1"])
+        started.append(stack)
+        return stack.start()
+
+    yield start
+    for stack in started:
+        stack.stop()
+
+
+def submit(stack: StackProcess, path: str, arguments: str) -> str:
+    with stack.client() as client:
+        request = inference_pb2.SubmitRequest(app_id="sample", path=path, input_json=arguments)
+        return str(client.inference.Submit(request).request_id)
+
+
+def state(stack: StackProcess, request_id: str) -> inference_pb2.GetStatusResponse:
+    with stack.client() as client:
+        response: inference_pb2.GetStatusResponse = client.inference.GetStatus(
+            inference_pb2.GetStatusRequest(request_id=request_id)
+        )
+        return response
+
+
+def result(stack: StackProcess, request_id: str) -> str:
+    with stack.client() as client:
+        request = inference_pb2.GetResultRequest(request_id=request_id, wait=True)
+        return str(client.inference.GetResult(request, timeout=60).output_json)
+
+
+def test_a_server_killed_with_requests_queued_and_running_runs_them_all_once_restarted(replica) -> None:
+    first = replica()
+    running = submit(first, "/slow", '{"steps": 100, "step_seconds": 0.05}')
+    wait_for(lambda: state(first, running).state == inference_pb2.REQUEST_STATE_IN_PROGRESS, "it to start")
+    queued = [submit(first, "/", f'{{"text": "{n}"}}') for n in range(5)]
+    assert [state(first, i).queue_position for i in queued] == [0, 1, 2, 3, 4]
+
+    assert first.process is not None
+    first.process.kill()  # kill -9: nothing is flushed, nothing is handed over
+    first.wait()
+    second = replica()
+
+    assert [result(second, i) for i in queued] == [f'{{"text":"{n}"}}' for n in range(5)]
+    assert result(second, running) == '{"finished_steps":100}', "the interrupted one ran again, from the start"
+
+
+def test_any_replica_answers_for_a_request_another_one_runs_and_cancels_it(replica) -> None:
+    a, b = replica(), replica()
+    request_id = submit(a, "/slow", '{"steps": 400, "step_seconds": 0.05}')
+    wait_for(lambda: state(b, request_id).state == inference_pb2.REQUEST_STATE_IN_PROGRESS, "it to start")
+    wait_for(lambda: state(b, request_id).progress.current >= 1, "its progress to reach the other replica")
+
+    with b.client() as client:
+        cancelled = client.inference.Cancel(inference_pb2.CancelRequest(request_id=request_id))
+    assert (cancelled.previous_state, cancelled.cancelled) == (inference_pb2.REQUEST_STATE_IN_PROGRESS, True)
+
+    final = state(a, request_id)
+    assert final.state == inference_pb2.REQUEST_STATE_COMPLETED
+    assert final.error.code == grpc.StatusCode.CANCELLED.value[0]
+    # Both replicas keep serving the one queue.
+    follow_up = submit(b, "/", '{"text": "next"}')
+    assert result(a, follow_up) == '{"text":"next"}'
