@@ -1,22 +1,27 @@
 """The runner in-process, against a fake of its service clients: queue, slots, cancellation, time limits, media.
 
-`AppRunner` is driven as `inference/servicer.py` drives it (submit, position,
-cancel, events), with the DownloaderService and the EncoderService replaced at
-the seam the runner defines (`ServiceClients`, faked in `fake_services.py`),
-the way cog tests its runner against a fake worker. Handlers note what they do
-in a timeline the fake writes to as well, and wait while the test holds their
-request, so every ordering below is observed, never timed. The same runner
-behind `ferry serve`, with real services: test_runner_stack.py and
-test_runner_faults.py.
+`AppRunner` runs what it takes from a `SqliteQueue` on a file under the test's
+tmp_path, and each test drives it as `inference/servicer.py` does: through a
+`Requests` front over that queue (submit, status, position, cancel, events,
+results). The DownloaderService and the EncoderService are replaced at the seam
+the runner defines (`ServiceClients`, faked in `fake_services.py`), the way cog
+tests its runner against a fake worker. Handlers note what they do in a timeline
+the fake writes to as well, and wait while the test holds their request, so
+every ordering below is observed, never timed. A second queue object on the same
+file is what another replica (or this one, restarted) would hold. The same
+runner behind `ferry serve`, with real services: test_runner_stack.py and
+test_runner_faults.py; the queue's own contract: tests/inference/queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +32,11 @@ from pydantic import BaseModel
 
 from ferry.errors import FerryError, InvalidArgument, PermissionDenied, Unavailable
 from ferry.inference import App, Encode, RequestContext, endpoint
-from ferry.inference.runner import COMPLETED, IN_PROGRESS, QUEUED, AppRunner, RequestRecord
+from ferry.inference.queue.base import DEFAULT_LEASE_SECONDS, Failure, State
+from ferry.inference.queue.sqlite import SqliteQueue
+from ferry.inference.requests import Requests
+from ferry.inference.runner import AppRunner
+from ferry.inference.servicer import stream_response
 from ferry.request_scope import current_scope
 from ferry.toolkit import Image
 from ferry.v1 import inference_pb2
@@ -36,6 +45,8 @@ from tests.inference.fake_services import FakeServices
 
 WAIT_SECONDS = 10.0  # how long a test waits for something that should happen at once before it fails
 SOURCE = "http://source.test"
+# A lease short enough that a restarted replica takes back an interrupted request within the test.
+SHORT_LEASE_SECONDS = 0.3
 
 
 class Board:
@@ -217,54 +228,107 @@ def services(downloads: Path, timeline: list[str]) -> FakeServices:
     return FakeServices(downloads, timeline)
 
 
-Start = Callable[..., Awaitable[AppRunner]]
+OpenQueue = Callable[..., Awaitable[SqliteQueue]]
 
 
 @pytest.fixture
-async def start(board: Board, services: FakeServices) -> AsyncIterator[Start]:
-    """Start a runner of an app class on the fake services; every runner is stopped and its tasks ended afterwards."""
+async def open_queue(tmp_path: Path) -> AsyncIterator[OpenQueue]:
+    """Open a queue object on the test's one SQLite file, as each replica (each process) holds its own; all are
+    closed afterwards."""
+    opened: list[SqliteQueue] = []
+
+    async def open_one(**settings: Any) -> SqliteQueue:
+        opened.append(await SqliteQueue.open(tmp_path / "queue.sqlite3", **settings))
+        return opened[-1]
+
+    yield open_one
+    for queue in opened:
+        await queue.close()
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One inference replica: its queue object, the runner taking from it, and the front the servicer would use."""
+
+    queue: SqliteQueue
+    runner: AppRunner
+    front: Requests
+
+
+@dataclass(frozen=True)
+class Handle:
+    """A submitted request as its caller holds it: its id, and the front it asks about it."""
+
+    request_id: str
+    front: Requests
+
+
+Start = Callable[..., Awaitable[Replica]]
+
+
+@pytest.fixture
+async def start(board: Board, services: FakeServices, open_queue: OpenQueue) -> AsyncIterator[Start]:
+    """Start a replica running an app class on the fake services; every runner is stopped afterwards (before
+    `open_queue` closes the queues)."""
     threads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="handler")
     runners: list[AppRunner] = []
 
-    async def start_runner(app_class: type[BoardApp], **options: Any) -> AppRunner:
-        runner = AppRunner(app_class, workers=threads, services=services, **options)  # the fake, at the seam
+    async def start_replica(app_class: type[BoardApp], lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Replica:
+        queue = await open_queue(lease_seconds=lease_seconds)
+        runner = AppRunner(  # the fake services, at the seam
+            app_class, queue=queue, workers=threads, services=services, lease_seconds=lease_seconds
+        )
         runner.app.board = board
         await runner.start()
         runners.append(runner)
-        return runner
+        return Replica(queue, runner, Requests(queue, {runner.app_id: runner}))
 
-    yield start_runner
+    yield start_replica
     board.release_all()
     for runner in runners:
         await runner.stop()
-        tasks = [
-            task for record in runner.records.values() for task in (record.task, record.prefetch) if task is not None
-        ]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
     threads.shutdown(wait=True)
 
 
-def submit(
-    runner: AppRunner, name: str, path: str = "/", expires_in: int | None = None, **fields: Any
-) -> RequestRecord:
-    return runner.submit(path, json.dumps({"name": name, **fields}), expires_in)
+async def submit(replica: Replica, name: str, path: str = "/", expires_in: int | None = None, **fields: Any) -> Handle:
+    input_json = json.dumps({"name": name, **fields})
+    return Handle(await replica.front.submit(replica.runner.app_id, path, input_json, expires_in), replica.front)
 
 
-async def finished(*records: RequestRecord) -> None:
-    await asyncio.wait_for(asyncio.gather(*(record.finished.wait() for record in records)), WAIT_SECONDS)
+async def finished(*handles: Handle) -> None:
+    outcomes = (handle.front.outcome(handle.request_id) for handle in handles)
+    await asyncio.wait_for(asyncio.gather(*outcomes), WAIT_SECONDS)
 
 
-def output(record: RequestRecord) -> dict[str, Any]:
-    assert record.error is None, f"the request failed: {record.error}"
-    result: dict[str, Any] = json.loads(record.output_json)
+async def state(handle: Handle) -> State:
+    return (await handle.front.queue.status(handle.request_id)).state
+
+
+async def states(*handles: Handle) -> list[State]:
+    return [await state(handle) for handle in handles]
+
+
+async def position(handle: Handle) -> int:
+    return (await handle.front.queue.status(handle.request_id)).position
+
+
+async def output(handle: Handle) -> dict[str, Any]:
+    """The completed request's output, as GetResult answers it (its failure raised as the FerryError it was)."""
+    result: dict[str, Any] = json.loads(await handle.front.result(handle.request_id, wait=False))
     return result
 
 
-def status(record: RequestRecord) -> tuple[grpc.StatusCode, str]:
-    assert record.error is not None, "the request did not fail"
-    return record.error.code, record.error.reason
+async def failure(handle: Handle) -> Failure:
+    recorded = (await handle.front.queue.status(handle.request_id)).failure
+    assert recorded is not None, "the request did not fail"
+    return recorded
+
+
+async def status(handle: Handle) -> tuple[grpc.StatusCode, str]:
+    """The failed request's status code and reason, as a caller receives them (no reason: the code's name)."""
+    recorded = await failure(handle)
+    code = grpc.StatusCode[recorded.code]
+    return code, recorded.reason or code.name
 
 
 def handlers_started(timeline: list[str]) -> list[str]:
@@ -283,15 +347,15 @@ def most_at_once(timeline: list[str]) -> int:
 
 
 class Listener:
-    """Everything `runner.events(record)` yields, gathered as it comes, as a streaming caller receives it."""
+    """Everything `Requests.events` yields for a request, gathered as it comes, as a streaming caller receives it."""
 
-    def __init__(self, runner: AppRunner, record: RequestRecord) -> None:
+    def __init__(self, handle: Handle) -> None:
         self.heard: list[inference_pb2.StreamResponse] = []
-        self._task = asyncio.create_task(self._listen(runner, record))
+        self._task = asyncio.create_task(self._listen(handle))
 
-    async def _listen(self, runner: AppRunner, record: RequestRecord) -> None:
-        async for response in runner.events(record):
-            self.heard.append(response)
+    async def _listen(self, handle: Handle) -> None:
+        async for event in handle.front.events(handle.request_id):
+            self.heard.append(stream_response(handle.request_id, event))
 
     def kinds(self) -> list[str]:
         return [str(response.WhichOneof("event")) for response in self.heard]
@@ -309,67 +373,95 @@ class Listener:
 async def test_with_one_slot_requests_run_one_at_a_time_in_the_order_they_were_submitted(
     start: Start, board: Board, timeline: list[str]
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     board.hold("first")
-    records = [submit(runner, name) for name in ("first", "second", "third", "fourth")]
+    handles = [await submit(replica, name) for name in ("first", "second", "third", "fourth")]
     await board.reached("handler first")
 
-    assert [record.state for record in records] == [IN_PROGRESS, QUEUED, QUEUED, QUEUED]
+    assert await states(*handles) == [State.IN_PROGRESS, State.QUEUED, State.QUEUED, State.QUEUED]
     board.release("first")
-    await finished(*records)
+    await finished(*handles)
 
     assert timeline == [
         entry for name in ("first", "second", "third", "fourth") for entry in (f"handler {name}", f"returned {name}")
     ]
-    assert [output(record)["name"] for record in records] == ["first", "second", "third", "fourth"]
+    assert [(await output(handle))["name"] for handle in handles] == ["first", "second", "third", "fourth"]
 
 
-async def test_a_waiting_request_knows_its_place_and_hears_each_move_up(start: Start, board: Board) -> None:
-    runner = await start(OneSlot)
-    board.hold("running")
-    running = submit(runner, "running")
+async def test_a_waiting_request_knows_its_place_and_hears_each_move_up_that_lasts(start: Start, board: Board) -> None:
+    """Positions are read from the queue (a stream re-reads its place every 0.1 s): a place that stands until the
+    stream has read it is heard; places quicker than that may be skipped, and the ones heard only ever go down."""
+    replica = await start(OneSlot)
+    board.hold("running", "a", "b")
+    running = await submit(replica, "running")
     await board.reached("handler running")
-    waiting = [submit(runner, name) for name in ("a", "b", "c")]
+    waiting = [await submit(replica, name) for name in ("a", "b", "c")]
 
-    assert [runner.position(record) for record in waiting] == [0, 1, 2]
-    assert runner.position(running) == 0, "a running request waits for nothing"
-    last = Listener(runner, waiting[2])
-    await until(lambda: last.heard, "the listener to hear where it stands")
+    assert [await position(handle) for handle in waiting] == [0, 1, 2]
+    assert await position(running) == 0, "a running request waits for nothing"
+    last = Listener(waiting[2])
+    await until(lambda: last.positions() == [2], "the listener to hear where it stands")
     board.release("running")
+    await until(lambda: last.positions() == [2, 1], "the listener to hear it moved up to 1")
+    board.release("a")
+    await until(lambda: last.positions() == [2, 1, 0], "the listener to hear it moved up to 0")
+    board.release("b")
     await last.to_the_end()
 
     assert last.positions() == [2, 1, 0]
     assert last.kinds() == ["queued", "queued", "queued", "in_progress", "completed"]
 
 
+async def test_a_stream_opened_on_a_queue_that_moves_at_once_hears_its_places_go_down_then_its_run(
+    start: Start, board: Board
+) -> None:
+    replica = await start(OneSlot)
+    board.hold("running")
+    await submit(replica, "running")
+    await board.reached("handler running")
+    waiting = [await submit(replica, name) for name in ("a", "b", "c")]
+    last = Listener(waiting[2])
+    await until(lambda: last.heard, "the listener to hear where it stands")
+    board.release("running")
+    await last.to_the_end()
+
+    positions = last.positions()
+    assert positions[0] == 2
+    assert all(later < earlier for earlier, later in itertools.pairwise(positions))
+    assert last.kinds() == ["queued"] * len(positions) + ["in_progress", "completed"]
+
+
 async def test_no_more_handlers_run_at_once_than_max_concurrency(
     start: Start, board: Board, timeline: list[str]
 ) -> None:
-    runner = await start(TwoSlots)
+    replica = await start(TwoSlots)
     board.hold("a", "b", "c", "d")
-    records = [submit(runner, name) for name in "abcd"]
+    handles = [await submit(replica, name) for name in "abcd"]
     await board.reached("handler b")
 
-    assert [record.state for record in records] == [IN_PROGRESS, IN_PROGRESS, QUEUED, QUEUED]
-    assert [runner.position(record) for record in records[2:]] == [0, 1]
+    assert await states(*handles) == [State.IN_PROGRESS, State.IN_PROGRESS, State.QUEUED, State.QUEUED]
+    assert [await position(handle) for handle in handles[2:]] == [0, 1]
     board.release("b")
     await board.reached("handler c")
-    assert records[3].state == QUEUED, "b's slot went to c alone"
+    assert await state(handles[3]) == State.QUEUED, "b's slot went to c alone"
     board.release_all()
-    await finished(*records)
+    await finished(*handles)
 
     assert most_at_once(timeline) == 2
-    assert [output(record)["name"] for record in records] == ["a", "b", "c", "d"]
+    assert [(await output(handle))["name"] for handle in handles] == ["a", "b", "c", "d"]
 
 
-async def test_only_the_latest_finished_requests_are_remembered(start: Start) -> None:
-    runner = await start(OneSlot, keep_finished=2)
-    done = [submit(runner, str(number)) for number in range(3)]
-    await finished(*done)
+async def test_a_finished_requests_result_outlives_the_runner_that_ran_it(start: Start, open_queue: OpenQueue) -> None:
+    replica = await start(OneSlot)
+    done = await submit(replica, "done")
+    await finished(done)
 
-    latest = submit(runner, "latest")
+    await replica.runner.stop()
 
-    assert set(runner.records) == {done[1].request_id, done[2].request_id, latest.request_id}
+    assert await state(done) == State.COMPLETED
+    assert (await output(done))["name"] == "done"
+    elsewhere = Handle(done.request_id, Requests(await open_queue(), {}))  # a replica that never hosted the app
+    assert (await output(elsewhere))["name"] == "done", "the result lives in the queue, not in the runner"
 
 
 # -- cancellation --------------------------------------------------------------------------------
@@ -378,119 +470,149 @@ async def test_only_the_latest_finished_requests_are_remembered(start: Start) ->
 async def test_a_cancelled_waiting_request_leaves_the_queue_and_the_rest_close_up_behind_it(
     start: Start, board: Board, timeline: list[str]
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     board.hold("running")
-    submit(runner, "running")
+    await submit(replica, "running")
     await board.reached("handler running")
-    first, cancelled, last = (submit(runner, name) for name in ("first", "cancelled", "last"))
-    listener = Listener(runner, last)
+    first, cancelled, last = [await submit(replica, name) for name in ("first", "cancelled", "last")]
+    listener = Listener(last)
     await until(lambda: listener.heard, "the listener to hear where it stands")
 
-    assert runner.cancel(cancelled) == (QUEUED, True)
+    assert await replica.front.cancel(cancelled.request_id) == (State.QUEUED, True)
 
-    assert cancelled.state == COMPLETED and status(cancelled) == (grpc.StatusCode.CANCELLED, "CANCELLED")
-    assert [runner.position(record) for record in (first, last)] == [0, 1]
+    assert await state(cancelled) == State.COMPLETED
+    assert await status(cancelled) == (grpc.StatusCode.CANCELLED, "CANCELLED")
+    assert [await position(handle) for handle in (first, last)] == [0, 1]
     await until(lambda: listener.positions() == [2, 1], "the one behind it to hear it moved up")
     board.release("running")
     await finished(first, last)
+    await listener.to_the_end()
     assert handlers_started(timeline) == ["running", "first", "last"]
 
 
 async def test_cancelling_a_running_async_handler_cancels_it_and_frees_its_slot(
     start: Start, board: Board, timeline: list[str]
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     board.hold("slow")
-    slow = submit(runner, "slow", "/async")
-    following = submit(runner, "following")
+    slow = await submit(replica, "slow", "/async")
+    following = await submit(replica, "following")
     await board.reached("handler slow")
 
-    assert runner.cancel(slow) == (IN_PROGRESS, True)
-    assert runner.cancel(slow) == (COMPLETED, False), "cancelling twice changes nothing"
+    assert await replica.front.cancel(slow.request_id) == (State.IN_PROGRESS, True)
+    assert await replica.front.cancel(slow.request_id) == (State.COMPLETED, False), "cancelling twice changes nothing"
     await finished(following)
 
-    assert status(slow) == (grpc.StatusCode.CANCELLED, "CANCELLED")
+    assert await status(slow) == (grpc.StatusCode.CANCELLED, "CANCELLED")
     assert timeline.index("handler slow cancelled") < timeline.index("handler following")
-    assert output(following)["name"] == "following"
+    assert (await output(following))["name"] == "following"
+
+
+async def test_a_request_cancelled_through_another_replica_stops_its_handler_on_the_replica_running_it(
+    start: Start, open_queue: OpenQueue, board: Board, timeline: list[str]
+) -> None:
+    replica = await start(OneSlot)
+    board.hold("slow")
+    slow = await submit(replica, "slow", "/async")
+    following = await submit(replica, "following")
+    await board.reached("handler slow")
+    other = Requests(await open_queue(), {})  # another replica's front, on its own queue object
+
+    assert await other.cancel(slow.request_id) == (State.IN_PROGRESS, True)
+
+    await board.reached("handler slow cancelled")
+    await finished(following)
+    assert await status(slow) == (grpc.StatusCode.CANCELLED, "CANCELLED")
+    assert timeline.index("handler slow cancelled") < timeline.index("handler following")
+    assert (await output(following))["name"] == "following"
 
 
 async def test_a_cancelled_sync_handler_is_told_through_its_context_and_holds_its_slot_until_its_thread_returns(
     start: Start, board: Board, timeline: list[str]
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     board.hold("stubborn")
-    stubborn = submit(runner, "stubborn", "/uninterruptible")
-    following = submit(runner, "following")
+    stubborn = await submit(replica, "stubborn", "/uninterruptible")
+    following = await submit(replica, "following")
     await board.reached("handler stubborn")
 
-    assert runner.cancel(stubborn) == (IN_PROGRESS, True)
-    assert status(stubborn) == (grpc.StatusCode.CANCELLED, "CANCELLED"), "the caller hears at once"
+    assert await replica.front.cancel(stubborn.request_id) == (State.IN_PROGRESS, True)
+    assert await status(stubborn) == (grpc.StatusCode.CANCELLED, "CANCELLED"), "the caller hears at once"
     await board.reached("handler stubborn saw the cancel")
     await asyncio.sleep(0.05)  # the loop turns a few hundred times: the slot is still the stubborn thread's
-    assert following.state == QUEUED and "handler following" not in timeline
+    assert await state(following) == State.QUEUED and "handler following" not in timeline
     board.release("stubborn")
     await finished(following)
 
     assert timeline.index("handler stubborn stopped") < timeline.index("handler following")
-    assert output(following)["name"] == "following"
+    assert (await output(following))["name"] == "following"
 
 
 async def test_a_finished_request_cannot_be_cancelled(start: Start) -> None:
-    runner = await start(OneSlot)
-    done = submit(runner, "done")
+    replica = await start(OneSlot)
+    done = await submit(replica, "done")
     await finished(done)
 
-    assert runner.cancel(done) == (COMPLETED, False)
-    assert output(done)["name"] == "done"
+    assert await replica.front.cancel(done.request_id) == (State.COMPLETED, False)
+    assert (await output(done))["name"] == "done"
 
 
 async def test_cancelling_the_next_request_in_line_stops_its_input_downloads(
     start: Start, board: Board, services: FakeServices, timeline: list[str]
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     url = services.client.serve(f"{SOURCE}/a.png", b"pixels")
     services.client.hold(url)
     board.hold("running")
-    submit(runner, "running")
+    await submit(replica, "running")
     await board.reached("handler running")
-    waiting = submit(runner, "waiting", image_url=url)
+    waiting = await submit(replica, "waiting", image_url=url)
     await board.reached(f"download {url}")
 
-    runner.cancel(waiting)
+    await replica.front.cancel(waiting.request_id)
 
-    await board.reached(f"download {url} cancelled")
+    await board.reached(f"download {url} cancelled")  # at the runner's next look at the queue
     assert "handler waiting" not in timeline
 
 
 async def test_cancelling_the_next_request_in_line_deletes_the_inputs_it_already_downloaded(
     start: Start, board: Board, services: FakeServices, downloads: Path
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     url = services.client.serve(f"{SOURCE}/a.png", b"pixels")
     board.hold("running")
-    submit(runner, "running")
+    await submit(replica, "running")
     await board.reached("handler running")
-    waiting = submit(runner, "waiting", image_url=url)
+    waiting = await submit(replica, "waiting", image_url=url)
     await board.reached(f"downloaded {url}")
     assert [path.name for path in downloads.rglob("*.png")] == ["a.png"]
 
-    runner.cancel(waiting)
+    await replica.front.cancel(waiting.request_id)
 
-    assert list(downloads.iterdir()) == []
+    await until(lambda: list(downloads.iterdir()) == [], "the prefetched input to be deleted")
 
 
-async def test_stopping_the_runner_fails_every_unfinished_request_as_cancelled(start: Start, board: Board) -> None:
-    runner = await start(OneSlot)
+async def test_stopping_the_runner_stops_its_handlers_and_a_restart_runs_their_requests_again(
+    start: Start, board: Board, timeline: list[str]
+) -> None:
+    replica = await start(OneSlot, lease_seconds=SHORT_LEASE_SECONDS)
     board.hold("running")
-    running = submit(runner, "running")
+    running = await submit(replica, "running", "/async")
     await board.reached("handler running")
-    waiting = submit(runner, "waiting")
+    waiting = await submit(replica, "waiting")
 
-    await runner.stop()
+    await replica.runner.stop()
 
-    for record in (running, waiting):
-        assert status(record) == (grpc.StatusCode.CANCELLED, "CANCELLED")
-        assert record.error is not None and "shutting down" in record.error.message
+    assert "handler running cancelled" in timeline
+    assert await states(running, waiting) == [State.IN_PROGRESS, State.QUEUED], "neither failed: both run again"
+    board.release_all()
+    await start(OneSlot, lease_seconds=SHORT_LEASE_SECONDS)  # the same queue file: the replica, restarted
+    await finished(running, waiting)
+
+    assert (await output(running))["name"] == "running" and (await output(waiting))["name"] == "waiting"
+    attempts = [(await handle.front.queue.status(handle.request_id)).attempt for handle in (running, waiting)]
+    assert attempts == [2, 1], "the interrupted request ran again once its lease lapsed"
+    assert sorted(handlers_started(timeline)) == ["running", "running", "waiting"]
 
 
 # -- time limits --------------------------------------------------------------------------------
@@ -500,27 +622,27 @@ async def test_stopping_the_runner_fails_every_unfinished_request_as_cancelled(s
 async def test_a_request_past_the_apps_time_limit_fails_deadline_exceeded_and_frees_its_slot(
     start: Start, board: Board, path: str
 ) -> None:
-    runner = await start(TimeLimited)
+    replica = await start(TimeLimited)
     board.hold("endless")
-    endless = submit(runner, "endless", path)
-    following = submit(runner, "following")
+    endless = await submit(replica, "endless", path)
+    following = await submit(replica, "following")
     await finished(endless, following)
 
-    assert status(endless) == (grpc.StatusCode.DEADLINE_EXCEEDED, "REQUEST_TIMEOUT")
-    assert output(following)["name"] == "following"
+    assert await status(endless) == (grpc.StatusCode.DEADLINE_EXCEEDED, "REQUEST_TIMEOUT")
+    assert (await output(following))["name"] == "following"
 
 
 async def test_the_time_limit_counts_the_input_downloads_too(
     start: Start, services: FakeServices, timeline: list[str]
 ) -> None:
-    runner = await start(TimeLimited)
+    replica = await start(TimeLimited)
     url = services.client.serve(f"{SOURCE}/slow.png", b"pixels")
     services.client.hold(url)
 
-    late = submit(runner, "late", image_url=url)
+    late = await submit(replica, "late", image_url=url)
     await finished(late)
 
-    assert status(late) == (grpc.StatusCode.DEADLINE_EXCEEDED, "REQUEST_TIMEOUT")
+    assert await status(late) == (grpc.StatusCode.DEADLINE_EXCEEDED, "REQUEST_TIMEOUT")
     assert f"download {url} cancelled" in timeline and "handler late" not in timeline
 
 
@@ -530,34 +652,37 @@ async def test_the_time_limit_counts_the_input_downloads_too(
 async def test_the_next_requests_inputs_download_while_the_previous_handler_runs(
     start: Start, board: Board, services: FakeServices, timeline: list[str]
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     url = services.client.serve(f"{SOURCE}/cat.png", b"cat pixels")
     board.hold("first")
-    first = submit(runner, "first")
+    first = await submit(replica, "first")
     await board.reached("handler first")
-    second = submit(runner, "second", image_url=url)
+    second = await submit(replica, "second", image_url=url)
 
     await board.reached(f"downloaded {url}")
-    assert first.state == IN_PROGRESS, "the download did not wait for the slot"
+    assert await state(first) == State.IN_PROGRESS, "the download did not wait for the slot"
+    assert await state(second) == State.QUEUED, "prefetched, not taken: another replica could still take it"
     board.release("first")
     await finished(second)
 
     assert timeline.index(f"downloaded {url}") < timeline.index("returned first")
-    assert output(second)["inputs"] == {"image_url": ["cat pixels"]}
+    assert [entry for entry in timeline if entry.startswith("download ")] == [f"download {url}"], "downloaded once"
+    assert (await output(second))["inputs"] == {"image_url": ["cat pixels"]}
 
 
 async def test_each_url_downloads_once_the_handler_and_its_sdk_calls_find_the_files_and_they_go_afterwards(
     start: Start, services: FakeServices, timeline: list[str], downloads: Path
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     a = services.client.serve(f"{SOURCE}/a.txt", b"a")
     b = services.client.serve(f"{SOURCE}/b.txt", b"b")
 
-    record = submit(runner, "many", image_url=a, image_urls=[a, b, a])
-    await finished(record)
+    handle = await submit(replica, "many", image_url=a, image_urls=[a, b, a])
+    await finished(handle)
 
-    assert output(record)["inputs"] == {"image_url": ["a"], "image_urls": ["a", "b", "a"]}
-    assert output(record)["scope_urls"] == [a, b], "ferry.download_file in the handler answers from these"
+    result = await output(handle)
+    assert result["inputs"] == {"image_url": ["a"], "image_urls": ["a", "b", "a"]}
+    assert result["scope_urls"] == [a, b], "ferry.download_file in the handler answers from these"
     assert sorted(entry for entry in timeline if entry.startswith("download ")) == [f"download {a}", f"download {b}"]
     assert list(downloads.iterdir()) == [], "the inputs are deleted once the request is over"
 
@@ -565,17 +690,17 @@ async def test_each_url_downloads_once_the_handler_and_its_sdk_calls_find_the_fi
 async def test_a_refused_input_fails_the_request_with_the_downloaders_status_before_the_handler_runs(
     start: Start, services: FakeServices, timeline: list[str]
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     blocked = services.client.refuse(
         "http://10.0.0.1/secret.png", PermissionDenied("blocked address", reason="ADDRESS_BLOCKED")
     )
     slow = services.client.serve(f"{SOURCE}/slow.png", b"pixels")
     services.client.hold(slow)
 
-    record = submit(runner, "blocked", image_url=blocked, image_urls=[slow])
-    await finished(record)
+    handle = await submit(replica, "blocked", image_url=blocked, image_urls=[slow])
+    await finished(handle)
 
-    assert status(record) == (grpc.StatusCode.PERMISSION_DENIED, "ADDRESS_BLOCKED")
+    assert await status(handle) == (grpc.StatusCode.PERMISSION_DENIED, "ADDRESS_BLOCKED")
     assert f"download {slow} cancelled" in timeline, "the first failure stops the other downloads"
     assert "handler blocked" not in timeline
 
@@ -583,13 +708,13 @@ async def test_a_refused_input_fails_the_request_with_the_downloaders_status_bef
 async def test_an_app_that_downloads_its_own_inputs_gets_its_urls_untouched(
     start: Start, services: FakeServices, timeline: list[str]
 ) -> None:
-    runner = await start(OwnDownloads)
+    replica = await start(OwnDownloads)
     url = services.client.serve(f"{SOURCE}/a.png", b"pixels")
 
-    record = submit(runner, "own", image_url=url)
-    await finished(record)
+    handle = await submit(replica, "own", image_url=url)
+    await finished(handle)
 
-    assert output(record)["inputs"] == {}
+    assert (await output(handle))["inputs"] == {}
     assert not any(entry.startswith("download") for entry in timeline)
 
 
@@ -599,16 +724,17 @@ async def test_an_app_that_downloads_its_own_inputs_gets_its_urls_untouched(
 async def test_tensors_in_media_fields_are_encoded_with_each_fields_options_and_the_requests_lifetime(
     start: Start, services: FakeServices
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
 
-    record = submit(runner, "painted", "/paint", expires_in=600)
-    await finished(record)
+    handle = await submit(replica, "painted", "/paint", expires_in=600)
+    await finished(handle)
 
     assert services.client.encodes == [
         EncodeCall((4, 6, 3), "png", {"expires_in": 600}),
         EncodeCall((4, 6, 3), "jpeg", {"quality": 80, "expires_in": 600}),
     ]
-    image, preview = output(record)["image"], output(record)["preview"]
+    result = await output(handle)
+    image, preview = result["image"], result["preview"]
     assert (image["content_type"], image["width"], image["height"]) == ("image/png", 6, 4)
     assert preview["content_type"] == "image/jpeg" and preview["url"].endswith("/out.jpeg")
 
@@ -616,19 +742,19 @@ async def test_tensors_in_media_fields_are_encoded_with_each_fields_options_and_
 async def test_outputs_encode_after_the_handler_has_given_its_slot_to_the_next_request(
     start: Start, services: FakeServices, timeline: list[str]
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     services.client.hold_encodes()
-    painted = submit(runner, "painted", "/paint")
-    following = submit(runner, "following")
+    painted = await submit(replica, "painted", "/paint")
+    following = await submit(replica, "following")
 
     await finished(following)
-    assert painted.state == IN_PROGRESS, "its outputs are still encoding"
+    assert await state(painted) == State.IN_PROGRESS, "its outputs are still encoding"
     services.client.release_encodes()
     await finished(painted)
 
     assert timeline.index("returned painted") < timeline.index("encode png") < timeline.index("handler following")
     assert timeline.index("returned following") < timeline.index("encoded png")
-    assert output(painted)["image"]["content_type"] == "image/png"
+    assert (await output(painted))["image"]["content_type"] == "image/png"
 
 
 @pytest.mark.parametrize(
@@ -642,14 +768,14 @@ async def test_outputs_encode_after_the_handler_has_given_its_slot_to_the_next_r
 async def test_an_encode_that_fails_fails_the_request(
     start: Start, services: FakeServices, refusal: FerryError, expected: tuple[grpc.StatusCode, str]
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     services.client.refuse_encodes(refusal)
 
-    record = submit(runner, "painted", "/paint")
-    await finished(record)
+    handle = await submit(replica, "painted", "/paint")
+    await finished(handle)
 
-    assert status(record) == expected
-    assert record.error is not None and refusal.message in record.error.message
+    assert await status(handle) == expected
+    assert refusal.message in (await failure(handle)).message
 
 
 # -- failures and events --------------------------------------------------------------------------
@@ -667,39 +793,44 @@ async def test_an_encode_that_fails_fails_the_request(
 async def test_a_failing_handler_fails_its_request_with_a_status_and_the_runner_keeps_serving(
     start: Start, path: str, expected: tuple[grpc.StatusCode, str], message: str
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
 
-    failed = submit(runner, "x", path)
-    following = submit(runner, "following")
+    failed = await submit(replica, "x", path)
+    following = await submit(replica, "following")
     await finished(failed, following)
 
-    assert status(failed) == expected
-    assert failed.error is not None and message in failed.error.message
-    assert output(following)["name"] == "following"
+    assert await status(failed) == expected
+    assert message in (await failure(failed)).message
+    assert (await output(following))["name"] == "following"
 
 
-async def test_unknown_endpoints_and_malformed_inputs_are_refused_when_submitted(start: Start) -> None:
-    runner = await start(OneSlot)
+async def test_unknown_endpoints_and_malformed_inputs_are_refused_when_submitted_and_never_queued(
+    start: Start, board: Board
+) -> None:
+    replica = await start(OneSlot)
+    board.hold("running")
+    await submit(replica, "running")
+    await board.reached("handler running")  # the slot is busy: whatever is queued now stays queued
 
     with pytest.raises(FerryError) as unknown:
-        runner.submit("/nope", json.dumps({"name": "x"}))
+        await submit(replica, "x", "/nope")
     with pytest.raises(FerryError) as malformed:
-        runner.submit("/", json.dumps({"name": 3}))
+        await replica.front.submit(replica.runner.app_id, "/", json.dumps({"name": 3}), None)
 
     assert (unknown.value.code, unknown.value.reason) == (grpc.StatusCode.NOT_FOUND, "UNKNOWN_ENDPOINT")
     assert malformed.value.code == grpc.StatusCode.INVALID_ARGUMENT and "name" in malformed.value.message
-    assert runner.records == {}
+    assert await replica.queue.depth(replica.runner.app_id) == 0
 
 
 async def test_a_listener_hears_where_the_request_stands_its_progress_logs_and_partial_outputs_then_its_output(
     start: Start, board: Board
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
     board.hold("running")
-    submit(runner, "running")
+    await submit(replica, "running")
     await board.reached("handler running")
-    record = submit(runner, "chatty", "/chatty")
-    listener = Listener(runner, record)
+    handle = await submit(replica, "chatty", "/chatty")
+    listener = Listener(handle)
     await until(lambda: listener.heard, "the listener to hear where it stands")
     board.release("running")
     await listener.to_the_end()
@@ -719,16 +850,16 @@ async def test_a_listener_hears_where_the_request_stands_its_progress_logs_and_p
     assert [(line.level, line.message) for line in heard[3].in_progress.logs] == [("INFO", "halfway")]
     assert json.loads(heard[4].partial_output.output_json) == {"step": 1}
     assert json.loads(heard[6].completed.output_json)["name"] == "chatty"
-    assert {response.request_id for response in heard} == {record.request_id}
+    assert {response.request_id for response in heard} == {handle.request_id}
 
 
 async def test_setup_and_handlers_reach_the_stack_hosting_the_app_and_handlers_the_requests_lifetime(
     start: Start, services: FakeServices
 ) -> None:
-    runner = await start(OneSlot)
+    replica = await start(OneSlot)
 
-    record = submit(runner, "scoped", expires_in=600)
-    await finished(record)
+    handle = await submit(replica, "scoped", expires_in=600)
+    await finished(handle)
 
-    assert runner.app.stack_at_setup is services.target
-    assert output(record)["scope_expires_in"] == 600
+    assert replica.runner.app.stack_at_setup is services.target
+    assert (await output(handle))["scope_expires_in"] == 600
