@@ -86,7 +86,10 @@ class Running:
     endpoint: EndpointSpec
     input: BaseModel
     downloads: Downloads | None
-    cancel_flag: threading.Event = field(default_factory=threading.Event)
+    cancel_flag: threading.Event = field(default_factory=threading.Event)  # the handler's context sees it
+    # Taken from this replica (cancelled by a caller, its lease lost, the runner stopping): whoever took it
+    # decides how it ends, so this replica records nothing. A time limit sets cancel_flag alone.
+    withdrawn: bool = False
     # Set when the handler has returned: the slot is free while outputs encode.
     handler_returned: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -95,7 +98,8 @@ class Running:
     def request_id(self) -> str:
         return self.claim.request_id
 
-    def cancel(self) -> None:
+    def withdraw(self) -> None:
+        self.withdrawn = True
         self.cancel_flag.set()
         if self.task is not None:
             self.task.cancel()
@@ -190,7 +194,7 @@ class AppRunner:
         for task in self._tasks:
             task.cancel()
         for running in list(self.running.values()):
-            running.cancel()
+            running.withdraw()
         tasks = [*self._tasks, *(r.task for r in self.running.values() if r.task is not None)]
         await asyncio.gather(*tasks, return_exceptions=True)
         self._drop_prefetch()
@@ -244,7 +248,7 @@ class AppRunner:
             try:
                 async for request_id in self.queue.cancellations():
                     if (running := self.running.get(request_id)) is not None:
-                        running.cancel()
+                        running.withdraw()
             except FerryError as error:
                 log.warning("%s: cannot hear cancellations (%s); retrying", self.app_id, error)
                 await asyncio.sleep(1)
@@ -260,7 +264,7 @@ class AppRunner:
                 log.warning("%s: cannot renew the lease of %s: %s", self.app_id, claim.request_id, error)
                 continue
             if not held:
-                running.cancel()
+                running.withdraw()
                 return
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -383,7 +387,7 @@ class AppRunner:
             lease.cancel()
         try:
             await events.close()
-            if not running.cancel_flag.is_set():  # a cancelled request was completed by whoever cancelled it
+            if not running.withdrawn:
                 await self._finish(claim, output_json, failure)
         finally:
             self.running.pop(running.request_id, None)

@@ -12,13 +12,16 @@ SQLITE_NAME = "queue.sqlite3"
 
 
 async def open_queue(config: InferenceConfig, data_dir: Path) -> RequestQueue:
-    settings = {
-        "lease_seconds": config.lease_seconds,
-        "max_attempts": config.max_attempts,
-        "result_ttl_seconds": config.result_ttl_seconds,
-    }
+    lease, attempts, ttl = config.lease_seconds, config.max_attempts, config.result_ttl_seconds
     if config.queue is None:
-        return await SqliteQueue.open(data_dir / SQLITE_NAME, **settings)
+        path = data_dir / SQLITE_NAME
+        return await SqliteQueue.open(path, lease_seconds=lease, max_attempts=attempts, result_ttl_seconds=ttl)
     from ferry.inference.queue.redis import RedisQueue  # the redis package is only needed for a Redis queue
 
-    return await RedisQueue.connect(config.queue, password=config.queue_password, **settings)
+    return await RedisQueue.connect(
+        config.queue,
+        password=config.queue_password,
+        lease_seconds=lease,
+        max_attempts=attempts,
+        result_ttl_seconds=ttl,
+    )
