@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 
 import grpc
 from grpc_health.v1.health import aio as health_aio
 
+from ferry.client import INFERENCE_SERVICE
+from ferry.errors import FerryError
 from ferry.inference.app import load_app
 from ferry.inference.health import HealthProbe, health_service_name
-from ferry.inference.queue.base import State, Status
+from ferry.inference.queue.base import RequestQueue, State, Status
 from ferry.inference.queue.opening import open_queue
 from ferry.inference.realtime import RealtimeSession
 from ferry.inference.request_events import LogLine, PartialOutput, Progress, Started
@@ -35,6 +38,11 @@ from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
 from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# How often a replica checks that the queue answers (health flips within about this long of an outage).
+QUEUE_PROBE_SECONDS = 1.0
 
 STATES = {
     State.QUEUED: inference_pb2.REQUEST_STATE_QUEUED,
@@ -169,7 +177,12 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
     """
     threads = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 2), thread_name_prefix="ferry-handler")
     services = ServiceClients(runtime.upstream)
-    queue = await open_queue(config.inference, config.server.data_dir)
+    try:
+        queue = await open_queue(config.inference, config.server.data_dir)
+    except FerryError as error:
+        from ferry.services.launch import CannotStart
+
+        raise CannotStart(f"cannot open the request queue: {error.message}") from None
     runners: dict[str, AppRunner] = {}
     for spec in config.inference.app:
         lease = config.inference.lease_seconds
@@ -186,6 +199,7 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
         probes.extend(
             asyncio.create_task(probe.run()) for probe in await _report_health(runners.values(), runtime.health)
         )
+        probes.append(asyncio.create_task(_watch_queue(queue, runners, runtime.health)))
 
     async def close() -> None:
         for probe in probes:
@@ -197,6 +211,26 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
         threads.shutdown(wait=False, cancel_futures=True)
 
     return Hosted(close, serving=start_apps)
+
+
+async def _watch_queue(
+    queue: RequestQueue, runners: Mapping[str, AppRunner], health: health_aio.HealthServicer
+) -> None:
+    """InferenceService is NOT_SERVING while the queue is unreachable (a Redis outage), SERVING once it answers."""
+    reachable = True
+    probe_app = next(iter(runners), "")
+    while True:
+        await asyncio.sleep(QUEUE_PROBE_SECONDS)
+        try:
+            await queue.depth(probe_app)
+            answered = True
+        except FerryError as error:
+            answered = False
+            if reachable:
+                log.warning("the request queue is unreachable: %s", error)
+        if answered != reachable:
+            reachable = answered
+            await health.set(INFERENCE_SERVICE, SERVING if reachable else NOT_SERVING)
 
 
 async def _report_health(runners: Iterable[AppRunner], health: health_aio.HealthServicer) -> list[HealthProbe]:
