@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from ferry.errors import FailedPrecondition, FerryError, NotFound
 from ferry.inference.queue.base import FINISHED, NewRequest, RequestQueue, State, Status
 from ferry.inference.request_events import LogLine, Progress, RequestEvent, decode
 from ferry.inference.runner import AppRunner
+from ferry.inference.webhooks import Delivery, WebhookSender, delivery_of
 
 # How often a queued request's Stream re-reads its position.
 POSITION_SECONDS = 0.1
@@ -39,17 +41,22 @@ StreamEvent = Queued | RequestEvent | Finished
 
 @dataclass(frozen=True)
 class Report:
-    """A request's status with what its event log says of it: its latest progress and its log lines."""
+    """A request's status with what its event log says of it (its latest progress, its log lines), and where
+    its webhook stands."""
 
     status: Status
     progress: Progress | None
     logs: list[LogLine]
+    webhook: Delivery | None
 
 
 class Requests:
-    def __init__(self, queue: RequestQueue, runners: Mapping[str, AppRunner]) -> None:
+    def __init__(
+        self, queue: RequestQueue, runners: Mapping[str, AppRunner], webhooks: WebhookSender | None = None
+    ) -> None:
         self.queue = queue
         self.runners = runners
+        self.webhooks = webhooks
 
     def runner(self, app_id: str) -> AppRunner:
         try:
@@ -59,9 +66,17 @@ class Requests:
                 f"no app {app_id!r} (hosted: {', '.join(sorted(self.runners)) or 'none'})", reason="UNKNOWN_APP"
             ) from None
 
-    async def submit(self, app_id: str, path: str, input_json: str, expires_in: int | None) -> str:
+    async def submit(
+        self, app_id: str, path: str, input_json: str, expires_in: int | None, webhook_url: str = ""
+    ) -> str:
         self.runner(app_id).validate(path, input_json)
-        return await self.queue.submit(NewRequest(app_id, path or "/", input_json, expires_in))
+        request_id = uuid.uuid4().hex
+        if webhook_url:
+            if self.webhooks is None:
+                raise FailedPrecondition("this server sends no webhooks", reason="NO_WEBHOOK_SECRET")
+            self.webhooks.check(webhook_url)
+            await self.webhooks.submit(request_id, webhook_url)  # first: a crash between the two loses nothing
+        return await self.queue.submit(NewRequest(app_id, path or "/", input_json, expires_in), request_id)
 
     async def report(self, request_id: str) -> Report:
         status = await self.queue.status(request_id)
@@ -73,7 +88,7 @@ class Requests:
                 progress = event
             elif isinstance(event, LogLine):
                 logs.append(event)
-        return Report(status, progress, logs)
+        return Report(status, progress, logs, await delivery_of(self.queue, request_id))
 
     async def result(self, request_id: str, wait: bool) -> str:
         """The output JSON; the request's failure as its FerryError; FailedPrecondition while it runs unless `wait`."""

@@ -41,6 +41,7 @@ from ferry.inference.input_parsing import parse_input
 from ferry.inference.inputs import InputFiles, discard, download_inputs, input_urls
 from ferry.inference.outputs import encode_outputs
 from ferry.inference.queue.base import DEFAULT_LEASE_SECONDS, Claim, Failure, RequestQueue
+from ferry.inference.queue.leases import keep_lease
 from ferry.inference.request_events import LogLine, PartialOutput, Progress, RequestEvent, Started, encode
 from ferry.inference.services import ServiceClients
 from ferry.request_scope import RequestScope, request_scope
@@ -160,7 +161,7 @@ class AppRunner:
         self.queue = queue
         self._threads = workers
         self.services = services or ServiceClients()
-        self._renew_every = lease_seconds / 3  # the queue's lease: renewed well before it lapses
+        self._lease_seconds = lease_seconds  # the queue's: the runner renews it well before it lapses
         self._tasks: list[asyncio.Task[None]] = []
         self.running: dict[str, Running] = {}
         self._busy = 0
@@ -253,20 +254,6 @@ class AppRunner:
                 log.warning("%s: cannot hear cancellations (%s); retrying", self.app_id, error)
                 await asyncio.sleep(1)
 
-    async def _keep_lease(self, running: Running) -> None:
-        """Renew the lease while the request runs; a lease lost (cancelled, or lapsed and retaken) stops it."""
-        claim = running.claim
-        while True:
-            await asyncio.sleep(self._renew_every)
-            try:
-                held = await self.queue.renew(claim.request_id, claim.lease)
-            except FerryError as error:  # the queue is unreachable: keep running, try again next time
-                log.warning("%s: cannot renew the lease of %s: %s", self.app_id, claim.request_id, error)
-                continue
-            if not held:
-                running.withdraw()
-                return
-
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """`call()` until the queue answers: while it is unreachable, waiting with backoff."""
         retry = 0
@@ -349,7 +336,7 @@ class AppRunner:
         expires_in = claim.request.expires_in
         events = EventWriter(self.queue, running.request_id)
         events.put(Started())
-        lease = asyncio.create_task(self._keep_lease(running))
+        lease = asyncio.create_task(keep_lease(self.queue, claim, self._lease_seconds, running.withdraw))
         context = self._context(running, events)
         downloaded: dict[str, Path] = {}
         deadline = asyncio.timeout(self.spec.request_timeout_seconds)

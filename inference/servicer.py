@@ -32,8 +32,10 @@ from ferry.inference.requests import Finished, Queued, Requests, StreamEvent, ou
 from ferry.inference.runner import AppRunner
 from ferry.inference.schema import input_schema, output_schema
 from ferry.inference.services import ServiceClients
+from ferry.inference.webhooks import WebhookSender
 from ferry.realtime_connection import SESSION_KEY
 from ferry.services.config import StackConfig
+from ferry.services.downloader.guard import NetworkGuard
 from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
 from ferry.services.runtime import Hosted, Runtime
@@ -44,6 +46,11 @@ log = logging.getLogger(__name__)
 # How often a replica checks that the queue answers (health flips within about this long of an outage).
 QUEUE_PROBE_SECONDS = 1.0
 
+WEBHOOK_STATES = {
+    "pending": inference_pb2.WEBHOOK_STATE_PENDING,
+    "delivered": inference_pb2.WEBHOOK_STATE_DELIVERED,
+    "failed": inference_pb2.WEBHOOK_STATE_FAILED,
+}
 STATES = {
     State.QUEUED: inference_pb2.REQUEST_STATE_QUEUED,
     State.IN_PROGRESS: inference_pb2.REQUEST_STATE_IN_PROGRESS,
@@ -91,7 +98,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[inference_pb2.SubmitRequest, inference_pb2.SubmitResponse],
     ) -> inference_pb2.SubmitResponse:
         lifetime = expires_in(request.lifecycle, context)
-        request_id = await self.requests.submit(request.app_id, request.path, request.input_json, lifetime)
+        request_id = await self.requests.submit(
+            request.app_id, request.path, request.input_json, lifetime, request.webhook_url
+        )
         return inference_pb2.SubmitResponse(request_id=request_id)
 
     async def GetStatus(  # noqa: N802
@@ -110,6 +119,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             response.progress.CopyFrom(_progress(report.progress))
         if status.failure is not None:
             response.error.CopyFrom(_request_error(status))
+        if (webhook := report.webhook) is not None:
+            response.webhook.CopyFrom(
+                inference_pb2.WebhookDelivery(
+                    state=WEBHOOK_STATES[webhook.state], attempts=webhook.attempts, last_error=webhook.last_error
+                )
+            )
         return response
 
     async def GetResult(  # noqa: N802
@@ -183,17 +198,28 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
         from ferry.services.launch import CannotStart
 
         raise CannotStart(f"cannot open the request queue: {error.message}") from None
+    lease = config.inference.lease_seconds
     runners: dict[str, AppRunner] = {}
     for spec in config.inference.app:
-        lease = config.inference.lease_seconds
         runner = AppRunner(load_app(spec), queue=queue, workers=threads, services=services, lease_seconds=lease)
         if runner.spec.app_id in runners:
             raise ValueError(f"two apps share the id {runner.spec.app_id!r}")
         runners[runner.spec.app_id] = runner
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(Requests(queue, runners)), server)
+    downloads = config.downloader
+    guard = NetworkGuard(downloads.allow_private_networks, downloads.allowed)  # the same guard as downloads
+    secret, first_retry = config.inference.webhook_secret, config.inference.webhook_retry_seconds
+    try:
+        webhooks = WebhookSender(queue, secret, guard, lease_seconds=lease, first_retry_seconds=first_retry)
+    except ValueError as error:
+        from ferry.services.launch import CannotStart
+
+        raise CannotStart(str(error)) from None
+    requests = Requests(queue, runners, webhooks)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(requests), server)
     probes: list[asyncio.Task[None]] = []
 
     async def start_apps() -> None:
+        await webhooks.start()
         for runner in runners.values():
             await runner.start()
         probes.extend(
@@ -206,6 +232,7 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
             probe.cancel()
         for runner in runners.values():
             await runner.stop()
+        await webhooks.stop()
         await queue.close()
         await services.close()
         threads.shutdown(wait=False, cancel_futures=True)

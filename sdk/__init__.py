@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Unpack
 
-from ferry.app_requests import AsyncRequestHandle, RequestHandle, Status, SubscribeOptions
+from ferry.app_requests import AsyncRequestHandle, RequestHandle, Status, SubmitOptions, SubscribeOptions
 from ferry.client import AsyncClient, Client
 from ferry.connection import Connection, StackTarget
 from ferry.datauri import encode, encode_file, encode_image, image_bytes
@@ -112,9 +112,9 @@ def run(
     return default_client().run(app, arguments, path, expires_in=expires_in, timeout=timeout)
 
 
-def submit(app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None) -> RequestHandle:
+def submit(app: str, arguments: dict[str, Any], path: str = "/", **options: Unpack[SubmitOptions]) -> RequestHandle:
     """Queue a request; the handle polls (`status`), follows (`iter_events`), waits (`get`) or cancels it."""
-    return default_client().submit(app, arguments, path, expires_in)
+    return default_client().submit(app, arguments, path, **options)
 
 
 def subscribe(

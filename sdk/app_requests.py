@@ -202,6 +202,14 @@ class RunOptions(TypedDict, total=False):
     timeout: float | None
 
 
+class SubmitOptions(TypedDict, total=False):
+    """`submit`'s keywords: how long the outputs live (seconds), and where to POST the result once it is in
+    (signed per Standard Webhooks; the server needs `--webhook-secret`)."""
+
+    expires_in: int | None
+    webhook_url: str | None
+
+
 class SubscribeOptions(TypedDict, total=False):
     """`subscribe`'s keywords, the reference client's.
 

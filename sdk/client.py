@@ -27,6 +27,7 @@ from ferry.app_requests import (
     AsyncRequestHandle,
     RequestHandle,
     RunOptions,
+    SubmitOptions,
     SubscribeOptions,
     stream_events,
     stream_events_async,
@@ -177,6 +178,17 @@ class _ClientBase(Generic[ChannelT]):
             file_size=header.file_size,
             lifecycle=header.lifecycle,
         )
+
+    @classmethod
+    def _submit_request(
+        cls, app: str, input_json: str, path: str, options: SubmitOptions
+    ) -> inference_pb2.SubmitRequest:
+        check_keywords("submit", options, SubmitOptions)
+        request: inference_pb2.SubmitRequest = cls._app_request(
+            inference_pb2.SubmitRequest, app, input_json, path, options.get("expires_in")
+        )
+        request.webhook_url = options.get("webhook_url") or ""
+        return request
 
     @staticmethod
     def _app_request(kind: type[Any], app: str, input_json: str, path: str, expires_in: int | None) -> Any:
@@ -340,10 +352,10 @@ class Client(_ClientBase[grpc.Channel]):
             return json.loads(self.inference.Run(request, timeout=options.get("timeout")).output_json)  # type: ignore[no-any-return]
 
     def submit(
-        self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
+        self, app: str, arguments: dict[str, Any], path: str = "/", **options: Unpack[SubmitOptions]
     ) -> RequestHandle:
         """Queue a request and return at once with a handle to it."""
-        request = self._app_request(inference_pb2.SubmitRequest, app, self._input_json(arguments), path, expires_in)
+        request = self._submit_request(app, self._input_json(arguments), path, options)
         with map_rpc_errors():
             return RequestHandle(self, self.inference.Submit(request).request_id)
 
@@ -525,11 +537,9 @@ class AsyncClient(_ClientBase[grpc.aio.Channel]):
             return json.loads((await self.inference.Run(request, timeout=options.get("timeout"))).output_json)  # type: ignore[no-any-return]
 
     async def submit(
-        self, app: str, arguments: dict[str, Any], path: str = "/", expires_in: int | None = None
+        self, app: str, arguments: dict[str, Any], path: str = "/", **options: Unpack[SubmitOptions]
     ) -> AsyncRequestHandle:
-        request = self._app_request(
-            inference_pb2.SubmitRequest, app, await self._input_json(arguments), path, expires_in
-        )
+        request = self._submit_request(app, await self._input_json(arguments), path, options)
         with map_rpc_errors():
             return AsyncRequestHandle(self, (await self.inference.Submit(request)).request_id)
 

@@ -164,9 +164,17 @@ class InferenceConfig(Checked):
     )
     max_attempts: int = setting("runs of one request (its replicas died) before it fails UNAVAILABLE", 3, at_least=1)
     result_ttl_seconds: float = setting("how long a finished request's record and result are kept", 86400.0, above=0)
+    webhook_secret: str | None = setting(
+        "sign webhooks with this key (Standard Webhooks: whsec_BASE64); without it, none are sent"
+    )
+    webhook_retry_seconds: float = setting(
+        "first retry delay of a webhook no receiver took; doubles per retry up to 30 min, for up to 2 h", 5.0, above=0
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.webhook_secret is not None and not self.webhook_secret.strip():
+            raise ValueError("--webhook-secret is empty")
         if self.queue is not None and urlsplit(self.queue).scheme not in ("redis", "rediss"):
             raise ValueError(f"--queue {self.queue[:200]!r}: expected redis://HOST:PORT/DB or rediss://…")
 

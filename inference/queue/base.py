@@ -91,8 +91,9 @@ FINISHED = "finished"
 class RequestQueue(Protocol):
     """Every method is safe to call from any replica at any time, concurrently."""
 
-    async def submit(self, request: NewRequest) -> str:
-        """Queue a request behind its app's others; its id."""
+    async def submit(self, request: NewRequest, request_id: str | None = None) -> str:
+        """Queue a request behind its app's others; its id (`request_id`, else a new one). Submitting an id
+        that exists changes nothing."""
         ...
 
     async def status(self, request_id: str) -> Status:

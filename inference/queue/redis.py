@@ -132,8 +132,8 @@ class RedisQueue:
 
     # -- requests ------------------------------------------------------------------------
 
-    async def submit(self, request: NewRequest) -> str:
-        request_id = uuid.uuid4().hex
+    async def submit(self, request: NewRequest, request_id: str | None = None) -> str:
+        request_id = request_id or uuid.uuid4().hex
         expires_in = "" if request.expires_in is None else str(request.expires_in)
         await self._run(self._submit, request_id, request.app_id, request.path, request.input_json, expires_in)
         return request_id

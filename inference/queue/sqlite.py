@@ -138,12 +138,13 @@ class SqliteQueue:
 
     # -- requests ------------------------------------------------------------------------
 
-    async def submit(self, request: NewRequest) -> str:
-        request_id = uuid.uuid4().hex
+    async def submit(self, request: NewRequest, request_id: str | None = None) -> str:
+        request_id = request_id or uuid.uuid4().hex
 
         def insert(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO requests (id, app_id, path, input_json, expires_in, state) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO requests (id, app_id, path, input_json, expires_in, state)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (request_id, request.app_id, request.path, request.input_json, request.expires_in, State.QUEUED),
             )
 

@@ -42,6 +42,31 @@ REQUEST_STATE_COMPLETED: RequestState.ValueType  # 3
 """Finished: with an output, or with an error (cancellation included)."""
 Global___RequestState: _TypeAlias = RequestState  # noqa: Y015
 
+class _WebhookState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_STATE_UNSPECIFIED: _WebhookState.ValueType  # 0
+    WEBHOOK_STATE_PENDING: _WebhookState.ValueType  # 1
+    """Waiting for the request to finish, or between attempts."""
+    WEBHOOK_STATE_DELIVERED: _WebhookState.ValueType  # 2
+    """The receiver answered 2xx."""
+    WEBHOOK_STATE_FAILED: _WebhookState.ValueType  # 3
+    """Every attempt failed, or the URL was refused."""
+
+class WebhookState(_WebhookState, metaclass=_WebhookStateEnumTypeWrapper): ...
+
+WEBHOOK_STATE_UNSPECIFIED: WebhookState.ValueType  # 0
+WEBHOOK_STATE_PENDING: WebhookState.ValueType  # 1
+"""Waiting for the request to finish, or between attempts."""
+WEBHOOK_STATE_DELIVERED: WebhookState.ValueType  # 2
+"""The receiver answered 2xx."""
+WEBHOOK_STATE_FAILED: WebhookState.ValueType  # 3
+"""Every attempt failed, or the URL was refused."""
+Global___WebhookState: _TypeAlias = WebhookState  # noqa: Y015
+
 @_typing.final
 class LogLine(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -359,9 +384,15 @@ class SubmitRequest(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     INPUT_JSON_FIELD_NUMBER: _builtins.int
     LIFECYCLE_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     path: _builtins.str
     input_json: _builtins.str
+    webhook_url: _builtins.str
+    """When the request completes or fails, its result is POSTed here, signed per
+    the Standard Webhooks scheme with the server's --webhook-secret, and retried
+    with backoff for up to two hours. The URL passes the downloads' network guard.
+    """
     @_builtins.property
     def lifecycle(self) -> _common_pb2.Lifecycle: ...
     def __init__(
@@ -371,10 +402,11 @@ class SubmitRequest(_message.Message):
         path: _builtins.str = ...,
         input_json: _builtins.str = ...,
         lifecycle: _common_pb2.Lifecycle | None = ...,
+        webhook_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lifecycle", b"lifecycle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "input_json", b"input_json", "lifecycle", b"lifecycle", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "input_json", b"input_json", "lifecycle", b"lifecycle", "path", b"path", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -431,6 +463,7 @@ class GetStatusResponse(_message.Message):
     LOGS_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     state: Global___RequestState.ValueType
     queue_position: _builtins.int
@@ -445,6 +478,10 @@ class GetStatusResponse(_message.Message):
     def error(self) -> Global___RequestError:
         """Set when COMPLETED with an error."""
 
+    @_builtins.property
+    def webhook(self) -> Global___WebhookDelivery:
+        """Set when the request was submitted with a webhook_url."""
+
     def __init__(
         self,
         *,
@@ -454,14 +491,41 @@ class GetStatusResponse(_message.Message):
         logs: _abc.Iterable[Global___LogLine] | None = ...,
         progress: Global___Progress | None = ...,
         error: Global___RequestError | None = ...,
+        webhook: Global___WebhookDelivery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "progress", b"progress", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "logs", b"logs", "progress", b"progress", "queue_position", b"queue_position", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "logs", b"logs", "progress", b"progress", "queue_position", b"queue_position", "request_id", b"request_id", "state", b"state", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    state: Global___WebhookState.ValueType
+    attempts: _builtins.int
+    last_error: _builtins.str
+    """Why the last attempt failed: the receiver's HTTP status, or the connection error."""
+    def __init__(
+        self,
+        *,
+        state: Global___WebhookState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "last_error", b"last_error", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
 
 @_typing.final
 class GetResultRequest(_message.Message):

@@ -70,6 +70,14 @@ async def test_peek_shows_the_next_queued_request_without_taking_it(replicas: Op
     assert claim is not None and claim.request_id == first
 
 
+async def test_a_request_may_be_submitted_under_a_chosen_id_once(queue: RequestQueue) -> None:
+    assert await queue.submit(job(text="1"), request_id="chosen") == "chosen"
+    assert await queue.submit(job(text="2"), request_id="chosen") == "chosen"
+    assert await queue.depth("painter") == 1
+    claim = await queue.take("painter", timeout=1)
+    assert claim is not None and (claim.request_id, claim.request) == ("chosen", job(text="1"))
+
+
 async def test_each_app_has_its_own_queue(queue: RequestQueue) -> None:
     await queue.submit(job("painter"))
     assert await queue.take("singer", timeout=0.2) is None
