@@ -163,6 +163,7 @@ class AppRunner:
         self.services = services or ServiceClients()
         self._lease_seconds = lease_seconds  # the queue's: the runner renews it well before it lapses
         self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncio.Task[None] | None = None
         self.running: dict[str, Running] = {}
         self._busy = 0
         self._prefetched: tuple[str, Downloads] | None = None
@@ -182,23 +183,28 @@ class AppRunner:
                 copied = contextvars.copy_context()  # carries the scope into the thread
                 await asyncio.get_running_loop().run_in_executor(self._threads, copied.run, self.app.setup)
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.spec.max_concurrency)]
-        self._tasks.append(asyncio.create_task(self._hear_cancellations()))
         if self.spec.download_inputs:
             self._tasks.append(asyncio.create_task(self._prefetch_next()))
+        self._listener = asyncio.create_task(self._hear_cancellations())
 
-    async def stop(self) -> None:
-        """Stop taking requests and stop the handlers running here.
+    async def stop(self, grace_seconds: float = 0) -> None:
+        """Stop taking requests; let the handlers running here finish for up to `grace_seconds`, then stop them.
 
-        Their requests are not failed: their leases lapse and another replica
-        (or this one, restarted) runs them again.
+        The requests of handlers stopped are not failed: their leases lapse and
+        another replica (or this one, restarted) runs them again.
         """
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._drop_prefetch()
+        finishing = [r.task for r in self.running.values() if r.task is not None]
+        if finishing and grace_seconds > 0:
+            await asyncio.wait(finishing, timeout=grace_seconds)  # cancels still reach them meanwhile
         for running in list(self.running.values()):
             running.withdraw()
-        tasks = [*self._tasks, *(r.task for r in self.running.values() if r.task is not None)]
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._drop_prefetch()
+        if self._listener is not None:
+            self._listener.cancel()
+        await asyncio.gather(*finishing, *([self._listener] if self._listener else []), return_exceptions=True)
 
     def validate(self, path: str, input_json: str) -> tuple[EndpointSpec, BaseModel]:
         """The endpoint and its parsed input; `NotFound` / `InvalidArgument` for what no handler could run."""

@@ -230,8 +230,8 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
     async def close() -> None:
         for probe in probes:
             probe.cancel()
-        for runner in runners.values():
-            await runner.stop()
+        # SIGTERM (a rolling update): running handlers get the drain time to finish before they are stopped.
+        await asyncio.gather(*(runner.stop(config.server.drain_seconds) for runner in runners.values()))
         await webhooks.stop()
         await queue.close()
         await services.close()

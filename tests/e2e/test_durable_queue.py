@@ -7,11 +7,14 @@ two servers on one data dir are two replicas of one queue.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import grpc
 import pytest
 
+from ferry.inference.queue.base import State
+from ferry.inference.queue.sqlite import SqliteQueue
 from ferry.testing import StackProcess
 from ferry.v1 import inference_pb2
 from tests.harness import wait_for
@@ -86,3 +89,19 @@ def test_any_replica_answers_for_a_request_another_one_runs_and_cancels_it(repli
     # Both replicas keep serving the one queue.
     follow_up = submit(b, "/", '{"text": "next"}')
     assert result(a, follow_up) == '{"text":"next"}'
+
+
+async def test_a_replica_told_to_stop_lets_its_running_handler_finish_first(replica, tmp_path: Path) -> None:
+    stack = replica()
+    request_id = submit(stack, "/slow", '{"steps": 20, "step_seconds": 0.05}')
+    wait_for(lambda: state(stack, request_id).state == inference_pb2.REQUEST_STATE_IN_PROGRESS, "it to start")
+
+    stack.signal(signal.SIGTERM)  # a rolling update: drain, then exit
+    assert stack.wait() == 0
+
+    queue = await SqliteQueue.open(tmp_path / "data" / "queue.sqlite3")
+    try:
+        status = await queue.status(request_id)
+    finally:
+        await queue.close()
+    assert (status.state, status.output_json, status.attempt) == (State.COMPLETED, '{"finished_steps":20}', 1)
