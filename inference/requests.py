@@ -117,11 +117,13 @@ class Requests:
         if status.state == State.COMPLETED:
             yield Finished(status)
             return
-        merged: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+        merged: asyncio.Queue[StreamEvent | FerryError | None] = asyncio.Queue()
         positions = asyncio.create_task(self._positions(status, merged)) if status.state == State.QUEUED else None
         follow = asyncio.create_task(self._follow(request_id, merged))
         try:
             while (event := await merged.get()) is not None:
+                if isinstance(event, FerryError):  # the queue could not be read (unreachable, or the record expired)
+                    raise event
                 if not isinstance(event, Queued) and positions is not None:
                     positions.cancel()  # it started: no more places to report
                     positions = None
@@ -130,10 +132,10 @@ class Requests:
             for task in (positions, follow):
                 if task is not None:
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
+                    with contextlib.suppress(asyncio.CancelledError, FerryError):  # follow's errors came through
                         await task
 
-    async def _positions(self, status: Status, out: asyncio.Queue[StreamEvent | None]) -> None:
+    async def _positions(self, status: Status, out: asyncio.Queue[StreamEvent | FerryError | None]) -> None:
         last = status.position
         await out.put(Queued(last))
         while status.state == State.QUEUED:
@@ -143,7 +145,7 @@ class Requests:
                 last = status.position
                 await out.put(Queued(last))
 
-    async def _follow(self, request_id: str, out: asyncio.Queue[StreamEvent | None]) -> None:
+    async def _follow(self, request_id: str, out: asyncio.Queue[StreamEvent | FerryError | None]) -> None:
         try:
             async for entry in self.queue.follow(request_id):
                 if entry.kind == FINISHED:
@@ -151,6 +153,8 @@ class Requests:
                     break
                 if (event := decode(entry)) is not None:
                     await out.put(event)
+        except FerryError as error:
+            await out.put(error)
         finally:
             await out.put(None)
 
