@@ -294,6 +294,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from_arguments(args: argparse.Namespace) -> StackConfig:
+    """The stack's configuration from parsed `ferry serve` flags, FERRY_* variables and defaults (ValueError names
+    the flag of a value out of range)."""
+    return StackConfig(
+        server=config_module.from_arguments(ServerConfig, args),
+        downloader=config_module.from_arguments(DownloaderConfig, args),
+        encoder=config_module.from_arguments(EncoderConfig, args),
+        storage=config_module.from_arguments(StorageConfig, args),
+        inference=config_module.from_arguments(InferenceConfig, args),
+    )
+
+
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -302,13 +314,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"ferry serve: unknown service {', '.join(unknown)} (choose from {', '.join(SERVICES)})", file=sys.stderr)
         return 2
     try:
-        config = StackConfig(
-            server=config_module.from_arguments(ServerConfig, args),
-            downloader=config_module.from_arguments(DownloaderConfig, args),
-            encoder=config_module.from_arguments(EncoderConfig, args),
-            storage=config_module.from_arguments(StorageConfig, args),
-            inference=config_module.from_arguments(InferenceConfig, args),
-        )
+        config = config_from_arguments(args)
     except ValueError as error:
         print(f"ferry serve: {error}", file=sys.stderr)
         return 2

@@ -23,15 +23,9 @@ import yaml
 
 from ferry.inference.app import AppSpec
 from ferry.inference.health import health_service_name
-from ferry.services import config as config_module
 from ferry.services import launch
 from ferry.services.config import (
-    DownloaderConfig,
-    EncoderConfig,
-    InferenceConfig,
-    ServerConfig,
     StackConfig,
-    StorageConfig,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,13 +156,7 @@ class Rendered:
         # Only what the container is given: a FERRY_* variable of this machine must not fill a gap.
         with mock.patch.dict(os.environ, self.environment(container), clear=True):
             try:
-                config = StackConfig(
-                    server=config_module.from_arguments(ServerConfig, parsed),
-                    downloader=config_module.from_arguments(DownloaderConfig, parsed),
-                    encoder=config_module.from_arguments(EncoderConfig, parsed),
-                    storage=config_module.from_arguments(StorageConfig, parsed),
-                    inference=config_module.from_arguments(InferenceConfig, parsed),
-                )
+                config = launch.config_from_arguments(parsed)
                 apps = launch._hosted_apps(config.inference.app) if "inference" in services else []
             except ValueError as error:
                 raise AssertionError(f"{name}: ferry serve: {error}") from None
