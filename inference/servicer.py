@@ -111,7 +111,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         report = await self.requests.report(request.request_id)
         status = report.status
         response = inference_pb2.GetStatusResponse(
-            request_id=status.request_id, state=STATES[status.state], queue_position=status.position
+            request_id=status.request_id,
+            state=STATES[status.state],
+            queue_position=status.position,
+            attempt=status.attempt,
         )
         if request.with_logs:
             response.logs.extend(_log_line(line) for line in report.logs)

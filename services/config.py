@@ -153,7 +153,10 @@ class InferenceConfig(Checked):
 
     app: tuple[str, ...] = setting("an app to host, as module.path:ClassName or path/to/file.py:ClassName", ())
     downloader: str | None = setting("DownloaderService address for handlers (default: this server)")
-    encoder: str | None = setting("EncoderService address for handlers (default: this server)")
+    encoder: tuple[str, ...] = setting(
+        "EncoderService address for handlers; repeat it for several: calls fail over in order (default: this server)",
+        (),
+    )
     queue: str | None = setting(
         "where requests wait, shared by every replica: redis://HOST:PORT/DB or rediss://… "
         "(default: a SQLite file under the data dir, shared by the processes of one host)"

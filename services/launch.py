@@ -183,7 +183,7 @@ class Stack:
         here = _hostport("127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host, self.grpc_port)
         tls = cfg.tls_cert is not None
         connection = Connection(inference.downloader or here, cfg.token, cfg.tls_cert if tls else None, tls)
-        return StackTarget(connection, (inference.encoder or here,))
+        return StackTarget(connection, inference.encoder or (here,))
 
     async def _start_storage(self) -> None:
         """Storage and the CDN that serves its local files; local URLs need the CDN's address first."""

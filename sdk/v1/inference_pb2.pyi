@@ -464,10 +464,13 @@ class GetStatusResponse(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     WEBHOOK_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     state: Global___RequestState.ValueType
     queue_position: _builtins.int
     """Meaningful while QUEUED."""
+    attempt: _builtins.int
+    """How many times a replica took it: more than 1 when a replica died running it."""
     @_builtins.property
     def logs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogLine]:
         """All lines so far, when asked for with_logs."""
@@ -492,10 +495,11 @@ class GetStatusResponse(_message.Message):
         progress: Global___Progress | None = ...,
         error: Global___RequestError | None = ...,
         webhook: Global___WebhookDelivery | None = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "progress", b"progress", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "logs", b"logs", "progress", b"progress", "queue_position", b"queue_position", "request_id", b"request_id", "state", b"state", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "logs", b"logs", "progress", b"progress", "queue_position", b"queue_position", "request_id", b"request_id", "state", b"state", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

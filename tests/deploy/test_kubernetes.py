@@ -218,7 +218,8 @@ def test_inference_replicas_share_one_read_write_many_data_dir_and_keep_inputs_o
 def test_inference_replicas_reach_the_redis_queue_and_the_encoder_service(rendered):
     app = rendered.serve(_container(_inference(rendered), "inference"))
     assert "encoder" not in app.services, "handlers' encodes would then stay in the inference pod"
-    encoder, _ = _service_at(rendered, app.config.inference.encoder)
+    [encoder_address] = app.config.inference.encoder
+    encoder, _ = _service_at(rendered, encoder_address)
     assert [d["metadata"]["name"] for d in _selected(rendered, encoder)] == ["ferry-encoder"]
     queue = urlsplit(app.config.inference.queue)
     assert queue.scheme == "redis" and queue.username is None and queue.password is None, "the password is a Secret"

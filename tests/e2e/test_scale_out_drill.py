@@ -9,10 +9,9 @@ see it; the handlers' own run log (fsynced, so a kill cannot lose a line) shows
 that only the killed replica's in-flight requests ran a second time, and the
 bucket holds no output beyond those re-runs.
 
-`--encoder` takes one address, so each inference replica is given both encoders
-as one gRPC target (`ipv4:A,B`: gRPC's pick-first policy connects to the first
-that answers and moves on when it goes away), in a different order per replica
-so that both encoders serve before one is stopped.
+Each inference replica is given both encoders (`--encoder A --encoder B`: its
+handlers' encodes fail over in that order), in a different order per replica so
+that both encoders serve before one is stopped.
 """
 
 from __future__ import annotations
@@ -153,10 +152,10 @@ def drill(redis: RedisServer, s3_endpoint: str, bucket: str, tmp_path: Path) -> 
     try:
         start_together(encoders)
         first, second = (encoder.grpc_address for encoder in encoders)
-        for n, target in enumerate([f"ipv4:{first},{second}", f"ipv4:{second},{first}", f"ipv4:{first},{second}"]):
+        for n, (a, b) in enumerate([(first, second), (second, first), (first, second)]):
             inference = ["inference", "--data-dir", str(tmp_path / f"inference{n}"), "--app", APP]
             queue = ["--queue", redis.url, "--lease-seconds", LEASE_SECONDS]
-            replicas.append(StackProcess([*inference, *queue, "--encoder", target]))
+            replicas.append(StackProcess([*inference, *queue, "--encoder", a, "--encoder", b]))
         start_together(replicas)
         drill_dir = tmp_path / "drill"
         drill_dir.mkdir()
