@@ -371,6 +371,11 @@ class AppRunner:
                 limit = self.spec.request_timeout_seconds
                 message = f"the request ran past {limit:g} s, the app's limit"
                 failure = failure_of(DeadlineExceeded(message, reason="REQUEST_TIMEOUT"))
+            elif isinstance(error, Cancelled) and not running.cancel_flag.is_set():
+                # Nobody cancelled this request: a service it called did (an encoder shutting down mid-call).
+                # CANCELLED would read as the caller's own doing; the caller may retry this.
+                message = f"a service this request called cancelled the call: {error.message}"
+                failure = failure_of(Unavailable(message, reason="UPSTREAM_CANCELLED"))
             else:
                 failure = failure_of(request_failure(f"{self.spec.app_id}{endpoint.path}", error))
         finally:

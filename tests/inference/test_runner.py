@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from ferry.errors import FerryError, InvalidArgument, PermissionDenied, Unavailable
+from ferry.errors import Cancelled, FerryError, InvalidArgument, PermissionDenied, Unavailable
 from ferry.inference import App, Encode, RequestContext, endpoint
 from ferry.inference.queue.base import DEFAULT_LEASE_SECONDS, Failure, State
 from ferry.inference.queue.sqlite import SqliteQueue
@@ -762,8 +762,13 @@ async def test_outputs_encode_after_the_handler_has_given_its_slot_to_the_next_r
     [
         (InvalidArgument("the tensor holds NaN", reason="NON_FINITE"), (grpc.StatusCode.INTERNAL, "NON_FINITE")),
         (Unavailable("no encoder answers", reason="ENCODER_DOWN"), (grpc.StatusCode.UNAVAILABLE, "ENCODER_DOWN")),
+        (Cancelled("Cancelled on server"), (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_CANCELLED")),
     ],
-    ids=["a refused tensor is the apps bug", "an encoder that is down stays unavailable"],
+    ids=[
+        "a refused tensor is the apps bug",
+        "an encoder that is down stays unavailable",
+        "an encoder that cancels the call is not the callers cancel",
+    ],
 )
 async def test_an_encode_that_fails_fails_the_request(
     start: Start, services: FakeServices, refusal: FerryError, expected: tuple[grpc.StatusCode, str]
