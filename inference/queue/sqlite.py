@@ -18,6 +18,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,6 +99,8 @@ class SqliteQueue:
         self._db: sqlite3.Connection | None = None
         # Wakeups for waiters in this process; others poll.
         self._work: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._takers: defaultdict[str, list[asyncio.Future[Claim]]] = defaultdict(list)  # waiting, oldest first
+        self._claimers: dict[str, asyncio.Task[None]] = {}
         self._followed: dict[str, tuple[asyncio.Event, int]] = {}  # request id → (its news, how many follow)
         self._cancelled: set[asyncio.Queue[str]] = set()
         self._last_sweep = 0.0
@@ -199,49 +202,74 @@ class SqliteQueue:
         return request_id, NewRequest(app_id, path, input_json, expires_in)
 
     async def take(self, app_id: str, timeout: float) -> Claim | None:
-        deadline = time.monotonic() + timeout
-        wakeup = self._work[app_id]
-        while True:
-            wakeup.clear()
-            claim, finished = await self._run(self._transaction(lambda db: self._claim(db, app_id)))
-            for request_id in finished:
-                self._notify(request_id)
-            if claim is not None:
-                return claim
-            await self._sweep_now_and_then()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), min(left, POLL_SECONDS))
+        # Takers do not poll: they wait in line, and one claimer per app claims for as many of them as there
+        # is work, in one transaction. Measured with bench/queue.py: when every waiting slot woke on each submit
+        # and polled on its own, 32 slots ran 33 claim transactions per request and 320 a second idle (14% of a
+        # core; +3.8 ms p50 submit→start over the in-memory runner, one client; 159 req/s at 32 clients). One
+        # claimer: 3% idle, +1.5 ms, 203 req/s.
+        waiter: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
+        waiters = self._takers[app_id]
+        waiters.append(waiter)
+        if app_id not in self._claimers:
+            self._claimers[app_id] = asyncio.create_task(self._claim_for(app_id))
+        self._work[app_id].set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return waiter.result()  # handed over as the time ran out: not lost
+            return None
+        finally:
+            if waiter in waiters:
+                waiters.remove(waiter)
+            elif not waiter.done():
+                waiter.cancel()
 
-    def _claim(self, db: sqlite3.Connection, app_id: str) -> tuple[Claim | None, list[str]]:
-        """The app's next request under a fresh lease, and the ids of lapsed ones failed past max_attempts."""
-        now = self.clock()
-        failed: list[str] = []
-        while True:
-            row = (
-                db.execute(
-                    "SELECT seq, id, path, input_json, expires_in, attempt FROM requests"
-                    " WHERE app_id = ? AND state = ? AND lease_until < ? ORDER BY seq LIMIT 1",
-                    (app_id, State.IN_PROGRESS, now),
-                ).fetchone()
-                or db.execute(
-                    "SELECT seq, id, path, input_json, expires_in, attempt FROM requests"
-                    " WHERE app_id = ? AND state = ? ORDER BY seq LIMIT 1",
-                    (app_id, State.QUEUED),
-                ).fetchone()
-            )
-            if row is None:
-                return None, failed
-            seq, request_id, path, input_json, expires_in, attempt = row
-            if attempt >= self.max_attempts:
-                failure = Failure(
-                    "UNAVAILABLE",
-                    f"the request ran {attempt} times and its replica died each time",
-                    "MAX_ATTEMPTS",
+    async def _claim_for(self, app_id: str) -> None:
+        """While anyone waits to take from `app_id`: claim one request per waiter, oldest waiter first."""
+        waiters, wakeup = self._takers[app_id], self._work[app_id]
+        try:
+            while waiters:
+                wakeup.clear()
+                wanted = len(waiters)
+                claims, finished = await self._run(
+                    self._transaction(partial(self._claim, app_id=app_id, wanted=wanted))
                 )
-                self._complete(db, request_id, "", failure)
+                for request_id in finished:
+                    self._notify(request_id)
+                for claim in claims:
+                    while waiters and waiters[0].done():  # gave up meanwhile
+                        waiters.pop(0)
+                    if not waiters:
+                        break  # nobody to hand it to: its lease lapses and it is taken again
+                    waiters.pop(0).set_result(claim)
+                await self._sweep_now_and_then()
+                if not claims and waiters:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wakeup.wait(), POLL_SECONDS)
+        finally:
+            del self._claimers[app_id]
+
+    def _claim(self, db: sqlite3.Connection, app_id: str, wanted: int) -> tuple[list[Claim], list[str]]:
+        """Up to `wanted` of the app's next requests under fresh leases (lapsed ones first, then the oldest
+        queued), and the ids of lapsed ones failed past max_attempts instead."""
+        now = self.clock()
+        claims: list[Claim] = []
+        failed: list[str] = []
+        columns = "SELECT seq, id, path, input_json, expires_in, attempt FROM requests"
+        rows = db.execute(
+            f"{columns} WHERE app_id = ? AND state = ? AND lease_until < ? ORDER BY seq LIMIT ?",
+            (app_id, State.IN_PROGRESS, now, wanted),
+        ).fetchall()
+        rows += db.execute(
+            f"{columns} WHERE app_id = ? AND state = ? ORDER BY seq LIMIT ?", (app_id, State.QUEUED, wanted)
+        ).fetchall()
+        for seq, request_id, path, input_json, expires_in, attempt in rows:
+            if len(claims) == wanted:
+                break
+            if attempt >= self.max_attempts:
+                message = f"the request ran {attempt} times and its replica died each time"
+                self._complete(db, request_id, "", Failure("UNAVAILABLE", message, "MAX_ATTEMPTS"))
                 failed.append(request_id)
                 continue
             lease = uuid.uuid4().hex
@@ -249,8 +277,8 @@ class SqliteQueue:
                 "UPDATE requests SET state = ?, attempt = ?, lease = ?, lease_until = ? WHERE seq = ?",
                 (State.IN_PROGRESS, attempt + 1, lease, now + self.lease_seconds, seq),
             )
-            request = NewRequest(app_id, path, input_json, expires_in)
-            return Claim(request_id, request, attempt + 1, lease), failed
+            claims.append(Claim(request_id, NewRequest(app_id, path, input_json, expires_in), attempt + 1, lease))
+        return claims, failed
 
     async def renew(self, request_id: str, lease: str) -> bool:
         def extend(db: sqlite3.Connection) -> bool:
@@ -418,6 +446,9 @@ class SqliteQueue:
         return await self._run(self._transaction(delete))
 
     async def close(self) -> None:
+        for claimer in list(self._claimers.values()):
+            claimer.cancel()
+        await asyncio.gather(*self._claimers.values(), return_exceptions=True)
         db, self._db = self._db, None
         if db is not None:
             await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
