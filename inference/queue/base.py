@@ -46,12 +46,20 @@ class Failure:
     reason: str = ""
 
 
+class Priority(enum.IntEnum):
+    NORMAL = 0
+    LOW = 1  # taken only while no NORMAL request of its app waits
+
+
 @dataclass(frozen=True)
 class NewRequest:
     app_id: str
     path: str
     input_json: str
     expires_in: int | None = None  # seconds its stored outputs live; None = the store's default
+    priority: Priority = Priority.NORMAL
+    # Not taken within this many seconds of its submit: it fails DEADLINE_EXCEEDED (START_TIMEOUT), never run.
+    start_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ class Status:
     request_id: str
     app_id: str
     state: State
-    position: int  # requests ahead of it in its app's queue, while queued; else 0
+    position: int  # requests taken before it in its app's queue (LOW: every NORMAL one too), while queued; else 0
     attempt: int
     output_json: str = ""
     failure: Failure | None = None
@@ -105,10 +113,11 @@ class RequestQueue(Protocol):
         ...
 
     async def take(self, app_id: str, timeout: float) -> Claim | None:
-        """The app's oldest queued request (or one whose replica's lease lapsed), now IN_PROGRESS under a new
-        lease; None if none came within `timeout` seconds.
+        """The app's next request — one whose replica's lease lapsed, else the oldest queued NORMAL one, else the
+        oldest queued LOW one — now IN_PROGRESS under a new lease; None if none came within `timeout` seconds.
 
-        A lapsed request past `max_attempts` is failed UNAVAILABLE (reason MAX_ATTEMPTS) instead of returned.
+        A lapsed request past `max_attempts` is failed UNAVAILABLE (reason MAX_ATTEMPTS) instead of returned; a
+        queued one past its start timeout is failed DEADLINE_EXCEEDED (reason START_TIMEOUT).
         """
         ...
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ferry.errors import NotFound
-from ferry.inference.queue.base import FINISHED, MAX_EVENTS, Event, Failure, NewRequest, RequestQueue, State
+from ferry.inference.queue.base import FINISHED, MAX_EVENTS, Event, Failure, NewRequest, Priority, RequestQueue, State
 from tests.inference.queue.conftest import OpenReplica
 
 
@@ -76,6 +76,29 @@ async def test_a_request_may_be_submitted_under_a_chosen_id_once(queue: RequestQ
     assert await queue.depth("painter") == 1
     claim = await queue.take("painter", timeout=1)
     assert claim is not None and (claim.request_id, claim.request) == ("chosen", job(text="1"))
+
+
+async def test_a_low_priority_request_waits_while_any_normal_one_does(queue: RequestQueue) -> None:
+    low = await queue.submit(NewRequest("painter", "/", "{}", priority=Priority.LOW))
+    normal = [await queue.submit(job(text=str(n))) for n in range(2)]
+    assert (await queue.status(low)).position == 2, "both normal requests go first"
+    assert [(await queue.status(i)).position for i in normal] == [0, 1]
+    taken = [await queue.take("painter", timeout=1) for _ in range(3)]
+    assert [claim.request_id for claim in taken if claim is not None] == [*normal, low]
+    assert taken[2] is not None and taken[2].request.priority == Priority.LOW
+
+
+async def test_a_request_not_started_within_its_start_timeout_fails_and_never_runs(replicas: OpenReplica) -> None:
+    queue = await replicas()
+    late = await queue.submit(NewRequest("painter", "/", "{}", start_timeout_seconds=0.2))
+    timely = await queue.submit(NewRequest("painter", "/", "{}", start_timeout_seconds=60))
+    await asyncio.sleep(0.5)
+    claim = await queue.take("painter", timeout=1)
+    assert claim is not None and claim.request_id == timely and claim.request.start_timeout_seconds == 60
+    status = await queue.status(late)
+    assert status.state == State.COMPLETED and status.failure is not None
+    assert (status.failure.code, status.failure.reason) == ("DEADLINE_EXCEEDED", "START_TIMEOUT")
+    assert [e.kind for e in await collect(queue.follow(late))] == [FINISHED]
 
 
 async def test_each_app_has_its_own_queue(queue: RequestQueue) -> None:
