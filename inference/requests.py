@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import grpc
 
-from ferry.errors import FailedPrecondition, FerryError, NotFound
+from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, NotFound
 from ferry.inference.queue.base import FINISHED, NewRequest, RequestQueue, State, Status
 from ferry.inference.request_events import LogLine, Progress, RequestEvent, decode
 from ferry.inference.runner import AppRunner
 from ferry.inference.webhooks import Delivery, WebhookSender, delivery_of
 
+MAX_IDEMPOTENCY_KEY_CHARS = 256
 # How often a queued request's Stream re-reads its position.
 POSITION_SECONDS = 0.1
 
@@ -67,16 +69,22 @@ class Requests:
             ) from None
 
     async def submit(
-        self, app_id: str, path: str, input_json: str, expires_in: int | None, webhook_url: str = ""
+        self,
+        request: NewRequest,
+        *,
+        webhook_url: str = "",
+        idempotency_key: str = "",
     ) -> str:
-        self.runner(app_id).validate(path, input_json)
-        request_id = uuid.uuid4().hex
+        """Queue `request` once its app here has validated it; its id. A webhook is queued first (a crash between
+        the two loses nothing); a retried submit with the same idempotency key returns the first one's id."""
+        self.runner(request.app_id).validate(request.path, request.input_json)
+        request_id = idempotent_id(request.app_id, idempotency_key) if idempotency_key else uuid.uuid4().hex
         if webhook_url:
             if self.webhooks is None:
                 raise FailedPrecondition("this server sends no webhooks", reason="NO_WEBHOOK_SECRET")
             self.webhooks.check(webhook_url)
-            await self.webhooks.submit(request_id, webhook_url)  # first: a crash between the two loses nothing
-        return await self.queue.submit(NewRequest(app_id, path or "/", input_json, expires_in), request_id)
+            await self.webhooks.submit(request_id, webhook_url)
+        return await self.queue.submit(request, request_id)
 
     async def report(self, request_id: str) -> Report:
         status = await self.queue.status(request_id)
@@ -157,6 +165,15 @@ class Requests:
             await out.put(error)
         finally:
             await out.put(None)
+
+
+def idempotent_id(app_id: str, key: str) -> str:
+    """The request id an idempotency key stands for: one per app and key, so a retried submit finds the first."""
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidArgument(
+            f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters", reason="BAD_IDEMPOTENCY_KEY"
+        )
+    return "key-" + hashlib.sha256(f"{app_id}\0{key}".encode()).hexdigest()[:32]
 
 
 def output_of(status: Status) -> str:

@@ -21,10 +21,10 @@ import grpc
 from grpc_health.v1.health import aio as health_aio
 
 from ferry.client import INFERENCE_SERVICE
-from ferry.errors import FerryError
+from ferry.errors import FerryError, InvalidArgument
 from ferry.inference.app import load_app
 from ferry.inference.health import HealthProbe, health_service_name
-from ferry.inference.queue.base import RequestQueue, State, Status
+from ferry.inference.queue.base import NewRequest, Priority, RequestQueue, State, Status
 from ferry.inference.queue.opening import open_queue
 from ferry.inference.realtime import RealtimeSession
 from ferry.inference.request_events import LogLine, PartialOutput, Progress, Started
@@ -51,6 +51,8 @@ WEBHOOK_STATES = {
     "delivered": inference_pb2.WEBHOOK_STATE_DELIVERED,
     "failed": inference_pb2.WEBHOOK_STATE_FAILED,
 }
+# A day: a request that may wait longer than that to start has no need of a start timeout.
+MAX_START_TIMEOUT = 86400.0
 STATES = {
     State.QUEUED: inference_pb2.REQUEST_STATE_QUEUED,
     State.IN_PROGRESS: inference_pb2.REQUEST_STATE_IN_PROGRESS,
@@ -68,7 +70,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[inference_pb2.RunRequest, inference_pb2.RunResponse],
     ) -> inference_pb2.RunResponse:
         lifetime = expires_in(request.lifecycle, context)
-        request_id = await self.requests.submit(request.app_id, request.path, request.input_json, lifetime)
+        request_id = await self.requests.submit(NewRequest(request.app_id, request.path, request.input_json, lifetime))
         try:
             status = await self.requests.outcome(request_id)
         except asyncio.CancelledError:  # the caller went away: so does its request
@@ -82,7 +84,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[inference_pb2.StreamRequest, inference_pb2.StreamResponse],
     ) -> AsyncIterator[inference_pb2.StreamResponse]:
         lifetime = expires_in(request.lifecycle, context)
-        request_id = await self.requests.submit(request.app_id, request.path, request.input_json, lifetime)
+        request_id = await self.requests.submit(NewRequest(request.app_id, request.path, request.input_json, lifetime))
         ended = False
         try:
             async for event in self.requests.events(request_id):
@@ -98,8 +100,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[inference_pb2.SubmitRequest, inference_pb2.SubmitResponse],
     ) -> inference_pb2.SubmitResponse:
         lifetime = expires_in(request.lifecycle, context)
+        queued = NewRequest(
+            request.app_id,
+            request.path,
+            request.input_json,
+            lifetime,
+            Priority.LOW if request.priority == inference_pb2.REQUEST_PRIORITY_LOW else Priority.NORMAL,
+            request.start_timeout_seconds or None,
+        )
+        if queued.start_timeout_seconds is not None and not 0 < queued.start_timeout_seconds <= MAX_START_TIMEOUT:
+            raise InvalidArgument(
+                f"start_timeout_seconds must be between 0 and {MAX_START_TIMEOUT:g}", reason="BAD_START_TIMEOUT"
+            )
         request_id = await self.requests.submit(
-            request.app_id, request.path, request.input_json, lifetime, request.webhook_url
+            queued, webhook_url=request.webhook_url, idempotency_key=request.idempotency_key
         )
         return inference_pb2.SubmitResponse(request_id=request_id)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import grpc
 
@@ -203,11 +203,16 @@ class RunOptions(TypedDict, total=False):
 
 
 class SubmitOptions(TypedDict, total=False):
-    """`submit`'s keywords: how long the outputs live (seconds), and where to POST the result once it is in
-    (signed per Standard Webhooks; the server needs `--webhook-secret`)."""
+    """`submit`'s keywords, the reference client's: how long the outputs live (seconds); where to POST the
+    result once it is in (signed per Standard Webhooks; the server needs `--webhook-secret`); a key that makes
+    a retried submit return the first one's request id; "low" priority (runs only while no "normal" request
+    waits); and `start_timeout` seconds, past which a request not yet started fails DEADLINE_EXCEEDED."""
 
     expires_in: int | None
     webhook_url: str | None
+    idempotency_key: str | None
+    priority: Literal["normal", "low"]
+    start_timeout: float | None
 
 
 class SubscribeOptions(TypedDict, total=False):

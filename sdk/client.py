@@ -188,6 +188,13 @@ class _ClientBase(Generic[ChannelT]):
             inference_pb2.SubmitRequest, app, input_json, path, options.get("expires_in")
         )
         request.webhook_url = options.get("webhook_url") or ""
+        request.idempotency_key = options.get("idempotency_key") or ""
+        priority = options.get("priority", "normal")
+        if priority not in ("normal", "low"):
+            raise ValueError(f"priority is 'normal' or 'low', not {priority!r}")
+        if priority == "low":
+            request.priority = inference_pb2.REQUEST_PRIORITY_LOW
+        request.start_timeout_seconds = options.get("start_timeout") or 0
         return request
 
     @staticmethod

@@ -33,6 +33,7 @@ from ferry.inference.queue.base import (
     Event,
     Failure,
     NewRequest,
+    Priority,
     State,
     Status,
 )
@@ -43,6 +44,9 @@ SWEEP_SECONDS = 60.0
 
 T = TypeVar("T")
 
+REQUEST_COLUMNS = (
+    "SELECT seq, id, path, input_json, expires_in, priority, start_timeout, attempt, start_by FROM requests"
+)
 EVENTS_AFTER = "SELECT seq, kind, data FROM events WHERE request_id = ? AND seq > ? ORDER BY seq"
 
 SCHEMA = """
@@ -53,6 +57,9 @@ CREATE TABLE IF NOT EXISTS requests (
     path TEXT NOT NULL,
     input_json TEXT NOT NULL,
     expires_in INTEGER,
+    priority INTEGER NOT NULL DEFAULT 0,  -- Priority: NORMAL before LOW
+    start_timeout REAL,
+    start_by REAL,  -- still queued then: failed START_TIMEOUT, never run
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0,
     lease TEXT,
@@ -63,7 +70,7 @@ CREATE TABLE IF NOT EXISTS requests (
     failure_reason TEXT,
     gone_at REAL  -- a completed request's record and events vanish then
 );
-CREATE INDEX IF NOT EXISTS requests_by_app ON requests (app_id, state, seq);
+CREATE INDEX IF NOT EXISTS requests_by_turn ON requests (app_id, state, priority, seq);
 CREATE INDEX IF NOT EXISTS requests_by_lease ON requests (app_id, state, lease_until);
 CREATE INDEX IF NOT EXISTS requests_by_end ON requests (gone_at);
 CREATE TABLE IF NOT EXISTS events (
@@ -119,6 +126,7 @@ class SqliteQueue:
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes, fsync per checkpoint
         db.execute("PRAGMA busy_timeout=10000")  # another process's transaction: wait for it, do not fail
         db.executescript(SCHEMA)
+        _add_missing_columns(db)
         self._db = db
 
     async def _run(self, work: Callable[[], T]) -> T:
@@ -145,10 +153,22 @@ class SqliteQueue:
         request_id = request_id or uuid.uuid4().hex
 
         def insert(db: sqlite3.Connection) -> None:
+            timeout = request.start_timeout_seconds
+            start_by = None if timeout is None else self.clock() + timeout
             db.execute(
-                "INSERT OR IGNORE INTO requests (id, app_id, path, input_json, expires_in, state)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (request_id, request.app_id, request.path, request.input_json, request.expires_in, State.QUEUED),
+                "INSERT OR IGNORE INTO requests (id, app_id, path, input_json, expires_in, priority, start_timeout,"
+                " start_by, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    request_id,
+                    request.app_id,
+                    request.path,
+                    request.input_json,
+                    request.expires_in,
+                    int(request.priority),
+                    timeout,
+                    start_by,
+                    State.QUEUED,
+                ),
             )
 
         await self._run(self._transaction(insert))
@@ -159,17 +179,18 @@ class SqliteQueue:
         def read(db: sqlite3.Connection) -> Status:
             row = db.execute(
                 "SELECT app_id, state, attempt, output_json, failure_code, failure_message, failure_reason, seq,"
-                " gone_at FROM requests WHERE id = ?",
+                " gone_at, priority FROM requests WHERE id = ?",
                 (request_id,),
             ).fetchone()
             if row is None or (row[8] is not None and row[8] <= self.clock()):
                 raise NotFound(f"no request {request_id[:100]!r}", reason="UNKNOWN_REQUEST")
-            app_id, state, attempt, output_json, code, message, reason, seq, _ = row
+            app_id, state, attempt, output_json, code, message, reason, seq, _, priority = row
             position = 0
             if state == State.QUEUED:
                 position = db.execute(
-                    "SELECT count(*) FROM requests WHERE app_id = ? AND state = ? AND seq < ?",
-                    (app_id, State.QUEUED, seq),
+                    "SELECT count(*) FROM requests WHERE app_id = ? AND state = ?"
+                    " AND (priority < ? OR (priority = ? AND seq < ?))",
+                    (app_id, State.QUEUED, priority, priority, seq),
                 ).fetchone()[0]
             failure = Failure(code, message, reason or "") if code is not None else None
             return Status(request_id, app_id, State(state), position, attempt, output_json, failure)
@@ -193,13 +214,14 @@ class SqliteQueue:
 
     async def peek(self, app_id: str) -> tuple[str, NewRequest] | None:
         rows = await self._select(
-            "SELECT id, path, input_json, expires_in FROM requests WHERE app_id = ? AND state = ? ORDER BY seq LIMIT 1",
-            (app_id, State.QUEUED),
+            f"{REQUEST_COLUMNS} WHERE app_id = ? AND state = ? AND (start_by IS NULL OR start_by >= ?)"
+            " ORDER BY priority, seq LIMIT 1",
+            (app_id, State.QUEUED, self.clock()),
         )
         if not rows:
             return None
-        request_id, path, input_json, expires_in = rows[0]
-        return request_id, NewRequest(app_id, path, input_json, expires_in)
+        _, request_id, request, _, _ = _request_of(app_id, rows[0])
+        return request_id, request
 
     async def take(self, app_id: str, timeout: float) -> Claim | None:
         # Takers do not poll: they wait in line, and one claimer per app claims for as many of them as there
@@ -251,34 +273,48 @@ class SqliteQueue:
             del self._claimers[app_id]
 
     def _claim(self, db: sqlite3.Connection, app_id: str, wanted: int) -> tuple[list[Claim], list[str]]:
-        """Up to `wanted` of the app's next requests under fresh leases (lapsed ones first, then the oldest
-        queued), and the ids of lapsed ones failed past max_attempts instead."""
+        """Up to `wanted` of the app's next requests under fresh leases (lapsed ones first, then queued NORMAL,
+        then queued LOW, oldest first), and the ids of those failed instead: lapsed past max_attempts, or
+        queued past their start timeout."""
         now = self.clock()
         claims: list[Claim] = []
         failed: list[str] = []
-        columns = "SELECT seq, id, path, input_json, expires_in, attempt FROM requests"
-        rows = db.execute(
-            f"{columns} WHERE app_id = ? AND state = ? AND lease_until < ? ORDER BY seq LIMIT ?",
-            (app_id, State.IN_PROGRESS, now, wanted),
-        ).fetchall()
-        rows += db.execute(
-            f"{columns} WHERE app_id = ? AND state = ? ORDER BY seq LIMIT ?", (app_id, State.QUEUED, wanted)
-        ).fetchall()
-        for seq, request_id, path, input_json, expires_in, attempt in rows:
-            if len(claims) == wanted:
-                break
-            if attempt >= self.max_attempts:
-                message = f"the request ran {attempt} times and its replica died each time"
-                self._complete(db, request_id, "", Failure("UNAVAILABLE", message, "MAX_ATTEMPTS"))
-                failed.append(request_id)
-                continue
-            lease = uuid.uuid4().hex
-            db.execute(
-                "UPDATE requests SET state = ?, attempt = ?, lease = ?, lease_until = ? WHERE seq = ?",
-                (State.IN_PROGRESS, attempt + 1, lease, now + self.lease_seconds, seq),
-            )
-            claims.append(Claim(request_id, NewRequest(app_id, path, input_json, expires_in), attempt + 1, lease))
+        lapsed = f"{REQUEST_COLUMNS} WHERE app_id = ? AND state = ? AND lease_until < ? ORDER BY seq LIMIT ?"
+        queued = f"{REQUEST_COLUMNS} WHERE app_id = ? AND state = ? ORDER BY priority, seq LIMIT ?"
+        for query, state in ((lapsed, State.IN_PROGRESS), (queued, State.QUEUED)):
+            # Rows are read a batch at a time and each leaves `state` as it is handled: no row is seen twice.
+            while len(claims) < wanted:
+                parameters = (app_id, state, now) if state == State.IN_PROGRESS else (app_id, state)
+                rows = db.execute(query, (*parameters, wanted - len(claims))).fetchall()
+                if not rows:
+                    break
+                for row in rows:
+                    if (claim := self._claim_one(db, app_id, row, now, failed)) is not None:
+                        claims.append(claim)
         return claims, failed
+
+    def _claim_one(
+        self, db: sqlite3.Connection, app_id: str, row: tuple[Any, ...], now: float, failed: list[str]
+    ) -> Claim | None:
+        """`row`'s request under a fresh lease; or, past max_attempts or its start timeout, failed (into `failed`)."""
+        seq, request_id, request, attempt, start_by = _request_of(app_id, row)
+        failure = None
+        if attempt >= self.max_attempts:
+            message = f"the request ran {attempt} times and its replica died each time"
+            failure = Failure("UNAVAILABLE", message, "MAX_ATTEMPTS")
+        elif attempt == 0 and start_by is not None and start_by < now:
+            message = f"the request did not start within {request.start_timeout_seconds:g} s of its submit"
+            failure = Failure("DEADLINE_EXCEEDED", message, "START_TIMEOUT")
+        if failure is not None:
+            self._complete(db, request_id, "", failure)
+            failed.append(request_id)
+            return None
+        lease = uuid.uuid4().hex
+        db.execute(
+            "UPDATE requests SET state = ?, attempt = ?, lease = ?, lease_until = ? WHERE seq = ?",
+            (State.IN_PROGRESS, attempt + 1, lease, now + self.lease_seconds, seq),
+        )
+        return Claim(request_id, request, attempt + 1, lease)
 
     async def renew(self, request_id: str, lease: str) -> bool:
         def extend(db: sqlite3.Connection) -> bool:
@@ -453,3 +489,23 @@ class SqliteQueue:
         if db is not None:
             await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
         self._thread.shutdown(wait=False)
+
+
+# Columns added since the first release of the file, with their definitions: a queue file written by an
+# earlier version gains them when opened (its requests keep NORMAL priority and no start timeout).
+ADDED_COLUMNS = {"priority": "INTEGER NOT NULL DEFAULT 0", "start_timeout": "REAL", "start_by": "REAL"}
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    for name, definition in ADDED_COLUMNS.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE requests ADD COLUMN {name} {definition}")
+    db.execute("CREATE INDEX IF NOT EXISTS requests_by_turn ON requests (app_id, state, priority, seq)")
+
+
+def _request_of(app_id: str, row: tuple[Any, ...]) -> tuple[int, str, NewRequest, int, float | None]:
+    """A REQUEST_COLUMNS row: its order, id, request, runs so far, and start deadline."""
+    seq, request_id, path, input_json, expires_in, priority, start_timeout, attempt, start_by = row
+    request = NewRequest(app_id, path, input_json, expires_in, Priority(priority), start_timeout)
+    return seq, request_id, request, attempt, start_by

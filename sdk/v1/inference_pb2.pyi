@@ -42,6 +42,23 @@ REQUEST_STATE_COMPLETED: RequestState.ValueType  # 3
 """Finished: with an output, or with an error (cancellation included)."""
 Global___RequestState: _TypeAlias = RequestState  # noqa: Y015
 
+class _RequestPriority:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RequestPriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RequestPriority.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REQUEST_PRIORITY_UNSPECIFIED: _RequestPriority.ValueType  # 0
+    REQUEST_PRIORITY_NORMAL: _RequestPriority.ValueType  # 1
+    REQUEST_PRIORITY_LOW: _RequestPriority.ValueType  # 2
+
+class RequestPriority(_RequestPriority, metaclass=_RequestPriorityEnumTypeWrapper): ...
+
+REQUEST_PRIORITY_UNSPECIFIED: RequestPriority.ValueType  # 0
+REQUEST_PRIORITY_NORMAL: RequestPriority.ValueType  # 1
+REQUEST_PRIORITY_LOW: RequestPriority.ValueType  # 2
+Global___RequestPriority: _TypeAlias = RequestPriority  # noqa: Y015
+
 class _WebhookState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -385,6 +402,9 @@ class SubmitRequest(_message.Message):
     INPUT_JSON_FIELD_NUMBER: _builtins.int
     LIFECYCLE_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    START_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     path: _builtins.str
     input_json: _builtins.str
@@ -392,6 +412,16 @@ class SubmitRequest(_message.Message):
     """When the request completes or fails, its result is POSTed here, signed per
     the Standard Webhooks scheme with the server's --webhook-secret, and retried
     with backoff for up to two hours. The URL passes the downloads' network guard.
+    """
+    idempotency_key: _builtins.str
+    """A submit retried with the same key (for the same app) while the first one's
+    record lives returns the first one's request id: the model runs once.
+    """
+    priority: Global___RequestPriority.ValueType
+    """LOW: taken only while no NORMAL request of the app waits."""
+    start_timeout_seconds: _builtins.float
+    """Not started within this many seconds: the request fails DEADLINE_EXCEEDED
+    (START_TIMEOUT) and never runs. 0 or unset: no limit.
     """
     @_builtins.property
     def lifecycle(self) -> _common_pb2.Lifecycle: ...
@@ -403,10 +433,13 @@ class SubmitRequest(_message.Message):
         input_json: _builtins.str = ...,
         lifecycle: _common_pb2.Lifecycle | None = ...,
         webhook_url: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        priority: Global___RequestPriority.ValueType = ...,
+        start_timeout_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lifecycle", b"lifecycle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "input_json", b"input_json", "lifecycle", b"lifecycle", "path", b"path", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "idempotency_key", b"idempotency_key", "input_json", b"input_json", "lifecycle", b"lifecycle", "path", b"path", "priority", b"priority", "start_timeout_seconds", b"start_timeout_seconds", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

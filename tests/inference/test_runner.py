@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from ferry.errors import Cancelled, FerryError, InvalidArgument, PermissionDenied, Unavailable
 from ferry.inference import App, Encode, RequestContext, endpoint
-from ferry.inference.queue.base import DEFAULT_LEASE_SECONDS, Failure, State
+from ferry.inference.queue.base import DEFAULT_LEASE_SECONDS, Failure, NewRequest, State
 from ferry.inference.queue.sqlite import SqliteQueue
 from ferry.inference.requests import Requests
 from ferry.inference.runner import AppRunner
@@ -292,7 +292,8 @@ async def start(board: Board, services: FakeServices, open_queue: OpenQueue) -> 
 
 async def submit(replica: Replica, name: str, path: str = "/", expires_in: int | None = None, **fields: Any) -> Handle:
     input_json = json.dumps({"name": name, **fields})
-    return Handle(await replica.front.submit(replica.runner.app_id, path, input_json, expires_in), replica.front)
+    request = NewRequest(replica.runner.app_id, path, input_json, expires_in)
+    return Handle(await replica.front.submit(request), replica.front)
 
 
 async def finished(*handles: Handle) -> None:
@@ -820,7 +821,7 @@ async def test_unknown_endpoints_and_malformed_inputs_are_refused_when_submitted
     with pytest.raises(FerryError) as unknown:
         await submit(replica, "x", "/nope")
     with pytest.raises(FerryError) as malformed:
-        await replica.front.submit(replica.runner.app_id, "/", json.dumps({"name": 3}), None)
+        await replica.front.submit(NewRequest(replica.runner.app_id, "/", json.dumps({"name": 3})))
 
     assert (unknown.value.code, unknown.value.reason) == (grpc.StatusCode.NOT_FOUND, "UNKNOWN_ENDPOINT")
     assert malformed.value.code == grpc.StatusCode.INVALID_ARGUMENT and "name" in malformed.value.message
