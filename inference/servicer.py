@@ -83,15 +83,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         request: inference_pb2.StreamRequest,
         context: grpc.aio.ServicerContext[inference_pb2.StreamRequest, inference_pb2.StreamResponse],
     ) -> AsyncIterator[inference_pb2.StreamResponse]:
-        lifetime = expires_in(request.lifecycle, context)
-        request_id = await self.requests.submit(NewRequest(request.app_id, request.path, request.input_json, lifetime))
+        following = bool(request.request_id)
+        if following:
+            request_id = request.request_id
+        else:
+            lifetime = expires_in(request.lifecycle, context)
+            submitted = NewRequest(request.app_id, request.path, request.input_json, lifetime)
+            request_id = await self.requests.submit(submitted)
         ended = False
         try:
             async for event in self.requests.events(request_id):
                 ended = isinstance(event, Finished)
                 yield stream_response(request_id, event)
         finally:
-            if not ended:  # the caller disconnected mid-stream
+            if not ended and not following:  # the caller of its own request disconnected mid-stream
                 await asyncio.shield(self.requests.cancel(request_id))
 
     async def Submit(  # noqa: N802

@@ -124,6 +124,11 @@ class RequestHandle:
         with map_rpc_errors():
             return self.client.inference.Cancel(inference_pb2.CancelRequest(request_id=self.request_id)).cancelled
 
+    def stream(self) -> Iterator[Event]:
+        """Every event of the request (`ferry.events`): what it reported so far, then live, to its end — from
+        whichever replica answers. Leaving the loop early leaves the request running."""
+        return stream_events(self.client, inference_pb2.StreamRequest(request_id=self.request_id))
+
     def iter_events(self, interval: float = 0.2) -> Iterator[Status]:
         """Statuses as the request moves (polled), ending with COMPLETED or CANCELLED."""
         seen: Status | None = None
@@ -158,6 +163,9 @@ class AsyncRequestHandle:
             return (
                 await self.client.inference.Cancel(inference_pb2.CancelRequest(request_id=self.request_id))
             ).cancelled
+
+    def stream(self) -> AsyncIterator[Event]:
+        return stream_events_async(self.client, inference_pb2.StreamRequest(request_id=self.request_id))
 
     async def iter_events(self, interval: float = 0.2) -> AsyncIterator[Status]:
         seen: Status | None = None

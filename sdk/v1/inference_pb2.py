@@ -26,19 +26,19 @@ from ferry.v1 import common_pb2 as ferry_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65rry/v1/inference.proto\x12\x08\x66\x65rry.v1\x1a\x15\x66\x65rry/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\x07LogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\";\n\x08Progress\x12\x0f\n\x07\x63urrent\x18\x01 \x01(\x01\x12\r\n\x05total\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\"=\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"f\n\nRunRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12&\n\tlifecycle\x18\x04 \x01(\x0b\x32\x13.ferry.v1.Lifecycle\"6\n\x0bRunResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0boutput_json\x18\x02 \x01(\t\"i\n\rStreamRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12&\n\tlifecycle\x18\x04 \x01(\x0b\x32\x13.ferry.v1.Lifecycle\"\x1f\n\x0bQueuedEvent\x12\x10\n\x08position\x18\x01 \x01(\r\"X\n\x0fInProgressEvent\x12\x1f\n\x04logs\x18\x01 \x03(\x0b\x32\x11.ferry.v1.LogLine\x12$\n\x08progress\x18\x02 \x01(\x0b\x32\x12.ferry.v1.Progress\")\n\x12PartialOutputEvent\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\"%\n\x0e\x43ompletedEvent\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\"4\n\x0b\x46\x61iledEvent\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.ferry.v1.RequestError\"\x98\x02\n\x0eStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x06queued\x18\x02 \x01(\x0b\x32\x15.ferry.v1.QueuedEventH\x00\x12\x30\n\x0bin_progress\x18\x03 \x01(\x0b\x32\x19.ferry.v1.InProgressEventH\x00\x12\x36\n\x0epartial_output\x18\x04 \x01(\x0b\x32\x1c.ferry.v1.PartialOutputEventH\x00\x12-\n\tcompleted\x18\x05 \x01(\x0b\x32\x18.ferry.v1.CompletedEventH\x00\x12\'\n\x06\x66\x61iled\x18\x06 \x01(\x0b\x32\x15.ferry.v1.FailedEventH\x00\x42\x07\n\x05\x65vent\"\xe3\x01\n\rSubmitRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12&\n\tlifecycle\x18\x04 \x01(\x0b\x32\x13.ferry.v1.Lifecycle\x12\x13\n\x0bwebhook_url\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12+\n\x08priority\x18\x07 \x01(\x0e\x32\x19.ferry.v1.RequestPriority\x12\x1d\n\x15start_timeout_seconds\x18\x08 \x01(\x01\"$\n\x0eSubmitResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"9\n\x10GetStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twith_logs\x18\x02 \x01(\x08\"\x91\x02\n\x11GetStatusResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.ferry.v1.RequestState\x12\x16\n\x0equeue_position\x18\x03 \x01(\r\x12\x1f\n\x04logs\x18\x04 \x03(\x0b\x32\x11.ferry.v1.LogLine\x12$\n\x08progress\x18\x05 \x01(\x0b\x32\x12.ferry.v1.Progress\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.ferry.v1.RequestError\x12*\n\x07webhook\x18\x07 \x01(\x0b\x32\x19.ferry.v1.WebhookDelivery\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\"^\n\x0fWebhookDelivery\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.ferry.v1.WebhookState\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\r\x12\x12\n\nlast_error\x18\x03 \x01(\t\"4\n\x10GetResultRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"<\n\x11GetResultResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0boutput_json\x18\x02 \x01(\t\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"S\n\x0e\x43\x61ncelResponse\x12.\n\x0eprevious_state\x18\x01 \x01(\x0e\x32\x16.ferry.v1.RequestState\x12\x11\n\tcancelled\x18\x02 \x01(\x08\"T\n\x0cRealtimeOpen\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12&\n\tlifecycle\x18\x03 \x01(\x0b\x32\x13.ferry.v1.Lifecycle\"Z\n\x0fRealtimeRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.ferry.v1.RealtimeOpenH\x00\x12\x14\n\ninput_json\x18\x02 \x01(\tH\x00\x42\t\n\x07message\"]\n\x10RealtimeResponse\x12\x15\n\x0boutput_json\x18\x01 \x01(\tH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.ferry.v1.RequestErrorH\x00\x42\t\n\x07message\"&\n\x14ListEndpointsRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\"l\n\x13\x45ndpointDescription\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x19\n\x11input_schema_json\x18\x02 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x03 \x01(\t\x12\x10\n\x08realtime\x18\x04 \x01(\x08\"h\n\x0e\x41ppDescription\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x14\n\x0cmachine_type\x18\x02 \x01(\t\x12\x30\n\tendpoints\x18\x03 \x03(\x0b\x32\x1d.ferry.v1.EndpointDescription\"?\n\x15ListEndpointsResponse\x12&\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x18.ferry.v1.AppDescription*\x83\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REQUEST_STATE_QUEUED\x10\x01\x12\x1d\n\x19REQUEST_STATE_IN_PROGRESS\x10\x02\x12\x1b\n\x17REQUEST_STATE_COMPLETED\x10\x03*j\n\x0fRequestPriority\x12 \n\x1cREQUEST_PRIORITY_UNSPECIFIED\x10\x00\x12\x1b\n\x17REQUEST_PRIORITY_NORMAL\x10\x01\x12\x18\n\x14REQUEST_PRIORITY_LOW\x10\x02*\x7f\n\x0cWebhookState\x12\x1d\n\x19WEBHOOK_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WEBHOOK_STATE_PENDING\x10\x01\x12\x1b\n\x17WEBHOOK_STATE_DELIVERED\x10\x02\x12\x18\n\x14WEBHOOK_STATE_FAILED\x10\x03\x32\xa4\x04\n\x10InferenceService\x12\x32\n\x03Run\x12\x14.ferry.v1.RunRequest\x1a\x15.ferry.v1.RunResponse\x12=\n\x06Stream\x12\x17.ferry.v1.StreamRequest\x1a\x18.ferry.v1.StreamResponse0\x01\x12;\n\x06Submit\x12\x17.ferry.v1.SubmitRequest\x1a\x18.ferry.v1.SubmitResponse\x12\x44\n\tGetStatus\x12\x1a.ferry.v1.GetStatusRequest\x1a\x1b.ferry.v1.GetStatusResponse\x12\x44\n\tGetResult\x12\x1a.ferry.v1.GetResultRequest\x1a\x1b.ferry.v1.GetResultResponse\x12;\n\x06\x43\x61ncel\x12\x17.ferry.v1.CancelRequest\x1a\x18.ferry.v1.CancelResponse\x12\x45\n\x08Realtime\x12\x19.ferry.v1.RealtimeRequest\x1a\x1a.ferry.v1.RealtimeResponse(\x01\x30\x01\x12P\n\rListEndpoints\x12\x1e.ferry.v1.ListEndpointsRequest\x1a\x1f.ferry.v1.ListEndpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65rry/v1/inference.proto\x12\x08\x66\x65rry.v1\x1a\x15\x66\x65rry/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\x07LogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\";\n\x08Progress\x12\x0f\n\x07\x63urrent\x18\x01 \x01(\x01\x12\r\n\x05total\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\"=\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"f\n\nRunRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12&\n\tlifecycle\x18\x04 \x01(\x0b\x32\x13.ferry.v1.Lifecycle\"6\n\x0bRunResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0boutput_json\x18\x02 \x01(\t\"}\n\rStreamRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12&\n\tlifecycle\x18\x04 \x01(\x0b\x32\x13.ferry.v1.Lifecycle\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x1f\n\x0bQueuedEvent\x12\x10\n\x08position\x18\x01 \x01(\r\"X\n\x0fInProgressEvent\x12\x1f\n\x04logs\x18\x01 \x03(\x0b\x32\x11.ferry.v1.LogLine\x12$\n\x08progress\x18\x02 \x01(\x0b\x32\x12.ferry.v1.Progress\")\n\x12PartialOutputEvent\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\"%\n\x0e\x43ompletedEvent\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\"4\n\x0b\x46\x61iledEvent\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.ferry.v1.RequestError\"\x98\x02\n\x0eStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x06queued\x18\x02 \x01(\x0b\x32\x15.ferry.v1.QueuedEventH\x00\x12\x30\n\x0bin_progress\x18\x03 \x01(\x0b\x32\x19.ferry.v1.InProgressEventH\x00\x12\x36\n\x0epartial_output\x18\x04 \x01(\x0b\x32\x1c.ferry.v1.PartialOutputEventH\x00\x12-\n\tcompleted\x18\x05 \x01(\x0b\x32\x18.ferry.v1.CompletedEventH\x00\x12\'\n\x06\x66\x61iled\x18\x06 \x01(\x0b\x32\x15.ferry.v1.FailedEventH\x00\x42\x07\n\x05\x65vent\"\xe3\x01\n\rSubmitRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12&\n\tlifecycle\x18\x04 \x01(\x0b\x32\x13.ferry.v1.Lifecycle\x12\x13\n\x0bwebhook_url\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12+\n\x08priority\x18\x07 \x01(\x0e\x32\x19.ferry.v1.RequestPriority\x12\x1d\n\x15start_timeout_seconds\x18\x08 \x01(\x01\"$\n\x0eSubmitResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"9\n\x10GetStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twith_logs\x18\x02 \x01(\x08\"\x91\x02\n\x11GetStatusResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.ferry.v1.RequestState\x12\x16\n\x0equeue_position\x18\x03 \x01(\r\x12\x1f\n\x04logs\x18\x04 \x03(\x0b\x32\x11.ferry.v1.LogLine\x12$\n\x08progress\x18\x05 \x01(\x0b\x32\x12.ferry.v1.Progress\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.ferry.v1.RequestError\x12*\n\x07webhook\x18\x07 \x01(\x0b\x32\x19.ferry.v1.WebhookDelivery\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\"^\n\x0fWebhookDelivery\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.ferry.v1.WebhookState\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\r\x12\x12\n\nlast_error\x18\x03 \x01(\t\"4\n\x10GetResultRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"<\n\x11GetResultResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0boutput_json\x18\x02 \x01(\t\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"S\n\x0e\x43\x61ncelResponse\x12.\n\x0eprevious_state\x18\x01 \x01(\x0e\x32\x16.ferry.v1.RequestState\x12\x11\n\tcancelled\x18\x02 \x01(\x08\"T\n\x0cRealtimeOpen\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12&\n\tlifecycle\x18\x03 \x01(\x0b\x32\x13.ferry.v1.Lifecycle\"Z\n\x0fRealtimeRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.ferry.v1.RealtimeOpenH\x00\x12\x14\n\ninput_json\x18\x02 \x01(\tH\x00\x42\t\n\x07message\"]\n\x10RealtimeResponse\x12\x15\n\x0boutput_json\x18\x01 \x01(\tH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.ferry.v1.RequestErrorH\x00\x42\t\n\x07message\"&\n\x14ListEndpointsRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\"l\n\x13\x45ndpointDescription\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x19\n\x11input_schema_json\x18\x02 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x03 \x01(\t\x12\x10\n\x08realtime\x18\x04 \x01(\x08\"h\n\x0e\x41ppDescription\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x14\n\x0cmachine_type\x18\x02 \x01(\t\x12\x30\n\tendpoints\x18\x03 \x03(\x0b\x32\x1d.ferry.v1.EndpointDescription\"?\n\x15ListEndpointsResponse\x12&\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x18.ferry.v1.AppDescription*\x83\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REQUEST_STATE_QUEUED\x10\x01\x12\x1d\n\x19REQUEST_STATE_IN_PROGRESS\x10\x02\x12\x1b\n\x17REQUEST_STATE_COMPLETED\x10\x03*j\n\x0fRequestPriority\x12 \n\x1cREQUEST_PRIORITY_UNSPECIFIED\x10\x00\x12\x1b\n\x17REQUEST_PRIORITY_NORMAL\x10\x01\x12\x18\n\x14REQUEST_PRIORITY_LOW\x10\x02*\x7f\n\x0cWebhookState\x12\x1d\n\x19WEBHOOK_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WEBHOOK_STATE_PENDING\x10\x01\x12\x1b\n\x17WEBHOOK_STATE_DELIVERED\x10\x02\x12\x18\n\x14WEBHOOK_STATE_FAILED\x10\x03\x32\xa4\x04\n\x10InferenceService\x12\x32\n\x03Run\x12\x14.ferry.v1.RunRequest\x1a\x15.ferry.v1.RunResponse\x12=\n\x06Stream\x12\x17.ferry.v1.StreamRequest\x1a\x18.ferry.v1.StreamResponse0\x01\x12;\n\x06Submit\x12\x17.ferry.v1.SubmitRequest\x1a\x18.ferry.v1.SubmitResponse\x12\x44\n\tGetStatus\x12\x1a.ferry.v1.GetStatusRequest\x1a\x1b.ferry.v1.GetStatusResponse\x12\x44\n\tGetResult\x12\x1a.ferry.v1.GetResultRequest\x1a\x1b.ferry.v1.GetResultResponse\x12;\n\x06\x43\x61ncel\x12\x17.ferry.v1.CancelRequest\x1a\x18.ferry.v1.CancelResponse\x12\x45\n\x08Realtime\x12\x19.ferry.v1.RealtimeRequest\x1a\x1a.ferry.v1.RealtimeResponse(\x01\x30\x01\x12P\n\rListEndpoints\x12\x1e.ferry.v1.ListEndpointsRequest\x1a\x1f.ferry.v1.ListEndpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATE']._serialized_start=2644
-  _globals['_REQUESTSTATE']._serialized_end=2775
-  _globals['_REQUESTPRIORITY']._serialized_start=2777
-  _globals['_REQUESTPRIORITY']._serialized_end=2883
-  _globals['_WEBHOOKSTATE']._serialized_start=2885
-  _globals['_WEBHOOKSTATE']._serialized_end=3012
+  _globals['_REQUESTSTATE']._serialized_start=2664
+  _globals['_REQUESTSTATE']._serialized_end=2795
+  _globals['_REQUESTPRIORITY']._serialized_start=2797
+  _globals['_REQUESTPRIORITY']._serialized_end=2903
+  _globals['_WEBHOOKSTATE']._serialized_start=2905
+  _globals['_WEBHOOKSTATE']._serialized_end=3032
   _globals['_LOGLINE']._serialized_start=94
   _globals['_LOGLINE']._serialized_end=177
   _globals['_PROGRESS']._serialized_start=179
@@ -50,51 +50,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNRESPONSE']._serialized_start=407
   _globals['_RUNRESPONSE']._serialized_end=461
   _globals['_STREAMREQUEST']._serialized_start=463
-  _globals['_STREAMREQUEST']._serialized_end=568
-  _globals['_QUEUEDEVENT']._serialized_start=570
-  _globals['_QUEUEDEVENT']._serialized_end=601
-  _globals['_INPROGRESSEVENT']._serialized_start=603
-  _globals['_INPROGRESSEVENT']._serialized_end=691
-  _globals['_PARTIALOUTPUTEVENT']._serialized_start=693
-  _globals['_PARTIALOUTPUTEVENT']._serialized_end=734
-  _globals['_COMPLETEDEVENT']._serialized_start=736
-  _globals['_COMPLETEDEVENT']._serialized_end=773
-  _globals['_FAILEDEVENT']._serialized_start=775
-  _globals['_FAILEDEVENT']._serialized_end=827
-  _globals['_STREAMRESPONSE']._serialized_start=830
-  _globals['_STREAMRESPONSE']._serialized_end=1110
-  _globals['_SUBMITREQUEST']._serialized_start=1113
-  _globals['_SUBMITREQUEST']._serialized_end=1340
-  _globals['_SUBMITRESPONSE']._serialized_start=1342
-  _globals['_SUBMITRESPONSE']._serialized_end=1378
-  _globals['_GETSTATUSREQUEST']._serialized_start=1380
-  _globals['_GETSTATUSREQUEST']._serialized_end=1437
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1440
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1713
-  _globals['_WEBHOOKDELIVERY']._serialized_start=1715
-  _globals['_WEBHOOKDELIVERY']._serialized_end=1809
-  _globals['_GETRESULTREQUEST']._serialized_start=1811
-  _globals['_GETRESULTREQUEST']._serialized_end=1863
-  _globals['_GETRESULTRESPONSE']._serialized_start=1865
-  _globals['_GETRESULTRESPONSE']._serialized_end=1925
-  _globals['_CANCELREQUEST']._serialized_start=1927
-  _globals['_CANCELREQUEST']._serialized_end=1962
-  _globals['_CANCELRESPONSE']._serialized_start=1964
-  _globals['_CANCELRESPONSE']._serialized_end=2047
-  _globals['_REALTIMEOPEN']._serialized_start=2049
-  _globals['_REALTIMEOPEN']._serialized_end=2133
-  _globals['_REALTIMEREQUEST']._serialized_start=2135
-  _globals['_REALTIMEREQUEST']._serialized_end=2225
-  _globals['_REALTIMERESPONSE']._serialized_start=2227
-  _globals['_REALTIMERESPONSE']._serialized_end=2320
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=2322
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=2360
-  _globals['_ENDPOINTDESCRIPTION']._serialized_start=2362
-  _globals['_ENDPOINTDESCRIPTION']._serialized_end=2470
-  _globals['_APPDESCRIPTION']._serialized_start=2472
-  _globals['_APPDESCRIPTION']._serialized_end=2576
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=2578
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=2641
-  _globals['_INFERENCESERVICE']._serialized_start=3015
-  _globals['_INFERENCESERVICE']._serialized_end=3563
+  _globals['_STREAMREQUEST']._serialized_end=588
+  _globals['_QUEUEDEVENT']._serialized_start=590
+  _globals['_QUEUEDEVENT']._serialized_end=621
+  _globals['_INPROGRESSEVENT']._serialized_start=623
+  _globals['_INPROGRESSEVENT']._serialized_end=711
+  _globals['_PARTIALOUTPUTEVENT']._serialized_start=713
+  _globals['_PARTIALOUTPUTEVENT']._serialized_end=754
+  _globals['_COMPLETEDEVENT']._serialized_start=756
+  _globals['_COMPLETEDEVENT']._serialized_end=793
+  _globals['_FAILEDEVENT']._serialized_start=795
+  _globals['_FAILEDEVENT']._serialized_end=847
+  _globals['_STREAMRESPONSE']._serialized_start=850
+  _globals['_STREAMRESPONSE']._serialized_end=1130
+  _globals['_SUBMITREQUEST']._serialized_start=1133
+  _globals['_SUBMITREQUEST']._serialized_end=1360
+  _globals['_SUBMITRESPONSE']._serialized_start=1362
+  _globals['_SUBMITRESPONSE']._serialized_end=1398
+  _globals['_GETSTATUSREQUEST']._serialized_start=1400
+  _globals['_GETSTATUSREQUEST']._serialized_end=1457
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1460
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1733
+  _globals['_WEBHOOKDELIVERY']._serialized_start=1735
+  _globals['_WEBHOOKDELIVERY']._serialized_end=1829
+  _globals['_GETRESULTREQUEST']._serialized_start=1831
+  _globals['_GETRESULTREQUEST']._serialized_end=1883
+  _globals['_GETRESULTRESPONSE']._serialized_start=1885
+  _globals['_GETRESULTRESPONSE']._serialized_end=1945
+  _globals['_CANCELREQUEST']._serialized_start=1947
+  _globals['_CANCELREQUEST']._serialized_end=1982
+  _globals['_CANCELRESPONSE']._serialized_start=1984
+  _globals['_CANCELRESPONSE']._serialized_end=2067
+  _globals['_REALTIMEOPEN']._serialized_start=2069
+  _globals['_REALTIMEOPEN']._serialized_end=2153
+  _globals['_REALTIMEREQUEST']._serialized_start=2155
+  _globals['_REALTIMEREQUEST']._serialized_end=2245
+  _globals['_REALTIMERESPONSE']._serialized_start=2247
+  _globals['_REALTIMERESPONSE']._serialized_end=2340
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=2342
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=2380
+  _globals['_ENDPOINTDESCRIPTION']._serialized_start=2382
+  _globals['_ENDPOINTDESCRIPTION']._serialized_end=2490
+  _globals['_APPDESCRIPTION']._serialized_start=2492
+  _globals['_APPDESCRIPTION']._serialized_end=2596
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=2598
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=2661
+  _globals['_INFERENCESERVICE']._serialized_start=3035
+  _globals['_INFERENCESERVICE']._serialized_end=3583
 # @@protoc_insertion_point(module_scope)

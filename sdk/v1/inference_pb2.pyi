@@ -227,9 +227,15 @@ class StreamRequest(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     INPUT_JSON_FIELD_NUMBER: _builtins.int
     LIFECYCLE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     path: _builtins.str
     input_json: _builtins.str
+    request_id: _builtins.str
+    """Follow this already submitted request (from any replica: its history,
+    then live events) instead of submitting one; the other fields are ignored.
+    Leaving such a stream does not cancel the request.
+    """
     @_builtins.property
     def lifecycle(self) -> _common_pb2.Lifecycle: ...
     def __init__(
@@ -239,10 +245,11 @@ class StreamRequest(_message.Message):
         path: _builtins.str = ...,
         input_json: _builtins.str = ...,
         lifecycle: _common_pb2.Lifecycle | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lifecycle", b"lifecycle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "input_json", b"input_json", "lifecycle", b"lifecycle", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "input_json", b"input_json", "lifecycle", b"lifecycle", "path", b"path", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+import ferry
 from ferry.client import INFERENCE_SERVICE
 from ferry.testing import StackProcess
 from ferry.v1 import inference_pb2
@@ -98,3 +99,27 @@ def test_a_queue_url_that_is_not_redis_is_refused_naming_the_flag(tmp_path: Path
     with pytest.raises(RuntimeError) as failed:
         stack.start()
     assert "--queue" in str(failed.value)
+
+
+def test_a_stream_opened_on_another_replica_sees_the_history_then_live_events(replica) -> None:
+    a, b = replica(), replica()
+    with a.client() as on_a, b.client() as on_b:
+        handle = on_a.submit("sample", {"steps": 30, "step_seconds": 0.05}, path="/slow")
+        wait_for(lambda: handle.status().progress is not None, "it to report progress on replica A")
+        events = list(ferry.RequestHandle(on_b, handle.request_id).stream())
+
+    progress = [event.progress for event in events if isinstance(event, ferry.InProgress) and event.progress]
+    assert progress[0][0] == 1, "the history from before the stream was opened"
+    assert progress[-1][0] == 30
+    assert isinstance(events[-1], ferry.Completed) and events[-1].output == {"finished_steps": 30}
+    assert {event.request_id for event in events} == {handle.request_id}
+
+
+def test_leaving_a_followed_stream_leaves_the_request_running(replica) -> None:
+    stack = replica()
+    with stack.client() as client:
+        handle = client.submit("sample", {"steps": 40, "step_seconds": 0.05}, path="/slow")
+        for event in handle.stream():
+            if isinstance(event, ferry.InProgress):
+                break
+        assert handle.get(timeout=30) == {"finished_steps": 40}
