@@ -1,13 +1,16 @@
 """The distributed queue: Redis (>= 6.2) streams with a consumer group; replicas on any number of machines share it.
 
-Each app's queued and running requests are entries of one stream read by the group `replicas`: `take`
-hands out the next entry with XREADGROUP BLOCK, and first takes over (XAUTOCLAIM, min idle = the lease)
-any entry whose replica stopped renewing — `renew` restarts an entry's idle clock with XCLAIM JUSTID.
-Every change of state is one Lua script (redis_scripts.py, which also lays out the keys), so replicas
-racing for a request see it in exactly one state, and a request's FINISHED event is written with its
-result. A cancel of a running request is published on a channel each replica subscribes to from
-`connect` on, so the replica running it hears within milliseconds. Redis being down surfaces as
-Unavailable (reason QUEUE_UNAVAILABLE) after a short retry; the cancel subscription reconnects by itself.
+Each app's queued and running requests are entries of two streams (NORMAL, LOW) read by the group
+`replicas`. `take` is one script: it takes over (XAUTOCLAIM, min idle = the lease) an entry whose
+replica stopped renewing, else reads (XREADGROUP) the next NORMAL entry, else the next LOW one, and
+claims it — so the choice by priority and the claim are one step. With nothing to take, a taker waits
+on the app's doorbell list (BLPOP), which each submit rings once: one new request wakes one taker.
+`renew` restarts an entry's idle clock with XCLAIM JUSTID. Every change of state is one Lua script
+(redis_scripts.py, which also lays out the keys), so replicas racing for a request see it in exactly
+one state, and a request's FINISHED event is written with its result. A cancel of a running request
+is published on a channel each replica subscribes to from `connect` on, so the replica running it
+hears within milliseconds. Redis being down surfaces as Unavailable (reason QUEUE_UNAVAILABLE) after a
+short retry; the cancel subscription reconnects by itself.
 
 Durability is Redis's: with `appendonly yes` (and `appendfsync always` to lose not even the last second)
 a restart of Redis loses no request.
@@ -18,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio
-import redis.exceptions
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
@@ -41,6 +44,7 @@ from ferry.inference.queue.base import (
     Event,
     Failure,
     NewRequest,
+    Priority,
     State,
     Status,
 )
@@ -49,7 +53,7 @@ from ferry.inference.queue.redis_connection import REDIS_DOWN, open_client, reac
 log = logging.getLogger(__name__)
 
 # A waiting `take` looks for lapsed leases this often (at most half a lease), so a dead replica's request
-# runs elsewhere within lease + 1 s.
+# runs elsewhere within lease + 1 s; so does one whose doorbell ring went to a taker that stopped waiting.
 RECLAIM_POLL_SECONDS = 1.0
 # A follower with nothing new checks this often whether its request ended or expired.
 FOLLOW_POLL_SECONDS = 1.0
@@ -87,8 +91,7 @@ class RedisQueue:
         self._submit = client.register_script(scripts.SUBMIT)
         self._status = client.register_script(scripts.STATUS)
         self._peek = client.register_script(scripts.PEEK)
-        self._reclaim = client.register_script(scripts.RECLAIM)
-        self._deliver = client.register_script(scripts.DELIVER)
+        self._take = client.register_script(scripts.TAKE)
         self._renew = client.register_script(scripts.RENEW)
         self._finish = client.register_script(scripts.FINISH)
         self._cancel = client.register_script(scripts.CANCEL)
@@ -135,7 +138,22 @@ class RedisQueue:
     async def submit(self, request: NewRequest, request_id: str | None = None) -> str:
         request_id = request_id or uuid.uuid4().hex
         expires_in = "" if request.expires_in is None else str(request.expires_in)
-        await self._run(self._submit, request_id, request.app_id, request.path, request.input_json, expires_in)
+        start_timeout = request.start_timeout_seconds
+        # Its deadline in whole milliseconds (Redis's clock adds the now); an infinite one is no deadline.
+        start_timeout_ms = (
+            str(math.ceil(start_timeout * 1000)) if start_timeout is not None and math.isfinite(start_timeout) else ""
+        )
+        await self._run(
+            self._submit,
+            request_id,
+            request.app_id,
+            request.path,
+            request.input_json,
+            expires_in,
+            str(int(request.priority)),
+            "" if start_timeout is None else repr(start_timeout),
+            start_timeout_ms,
+        )
         return request_id
 
     async def status(self, request_id: str) -> Status:
@@ -158,66 +176,57 @@ class RedisQueue:
         )
 
     async def peek(self, app_id: str) -> tuple[str, NewRequest] | None:
-        found = await self._run(self._peek, app_id)
-        if found is None:
-            return None
-        request_id, path, input_json, expires_in = found
-        return request_id.decode(), _request(app_id, path, input_json, expires_in)
+        while True:
+            found = await self._run(self._peek, app_id, self._ttl_ms, MAX_EVENTS)
+            if found is None:
+                return None
+            if found != [b"more"]:
+                request_id, _, *fields = found
+                return request_id.decode(), _request(app_id, *fields)
 
     async def depth(self, app_id: str) -> int:
         with reachable(self._where):
-            return int(await self._client.zcard(scripts.queued_key(self.key_prefix, app_id)))
+            async with self._client.pipeline(transaction=True) as both:
+                both.zcard(scripts.queued_key(self.key_prefix, app_id))
+                both.zcard(scripts.low_queued_key(self.key_prefix, app_id))
+                normal, low = await both.execute()
+        return int(normal) + int(low)
 
     async def take(self, app_id: str, timeout: float) -> Claim | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        stream = scripts.stream_key(self.key_prefix, app_id)
         self._apps.add(app_id)
+        rang = False  # woken by the doorbell: the ring this take consumed stands for a request
         while True:
-            # A lapsed lease first: that request has waited longest. The script also creates the group.
             lease = uuid.uuid4().hex
             outcome = await self._run(
-                self._reclaim, app_id, self._consumer, self._lease_ms, lease, *self._hand_out_settings()
+                self._take,
+                app_id,
+                self._consumer,
+                self._lease_ms,
+                lease,
+                self.max_attempts,
+                self._ttl_ms,
+                MAX_EVENTS,
+                int(rang),
             )
-            if (claim := _claim(app_id, lease, outcome)) is not None:
-                return claim
+            if outcome[0] == b"claimed":
+                request_id, attempt, *fields = outcome[1:]
+                return Claim(request_id.decode(), _request(app_id, *fields), int(attempt), lease)
+            if outcome[0] == b"more":  # it stopped after a run of dead entries: there may be work behind them
+                continue
             left = deadline - loop.time()
-            block_ms = int(min(max(left, 0.0), self._reclaim_poll) * 1000)
-            entries = await self._read_new(stream, block_ms)
-            for entry_id, fields in entries:
-                lease = uuid.uuid4().hex
-                outcome = await self._run(
-                    self._deliver,
-                    app_id,
-                    self._consumer,
-                    entry_id,
-                    fields[b"id"],
-                    lease,
-                    *self._hand_out_settings(),
-                )
-                if (claim := _claim(app_id, lease, outcome)) is not None:
-                    return claim
-            # An entry that was not handed out (cancelled while queued) means look again before giving up.
-            if not entries and left <= 0:
+            if left <= 0:
                 return None
+            rang = await self._wait_for_ring(app_id, min(left, self._reclaim_poll))
 
-    def _hand_out_settings(self) -> tuple[int, int, int]:
-        return self.max_attempts, self._ttl_ms, MAX_EVENTS
-
-    async def _read_new(self, stream: str, block_ms: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """The app's next new entry, now pending for this consumer; waits up to `block_ms` (0: not at all)."""
+    async def _wait_for_ring(self, app_id: str, seconds: float) -> bool:
+        """Whether a submit rang the app's doorbell for this taker within `seconds`."""
+        doorbell = scripts.doorbell_key(self.key_prefix, app_id)
         with reachable(self._where):
-            try:
-                reply = await self._client.xreadgroup(
-                    scripts.GROUP, self._consumer, {stream: ">"}, count=1, block=block_ms or None
-                )
-            except redis.exceptions.ResponseError as error:
-                # The stream vanished (FLUSHALL, a restart without persistence): Redis 7 unblocks the read
-                # with UNBLOCKED, a read after it fails NOGROUP. The next reclaim creates the stream again.
-                if not str(error).startswith(("UNBLOCKED", "NOGROUP")):
-                    raise
-                return []
-        return [entry for _, entries in reply or [] for entry in entries]
+            # At least 1 ms: a timeout Redis reads as 0 would wait forever.
+            rung = await self._client.blpop([doorbell], timeout=max(seconds, 0.001))  # type: ignore[misc]  # typed for the sync client too
+        return rung is not None
 
     async def renew(self, request_id: str, lease: str) -> bool:
         return bool(await self._run(self._renew, request_id, lease, self._consumer))
@@ -339,16 +348,18 @@ def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _claim(app_id: str, lease: str, outcome: Sequence[Any]) -> Claim | None:
-    """The hand-out scripts' reply as a Claim, or None for anything but {'claimed', …}."""
-    if outcome[0] != b"claimed":
-        return None
-    request_id, attempt, path, input_json, expires_in = outcome[1:]
-    return Claim(request_id.decode(), _request(app_id, path, input_json, expires_in), int(attempt), lease)
-
-
-def _request(app_id: str, path: bytes, input_json: bytes, expires_in: bytes) -> NewRequest:
-    return NewRequest(app_id, path.decode(), input_json.decode(), int(expires_in) if expires_in else None)
+def _request(
+    app_id: str, path: bytes, input_json: bytes, expires_in: bytes, priority: bytes, start_timeout: bytes
+) -> NewRequest:
+    """A request as the scripts describe it (redis_scripts.py's `described`)."""
+    return NewRequest(
+        app_id,
+        path.decode(),
+        input_json.decode(),
+        int(expires_in) if expires_in else None,
+        Priority(int(priority)),
+        float(start_timeout) if start_timeout else None,
+    )
 
 
 def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:

@@ -2,19 +2,31 @@
 
 Keys, under a prefix P (`key_prefix`, "ferry"):
 
-    P:request:<id>  hash    the record: app_id path input_json expires_in state attempt lease entry
-                            output_json failure_code failure_message failure_reason, and `events`
-                            (the last event's seq); PEXPIREd result_ttl after completion
-    P:events:<id>   stream  the event log, entry ids 0-<seq> (seq from 1), trimmed to MAX_EVENTS;
-                            expires with the record
-    P:stream:<app>  stream  one entry {id} per queued or running request; consumer group `replicas`.
-                            XREADGROUP hands new ones out, XAUTOCLAIM (min idle = lease) takes back
-                            those whose replica stopped renewing (XCLAIM JUSTID), completion XACKs and
-                            XDELs, so it holds only what is queued or running
-    P:queued:<app>  zset    queued ids scored by submission order: ZRANK is the exact position,
-                            ZCARD the depth
-    P:submitted     counter the submission order
-    P:cancelled     channel ids of running requests as they are cancelled
+    P:request:<id>     hash    the record: app_id path input_json expires_in priority start_timeout start_by
+                               state attempt lease entry output_json failure_code failure_message
+                               failure_reason, and `events` (the last event's seq); PEXPIREd result_ttl
+                               after completion
+    P:events:<id>      stream  the event log, entry ids 0-<seq> (seq from 1), trimmed to MAX_EVENTS;
+                               expires with the record
+    P:stream:<app>     stream  one entry {id} per queued or running NORMAL request; consumer group
+    P:stream-low:<app>         `replicas`. LOW requests' entries are in the second stream. TAKE hands the
+                               next one out (XREADGROUP inside the script), takes back those whose
+                               replica stopped renewing (XAUTOCLAIM, min idle = the lease; renew is
+                               XCLAIM JUSTID); completion XACKs and XDELs, so each holds only what is
+                               queued or running (the autoscaler counts them, XLEN)
+    P:queued:<app>     zset    queued NORMAL ids, and queued LOW ids, scored by submission order: the
+    P:queued-low:<app>         exact position is ZRANK (LOW: ZCARD of the NORMAL set + ZRANK), the
+                               depth the two ZCARDs
+    P:doorbell:<app>   list    one ring per submit (at most MAX_RINGS kept): a waiting taker BLPOPs it,
+                               so each new request wakes one taker, not all of them
+    P:taken:<lease>    string  the request a TAKE handed out under that lease, kept one lease long: a
+                               TAKE sent again after its reply was lost returns the same claim
+    P:submitted        counter the submission order
+    P:cancelled        channel ids of running requests as they are cancelled
+
+Choosing and claiming are one script (TAKE): a lapsed request first, then the oldest NORMAL entry,
+then the oldest LOW one, so no NORMAL request can slip in between a taker's look at the NORMAL stream
+and its claim of a LOW entry. Start timeouts are judged by Redis's clock (TIME), not a replica's.
 
 A script learns a request's app (so its stream) from the record, and a reclaimed entry's record from
 the entry, so the scripts derive keys from the prefix rather than receive them all as KEYS: this
@@ -24,11 +36,35 @@ needs one Redis (or, on a cluster, a hash-tagged prefix such as "{ferry}", putti
 from __future__ import annotations
 
 GROUP = "replicas"
+# Rings kept for takers not yet waiting: more than any deployment's takers of one app; bounds what
+# cancelled and timed-out requests (whose rings nobody needs) leave behind.
+MAX_RINGS = 1000
+# Entries one TAKE or PEEK skips or fails (evicted, lapsed too often, past their start timeout) before it
+# returns and is called again, so that a backlog of dead entries never holds Redis for long: failing one
+# measured 60-90 µs of Redis time (redis-server 7.0.15, 2-CPU VM shared with other work), so 10 ≈ 1 ms.
+HANDLED_PER_CALL = 10
 
 _COMMON = f"""
 local prefix = ARGV[1]
 local GROUP = '{GROUP}'
 local function key(kind, name) return prefix .. ':' .. kind .. ':' .. name end
+
+-- A request's stream and queued set by its priority: '1' is LOW; '0', or none (a record written
+-- before priorities existed), NORMAL.
+local function stream_of(app, priority)
+  if priority == '1' then return key('stream-low', app) end
+  return key('stream', app)
+end
+local function queued_of(app, priority)
+  if priority == '1' then return key('queued-low', app) end
+  return key('queued', app)
+end
+
+-- Milliseconds since the epoch by Redis's clock (13 digits: exact through Lua's number formatting).
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
 
 local function ensure_group(stream)
   if redis.call('EXISTS', stream) == 0 then
@@ -44,105 +80,150 @@ end
 -- Completed: out of the queue and the stream, its log ends with FINISHED, the record starts to age.
 local function complete(id, output, code, message, reason, ttl_ms, max_events)
   local request = key('request', id)
-  local app, entry = unpack(redis.call('HMGET', request, 'app_id', 'entry'))
-  local stream = key('stream', app)
+  local app, entry, priority = unpack(redis.call('HMGET', request, 'app_id', 'entry', 'priority'))
+  local stream = stream_of(app, priority)
   redis.call('HSET', request, 'state', 'completed', 'output_json', output,
     'failure_code', code, 'failure_message', message, 'failure_reason', reason)
   redis.call('HDEL', request, 'lease')
-  redis.call('ZREM', key('queued', app), id)
+  redis.call('ZREM', queued_of(app, priority), id)
   redis.call('XACK', stream, GROUP, entry)
   redis.call('XDEL', stream, entry)
   append(id, 'finished', '', max_events)
   redis.call('PEXPIRE', request, ttl_ms)
   redis.call('PEXPIRE', key('events', id), ttl_ms)
 end
-"""
 
-# A delivered stream entry becomes a claim: {'claimed', id, attempt, path, input_json, expires_in},
-# or {'skipped'} (nothing to run), or {'failed'} (lapsed once too often: failed MAX_ATTEMPTS).
-_HAND_OUT = """
-local function hand_out(app, entry, id, lease, max_attempts, ttl_ms, max_events)
-  local stream = key('stream', app)
-  local request = key('request', id)
-  local state, attempt, held = unpack(redis.call('HMGET', request, 'state', 'attempt', 'lease'))
-  if not state or state == 'completed' then  -- its record was evicted, or it completed: nothing to run
-    redis.call('XACK', stream, GROUP, entry)
-    redis.call('XDEL', stream, entry)
-    redis.call('ZREM', key('queued', app), id)
-    return {'skipped'}
-  end
-  attempt = tonumber(attempt)
-  if held ~= lease then  -- else: this very hand-out, retried after its reply was lost
-    if state == 'in_progress' and attempt >= max_attempts then
-      complete(id, '', 'UNAVAILABLE', 'the request ran ' .. attempt .. ' times and its replica died each time',
-        'MAX_ATTEMPTS', ttl_ms, max_events)
-      return {'failed'}
-    end
-    attempt = attempt + 1
-    redis.call('HSET', request, 'state', 'in_progress', 'attempt', attempt, 'lease', lease)
-    redis.call('ZREM', key('queued', app), id)
-  end
-  local path, input_json, expires_in = unpack(redis.call('HMGET', request, 'path', 'input_json', 'expires_in'))
-  return {'claimed', id, attempt, path, input_json, expires_in}
+-- A queued request past its start timeout fails DEADLINE_EXCEEDED (START_TIMEOUT), never to run; true if so.
+local function expire_if_late(id, ttl_ms, max_events)
+  local start_by, timeout = unpack(redis.call('HMGET', key('request', id), 'start_by', 'start_timeout'))
+  if not start_by or start_by == '' or tonumber(start_by) >= now_ms() then return false end
+  local message = string.format('the request did not start within %g s of its submit', tonumber(timeout))
+  complete(id, '', 'DEADLINE_EXCEEDED', message, 'START_TIMEOUT', ttl_ms, max_events)
+  return true
+end
+
+-- The request as a claim or a peek shows it: {{id, attempt, path, input_json, expires_in, priority, start_timeout}}.
+local function described(id, attempt)
+  local fields = redis.call('HMGET', key('request', id), 'path', 'input_json', 'expires_in', 'priority',
+    'start_timeout')
+  return {{id, attempt, fields[1], fields[2], fields[3], fields[4] or '0', fields[5] or ''}}
 end
 """
 
-# ARGV: prefix, id, app, path, input_json, expires_in ('' for none). 1, or 0 for a retried submit.
+# ARGV: prefix, id, app, path, input_json, expires_in ('' for none), priority ('0' NORMAL, '1' LOW),
+# start_timeout (seconds as given; '' for none), start timeout in ms ('' for no deadline).
+# 1, or 0 for a retried submit.
 SUBMIT = (
     _COMMON
-    + """
-local id, app = ARGV[2], ARGV[3]
+    + f"""
+local id, app, priority = ARGV[2], ARGV[3], ARGV[7]
 local request = key('request', id)
 if redis.call('EXISTS', request) == 1 then return 0 end
-local stream = key('stream', app)
+local start_by = ''
+if ARGV[9] ~= '' then start_by = now_ms() + tonumber(ARGV[9]) end
+local stream = stream_of(app, priority)
 ensure_group(stream)
 local order = redis.call('INCR', prefix .. ':submitted')
 local entry = redis.call('XADD', stream, '*', 'id', id)
 redis.call('HSET', request, 'app_id', app, 'path', ARGV[4], 'input_json', ARGV[5], 'expires_in', ARGV[6],
-  'state', 'queued', 'attempt', 0, 'entry', entry)
-redis.call('ZADD', key('queued', app), order, id)
+  'priority', priority, 'start_timeout', ARGV[8], 'start_by', start_by, 'state', 'queued', 'attempt', 0,
+  'entry', entry)
+redis.call('ZADD', queued_of(app, priority), order, id)
+local doorbell = key('doorbell', app)
+redis.call('RPUSH', doorbell, 1)
+redis.call('LTRIM', doorbell, -{MAX_RINGS}, -1)
 return 1
 """
 )
 
-# ARGV: prefix, app, consumer, lease_ms, lease, max_attempts, ttl_ms, max_events.
-# The app's oldest request whose lease lapsed, taken over under `lease`; {'none'} if there is none.
-# Creates the app's stream and group, so that XREADGROUP may follow.
-RECLAIM = (
+# ARGV: prefix, app, consumer, lease_ms, lease, max_attempts, ttl_ms, max_events, rang ('1': the taker was
+# woken by a ring of the doorbell; '0': it took one of the rings left for waiting takers, if any).
+# The app's next request under `lease`: {'claimed', id, attempt, path, input_json, expires_in, priority,
+# start_timeout}; {'none'} if there is none; {'more'} if it stopped after HANDLED_PER_CALL dead entries.
+# Lapsed requests past max_attempts are failed MAX_ATTEMPTS, queued ones past their start timeout
+# START_TIMEOUT, entries of completed (or evicted) requests dropped.
+TAKE = (
     _COMMON
-    + _HAND_OUT
-    + """
-local app, consumer, lease_ms = ARGV[2], ARGV[3], ARGV[4]
-local stream = key('stream', app)
-ensure_group(stream)
-local cursor = '0-0'
-repeat
-  local reply = redis.call('XAUTOCLAIM', stream, GROUP, consumer, lease_ms, cursor, 'COUNT', 1)
-  cursor = reply[1]
-  local claimed = reply[2][1]
-  if claimed then
-    local entry, fields = claimed[1], claimed[2]
-    if fields and fields[2] then
-      local outcome = hand_out(app, entry, fields[2], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8])
-      if outcome[1] == 'claimed' then return outcome end
-    else  -- deleted while pending (Redis 6.2 still lists it): nothing to run
-      redis.call('XACK', stream, GROUP, entry)
-    end
-  end
-until cursor == '0-0'
-return {'none'}
-"""
-)
+    + f"""
+local app, consumer, lease_ms, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local max_attempts, ttl_ms, max_events, rang = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9] == '1'
+local receipt = key('taken', lease)
 
-# ARGV: prefix, app, consumer, entry, id, lease, max_attempts, ttl_ms, max_events.
-# An entry XREADGROUP just gave this consumer; {'gone'} if another replica took it over meanwhile.
-DELIVER = (
-    _COMMON
-    + _HAND_OUT
-    + """
-local app, consumer, entry = ARGV[2], ARGV[3], ARGV[4]
-if #redis.call('XPENDING', key('stream', app), GROUP, entry, entry, 1, consumer) == 0 then return {'gone'} end
-return hand_out(app, entry, ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9])
+local already = redis.call('GET', receipt)
+if already then  -- this very TAKE, sent again after its reply was lost
+  local state, held, attempt = unpack(redis.call('HMGET', key('request', already), 'state', 'lease', 'attempt'))
+  if state == 'in_progress' and held == lease then
+    return {{'claimed', unpack(described(already, tonumber(attempt)))}}
+  end
+end
+
+local handled = 0
+-- The entry's request under `lease`, or nil when it is not to run (then `handled` counts it).
+local function hand_out(priority, entry, id)
+  local stream = stream_of(app, priority)
+  local request = key('request', id)
+  local state, attempt = unpack(redis.call('HMGET', request, 'state', 'attempt'))
+  handled = handled + 1
+  if not state or state == 'completed' then  -- its record was evicted, or it completed: nothing to run
+    redis.call('XACK', stream, GROUP, entry)
+    redis.call('XDEL', stream, entry)
+    redis.call('ZREM', queued_of(app, priority), id)
+    return nil
+  end
+  attempt = tonumber(attempt)
+  if state == 'in_progress' and attempt >= max_attempts then
+    complete(id, '', 'UNAVAILABLE', 'the request ran ' .. attempt .. ' times and its replica died each time',
+      'MAX_ATTEMPTS', ttl_ms, max_events)
+    return nil
+  end
+  if state == 'queued' and expire_if_late(id, ttl_ms, max_events) then return nil end
+  handled = handled - 1
+  attempt = attempt + 1
+  redis.call('HSET', request, 'state', 'in_progress', 'attempt', attempt, 'lease', lease)
+  redis.call('ZREM', queued_of(app, priority), id)
+  redis.call('SET', receipt, id, 'PX', lease_ms)
+  return {{'claimed', unpack(described(id, attempt))}}
+end
+
+-- A lapsed lease first: that request has waited longest.
+for _, priority in ipairs({{'0', '1'}}) do
+  local stream = stream_of(app, priority)
+  ensure_group(stream)
+  local cursor = '0-0'
+  repeat
+    local reply = redis.call('XAUTOCLAIM', stream, GROUP, consumer, lease_ms, cursor, 'COUNT', 1)
+    cursor = reply[1]
+    local claimed = reply[2][1]
+    if claimed then
+      local entry, fields = claimed[1], claimed[2]
+      if fields and fields[2] then
+        local outcome = hand_out(priority, entry, fields[2])
+        if outcome then return outcome end
+        if handled >= {HANDLED_PER_CALL} then return {{'more'}} end
+      else  -- deleted while pending (Redis 6.2 still lists it): nothing to run
+        redis.call('XACK', stream, GROUP, entry)
+      end
+    end
+  until cursor == '0-0'
+end
+
+-- Then the oldest queued NORMAL request, else the oldest queued LOW one.
+for _, priority in ipairs({{'0', '1'}}) do
+  local stream = stream_of(app, priority)
+  while true do
+    local reply = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+    if not reply then break end
+    local entry = reply[1][2][1]
+    local outcome = hand_out(priority, entry[1], entry[2][2])
+    if outcome then
+      -- A taker that was not woken takes a ring left for a waiting one: rings stay one per unclaimed request.
+      if not rang then redis.call('LPOP', key('doorbell', app)) end
+      return outcome
+    end
+    if handled >= {HANDLED_PER_CALL} then return {{'more'}} end
+  end
+end
+return {{'none'}}
 """
 )
 
@@ -154,21 +235,40 @@ STATUS = (
 local id = ARGV[2]
 local record = redis.call('HGETALL', key('request', id))
 if #record == 0 then return nil end
-local app, state = unpack(redis.call('HMGET', key('request', id), 'app_id', 'state'))
+local app, state, priority = unpack(redis.call('HMGET', key('request', id), 'app_id', 'state', 'priority'))
 local position = 0
-if state == 'queued' then position = redis.call('ZRANK', key('queued', app), id) or 0 end
+if state == 'queued' then
+  position = redis.call('ZRANK', queued_of(app, priority), id) or 0
+  if priority == '1' then position = position + redis.call('ZCARD', queued_of(app, '0')) end
+end
 return {position, record}
 """
 )
 
-# ARGV: prefix, app. {id, path, input_json, expires_in} of the app's next queued request, or nil.
+# ARGV: prefix, app, ttl_ms, max_events. The app's next queued request (NORMAL before LOW) as
+# {id, attempt, path, input_json, expires_in, priority, start_timeout}; nil if none; {'more'} if it stopped
+# after HANDLED_PER_CALL dead ones. Those it finds past their start timeout are failed (START_TIMEOUT) on
+# the way, as TAKE would fail them; ids whose record was evicted are dropped.
 PEEK = (
     _COMMON
-    + """
-local first = redis.call('ZRANGE', key('queued', ARGV[2]), 0, 0)[1]
-if not first then return nil end
-local request = redis.call('HMGET', key('request', first), 'path', 'input_json', 'expires_in')
-return {first, request[1], request[2], request[3]}
+    + f"""
+local app, ttl_ms, max_events = ARGV[2], ARGV[3], ARGV[4]
+local handled = 0
+for _, priority in ipairs({{'0', '1'}}) do
+  local queued = queued_of(app, priority)
+  while true do
+    local first = redis.call('ZRANGE', queued, 0, 0)[1]
+    if not first then break end
+    if redis.call('EXISTS', key('request', first)) == 0 then
+      redis.call('ZREM', queued, first)
+    elseif not expire_if_late(first, ttl_ms, max_events) then
+      return described(first, 0)
+    end
+    handled = handled + 1
+    if handled >= {HANDLED_PER_CALL} then return {{'more'}} end
+  end
+end
+return nil
 """
 )
 
@@ -177,9 +277,10 @@ RENEW = (
     _COMMON
     + """
 local request = key('request', ARGV[2])
-local state, held, app, entry = unpack(redis.call('HMGET', request, 'state', 'lease', 'app_id', 'entry'))
+local state, held, app, entry, priority = unpack(redis.call('HMGET', request, 'state', 'lease', 'app_id', 'entry',
+  'priority'))
 if state ~= 'in_progress' or held ~= ARGV[3] then return 0 end
-redis.call('XCLAIM', key('stream', app), GROUP, ARGV[4], 0, entry, 'JUSTID')
+redis.call('XCLAIM', stream_of(app, priority), GROUP, ARGV[4], 0, entry, 'JUSTID')
 return 1
 """
 )
@@ -224,10 +325,14 @@ return 0
 FORGET_CONSUMER = (
     _COMMON
     + """
-local stream = key('stream', ARGV[2])
-if redis.call('EXISTS', stream) == 0 then return 0 end
-if #redis.call('XPENDING', stream, GROUP, '-', '+', 1, ARGV[3]) > 0 then return 0 end
-return redis.call('XGROUP', 'DELCONSUMER', stream, GROUP, ARGV[3])
+for _, priority in ipairs({'0', '1'}) do
+  local stream = stream_of(ARGV[2], priority)
+  if redis.call('EXISTS', stream) == 1
+    and #redis.call('XPENDING', stream, GROUP, '-', '+', 1, ARGV[3]) == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', stream, GROUP, ARGV[3])
+  end
+end
+return 0
 """
 )
 
@@ -241,11 +346,24 @@ def events_key(prefix: str, request_id: str) -> str:
 
 
 def stream_key(prefix: str, app_id: str) -> str:
+    """The app's NORMAL requests' stream (the one the autoscaler has always followed)."""
     return f"{prefix}:stream:{app_id}"
+
+
+def low_stream_key(prefix: str, app_id: str) -> str:
+    return f"{prefix}:stream-low:{app_id}"
 
 
 def queued_key(prefix: str, app_id: str) -> str:
     return f"{prefix}:queued:{app_id}"
+
+
+def low_queued_key(prefix: str, app_id: str) -> str:
+    return f"{prefix}:queued-low:{app_id}"
+
+
+def doorbell_key(prefix: str, app_id: str) -> str:
+    return f"{prefix}:doorbell:{app_id}"
 
 
 def cancelled_channel(prefix: str) -> str:

@@ -20,9 +20,9 @@ from cryptography.x509.oid import NameOID
 
 from ferry.errors import InvalidArgument, NotFound, Unavailable
 from ferry.inference.queue import redis_scripts as scripts
-from ferry.inference.queue.base import NewRequest, State
+from ferry.inference.queue.base import Failure, NewRequest, Priority, State
 from ferry.inference.queue.redis import RedisQueue
-from ferry.inference.queue.redis_scripts import GROUP, cancelled_channel, stream_key
+from ferry.inference.queue.redis_scripts import GROUP, cancelled_channel, doorbell_key, stream_key
 from tests.redis_server import RedisServer, ServerCertificate
 
 
@@ -239,7 +239,91 @@ async def test_a_request_whose_record_redis_evicted_is_dropped_not_handed_out(
     await raw.aclose()
 
 
-# -- a replica dying between reading an entry and claiming it -------------------------------
+# -- waiting takers and the doorbell --------------------------------------------------------
+# A taker with nothing to take waits on the app's doorbell, which each submit rings once; what it then
+# takes is chosen when it claims, not by which ring woke it.
+
+
+async def wait_until_a_take_is_blocked(raw: redis.asyncio.Redis) -> None:
+    for _ in range(100):
+        if (await raw.info("clients"))["blocked_clients"]:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no take is waiting")
+
+
+async def test_a_waiting_take_woken_by_a_low_request_takes_the_normal_one_submitted_with_it(
+    server: RedisServer, queue: RedisQueue
+) -> None:
+    waiting = asyncio.create_task(queue.take("painter", timeout=5))
+    raw = redis.asyncio.from_url(server.url)
+    await wait_until_a_take_is_blocked(raw)
+    async with raw.pipeline(transaction=True) as together:  # both land before the woken take looks
+        together.eval(scripts.SUBMIT, 0, "ferry", "low", "painter", "/", "{}", "", "1", "", "")
+        together.eval(scripts.SUBMIT, 0, "ferry", "normal", "painter", "/", "{}", "", "0", "", "")
+        await together.execute()
+    claim = await waiting
+    assert claim is not None and claim.request_id == "normal"
+    assert (await queue.status("low")).position == 0
+    await raw.aclose()
+
+
+async def test_a_ring_for_a_request_cancelled_meanwhile_keeps_the_take_waiting_for_the_next(
+    server: RedisServer, queue: RedisQueue
+) -> None:
+    waiting = asyncio.create_task(queue.take("painter", timeout=5))
+    raw = redis.asyncio.from_url(server.url)
+    await wait_until_a_take_is_blocked(raw)
+    async with raw.pipeline(transaction=True) as submit_and_cancel:
+        submit_and_cancel.eval(scripts.SUBMIT, 0, "ferry", "gone", "painter", "/", "{}", "", "0", "", "")
+        submit_and_cancel.eval(scripts.CANCEL, 0, "ferry", "gone", 60_000, 1000)
+        await submit_and_cancel.execute()
+    await wait_until_a_take_is_blocked(raw)  # woken for nothing, it waits again
+    assert not waiting.done()
+    request_id = await queue.submit(job())
+    claim = await waiting
+    assert claim is not None and claim.request_id == request_id
+    await raw.aclose()
+
+
+async def test_requests_taken_without_waiting_leave_no_rings_to_wake_takers_for_nothing(
+    server: RedisServer, queue: RedisQueue
+) -> None:
+    for n in range(3):
+        await queue.submit(job(str(n)))
+    raw = redis.asyncio.from_url(server.url)
+    assert await raw.llen(doorbell_key("ferry", "painter")) == 3
+    for _ in range(3):
+        assert await queue.take("painter", timeout=1) is not None
+    assert await raw.llen(doorbell_key("ferry", "painter")) == 0
+    await raw.aclose()
+
+
+async def test_take_and_peek_find_the_request_behind_more_timed_out_ones_than_one_script_fails(
+    queue: RedisQueue,
+) -> None:
+    async def behind_timed_out_ones(text: str) -> tuple[list[str], str]:
+        late = [
+            await queue.submit(NewRequest("painter", "/", "{}", start_timeout_seconds=0.001))
+            for _ in range(3 * scripts.HANDLED_PER_CALL)
+        ]
+        request_id = await queue.submit(job(text))
+        await asyncio.sleep(0.05)
+        return late, request_id
+
+    late, first = await behind_timed_out_ones("1")
+    claim = await queue.take("painter", timeout=0)
+    assert claim is not None and claim.request_id == first
+    more_late, second = await behind_timed_out_ones("2")
+    assert await queue.peek("painter") == (second, job("2"))
+    assert {(await queue.status(i)).failure for i in late + more_late} == {
+        Failure("DEADLINE_EXCEEDED", "the request did not start within 0.001 s of its submit", "START_TIMEOUT")
+    }
+
+
+# -- an entry read but never claimed ---------------------------------------------------------
+# A replica reads and claims an entry in one script; a replica of an earlier version read first and
+# claimed after, and one that died in between left the entry pending, unclaimed.
 
 
 async def read_as_a_replica_that_then_dies(server: RedisServer) -> None:
@@ -281,35 +365,26 @@ async def test_a_submit_sent_twice_queues_the_request_once(server: RedisServer, 
     raw = redis.asyncio.from_url(server.url)
     submit = raw.register_script(scripts.SUBMIT)
     for _ in range(2):
-        await submit(args=["ferry", "retried-id", "painter", "/", "{}", ""])
+        await submit(args=["ferry", "retried-id", "painter", "/", "{}", "", "1", "30.0", "30000"])
     assert await queue.depth("painter") == 1
-    assert await raw.xlen(stream_key("ferry", "painter")) == 1
+    assert await raw.xlen(scripts.low_stream_key("ferry", "painter")) == 1
+    assert await raw.llen(doorbell_key("ferry", "painter")) == 1
     await raw.aclose()
 
 
-async def test_a_hand_out_sent_twice_is_one_attempt_under_one_lease(server: RedisServer, queue: RedisQueue) -> None:
-    request_id = await queue.submit(job())
+async def test_a_take_sent_twice_is_one_attempt_of_one_request_under_one_lease(
+    server: RedisServer, queue: RedisQueue
+) -> None:
+    normal = await queue.submit(job())
+    low = await queue.submit(NewRequest("painter", "/", "{}", priority=Priority.LOW))
     raw = redis.asyncio.from_url(server.url)
-    [[_, [(entry_id, _)]]] = await raw.xreadgroup(GROUP, "replica-x", {stream_key("ferry", "painter"): ">"}, count=1)
-    deliver = raw.register_script(scripts.DELIVER)
-    arguments = ["ferry", "painter", "replica-x", entry_id, request_id, "lease-1", 3, 60_000, 1000]
-    first, second = [await deliver(args=arguments) for _ in range(2)]
-    assert first == second and first[:3] == [b"claimed", request_id.encode(), 1]
-    assert (await queue.status(request_id)).attempt == 1
-    assert await queue.renew(request_id, "lease-1")
+    take = raw.register_script(scripts.TAKE)
+    arguments = ["ferry", "painter", "replica-x", 60_000, "lease-1", 3, 60_000, 1000, 0]
+    first = await take(args=arguments)
+    second = await take(args=arguments)
+    assert first == second and first[:3] == [b"claimed", normal.encode(), 1]
+    assert (await queue.status(normal)).attempt == 1
+    assert (await queue.status(low)).state == State.QUEUED, "the second send took nothing more"
+    assert await raw.llen(doorbell_key("ferry", "painter")) == 1, "nor another ring"
+    assert await queue.renew(normal, "lease-1")
     await raw.aclose()
-
-
-async def test_a_replica_that_claims_an_entry_another_took_over_gets_nothing(server: RedisServer) -> None:
-    queue = await RedisQueue.connect(server.url, lease_seconds=0.3)
-    request_id = await queue.submit(job())
-    raw = redis.asyncio.from_url(server.url)
-    [[_, [(entry_id, _)]]] = await raw.xreadgroup(GROUP, "slow", {stream_key("ferry", "painter"): ">"}, count=1)
-    taken_over = await queue.take("painter", timeout=5)  # "slow" did not claim it within a lease
-    assert taken_over is not None and taken_over.attempt == 1
-    deliver = raw.register_script(scripts.DELIVER)
-    late = await deliver(args=["ferry", "painter", "slow", entry_id, request_id, "lease-slow", 3, 60_000, 1000])
-    assert late == [b"gone"]
-    assert await queue.renew(request_id, taken_over.lease)
-    await raw.aclose()
-    await queue.close()
