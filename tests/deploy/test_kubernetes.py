@@ -264,7 +264,9 @@ def test_the_autoscaler_follows_the_queue_stream_of_every_app_the_inference_repl
     app = rendered.serve(_container(_inference(rendered), "inference"))
     prefix = inspect.signature(RedisQueue.connect).parameters["key_prefix"].default  # what open_queue uses
     triggers = rendered.get("ScaledObject", "ferry-inference")["spec"]["triggers"]
-    assert {t["metadata"]["stream"] for t in triggers} == {redis_scripts.stream_key(prefix, a.app_id) for a in app.apps}
+    keys = (redis_scripts.stream_key, redis_scripts.low_stream_key)  # normal and low priority
+    streams = {key(prefix, a.app_id) for a in app.apps for key in keys}
+    assert {t["metadata"]["stream"] for t in triggers} == streams
     queue = urlsplit(app.config.inference.queue)
     for trigger in triggers:
         assert trigger["type"] == "redis-streams"
@@ -278,20 +280,20 @@ def test_the_autoscaler_counts_queued_and_running_requests_not_the_groups_pendin
     """With a consumerGroup KEDA counts that group's pending entries: ferry's running requests only, which
     can never exceed what the current replicas run, so a growing queue would never add one."""
     app = rendered.serve(_container(_inference(rendered), "inference"))
-    (trigger,) = rendered.get("ScaledObject", "ferry-inference")["spec"]["triggers"]
-    assert "consumerGroup" not in trigger["metadata"] and redis_scripts.GROUP == "replicas"
     (spec,) = app.apps
-    # A replica with every slot busy and nothing waiting is not a reason for another.
-    assert int(trigger["metadata"]["streamLength"]) >= spec.max_concurrency
+    for trigger in rendered.get("ScaledObject", "ferry-inference")["spec"]["triggers"]:
+        assert "consumerGroup" not in trigger["metadata"] and redis_scripts.GROUP == "replicas"
+        # A replica with every slot busy and nothing waiting is not a reason for another.
+        assert int(trigger["metadata"]["streamLength"]) >= spec.max_concurrency
 
 
 def test_keda_logs_in_to_redis_with_the_password_the_inference_replicas_use(rendered):
     container = _container(_inference(rendered), "inference")
     (source,) = [v["valueFrom"]["secretKeyRef"] for v in container["env"] if v["name"] == "FERRY_QUEUE_PASSWORD"]
-    (trigger,) = rendered.get("ScaledObject", "ferry-inference")["spec"]["triggers"]
-    authentication = rendered.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
-    (password,) = [r for r in authentication["spec"]["secretTargetRef"] if r["parameter"] == "password"]
-    assert (password["name"], password["key"]) == (source["name"], source["key"])
+    for trigger in rendered.get("ScaledObject", "ferry-inference")["spec"]["triggers"]:
+        authentication = rendered.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
+        (password,) = [r for r in authentication["spec"]["secretTargetRef"] if r["parameter"] == "password"]
+        assert (password["name"], password["key"]) == (source["name"], source["key"])
 
 
 # -- Services -------------------------------------------------------------------------------------------
