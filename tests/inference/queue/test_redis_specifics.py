@@ -6,23 +6,18 @@ The contract every backend keeps is test_contract.py; each test here runs its ow
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from ferry.errors import InvalidArgument, NotFound, Unavailable
 from ferry.inference.queue import redis_scripts as scripts
 from ferry.inference.queue.base import Failure, NewRequest, Priority, State
 from ferry.inference.queue.redis import RedisQueue
 from ferry.inference.queue.redis_scripts import GROUP, cancelled_channel, doorbell_key, stream_key
+from tests.certificates import write_self_signed
 from tests.redis_server import RedisServer, ServerCertificate
 
 
@@ -66,26 +61,7 @@ async def test_a_missing_or_wrong_password_is_unavailable_and_never_echoed(passw
 
 
 def write_self_signed_certificate(directory: Path) -> ServerCertificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ferry-test-redis")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "redis.crt", directory / "redis.key"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert_file, key_file = write_self_signed(directory, "ferry-test-redis")
     return ServerCertificate(cert_file, key_file, ca_file=cert_file)
 
 
