@@ -44,6 +44,8 @@ SWEEP_SECONDS = 60.0
 
 T = TypeVar("T")
 
+# A queued request that may still start: not past its start timeout (bound to the time as a parameter).
+STARTABLE = "(start_by IS NULL OR start_by >= ?)"
 REQUEST_COLUMNS = (
     "SELECT seq, id, path, input_json, expires_in, priority, start_timeout, attempt, start_by FROM requests"
 )
@@ -176,27 +178,46 @@ class SqliteQueue:
         return request_id
 
     async def status(self, request_id: str) -> Status:
-        def read(db: sqlite3.Connection) -> Status:
+        def read(db: sqlite3.Connection) -> tuple[Status, bool]:
+            """The status, and whether it is a queued request past its start timeout (to fail, then read again)."""
             row = db.execute(
                 "SELECT app_id, state, attempt, output_json, failure_code, failure_message, failure_reason, seq,"
-                " gone_at, priority FROM requests WHERE id = ?",
+                " gone_at, priority, start_by FROM requests WHERE id = ?",
                 (request_id,),
             ).fetchone()
-            if row is None or (row[8] is not None and row[8] <= self.clock()):
+            now = self.clock()
+            if row is None or (row[8] is not None and row[8] <= now):
                 raise NotFound(f"no request {request_id[:100]!r}", reason="UNKNOWN_REQUEST")
-            app_id, state, attempt, output_json, code, message, reason, seq, _, priority = row
+            app_id, state, attempt, output_json, code, message, reason, seq, _, priority, start_by = row
             position = 0
             if state == State.QUEUED:
+                if start_by is not None and start_by < now:
+                    return Status(request_id, app_id, State(state), 0, attempt), True
                 position = db.execute(
-                    "SELECT count(*) FROM requests WHERE app_id = ? AND state = ?"
+                    f"SELECT count(*) FROM requests WHERE app_id = ? AND state = ? AND {STARTABLE}"
                     " AND (priority < ? OR (priority = ? AND seq < ?))",
-                    (app_id, State.QUEUED, priority, priority, seq),
+                    (app_id, State.QUEUED, now, priority, priority, seq),
                 ).fetchone()[0]
             failure = Failure(code, message, reason or "") if code is not None else None
-            return Status(request_id, app_id, State(state), position, attempt, output_json, failure)
+            return Status(request_id, app_id, State(state), position, attempt, output_json, failure), False
 
         # A read: no write lock, so it never waits behind another process's transaction.
-        return await self._run(lambda: read(self._connected()))
+        status, expired = await self._run(lambda: read(self._connected()))
+        if expired:  # fail it now, whoever reads it: nobody need take from its app first
+            if await self._run(self._transaction(partial(self._expire, request_id=request_id))):
+                self._notify(request_id)
+            status, _ = await self._run(lambda: read(self._connected()))
+        return status
+
+    def _expire(self, db: sqlite3.Connection, request_id: str) -> bool:
+        """Fail a queued request past its start timeout (if it still is one); whether this did."""
+        row = db.execute(
+            f"{REQUEST_COLUMNS} WHERE id = ? AND state = ? AND start_by < ?", (request_id, State.QUEUED, self.clock())
+        ).fetchone()
+        if row is None:
+            return False
+        self._complete(db, request_id, "", _start_timeout_failure(_request_of("", row)[2]))
+        return True
 
     async def _select(self, query: str, parameters: tuple[Any, ...]) -> list[Any]:
         return await self._run(lambda: self._connected().execute(query, parameters).fetchall())
@@ -207,14 +228,14 @@ class SqliteQueue:
 
     async def depth(self, app_id: str) -> int:
         def count() -> int:
-            query = "SELECT count(*) FROM requests WHERE app_id = ? AND state = ?"
-            return int(self._connected().execute(query, (app_id, State.QUEUED)).fetchone()[0])
+            query = f"SELECT count(*) FROM requests WHERE app_id = ? AND state = ? AND {STARTABLE}"
+            return int(self._connected().execute(query, (app_id, State.QUEUED, self.clock())).fetchone()[0])
 
         return await self._run(count)
 
     async def peek(self, app_id: str) -> tuple[str, NewRequest] | None:
         rows = await self._select(
-            f"{REQUEST_COLUMNS} WHERE app_id = ? AND state = ? AND (start_by IS NULL OR start_by >= ?)"
+            f"{REQUEST_COLUMNS} WHERE app_id = ? AND state = ? AND {STARTABLE}"
             " ORDER BY priority, seq LIMIT 1",
             (app_id, State.QUEUED, self.clock()),
         )
@@ -303,8 +324,7 @@ class SqliteQueue:
             message = f"the request ran {attempt} times and its replica died each time"
             failure = Failure("UNAVAILABLE", message, "MAX_ATTEMPTS")
         elif attempt == 0 and start_by is not None and start_by < now:
-            message = f"the request did not start within {request.start_timeout_seconds:g} s of its submit"
-            failure = Failure("DEADLINE_EXCEEDED", message, "START_TIMEOUT")
+            failure = _start_timeout_failure(request)
         if failure is not None:
             self._complete(db, request_id, "", failure)
             failed.append(request_id)
@@ -502,6 +522,11 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         if name not in present:
             db.execute(f"ALTER TABLE requests ADD COLUMN {name} {definition}")
     db.execute("CREATE INDEX IF NOT EXISTS requests_by_turn ON requests (app_id, state, priority, seq)")
+
+
+def _start_timeout_failure(request: NewRequest) -> Failure:
+    message = f"the request did not start within {request.start_timeout_seconds:g} s of its submit"
+    return Failure("DEADLINE_EXCEEDED", message, "START_TIMEOUT")
 
 
 def _request_of(app_id: str, row: tuple[Any, ...]) -> tuple[int, str, NewRequest, int, float | None]:
