@@ -7,10 +7,11 @@ claims it — so the choice by priority and the claim are one step. With nothing
 on the app's doorbell list (BLPOP), which each submit rings once: one new request wakes one taker.
 `renew` restarts an entry's idle clock with XCLAIM JUSTID. Every change of state is one Lua script
 (redis_scripts.py, which also lays out the keys), so replicas racing for a request see it in exactly
-one state, and a request's FINISHED event is written with its result. A cancel of a running request
-is published on a channel each replica subscribes to from `connect` on, so the replica running it
-hears within milliseconds. Redis being down surfaces as Unavailable (reason QUEUE_UNAVAILABLE) after a
-short retry; the cancel subscription reconnects by itself.
+one state, and a request's FINISHED event is written with its result. A queued request past its start
+timeout fails as soon as anything reads it (`status`, a follower's idle poll, `depth`, a take or peek).
+A cancel of a running request is published on a channel each replica subscribes to from `connect` on,
+so the replica running it hears within milliseconds. Redis being down surfaces as Unavailable (reason
+QUEUE_UNAVAILABLE) after a short retry; the cancel subscription reconnects by itself.
 
 Durability is Redis's: with `appendonly yes` (and `appendfsync always` to lose not even the last second)
 a restart of Redis loses no request.
@@ -93,6 +94,7 @@ class RedisQueue:
         self._submit = client.register_script(scripts.SUBMIT)
         self._status = client.register_script(scripts.STATUS)
         self._peek = client.register_script(scripts.PEEK)
+        self._depth = client.register_script(scripts.DEPTH)
         self._take = client.register_script(scripts.TAKE)
         self._renew = client.register_script(scripts.RENEW)
         self._finish = client.register_script(scripts.FINISH)
@@ -159,7 +161,12 @@ class RedisQueue:
         return request_id
 
     async def status(self, request_id: str) -> Status:
-        found = await self._run(self._status, request_id)
+        # A queued request past its start timeout fails here, as a take would fail it: every reader (a follower's
+        # idle poll, `events`, the positions behind it) sees it failed, though no replica is taking.
+        while True:
+            found = await self._run(self._status, request_id, self._ttl_ms, MAX_EVENTS)
+            if found != [b"more"]:  # 'more': it failed a batch of those, and more may be left
+                break
         if found is None:
             raise NotFound(f"no request {request_id[:100]!r}", reason="UNKNOWN_REQUEST")
         position, flat = found
@@ -187,12 +194,11 @@ class RedisQueue:
                 return request_id.decode(), _request(app_id, *fields)
 
     async def depth(self, app_id: str) -> int:
-        with reachable(self._where):
-            async with self._client.pipeline(transaction=True) as both:
-                both.zcard(scripts.queued_key(self.key_prefix, app_id))
-                both.zcard(scripts.low_queued_key(self.key_prefix, app_id))
-                normal, low = await both.execute()
-        return int(normal) + int(low)
+        while True:
+            # -1: it failed a batch of requests past their start timeout, and more may be left.
+            queued = int(await self._run(self._depth, app_id, self._ttl_ms, MAX_EVENTS))
+            if queued >= 0:
+                return queued
 
     async def take(self, app_id: str, timeout: float) -> Claim | None:
         loop = asyncio.get_running_loop()

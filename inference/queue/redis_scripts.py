@@ -17,6 +17,8 @@ Keys, under a prefix P (`key_prefix`, "ferry"):
     P:queued:<app>     zset    queued NORMAL ids, and queued LOW ids, scored by submission order: the
     P:queued-low:<app>         exact position is ZRANK (LOW: ZCARD of the NORMAL set + ZRANK), the
                                depth the two ZCARDs
+    P:start-by:<app>   zset    queued ids that have a start timeout, scored by their deadline (ms): STATUS
+                               and DEPTH fail those past it first, so no reader sees one still queued
     P:doorbell:<app>   list    one ring per submit (at most MAX_RINGS kept): a waiting taker BLPOPs it,
                                so each new request wakes one taker, not all of them
     P:taken:<lease>    string  the request a TAKE handed out under that lease, kept one lease long: a
@@ -26,7 +28,9 @@ Keys, under a prefix P (`key_prefix`, "ferry"):
 
 Choosing and claiming are one script (TAKE): a lapsed request first, then the oldest NORMAL entry,
 then the oldest LOW one, so no NORMAL request can slip in between a taker's look at the NORMAL stream
-and its claim of a LOW entry. Start timeouts are judged by Redis's clock (TIME), not a replica's.
+and its claim of a LOW entry. Start timeouts are judged by Redis's clock (TIME), not a replica's; a
+request past its start timeout fails the moment anything reads it (status, its log, the depth, a take
+or peek), not only when a take reaches it.
 
 A script learns a request's app (so its stream) from the record, and a reclaimed entry's record from
 the entry, so the scripts derive keys from the prefix rather than receive them all as KEYS: this
@@ -86,6 +90,7 @@ local function complete(id, output, code, message, reason, ttl_ms, max_events)
     'failure_code', code, 'failure_message', message, 'failure_reason', reason)
   redis.call('HDEL', request, 'lease')
   redis.call('ZREM', queued_of(app, priority), id)
+  redis.call('ZREM', key('start-by', app), id)
   redis.call('XACK', stream, GROUP, entry)
   redis.call('XDEL', stream, entry)
   append(id, 'finished', '', max_events)
@@ -100,6 +105,19 @@ local function expire_if_late(id, ttl_ms, max_events)
   local message = string.format('the request did not start within %g s of its submit', tonumber(timeout))
   complete(id, '', 'DEADLINE_EXCEEDED', message, 'START_TIMEOUT', ttl_ms, max_events)
   return true
+end
+
+-- Fails the app's queued requests past their start timeout, the earliest deadline first, at most
+-- {HANDLED_PER_CALL}; true if more may be left (then the caller returns 'more' and is called again).
+local function expire_late(app, ttl_ms, max_events)
+  local start_by = key('start-by', app)
+  local late = redis.call('ZRANGEBYSCORE', start_by, '-inf', '(' .. now_ms(), 'LIMIT', 0, {HANDLED_PER_CALL})
+  for _, id in ipairs(late) do
+    local state = redis.call('HGET', key('request', id), 'state')
+    -- Not queued (taken meanwhile, or its record evicted): it only leaves the set.
+    if not (state == 'queued' and expire_if_late(id, ttl_ms, max_events)) then redis.call('ZREM', start_by, id) end
+  end
+  return #late == {HANDLED_PER_CALL}
 end
 
 -- The request as a claim or a peek shows it: {{id, attempt, path, input_json, expires_in, priority, start_timeout}}.
@@ -129,6 +147,7 @@ redis.call('HSET', request, 'app_id', app, 'path', ARGV[4], 'input_json', ARGV[5
   'priority', priority, 'start_timeout', ARGV[8], 'start_by', start_by, 'state', 'queued', 'attempt', 0,
   'entry', entry)
 redis.call('ZADD', queued_of(app, priority), order, id)
+if start_by ~= '' then redis.call('ZADD', key('start-by', app), start_by, id) end
 local doorbell = key('doorbell', app)
 redis.call('RPUSH', doorbell, 1)
 redis.call('LTRIM', doorbell, -{MAX_RINGS}, -1)
@@ -181,6 +200,7 @@ local function hand_out(priority, entry, id)
   attempt = attempt + 1
   redis.call('HSET', request, 'state', 'in_progress', 'attempt', attempt, 'lease', lease)
   redis.call('ZREM', queued_of(app, priority), id)
+  redis.call('ZREM', key('start-by', app), id)
   redis.call('SET', receipt, id, 'PX', lease_ms)
   return {{'claimed', unpack(described(id, attempt))}}
 end
@@ -227,15 +247,18 @@ return {{'none'}}
 """
 )
 
-# ARGV: prefix, id. {position in its app's queue (0 unless queued), the record as HGETALL gives it};
-# nil for an unknown (or expired) id.
+# ARGV: prefix, id, ttl_ms, max_events. {position in its app's queue (0 unless queued), the record as
+# HGETALL gives it}; nil for an unknown (or expired) id; {'more'} if it stopped after failing
+# HANDLED_PER_CALL of the app's requests past their start timeout (the id's own, or ones ahead of it).
 STATUS = (
     _COMMON
     + """
 local id = ARGV[2]
+local app = redis.call('HGET', key('request', id), 'app_id')
+if not app then return nil end
+if expire_late(app, ARGV[3], ARGV[4]) then return {'more'} end
 local record = redis.call('HGETALL', key('request', id))
-if #record == 0 then return nil end
-local app, state, priority = unpack(redis.call('HMGET', key('request', id), 'app_id', 'state', 'priority'))
+local state, priority = unpack(redis.call('HMGET', key('request', id), 'state', 'priority'))
 local position = 0
 if state == 'queued' then
   position = redis.call('ZRANK', queued_of(app, priority), id) or 0
@@ -269,6 +292,17 @@ for _, priority in ipairs({{'0', '1'}}) do
   end
 end
 return nil
+"""
+)
+
+# ARGV: prefix, app, ttl_ms, max_events. How many of the app's requests are queued, once those past their
+# start timeout are failed; -1 if it stopped after failing HANDLED_PER_CALL of them.
+DEPTH = (
+    _COMMON
+    + """
+local app = ARGV[2]
+if expire_late(app, ARGV[3], ARGV[4]) then return -1 end
+return redis.call('ZCARD', queued_of(app, '0')) + redis.call('ZCARD', queued_of(app, '1'))
 """
 )
 
@@ -352,14 +386,6 @@ def stream_key(prefix: str, app_id: str) -> str:
 
 def low_stream_key(prefix: str, app_id: str) -> str:
     return f"{prefix}:stream-low:{app_id}"
-
-
-def queued_key(prefix: str, app_id: str) -> str:
-    return f"{prefix}:queued:{app_id}"
-
-
-def low_queued_key(prefix: str, app_id: str) -> str:
-    return f"{prefix}:queued-low:{app_id}"
 
 
 def doorbell_key(prefix: str, app_id: str) -> str:

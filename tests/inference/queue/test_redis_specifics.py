@@ -297,6 +297,30 @@ async def test_take_and_peek_find_the_request_behind_more_timed_out_ones_than_on
     }
 
 
+async def behind_unread_timed_out_ones(queue: RedisQueue) -> tuple[list[str], str, str]:
+    """More requests past their start timeout than one script fails, none read since, then a NORMAL and a LOW one."""
+    late = [
+        await queue.submit(NewRequest("painter", "/", "{}", start_timeout_seconds=0.001))
+        for _ in range(3 * scripts.HANDLED_PER_CALL)
+    ]
+    normal = await queue.submit(job())
+    low = await queue.submit(NewRequest("painter", "/", "{}", priority=Priority.LOW))
+    await asyncio.sleep(0.05)
+    return late, normal, low
+
+
+async def test_positions_leave_out_timed_out_requests_ahead_that_nobody_read(queue: RedisQueue) -> None:
+    late, normal, low = await behind_unread_timed_out_ones(queue)
+    assert [(await queue.status(i)).position for i in (normal, low)] == [0, 1]
+    assert {(await queue.status(i)).state for i in late} == {State.COMPLETED}
+
+
+async def test_depth_leaves_out_timed_out_requests_that_nobody_read(queue: RedisQueue) -> None:
+    late, _, _ = await behind_unread_timed_out_ones(queue)
+    assert await queue.depth("painter") == 2
+    assert {(await queue.status(i)).state for i in late} == {State.COMPLETED}
+
+
 # -- an entry read but never claimed ---------------------------------------------------------
 # A replica reads and claims an entry in one script; a replica of an earlier version read first and
 # claimed after, and one that died in between left the entry pending, unclaimed.
