@@ -101,6 +101,20 @@ async def test_a_request_not_started_within_its_start_timeout_fails_and_never_ru
     assert [e.kind for e in await collect(queue.follow(late))] == [FINISHED]
 
 
+async def test_a_request_past_its_start_timeout_fails_at_once_even_while_no_replica_takes(
+    queue: RequestQueue,
+) -> None:
+    late = await queue.submit(NewRequest("painter", "/", "{}", start_timeout_seconds=0.2))
+    behind = await queue.submit(job())
+    following = asyncio.create_task(collect(queue.follow(late)))
+    await asyncio.sleep(0.5)  # nobody takes: every slot is busy elsewhere
+    status = await queue.status(late)
+    assert status.state == State.COMPLETED and status.failure is not None
+    assert status.failure.reason == "START_TIMEOUT"
+    assert (await queue.status(behind)).position == 0, "it no longer counts in the positions behind it"
+    assert [e.kind for e in await asyncio.wait_for(following, 5)] == [FINISHED]
+
+
 async def test_each_app_has_its_own_queue(queue: RequestQueue) -> None:
     await queue.submit(job("painter"))
     assert await queue.take("singer", timeout=0.2) is None
