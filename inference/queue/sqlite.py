@@ -235,8 +235,7 @@ class SqliteQueue:
 
     async def peek(self, app_id: str) -> tuple[str, NewRequest] | None:
         rows = await self._select(
-            f"{REQUEST_COLUMNS} WHERE app_id = ? AND state = ? AND {STARTABLE}"
-            " ORDER BY priority, seq LIMIT 1",
+            f"{REQUEST_COLUMNS} WHERE app_id = ? AND state = ? AND {STARTABLE} ORDER BY priority, seq LIMIT 1",
             (app_id, State.QUEUED, self.clock()),
         )
         if not rows:
