@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import grpc
 
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, NotFound
-from ferry.inference.queue.base import FINISHED, NewRequest, RequestQueue, State, Status
+from ferry.inference.queue.base import FINISHED, NewRequest, RequestQueue, State, Status, final_status
 from ferry.inference.request_events import LogLine, Progress, RequestEvent, decode
 from ferry.inference.runner import AppRunner
 from ferry.inference.webhooks import Delivery, WebhookSender, delivery_of
@@ -111,10 +111,7 @@ class Requests:
 
     async def outcome(self, request_id: str) -> Status:
         """The request's final status, once it has one."""
-        async for entry in self.queue.follow(request_id):
-            if entry.kind == FINISHED:
-                break
-        return await self.queue.status(request_id)
+        return await final_status(self.queue, request_id)
 
     async def cancel(self, request_id: str) -> tuple[State, bool]:
         return await self.queue.cancel(request_id)

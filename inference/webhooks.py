@@ -35,7 +35,7 @@ import aiohttp
 
 from ferry.backoff import backoff_seconds
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, NotFound, PermissionDenied
-from ferry.inference.queue.base import FINISHED, Claim, Failure, NewRequest, RequestQueue, State, Status
+from ferry.inference.queue.base import Claim, Failure, NewRequest, RequestQueue, State, Status, final_status
 from ferry.inference.queue.leases import keep_lease
 from ferry.services.downloader.guard import NetworkGuard
 
@@ -233,10 +233,7 @@ class WebhookSender:
 async def _outcome(queue: RequestQueue, request_id: str) -> Status | None:
     """The request's final status once it has one; None if it is unknown (never queued, or expired)."""
     try:
-        async for entry in queue.follow(request_id):
-            if entry.kind == FINISHED:
-                break
-        return await queue.status(request_id)
+        return await final_status(queue, request_id)
     except NotFound:
         return None
 

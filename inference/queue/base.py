@@ -161,3 +161,11 @@ class RequestQueue(Protocol):
     async def close(self) -> None:
         """Idempotent."""
         ...
+
+
+async def final_status(queue: RequestQueue, request_id: str) -> Status:
+    """The request's status once it has completed (waiting for it); `NotFound` if it is unknown or expired."""
+    async for entry in queue.follow(request_id):
+        if entry.kind == FINISHED:
+            break
+    return await queue.status(request_id)
