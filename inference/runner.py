@@ -40,7 +40,7 @@ from ferry.inference.context import RequestCancelled, RequestContext, using_cont
 from ferry.inference.input_parsing import parse_input
 from ferry.inference.inputs import InputFiles, discard, download_inputs, input_urls
 from ferry.inference.outputs import encode_outputs
-from ferry.inference.queue.base import DEFAULT_LEASE_SECONDS, Claim, Failure, RequestQueue
+from ferry.inference.queue.base import Claim, Failure, RequestQueue
 from ferry.inference.queue.leases import keep_lease
 from ferry.inference.request_events import LogLine, PartialOutput, Progress, RequestEvent, Started, encode
 from ferry.inference.services import ServiceClients
@@ -154,14 +154,12 @@ class AppRunner:
         queue: RequestQueue,
         workers: ThreadPoolExecutor,
         services: ServiceClients | None = None,
-        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         self.spec: AppSpec = describe(app_class)
         self.app = app_class()
         self.queue = queue
         self._threads = workers
         self.services = services or ServiceClients()
-        self._lease_seconds = lease_seconds  # the queue's: the runner renews it well before it lapses
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncio.Task[None] | None = None
         self.running: dict[str, Running] = {}
@@ -342,7 +340,7 @@ class AppRunner:
         expires_in = claim.request.expires_in
         events = EventWriter(self.queue, running.request_id)
         events.put(Started())
-        lease = asyncio.create_task(keep_lease(self.queue, claim, self._lease_seconds, running.withdraw))
+        lease = asyncio.create_task(keep_lease(self.queue, claim, running.withdraw))
         context = self._context(running, events)
         downloaded: dict[str, Path] = {}
         deadline = asyncio.timeout(self.spec.request_timeout_seconds)

@@ -220,10 +220,9 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
         from ferry.services.launch import CannotStart
 
         raise CannotStart(f"cannot open the request queue: {error.message}") from None
-    lease = config.inference.lease_seconds
     runners: dict[str, AppRunner] = {}
     for spec in config.inference.app:
-        runner = AppRunner(load_app(spec), queue=queue, workers=threads, services=services, lease_seconds=lease)
+        runner = AppRunner(load_app(spec), queue=queue, workers=threads, services=services)
         if runner.spec.app_id in runners:
             raise ValueError(f"two apps share the id {runner.spec.app_id!r}")
         runners[runner.spec.app_id] = runner
@@ -231,7 +230,7 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
     guard = NetworkGuard(downloads.allow_private_networks, downloads.allowed)  # the same guard as downloads
     secret, first_retry = config.inference.webhook_secret, config.inference.webhook_retry_seconds
     try:
-        webhooks = WebhookSender(queue, secret, guard, lease_seconds=lease, first_retry_seconds=first_retry)
+        webhooks = WebhookSender(queue, secret, guard, first_retry_seconds=first_retry)
     except ValueError as error:
         from ferry.services.launch import CannotStart
 

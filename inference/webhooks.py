@@ -116,14 +116,12 @@ class WebhookSender:
         secret: str | None,
         guard: NetworkGuard,
         *,
-        lease_seconds: float,
         first_retry_seconds: float = 5.0,
         max_retry_seconds: float = 1800.0,
     ) -> None:
         self.queue = queue
         self._key = secret_key(secret) if secret else None
         self.guard = guard
-        self.lease_seconds = lease_seconds
         self.first_retry_seconds = first_retry_seconds
         self.max_retry_seconds = max_retry_seconds
         self._tasks: list[asyncio.Task[None]] = []
@@ -177,7 +175,7 @@ class WebhookSender:
         def on_lost() -> None:
             lost.set()
 
-        lease = asyncio.create_task(keep_lease(self.queue, claim, self.lease_seconds, on_lost))
+        lease = asyncio.create_task(keep_lease(self.queue, claim, on_lost))
         try:
             failure = await _until(lost, self._attempts(claim))
             if not lost.is_set():

@@ -99,6 +99,9 @@ FINISHED = "finished"
 class RequestQueue(Protocol):
     """Every method is safe to call from any replica at any time, concurrently."""
 
+    # How long a claim lasts unless renewed: whoever holds one renews it from this, so the two never disagree.
+    lease_seconds: float
+
     async def submit(self, request: NewRequest, request_id: str | None = None) -> str:
         """Queue a request behind its app's others; its id (`request_id`, else a new one). Submitting an id
         that exists changes nothing."""

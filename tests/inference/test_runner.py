@@ -276,7 +276,7 @@ async def start(board: Board, services: FakeServices, open_queue: OpenQueue) -> 
     async def start_replica(app_class: type[BoardApp], lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Replica:
         queue = await open_queue(lease_seconds=lease_seconds)
         runner = AppRunner(  # the fake services, at the seam
-            app_class, queue=queue, workers=threads, services=services, lease_seconds=lease_seconds
+            app_class, queue=queue, workers=threads, services=services
         )
         runner.app.board = board
         await runner.start()
