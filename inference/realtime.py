@@ -28,13 +28,15 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from pydantic import BaseModel
 
 from ferry.errors import Cancelled, FerryError, InvalidArgument, NotFound
 from ferry.inference.context import RequestContext, logging_context, using_context
 from ferry.inference.input_parsing import parse_input
 from ferry.inference.outputs import encode_outputs
-from ferry.inference.runner import AppRunner, request_failure
+from ferry.inference.queue.base import Failure
+from ferry.inference.runner import AppRunner, failure_of, request_failure
 from ferry.request_scope import RequestScope, request_scope
 from ferry.v1 import common_pb2, inference_pb2
 
@@ -159,7 +161,7 @@ class RealtimeSession:
                         )
                     model = parse_input(self.endpoint.input_model, request.input_json)
                 except InvalidArgument as rejected:
-                    await outbox.put(inference_pb2.RealtimeResponse(error=request_error(rejected)))
+                    await outbox.put(inference_pb2.RealtimeResponse(error=request_error(failure_of(rejected))))
                 else:
                     await inputs.put(model)
         except Exception as error:  # noqa: BLE001 (the call itself broke: nothing more will come, and no one may be listening)
@@ -213,5 +215,7 @@ class RealtimeSession:
         return logging_context(self.request_id, where, log, self.cancelled)
 
 
-def request_error(error: FerryError) -> inference_pb2.RequestError:
-    return inference_pb2.RequestError(code=error.code.value[0], message=error.message, reason=error.reason)
+def request_error(failure: Failure) -> inference_pb2.RequestError:
+    """How a failure reads in a response (a realtime message's, a stream's, GetStatus's)."""
+    code = grpc.StatusCode[failure.code]
+    return inference_pb2.RequestError(code=code.value[0], message=failure.message, reason=failure.reason or code.name)

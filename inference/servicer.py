@@ -24,9 +24,9 @@ from ferry.client import INFERENCE_SERVICE
 from ferry.errors import FerryError, InvalidArgument
 from ferry.inference.app import load_app
 from ferry.inference.health import HealthProbe, health_service_name
-from ferry.inference.queue.base import NewRequest, Priority, RequestQueue, State, Status
+from ferry.inference.queue.base import NewRequest, Priority, RequestQueue, State
 from ferry.inference.queue.opening import open_queue
-from ferry.inference.realtime import RealtimeSession
+from ferry.inference.realtime import RealtimeSession, request_error
 from ferry.inference.request_events import LogLine, PartialOutput, Progress, Started
 from ferry.inference.requests import Finished, Queued, Requests, StreamEvent, output_of
 from ferry.inference.runner import AppRunner
@@ -140,7 +140,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if report.progress is not None:
             response.progress.CopyFrom(_progress(report.progress))
         if status.failure is not None:
-            response.error.CopyFrom(_request_error(status))
+            response.error.CopyFrom(request_error(status.failure))
         if (webhook := report.webhook) is not None:
             response.webhook.CopyFrom(
                 inference_pb2.WebhookDelivery(
@@ -311,7 +311,7 @@ def stream_response(request_id: str, event: StreamEvent) -> inference_pb2.Stream
     elif event.status.failure is None:
         response.completed.output_json = event.status.output_json
     else:
-        response.failed.error.CopyFrom(_request_error(event.status))
+        response.failed.error.CopyFrom(request_error(event.status.failure))
     return response
 
 
@@ -323,10 +323,3 @@ def _log_line(line: LogLine) -> inference_pb2.LogLine:
     message = inference_pb2.LogLine(level=line.level, message=line.message)
     message.time.FromNanoseconds(line.time_ns)
     return message
-
-
-def _request_error(status: Status) -> inference_pb2.RequestError:
-    failure = status.failure
-    assert failure is not None
-    code = grpc.StatusCode[failure.code]
-    return inference_pb2.RequestError(code=code.value[0], message=failure.message, reason=failure.reason or code.name)
