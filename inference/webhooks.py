@@ -171,11 +171,7 @@ class WebhookSender:
 
     async def _deliver(self, claim: Claim) -> None:
         lost = asyncio.Event()
-
-        def on_lost() -> None:
-            lost.set()
-
-        lease = asyncio.create_task(keep_lease(self.queue, claim, on_lost))
+        lease = asyncio.create_task(keep_lease(self.queue, claim, lost.set))
         try:
             failure = await _until(lost, self._attempts(claim))
             if not lost.is_set():
