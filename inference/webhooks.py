@@ -166,8 +166,12 @@ class WebhookSender:
                 log.warning("webhooks: cannot take a delivery: %s", error)
                 await asyncio.sleep(1.0)
                 continue
-            if claim is not None:
+            if claim is None:
+                continue
+            try:
                 await self._deliver(claim)
+            except FerryError as error:  # the queue went away mid-delivery: its lease lapses and it is taken again
+                log.warning("webhooks: delivery %s interrupted: %s", claim.request_id, error)
 
     async def _deliver(self, claim: Claim) -> None:
         lost = asyncio.Event()
