@@ -15,6 +15,10 @@ intact for the next attempt or the next backend.
 from __future__ import annotations
 
 import abc
+import base64
+import hashlib
+import re
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,15 +67,29 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def put_file(
-        self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
+        self,
+        path: Path,
+        *,
+        file_name: str,
+        content_type: str,
+        sha256: str,
+        expires_in: int | None,
+        object_id: str | None = None,
     ) -> StoredObject:
-        """Store the finished file at `path` (left in place: the caller deletes it)."""
+        """Store the finished file at `path` (left in place: the caller deletes it).
+
+        `object_id` (from `keyed_object_id`): store under that id, replacing the object already there, if any,
+        whole; None: under a fresh random id.
+        """
 
     @abc.abstractmethod
     async def put_bytes(
-        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None
+        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None, object_id: str | None = None
     ) -> StoredObject:
-        """Store `data`, a file already in memory (an encoded output), hashing it on the way: one worker-thread trip."""
+        """Store `data`, a file already in memory (an encoded output), hashing it on the way: one worker-thread trip.
+
+        `object_id` as for `put_file`.
+        """
 
     @abc.abstractmethod
     async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:
@@ -95,6 +113,33 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+# What `new_object_id` and `keyed_object_id` make: 22 URL-safe characters (128 bits).
+OBJECT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")
+
+
+def new_object_id() -> str:
+    """A fresh object id: 128 random bits, URL-safe. The id is in the object's URL, which is its capability."""
+    return secrets.token_urlsafe(16)
+
+
+def keyed_object_id(key: str) -> str:
+    """The object id an output key stands for, in the shape of `new_object_id`'s: the same key, the same id.
+
+    An Encode that carries a key (the runner's: request id and output field) stores under this id, so running
+    a request again after its replica died replaces its outputs rather than leaving the first run's behind.
+    Hashed, so the id reveals nothing of the key; as unguessable as the key is.
+    """
+    digest = hashlib.sha256(b"ferry-output-key\0" + key.encode()).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def check_object_id(object_id: str | None) -> str | None:
+    """`object_id` if it has an id's shape (it becomes a folder name or a key segment); None stays None."""
+    if object_id is not None and not OBJECT_ID_PATTERN.fullmatch(object_id):
+        raise InvalidArgument(f"{object_id[:40]!r} is not an object id", reason="BAD_OBJECT_ID")
+    return object_id
 
 
 def check_file_name(file_name: str) -> None:

@@ -167,23 +167,35 @@ class StorageChain(Storage):
         raise Unavailable("storage unavailable: " + "; ".join(failures), reason="STORAGE_UNAVAILABLE")
 
     async def put_file(
-        self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
+        self,
+        path: Path,
+        *,
+        file_name: str,
+        content_type: str,
+        sha256: str,
+        expires_in: int | None,
+        object_id: str | None = None,
     ) -> StoredObject:
         _, stored = await self._first_taker(
             "store a file",
             lambda backend: backend.put_file(
-                path, file_name=file_name, content_type=content_type, sha256=sha256, expires_in=expires_in
+                path,
+                file_name=file_name,
+                content_type=content_type,
+                sha256=sha256,
+                expires_in=expires_in,
+                object_id=object_id,
             ),
         )
         return stored
 
     async def put_bytes(
-        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None
+        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None, object_id: str | None = None
     ) -> StoredObject:
         _, stored = await self._first_taker(
             "store a file",
             lambda backend: backend.put_bytes(
-                data, file_name=file_name, content_type=content_type, expires_in=expires_in
+                data, file_name=file_name, content_type=content_type, expires_in=expires_in, object_id=object_id
             ),
         )
         return stored

@@ -10,7 +10,9 @@ An object exists once its sidecar does: the file is made durable in its own
 fresh folder first and the sidecar written last (temp + fsync + `os.replace`),
 so the CDN never sees a partial file, and a crash in between leaves an orphan
 folder the sweep removes. Ids are `secrets.token_urlsafe(16)` (128 random bits): the URL
-is the capability. Etags sort by the time the part arrived, so a re-sent part
+is the capability. An Encode with an output key stores under an id derived from
+it, replacing what is there: the new file is renamed over the old, then the
+sidecar is replaced, one writer per id at a time. Etags sort by the time the part arrived, so a re-sent part
 can drop its older copies without racing a concurrent re-send.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -26,8 +29,8 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -38,13 +41,16 @@ from ferry.errors import FerryError, InvalidArgument, NotFound, ResourceExhauste
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.storage.base import (
     MIN_PART_SIZE,
+    OBJECT_ID_PATTERN,
     Clock,
     Storage,
     StoredObject,
     check_file_name,
+    check_object_id,
     check_part_number,
     check_parts,
     expiry,
+    new_object_id,
     part_too_small,
     utc_now,
 )
@@ -53,16 +59,12 @@ from ferry.sizes import MIB
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16)
+ID_PATTERN = OBJECT_ID_PATTERN  # object ids and upload ids alike
 ETAG_PATTERN = re.compile(r"[0-9a-f]{32}")
 STATE_DIR = Path(".ferry") / "storage"
 UPLOAD_RECORD = "upload.json"
 TEMP_SUFFIX = ".ferry-tmp"
 COPY_BLOCK = MIB
-
-
-def new_id() -> str:
-    return secrets.token_urlsafe(16)
 
 
 def _new_etag() -> str:
@@ -79,6 +81,24 @@ def _replacing(target: Path) -> AbstractContextManager[BinaryIO]:
 
 
 STORED_FILE_MODE = 0o444
+
+
+def _publish(path: Path) -> None:
+    """Published bytes never change, and downloads of the stack's own URLs hard-link this very file into apps'
+    input folders: read-only, an app writing over its input fails instead of changing it (modes do not stop
+    root; the README says to treat inputs as read-only)."""
+    os.chmod(path, STORED_FILE_MODE)
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `folder` itself, held for the block: one writer of an object id at a time."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def _write_json_atomic(target: Path, record: dict[str, Any]) -> None:
@@ -249,19 +269,28 @@ class LocalStorage(Storage):
         )
 
     def _create_object(
-        self, fill: Callable[[Path], tuple[int, str]], *, file_name: str, content_type: str, expires_at: datetime | None
+        self,
+        fill: Callable[[Path], tuple[int, str]],
+        *,
+        file_name: str,
+        content_type: str,
+        expires_at: datetime | None,
+        object_id: str | None = None,
     ) -> StoredObject:
-        """A new object (call on a worker thread): `fill(target)` makes its file durable and returns
-        (size, sha256), then the sidecar commits it. If anything fails, nothing of it is left."""
-        object_id = new_id()
+        """An object made (call on a worker thread): `fill(target)` makes its file durable and returns
+        (size, sha256), then the sidecar commits it. If anything fails, nothing of it is left.
+
+        With `object_id` it replaces the object stored under that id, if any (`_replace_object`)."""
+        if object_id is not None:
+            return self._replace_object(
+                object_id, fill, file_name=file_name, content_type=content_type, expires_at=expires_at
+            )
+        object_id = new_object_id()
         folder = self.root / object_id
         try:
             folder.mkdir()
             size, sha256 = fill(folder / file_name)
-            # Published bytes never change, and downloads of the stack's own URLs hard-link this very file
-            # into apps' input folders: read-only, an app writing over its input fails instead of changing it
-            # (modes do not stop root; the README says to treat inputs as read-only).
-            os.chmod(folder / file_name, STORED_FILE_MODE)
+            _publish(folder / file_name)
             return self._commit_object(
                 object_id,
                 file_name=file_name,
@@ -274,8 +303,54 @@ class LocalStorage(Storage):
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
+    def _replace_object(
+        self,
+        object_id: str,
+        fill: Callable[[Path], tuple[int, str]],
+        *,
+        file_name: str,
+        content_type: str,
+        expires_at: datetime | None,
+    ) -> StoredObject:
+        """The object under `object_id` made anew: the new file is filled beside the old one and renamed over
+        it, then the sidecar is replaced. Writers of one id take turns (a lock on its folder, across processes);
+        a file hard-linked out of storage before (an app's input) keeps the bytes it had."""
+        folder = self.root / object_id
+        folder.mkdir(exist_ok=True)
+        with _folder_lock(folder):
+            before = self._read_object(object_id)
+            staging = folder / f".{secrets.token_hex(8)}{TEMP_SUFFIX}"
+            try:
+                size, sha256 = fill(staging)
+                _publish(staging)
+                os.replace(staging, folder / file_name)
+                fsync_folder(folder)
+                stored = self._commit_object(
+                    object_id,
+                    file_name=file_name,
+                    content_type=content_type,
+                    size=size,
+                    sha256=sha256,
+                    expires_at=expires_at,
+                )
+            except BaseException:
+                staging.unlink(missing_ok=True)
+                if before is None:  # nothing was stored here: leave no folder either
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise
+            if before is not None and before.file_name != file_name:
+                (folder / before.file_name).unlink(missing_ok=True)
+            return stored
+
     async def put_file(
-        self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
+        self,
+        path: Path,
+        *,
+        file_name: str,
+        content_type: str,
+        sha256: str,
+        expires_in: int | None,
+        object_id: str | None = None,
     ) -> StoredObject:
         check_file_name(file_name)
         expires_at = expiry(expires_in, self.clock())
@@ -285,11 +360,12 @@ class LocalStorage(Storage):
                 file_name=file_name,
                 content_type=content_type,
                 expires_at=expires_at,
+                object_id=check_object_id(object_id),
             )
         )
 
     async def put_bytes(
-        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None
+        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None, object_id: str | None = None
     ) -> StoredObject:
         check_file_name(file_name)
         expires_at = expiry(expires_in, self.clock())
@@ -299,6 +375,7 @@ class LocalStorage(Storage):
                 file_name=file_name,
                 content_type=content_type,
                 expires_at=expires_at,
+                object_id=check_object_id(object_id),
             )
         )
 
@@ -307,7 +384,7 @@ class LocalStorage(Storage):
         expiry(expires_in)  # validated now, counted from completion
 
         def create() -> str:
-            upload_id = new_id()
+            upload_id = new_object_id()
             folder = self.uploads / upload_id
             folder.mkdir()
             record = {"file_name": file_name, "content_type": content_type, "expires_in": expires_in}
@@ -397,7 +474,8 @@ class LocalStorage(Storage):
             if orphan and _modified_before(folder, stale_before):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
-        for temp in self.objects.glob(f"*{TEMP_SUFFIX}"):
+        # A replacement that crashed before its rename leaves its staging file in a live object's folder.
+        for temp in [*self.objects.glob(f"*{TEMP_SUFFIX}"), *self.root.glob(f"*/.*{TEMP_SUFFIX}")]:
             if _modified_before(temp, stale_before):
                 temp.unlink(missing_ok=True)
         # A folder's mtime moves with every part stored into it: it is the upload's last activity.

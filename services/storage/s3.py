@@ -39,8 +39,6 @@ import hmac
 import io
 import json
 import logging
-import re
-import secrets
 import shutil
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -60,14 +58,17 @@ from ferry.errors import FerryError, InvalidArgument, NotFound, PermissionDenied
 from ferry.file_names import is_safe_file_name
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.storage.base import (
+    OBJECT_ID_PATTERN,
     Clock,
     Storage,
     StoredObject,
     TransientStorageError,
     check_file_name,
+    check_object_id,
     check_part_number,
     check_parts,
     expiry,
+    new_object_id,
     utc_now,
 )
 from ferry.services.storage.ordered_hash import MAX_HELD_BYTES, OrderedSha256
@@ -94,7 +95,6 @@ _TRANSIENT_CODES = {
     "ServiceUnavailable",
 }
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
-_OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16), as _new_key makes
 _KEY_PLACEHOLDER = "ferry-key-placeholder"
 
 
@@ -246,8 +246,9 @@ class S3Storage(Storage):
 
     # -- objects -----------------------------------------------------------------
 
-    def _new_key(self, file_name: str) -> str:
-        return f"{self._key_prefix}{secrets.token_urlsafe(16)}/{file_name}"
+    def _new_key(self, file_name: str, object_id: str | None = None) -> str:
+        """Where an object goes: under `object_id` (a keyed Encode's, written over what is there) or a fresh one."""
+        return f"{self._key_prefix}{check_object_id(object_id) or new_object_id()}/{file_name}"
 
     def _url(self, key: str, expires_at: datetime | None) -> str:
         if self._public_url_base:
@@ -276,11 +277,18 @@ class S3Storage(Storage):
         )
 
     async def put_file(
-        self, path: Path, *, file_name: str, content_type: str, sha256: str, expires_in: int | None
+        self,
+        path: Path,
+        *,
+        file_name: str,
+        content_type: str,
+        sha256: str,
+        expires_in: int | None,
+        object_id: str | None = None,
     ) -> StoredObject:
         check_file_name(file_name)
         expires_at = expiry(expires_in, self.clock())
-        key = self._new_key(file_name)
+        key = self._new_key(file_name, object_id)
 
         def upload() -> StoredObject:
             # upload_file switches to its own parallel multipart upload for big files.
@@ -292,11 +300,11 @@ class S3Storage(Storage):
         return await self._call("upload", upload)
 
     async def put_bytes(
-        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None
+        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None, object_id: str | None = None
     ) -> StoredObject:
         check_file_name(file_name)
         expires_at = expiry(expires_in, self.clock())
-        key = self._new_key(file_name)
+        key = self._new_key(file_name, object_id)
 
         def upload() -> StoredObject:
             sha256 = hashlib.sha256(data).hexdigest()
@@ -599,7 +607,7 @@ class S3Storage(Storage):
         if not key.startswith(self._key_prefix):
             return None
         object_id, _, file_name = key.removeprefix(self._key_prefix).partition("/")
-        if not _OBJECT_ID.fullmatch(object_id) or not is_safe_file_name(file_name):
+        if not OBJECT_ID_PATTERN.fullmatch(object_id) or not is_safe_file_name(file_name):
             return None
         return key
 

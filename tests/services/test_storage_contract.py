@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import boto3
@@ -30,7 +31,7 @@ import pytest
 from yarl import URL
 
 from ferry.errors import FerryError, InvalidArgument, NotFound
-from ferry.services.storage.base import MIN_PART_SIZE, Storage
+from ferry.services.storage.base import MIN_PART_SIZE, Storage, keyed_object_id
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
@@ -200,6 +201,44 @@ async def test_names_that_are_not_plain_safe_file_names_are_refused(subject: Sub
     for name in UNSAFE_NAMES:
         refused = await refusal(put(subject.storage, tmp_path, b"x", file_name=name), f"the name {name!r}")
         assert (type(refused), refused.reason) == (InvalidArgument, "INVALID_FILE_NAME"), name
+    assert subject.stored_keys() == []
+
+
+# -- keyed object ids -------------------------------------------------------------
+
+
+async def test_storing_again_under_a_keyed_id_replaces_the_object_at_the_same_url(
+    subject: Subject, tmp_path: Path
+) -> None:
+    """How a request run twice (its replica died) leaves one object per output, holding the last run's bytes."""
+    object_id = keyed_object_id("salt/request-1/image#0")
+    first = await subject.storage.put_bytes(
+        b"first run", file_name="out.png", content_type="image/png", expires_in=None, object_id=object_id
+    )
+    second = await put(subject.storage, tmp_path, b"second run", object_id=object_id)
+
+    # Same place (a presigned URL's query carries its signing time, so only the path is compared).
+    assert first.key == second.key and urlsplit(first.url).path == urlsplit(second.url).path
+    assert (second.size, second.sha256) == (10, hashlib.sha256(b"second run").hexdigest())
+    assert await fetch(second.url) == (200, b"second run", "image/png")
+    assert len(subject.stored_keys()) == 1
+
+
+async def test_different_keys_and_no_key_store_apart(subject: Subject, tmp_path: Path) -> None:
+    keyed = [await put(subject.storage, tmp_path, b"x", object_id=keyed_object_id(f"k#{i}")) for i in range(2)]
+    fresh = [await put(subject.storage, tmp_path, b"x") for _ in range(2)]
+
+    assert len({stored.key for stored in keyed + fresh}) == 4
+    assert len(subject.stored_keys()) == 4
+
+
+BAD_OBJECT_IDS = ["", "..", "../../etc/passwd", "a/b", "x" * 21, "x" * 23, "has space" + "x" * 13]
+
+
+async def test_object_ids_not_shaped_like_ids_are_refused(subject: Subject, tmp_path: Path) -> None:
+    for object_id in BAD_OBJECT_IDS:
+        refused = await refusal(put(subject.storage, tmp_path, b"x", object_id=object_id), f"the id {object_id!r}")
+        assert (type(refused), refused.reason) == (InvalidArgument, "BAD_OBJECT_ID"), object_id
     assert subject.stored_keys() == []
 
 

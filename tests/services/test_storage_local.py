@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from ferry.errors import NotFound, ResourceExhausted
+from ferry.services.storage.base import keyed_object_id
 from ferry.services.storage.local import ID_PATTERN, LocalStorage
 from tests.services.storage_fixtures import TurnedClock, put, send_part, served_local_storage
 
@@ -162,6 +163,82 @@ async def test_the_sweep_clears_an_object_folder_that_never_got_its_metadata(sto
     assert await storage.sweep(datetime.now(UTC)) == 0  # might be a put in progress
     assert await storage.sweep(datetime.now(UTC) + timedelta(seconds=MAX_AGE + 1)) == 1
     assert not orphan.exists()
+
+
+# -- replacing a keyed object -----------------------------------------------------
+
+KEYED = keyed_object_id("salt/request/image#0")
+
+
+async def test_a_replaced_objects_earlier_bytes_stay_with_whoever_linked_them(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    """An app's input hard-linked from the first run keeps its bytes: the new file is renamed over the old."""
+    first = await storage.put_bytes(
+        b"first run", file_name="out.png", content_type="image/png", expires_in=None, object_id=KEYED
+    )
+    linked = tmp_path / "input.png"
+    os.link(storage.path_of(first), linked)
+
+    second = await put(storage, tmp_path, b"second run", object_id=KEYED)
+
+    assert linked.read_bytes() == b"first run"
+    assert storage.path_of(second).read_bytes() == b"second run"
+    assert storage.path_of(second).stat().st_mode & 0o777 == 0o444
+
+
+async def test_a_replacement_under_another_name_leaves_only_the_new_file(storage: LocalStorage, tmp_path: Path) -> None:
+    await put(storage, tmp_path, b"png bytes", object_id=KEYED, file_name="out.png")
+    second = await put(
+        storage, tmp_path, b"jpeg bytes", object_id=KEYED, file_name="out.jpg", content_type="image/jpeg"
+    )
+
+    assert [p.name for p in (storage.root / KEYED).iterdir()] == ["out.jpg"]
+    assert await fetch(second.url) == (200, b"jpeg bytes", "image/jpeg")
+
+
+async def test_a_replacement_that_fails_leaves_the_earlier_object_whole(
+    storage: LocalStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await put(storage, tmp_path, b"first run", object_id=KEYED)
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(ResourceExhausted):
+        await storage.put_bytes(
+            b"second", file_name="out.png", content_type="image/png", expires_in=None, object_id=KEYED
+        )
+    monkeypatch.undo()
+
+    assert await fetch(first.url) == (200, b"first run", "image/png")
+    assert [p.name for p in (storage.root / KEYED).iterdir()] == ["out.png"]  # no staging file left
+
+
+async def test_a_first_keyed_store_that_fails_leaves_no_folder(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(ResourceExhausted):
+        await storage.put_bytes(b"x", file_name="out.png", content_type="image/png", expires_in=None, object_id=KEYED)
+
+    assert object_folders(storage) == []
+
+
+async def test_the_sweep_clears_a_replacements_staging_file_a_crash_left(storage: LocalStorage, tmp_path: Path) -> None:
+    stored = await put(storage, tmp_path, b"kept", object_id=KEYED)
+    staging = storage.root / KEYED / ".0123456789abcdef.ferry-tmp"
+    staging.write_bytes(b"half")
+
+    assert await storage.sweep(datetime.now(UTC)) == 0  # might be a replacement in progress
+    await storage.sweep(datetime.now(UTC) + timedelta(seconds=MAX_AGE + 1))
+
+    assert not staging.exists()
+    assert await fetch(stored.url) == (200, b"kept", "image/png")
 
 
 # -- multipart ------------------------------------------------------------------
