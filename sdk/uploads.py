@@ -443,6 +443,9 @@ class EncodeOptions(TypedDict, total=False):
     audio: tuple[Any, int] | None  # (samples, sample_rate): an mp4's audio track
     sample_rate: int  # wav (required)
     sample_format: str  # wav: "pcm16" or "float32"
+    # Encoding again with the same key replaces the files stored before rather than adding new ones (the
+    # runner's own: request id and output field). The key decides the URL: make it unguessable.
+    output_key: str
 
 
 def build_encode(
@@ -466,6 +469,7 @@ def build_encode(
     audio: tuple[Any, int] | None = None,
     sample_rate: int = 0,
     sample_format: str = "pcm16",
+    output_key: str = "",
 ) -> tuple[encoder_pb2.EncodeHeader, TensorPayload, TensorPayload | None]:
     """The Encode stream's header and payloads: the one place encode options are understood."""
     payload = tensor_payload(tensor)
@@ -494,4 +498,5 @@ def build_encode(
             "sample_format": sample_format,
         },
     )
+    header.output_key = output_key
     return header, payload, audio_payload

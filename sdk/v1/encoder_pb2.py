@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from ferry.v1 import common_pb2 as ferry_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/encoder.proto\x12\x08\x66\x65rry.v1\x1a\x15\x66\x65rry/v1/common.proto\"\xdf\x01\n\x0cImageOptions\x12\x14\n\x07quality\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08lossless\x18\x02 \x01(\x08\x12\x1f\n\x12png_compress_level\x18\x03 \x01(\rH\x01\x88\x01\x01\x12)\n\x0bvalue_range\x18\x04 \x01(\x0e\x32\x14.ferry.v1.ValueRange\x12\x0f\n\x07\x61nimate\x18\x05 \x01(\x08\x12\x19\n\x11\x66rame_duration_ms\x18\x06 \x01(\r\x12\x0c\n\x04loop\x18\x07 \x01(\rB\n\n\x08_qualityB\x15\n\x13_png_compress_level\"I\n\nAudioTrack\x12&\n\x06tensor\x18\x01 \x01(\x0b\x32\x16.ferry.v1.TensorHeader\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\"\x87\x02\n\x0cVideoOptions\x12\x0b\n\x03\x66ps\x18\x01 \x01(\x01\x12\x10\n\x03\x63rf\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12\x38\n\x10\x63odec_preference\x18\x04 \x01(\x0e\x32\x1e.ferry.v1.VideoCodecPreference\x12\x30\n\x0fodd_size_policy\x18\x05 \x01(\x0e\x32\x17.ferry.v1.OddSizePolicy\x12)\n\x0bvalue_range\x18\x06 \x01(\x0e\x32\x14.ferry.v1.ValueRange\x12)\n\x0b\x61udio_track\x18\x07 \x01(\x0b\x32\x14.ferry.v1.AudioTrackB\x06\n\x04_crf\"W\n\x0c\x41udioOptions\x12\x13\n\x0bsample_rate\x18\x01 \x01(\r\x12\x32\n\rsample_format\x18\x02 \x01(\x0e\x32\x1b.ferry.v1.AudioSampleFormat\"\xcd\x02\n\x0c\x45ncodeHeader\x12&\n\x06tensor\x18\x01 \x01(\x0b\x32\x16.ferry.v1.TensorHeader\x12%\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x15.ferry.v1.MediaFormat\x12-\n\rchannel_order\x18\x03 \x01(\x0e\x32\x16.ferry.v1.ChannelOrder\x12\'\n\x05image\x18\x04 \x01(\x0b\x32\x16.ferry.v1.ImageOptionsH\x00\x12\'\n\x05video\x18\x05 \x01(\x0b\x32\x16.ferry.v1.VideoOptionsH\x00\x12\'\n\x05\x61udio\x18\x06 \x01(\x0b\x32\x16.ferry.v1.AudioOptionsH\x00\x12\x11\n\tfile_name\x18\x07 \x01(\t\x12&\n\tlifecycle\x18\x08 \x01(\x0b\x32\x13.ferry.v1.LifecycleB\t\n\x07options\"l\n\rEncodeRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.ferry.v1.EncodeHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x61udio_chunk\x18\x03 \x01(\x0cH\x00\x42\t\n\x07message\"/\n\x0e\x45ncodeResponse\x12\x1d\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x0e.ferry.v1.File\"\x85\x01\n\x0cUploadHeader\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x16\n\tfile_size\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12&\n\tlifecycle\x18\x04 \x01(\x0b\x32\x13.ferry.v1.LifecycleB\x0c\n\n_file_size\"U\n\rUploadRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.ferry.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07message\".\n\x0eUploadResponse\x12\x1c\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x0e.ferry.v1.File\"\x8c\x01\n\x13\x43reateUploadRequest\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x16\n\tfile_size\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12&\n\tlifecycle\x18\x04 \x01(\x0b\x32\x13.ferry.v1.LifecycleB\x0c\n\n_file_size\")\n\x14\x43reateUploadResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\":\n\x10UploadPartHeader\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x13\n\x0bpart_number\x18\x02 \x01(\r\"]\n\x11UploadPartRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.ferry.v1.UploadPartHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07message\"J\n\x12UploadPartResponse\x12\x13\n\x0bpart_number\x18\x01 \x01(\r\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x11\n\tpart_size\x18\x03 \x01(\x04\"2\n\rCompletedPart\x12\x13\n\x0bpart_number\x18\x01 \x01(\r\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"R\n\x15\x43ompleteUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12&\n\x05parts\x18\x02 \x03(\x0b\x32\x17.ferry.v1.CompletedPart\"6\n\x16\x43ompleteUploadResponse\x12\x1c\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x0e.ferry.v1.File\"\'\n\x12\x41\x62ortUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"\x15\n\x13\x41\x62ortUploadResponse*\xb1\x01\n\x0bMediaFormat\x12\x1c\n\x18MEDIA_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10MEDIA_FORMAT_PNG\x10\x01\x12\x15\n\x11MEDIA_FORMAT_JPEG\x10\x02\x12\x15\n\x11MEDIA_FORMAT_WEBP\x10\x03\x12\x14\n\x10MEDIA_FORMAT_GIF\x10\x04\x12\x14\n\x10MEDIA_FORMAT_MP4\x10\x05\x12\x14\n\x10MEDIA_FORMAT_WAV\x10\x06*^\n\x0c\x43hannelOrder\x12\x1d\n\x19\x43HANNEL_ORDER_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HANNEL_ORDER_LAST\x10\x01\x12\x17\n\x13\x43HANNEL_ORDER_FIRST\x10\x02*h\n\nValueRange\x12\x1b\n\x17VALUE_RANGE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VALUE_RANGE_ZERO_TO_ONE\x10\x01\x12 \n\x1cVALUE_RANGE_MINUS_ONE_TO_ONE\x10\x02*\x8b\x01\n\x14VideoCodecPreference\x12&\n\"VIDEO_CODEC_PREFERENCE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aVIDEO_CODEC_PREFERENCE_CPU\x10\x01\x12+\n\'VIDEO_CODEC_PREFERENCE_GPU_IF_AVAILABLE\x10\x02*e\n\rOddSizePolicy\x12\x1f\n\x1bODD_SIZE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13ODD_SIZE_POLICY_PAD\x10\x01\x12\x1a\n\x16ODD_SIZE_POLICY_REJECT\x10\x02*x\n\x11\x41udioSampleFormat\x12#\n\x1f\x41UDIO_SAMPLE_FORMAT_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41UDIO_SAMPLE_FORMAT_PCM16\x10\x01\x12\x1f\n\x1b\x41UDIO_SAMPLE_FORMAT_FLOAT32\x10\x02\x32\xc9\x03\n\x0e\x45ncoderService\x12=\n\x06\x45ncode\x12\x17.ferry.v1.EncodeRequest\x1a\x18.ferry.v1.EncodeResponse(\x01\x12=\n\x06Upload\x12\x17.ferry.v1.UploadRequest\x1a\x18.ferry.v1.UploadResponse(\x01\x12M\n\x0c\x43reateUpload\x12\x1d.ferry.v1.CreateUploadRequest\x1a\x1e.ferry.v1.CreateUploadResponse\x12I\n\nUploadPart\x12\x1b.ferry.v1.UploadPartRequest\x1a\x1c.ferry.v1.UploadPartResponse(\x01\x12S\n\x0e\x43ompleteUpload\x12\x1f.ferry.v1.CompleteUploadRequest\x1a .ferry.v1.CompleteUploadResponse\x12J\n\x0b\x41\x62ortUpload\x12\x1c.ferry.v1.AbortUploadRequest\x1a\x1d.ferry.v1.AbortUploadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/encoder.proto\x12\x08\x66\x65rry.v1\x1a\x15\x66\x65rry/v1/common.proto\"\xdf\x01\n\x0cImageOptions\x12\x14\n\x07quality\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08lossless\x18\x02 \x01(\x08\x12\x1f\n\x12png_compress_level\x18\x03 \x01(\rH\x01\x88\x01\x01\x12)\n\x0bvalue_range\x18\x04 \x01(\x0e\x32\x14.ferry.v1.ValueRange\x12\x0f\n\x07\x61nimate\x18\x05 \x01(\x08\x12\x19\n\x11\x66rame_duration_ms\x18\x06 \x01(\r\x12\x0c\n\x04loop\x18\x07 \x01(\rB\n\n\x08_qualityB\x15\n\x13_png_compress_level\"I\n\nAudioTrack\x12&\n\x06tensor\x18\x01 \x01(\x0b\x32\x16.ferry.v1.TensorHeader\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\"\x87\x02\n\x0cVideoOptions\x12\x0b\n\x03\x66ps\x18\x01 \x01(\x01\x12\x10\n\x03\x63rf\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12\x38\n\x10\x63odec_preference\x18\x04 \x01(\x0e\x32\x1e.ferry.v1.VideoCodecPreference\x12\x30\n\x0fodd_size_policy\x18\x05 \x01(\x0e\x32\x17.ferry.v1.OddSizePolicy\x12)\n\x0bvalue_range\x18\x06 \x01(\x0e\x32\x14.ferry.v1.ValueRange\x12)\n\x0b\x61udio_track\x18\x07 \x01(\x0b\x32\x14.ferry.v1.AudioTrackB\x06\n\x04_crf\"W\n\x0c\x41udioOptions\x12\x13\n\x0bsample_rate\x18\x01 \x01(\r\x12\x32\n\rsample_format\x18\x02 \x01(\x0e\x32\x1b.ferry.v1.AudioSampleFormat\"\xe1\x02\n\x0c\x45ncodeHeader\x12&\n\x06tensor\x18\x01 \x01(\x0b\x32\x16.ferry.v1.TensorHeader\x12%\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x15.ferry.v1.MediaFormat\x12-\n\rchannel_order\x18\x03 \x01(\x0e\x32\x16.ferry.v1.ChannelOrder\x12\'\n\x05image\x18\x04 \x01(\x0b\x32\x16.ferry.v1.ImageOptionsH\x00\x12\'\n\x05video\x18\x05 \x01(\x0b\x32\x16.ferry.v1.VideoOptionsH\x00\x12\'\n\x05\x61udio\x18\x06 \x01(\x0b\x32\x16.ferry.v1.AudioOptionsH\x00\x12\x11\n\tfile_name\x18\x07 \x01(\t\x12&\n\tlifecycle\x18\x08 \x01(\x0b\x32\x13.ferry.v1.Lifecycle\x12\x12\n\noutput_key\x18\t \x01(\tB\t\n\x07options\"l\n\rEncodeRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.ferry.v1.EncodeHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x61udio_chunk\x18\x03 \x01(\x0cH\x00\x42\t\n\x07message\"/\n\x0e\x45ncodeResponse\x12\x1d\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x0e.ferry.v1.File\"\x85\x01\n\x0cUploadHeader\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x16\n\tfile_size\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12&\n\tlifecycle\x18\x04 \x01(\x0b\x32\x13.ferry.v1.LifecycleB\x0c\n\n_file_size\"U\n\rUploadRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.ferry.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07message\".\n\x0eUploadResponse\x12\x1c\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x0e.ferry.v1.File\"\x8c\x01\n\x13\x43reateUploadRequest\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x16\n\tfile_size\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12&\n\tlifecycle\x18\x04 \x01(\x0b\x32\x13.ferry.v1.LifecycleB\x0c\n\n_file_size\")\n\x14\x43reateUploadResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\":\n\x10UploadPartHeader\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x13\n\x0bpart_number\x18\x02 \x01(\r\"]\n\x11UploadPartRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.ferry.v1.UploadPartHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07message\"J\n\x12UploadPartResponse\x12\x13\n\x0bpart_number\x18\x01 \x01(\r\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x11\n\tpart_size\x18\x03 \x01(\x04\"2\n\rCompletedPart\x12\x13\n\x0bpart_number\x18\x01 \x01(\r\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"R\n\x15\x43ompleteUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12&\n\x05parts\x18\x02 \x03(\x0b\x32\x17.ferry.v1.CompletedPart\"6\n\x16\x43ompleteUploadResponse\x12\x1c\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x0e.ferry.v1.File\"\'\n\x12\x41\x62ortUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"\x15\n\x13\x41\x62ortUploadResponse*\xb1\x01\n\x0bMediaFormat\x12\x1c\n\x18MEDIA_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10MEDIA_FORMAT_PNG\x10\x01\x12\x15\n\x11MEDIA_FORMAT_JPEG\x10\x02\x12\x15\n\x11MEDIA_FORMAT_WEBP\x10\x03\x12\x14\n\x10MEDIA_FORMAT_GIF\x10\x04\x12\x14\n\x10MEDIA_FORMAT_MP4\x10\x05\x12\x14\n\x10MEDIA_FORMAT_WAV\x10\x06*^\n\x0c\x43hannelOrder\x12\x1d\n\x19\x43HANNEL_ORDER_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HANNEL_ORDER_LAST\x10\x01\x12\x17\n\x13\x43HANNEL_ORDER_FIRST\x10\x02*h\n\nValueRange\x12\x1b\n\x17VALUE_RANGE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VALUE_RANGE_ZERO_TO_ONE\x10\x01\x12 \n\x1cVALUE_RANGE_MINUS_ONE_TO_ONE\x10\x02*\x8b\x01\n\x14VideoCodecPreference\x12&\n\"VIDEO_CODEC_PREFERENCE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aVIDEO_CODEC_PREFERENCE_CPU\x10\x01\x12+\n\'VIDEO_CODEC_PREFERENCE_GPU_IF_AVAILABLE\x10\x02*e\n\rOddSizePolicy\x12\x1f\n\x1bODD_SIZE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13ODD_SIZE_POLICY_PAD\x10\x01\x12\x1a\n\x16ODD_SIZE_POLICY_REJECT\x10\x02*x\n\x11\x41udioSampleFormat\x12#\n\x1f\x41UDIO_SAMPLE_FORMAT_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41UDIO_SAMPLE_FORMAT_PCM16\x10\x01\x12\x1f\n\x1b\x41UDIO_SAMPLE_FORMAT_FLOAT32\x10\x02\x32\xc9\x03\n\x0e\x45ncoderService\x12=\n\x06\x45ncode\x12\x17.ferry.v1.EncodeRequest\x1a\x18.ferry.v1.EncodeResponse(\x01\x12=\n\x06Upload\x12\x17.ferry.v1.UploadRequest\x1a\x18.ferry.v1.UploadResponse(\x01\x12M\n\x0c\x43reateUpload\x12\x1d.ferry.v1.CreateUploadRequest\x1a\x1e.ferry.v1.CreateUploadResponse\x12I\n\nUploadPart\x12\x1b.ferry.v1.UploadPartRequest\x1a\x1c.ferry.v1.UploadPartResponse(\x01\x12S\n\x0e\x43ompleteUpload\x12\x1f.ferry.v1.CompleteUploadRequest\x1a .ferry.v1.CompleteUploadResponse\x12J\n\x0b\x41\x62ortUpload\x12\x1c.ferry.v1.AbortUploadRequest\x1a\x1d.ferry.v1.AbortUploadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.v1.encoder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEDIAFORMAT']._serialized_start=2155
-  _globals['_MEDIAFORMAT']._serialized_end=2332
-  _globals['_CHANNELORDER']._serialized_start=2334
-  _globals['_CHANNELORDER']._serialized_end=2428
-  _globals['_VALUERANGE']._serialized_start=2430
-  _globals['_VALUERANGE']._serialized_end=2534
-  _globals['_VIDEOCODECPREFERENCE']._serialized_start=2537
-  _globals['_VIDEOCODECPREFERENCE']._serialized_end=2676
-  _globals['_ODDSIZEPOLICY']._serialized_start=2678
-  _globals['_ODDSIZEPOLICY']._serialized_end=2779
-  _globals['_AUDIOSAMPLEFORMAT']._serialized_start=2781
-  _globals['_AUDIOSAMPLEFORMAT']._serialized_end=2901
+  _globals['_MEDIAFORMAT']._serialized_start=2175
+  _globals['_MEDIAFORMAT']._serialized_end=2352
+  _globals['_CHANNELORDER']._serialized_start=2354
+  _globals['_CHANNELORDER']._serialized_end=2448
+  _globals['_VALUERANGE']._serialized_start=2450
+  _globals['_VALUERANGE']._serialized_end=2554
+  _globals['_VIDEOCODECPREFERENCE']._serialized_start=2557
+  _globals['_VIDEOCODECPREFERENCE']._serialized_end=2696
+  _globals['_ODDSIZEPOLICY']._serialized_start=2698
+  _globals['_ODDSIZEPOLICY']._serialized_end=2799
+  _globals['_AUDIOSAMPLEFORMAT']._serialized_start=2801
+  _globals['_AUDIOSAMPLEFORMAT']._serialized_end=2921
   _globals['_IMAGEOPTIONS']._serialized_start=60
   _globals['_IMAGEOPTIONS']._serialized_end=283
   _globals['_AUDIOTRACK']._serialized_start=285
@@ -53,37 +53,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDIOOPTIONS']._serialized_start=626
   _globals['_AUDIOOPTIONS']._serialized_end=713
   _globals['_ENCODEHEADER']._serialized_start=716
-  _globals['_ENCODEHEADER']._serialized_end=1049
-  _globals['_ENCODEREQUEST']._serialized_start=1051
-  _globals['_ENCODEREQUEST']._serialized_end=1159
-  _globals['_ENCODERESPONSE']._serialized_start=1161
-  _globals['_ENCODERESPONSE']._serialized_end=1208
-  _globals['_UPLOADHEADER']._serialized_start=1211
-  _globals['_UPLOADHEADER']._serialized_end=1344
-  _globals['_UPLOADREQUEST']._serialized_start=1346
-  _globals['_UPLOADREQUEST']._serialized_end=1431
-  _globals['_UPLOADRESPONSE']._serialized_start=1433
-  _globals['_UPLOADRESPONSE']._serialized_end=1479
-  _globals['_CREATEUPLOADREQUEST']._serialized_start=1482
-  _globals['_CREATEUPLOADREQUEST']._serialized_end=1622
-  _globals['_CREATEUPLOADRESPONSE']._serialized_start=1624
-  _globals['_CREATEUPLOADRESPONSE']._serialized_end=1665
-  _globals['_UPLOADPARTHEADER']._serialized_start=1667
-  _globals['_UPLOADPARTHEADER']._serialized_end=1725
-  _globals['_UPLOADPARTREQUEST']._serialized_start=1727
-  _globals['_UPLOADPARTREQUEST']._serialized_end=1820
-  _globals['_UPLOADPARTRESPONSE']._serialized_start=1822
-  _globals['_UPLOADPARTRESPONSE']._serialized_end=1896
-  _globals['_COMPLETEDPART']._serialized_start=1898
-  _globals['_COMPLETEDPART']._serialized_end=1948
-  _globals['_COMPLETEUPLOADREQUEST']._serialized_start=1950
-  _globals['_COMPLETEUPLOADREQUEST']._serialized_end=2032
-  _globals['_COMPLETEUPLOADRESPONSE']._serialized_start=2034
-  _globals['_COMPLETEUPLOADRESPONSE']._serialized_end=2088
-  _globals['_ABORTUPLOADREQUEST']._serialized_start=2090
-  _globals['_ABORTUPLOADREQUEST']._serialized_end=2129
-  _globals['_ABORTUPLOADRESPONSE']._serialized_start=2131
-  _globals['_ABORTUPLOADRESPONSE']._serialized_end=2152
-  _globals['_ENCODERSERVICE']._serialized_start=2904
-  _globals['_ENCODERSERVICE']._serialized_end=3361
+  _globals['_ENCODEHEADER']._serialized_end=1069
+  _globals['_ENCODEREQUEST']._serialized_start=1071
+  _globals['_ENCODEREQUEST']._serialized_end=1179
+  _globals['_ENCODERESPONSE']._serialized_start=1181
+  _globals['_ENCODERESPONSE']._serialized_end=1228
+  _globals['_UPLOADHEADER']._serialized_start=1231
+  _globals['_UPLOADHEADER']._serialized_end=1364
+  _globals['_UPLOADREQUEST']._serialized_start=1366
+  _globals['_UPLOADREQUEST']._serialized_end=1451
+  _globals['_UPLOADRESPONSE']._serialized_start=1453
+  _globals['_UPLOADRESPONSE']._serialized_end=1499
+  _globals['_CREATEUPLOADREQUEST']._serialized_start=1502
+  _globals['_CREATEUPLOADREQUEST']._serialized_end=1642
+  _globals['_CREATEUPLOADRESPONSE']._serialized_start=1644
+  _globals['_CREATEUPLOADRESPONSE']._serialized_end=1685
+  _globals['_UPLOADPARTHEADER']._serialized_start=1687
+  _globals['_UPLOADPARTHEADER']._serialized_end=1745
+  _globals['_UPLOADPARTREQUEST']._serialized_start=1747
+  _globals['_UPLOADPARTREQUEST']._serialized_end=1840
+  _globals['_UPLOADPARTRESPONSE']._serialized_start=1842
+  _globals['_UPLOADPARTRESPONSE']._serialized_end=1916
+  _globals['_COMPLETEDPART']._serialized_start=1918
+  _globals['_COMPLETEDPART']._serialized_end=1968
+  _globals['_COMPLETEUPLOADREQUEST']._serialized_start=1970
+  _globals['_COMPLETEUPLOADREQUEST']._serialized_end=2052
+  _globals['_COMPLETEUPLOADRESPONSE']._serialized_start=2054
+  _globals['_COMPLETEUPLOADRESPONSE']._serialized_end=2108
+  _globals['_ABORTUPLOADREQUEST']._serialized_start=2110
+  _globals['_ABORTUPLOADREQUEST']._serialized_end=2149
+  _globals['_ABORTUPLOADRESPONSE']._serialized_start=2151
+  _globals['_ABORTUPLOADRESPONSE']._serialized_end=2172
+  _globals['_ENCODERSERVICE']._serialized_start=2924
+  _globals['_ENCODERSERVICE']._serialized_end=3381
 # @@protoc_insertion_point(module_scope)

@@ -295,10 +295,17 @@ class EncodeHeader(_message.Message):
     AUDIO_FIELD_NUMBER: _builtins.int
     FILE_NAME_FIELD_NUMBER: _builtins.int
     LIFECYCLE_FIELD_NUMBER: _builtins.int
+    OUTPUT_KEY_FIELD_NUMBER: _builtins.int
     format: Global___MediaFormat.ValueType
     channel_order: Global___ChannelOrder.ValueType
     file_name: _builtins.str
     """Base name for the stored file(s); the extension follows the format."""
+    output_key: _builtins.str
+    """When set, the stored files' ids are derived from it (with each file's index in a batch), so encoding
+    again with the same key replaces those files instead of adding new ones: a request run a second time
+    after its replica died leaves one object per output. The runner sets it from the request id and the
+    output field. Unguessable keys only: the key names the URL. At most 256 bytes.
+    """
     @_builtins.property
     def tensor(self) -> _common_pb2.TensorHeader: ...
     @_builtins.property
@@ -320,10 +327,11 @@ class EncodeHeader(_message.Message):
         audio: Global___AudioOptions | None = ...,
         file_name: _builtins.str = ...,
         lifecycle: _common_pb2.Lifecycle | None = ...,
+        output_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "image", b"image", "lifecycle", b"lifecycle", "options", b"options", "tensor", b"tensor", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "channel_order", b"channel_order", "file_name", b"file_name", "format", b"format", "image", b"image", "lifecycle", b"lifecycle", "options", b"options", "tensor", b"tensor", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "channel_order", b"channel_order", "file_name", b"file_name", "format", b"format", "image", b"image", "lifecycle", b"lifecycle", "options", b"options", "output_key", b"output_key", "tensor", b"tensor", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_options: _TypeAlias = _typing.Literal["image", "video", "audio"]  # noqa: Y015
     _WhichOneofArgType_options: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015

@@ -87,7 +87,11 @@ class Encoder:
         for index, encoded in enumerate(images):
             name = f"{spec.base_name}{'' if len(images) == 1 else f'-{index}'}{encoded.extension}"
             stored = await self.storage.put_bytes(
-                encoded.data, file_name=name, content_type=encoded.content_type, expires_in=expires_in
+                encoded.data,
+                file_name=name,
+                content_type=encoded.content_type,
+                expires_in=expires_in,
+                object_id=spec.object_id(index),
             )
             files.append(EncodedFile(stored, ImageSize(encoded.width, encoded.height)))
         return files
@@ -97,7 +101,11 @@ class Encoder:
     ) -> EncodedFile:
         data, info = await fed(WavPipeline(spec, wav, self._run), chunks)
         stored = await self.storage.put_bytes(
-            data, file_name=f"{spec.base_name}.wav", content_type="audio/wav", expires_in=expires_in
+            data,
+            file_name=f"{spec.base_name}.wav",
+            content_type="audio/wav",
+            expires_in=expires_in,
+            object_id=spec.object_id(0),
         )
         return EncodedFile(stored, info)
 
@@ -115,6 +123,7 @@ class Encoder:
                 content_type="video/mp4",
                 sha256=sha256,
                 expires_in=expires_in,
+                object_id=spec.object_id(0),
             )
         finally:
             pipeline.path.unlink(missing_ok=True)  # storage linked or copied it; or it failed, and goes

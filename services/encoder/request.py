@@ -58,6 +58,7 @@ class EncodeHeader:
     channel_order: int = 0
     options: ImageOptions | VideoOptions | AudioOptions | None = None
     file_name: str = ""
+    output_key: str = ""  # "": fresh object ids; else ids derived from it, replacing what a same-key encode stored
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ def _encode_header(header: encoder_pb2.EncodeHeader) -> EncodeHeader:
         channel_order=header.channel_order,
         options=_options(header),
         file_name=header.file_name,
+        output_key=header.output_key,
     )
 
 

@@ -2,7 +2,7 @@
 
 Every rule a header can break is checked here, in one pass, in this order: the
 format; the tensor's dtype and shape, and the audio track's; the size cap; the
-file name; the channel order; then the medium's own rules (an image's options
+file name and output key; the channel order; then the medium's own rules (an image's options
 and layout; a video's frames, writer options and audio track; a wav's layout
 and options). The codec modules own each rule, and this module calls them on
 the shape alone (`tensors.shape_only`), so a rule is written once wherever it
@@ -31,7 +31,10 @@ from ferry.services.encoder.images import check_image_options
 from ferry.services.encoder.request import AudioOptions, EncodeHeader, ImageOptions, TensorHeader, VideoOptions
 from ferry.services.encoder.tensors import expected_bytes, image_batch, shape_only
 from ferry.services.encoder.video import check_audio_options, check_video_options
+from ferry.services.storage.base import keyed_object_id
 
+# An output key is hashed into object ids, so its length only bounds what a header may carry.
+MAX_OUTPUT_KEY_BYTES = 256
 IMAGE_FORMATS = {MediaFormat.PNG: "png", MediaFormat.JPEG: "jpeg", MediaFormat.WEBP: "webp", MediaFormat.GIF: "gif"}
 
 
@@ -89,6 +92,11 @@ class EncodeSpec:
     channel_order: ChannelOrder
     base_name: str  # the stored files' name before "-<index>" and the extension
     media: ImageSpec | VideoSpec | WavSpec
+    output_key: str = ""  # "": each file gets a fresh object id
+
+    def object_id(self, index: int) -> str | None:
+        """The id the `index`th stored file goes under: derived from the output key, or None for a fresh one."""
+        return keyed_object_id(f"{self.output_key}#{index}") if self.output_key else None
 
     @classmethod
     def from_header(cls, header: EncodeHeader, limits: EncodeLimits) -> EncodeSpec:
@@ -105,6 +113,7 @@ class EncodeSpec:
         if total > limits.max_bytes:
             raise ResourceExhausted(f"{total} bytes is over the {limits.max_bytes}-byte cap", reason="TENSOR_TOO_LARGE")
         name = base_name(header.file_name)
+        output_key = _output_key(header.output_key)
         order = choice(ChannelOrder, header.channel_order, field="channel_order", reason="BAD_CHANNEL_ORDER")
         media: ImageSpec | VideoSpec | WavSpec
         if media_format == MediaFormat.MP4:
@@ -114,7 +123,13 @@ class EncodeSpec:
         else:
             image = options if isinstance(options, ImageOptions) else ImageOptions()
             media = _image(IMAGE_FORMATS[media_format], tensor, order, image, limits)
-        return cls(tensor, order, name, media)
+        return cls(tensor, order, name, media, output_key)
+
+
+def _output_key(key: str) -> str:
+    if len(key.encode()) > MAX_OUTPUT_KEY_BYTES:
+        raise InvalidArgument(f"output_key is over {MAX_OUTPUT_KEY_BYTES} bytes", reason="BAD_OUTPUT_KEY")
+    return key
 
 
 def _tensor(header: TensorHeader) -> Tensor:

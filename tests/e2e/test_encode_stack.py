@@ -92,6 +92,40 @@ class TestImages:
         assert np.abs(decoded - smooth_image().astype(int)).max() <= 1
 
 
+class TestOutputKeys:
+    """An Encode with an output key (the runner's, for a request's outputs) replaces what the same key stored."""
+
+    def test_encoding_again_with_the_same_key_replaces_the_files_at_the_same_urls(self, stack, tmp_path):
+        _, client = stack
+        batch = np.stack([smooth_image(), 255 - smooth_image()])
+        first = client.encode_tensor(batch, "png", output_key="salt/request-1/images")
+        before = len(stored_files(tmp_path / "data0"))
+        again = client.encode_tensor(batch[::-1].copy(), "png", output_key="salt/request-1/images")
+
+        assert [f.url for f in again] == [f.url for f in first] and len({f.url for f in first}) == 2
+        assert len(stored_files(tmp_path / "data0")) == before
+        decoded = np.asarray(PILImage.open(io.BytesIO(fetch(again[0].url))).convert("RGB"))
+        assert np.array_equal(decoded, 255 - smooth_image())
+
+    def test_a_video_under_a_key_is_replaced_too_and_another_key_stores_apart(self, stack):
+        _, client = stack
+        frames = np.stack([smooth_image(32, 32)] * 4)
+        (first,) = client.encode_tensor(frames, "mp4", fps=8, output_key="salt/request-2/clip")
+        (again,) = client.encode_tensor(frames, "mp4", fps=8, output_key="salt/request-2/clip")
+        (other,) = client.encode_tensor(frames, "mp4", fps=8, output_key="salt/request-3/clip")
+
+        assert again.url == first.url != other.url
+
+    def test_an_output_key_over_256_bytes_is_refused_and_stores_nothing(self, stack, tmp_path):
+        _, client = stack
+        before = len(stored_files(tmp_path / "data0"))
+        with pytest.raises(ferry.FerryError) as refused:
+            client.encode_tensor(smooth_image(), "png", output_key="k" * 257)
+
+        assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_OUTPUT_KEY")
+        assert len(stored_files(tmp_path / "data0")) == before
+
+
 class TestStreamedJpeg:
     """An HW/HWC image's jpeg is encoded in strips as its rows arrive; the file decodes as a one-pass encode would."""
 

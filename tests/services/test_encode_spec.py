@@ -23,6 +23,7 @@ from ferry.services.encoder.request import (
     VideoOptions,
 )
 from ferry.services.encoder.spec import EncodeLimits, EncodeSpec, ImageSpec, VideoSpec, WavSpec
+from ferry.services.storage.base import keyed_object_id
 from ferry.v1 import common_pb2, encoder_pb2
 
 LIMITS = EncodeLimits(max_bytes=1 << 20, max_pixels=10_000)
@@ -80,6 +81,11 @@ REFUSED = {
     "a six-dimensional tensor": (header((1,) * 6, MediaFormat.PNG), InvalidArgument, "BAD_SHAPE"),
     "a tensor over the cap": (header((1024, 1025), MediaFormat.PNG), ResourceExhausted, "TENSOR_TOO_LARGE"),
     "an unsafe file name": (header((2, 2), MediaFormat.PNG, file_name=".."), InvalidArgument, "BAD_FILE_NAME"),
+    "an output key over 256 bytes": (
+        header((2, 2), MediaFormat.PNG, output_key="k" * 257),
+        InvalidArgument,
+        "BAD_OUTPUT_KEY",
+    ),
     "an unknown channel order": (
         header((2, 2), MediaFormat.PNG, channel_order=7),
         InvalidArgument,
@@ -235,6 +241,14 @@ def test_a_wav_spec_and_an_unnamed_output() -> None:
 
     assert spec.media == WavSpec(8000, choices.AudioSampleFormat.FLOAT32)
     assert spec.base_name == "output"
+
+
+def test_an_output_key_names_one_object_id_per_file_and_none_without_it() -> None:
+    keyed = EncodeSpec.from_header(header((2, 6, 8, 3), MediaFormat.PNG, output_key="salt/req/image"), LIMITS)
+    unkeyed = EncodeSpec.from_header(header((2, 6, 8, 3), MediaFormat.PNG), LIMITS)
+
+    assert keyed.object_id(0) == keyed_object_id("salt/req/image#0") != keyed.object_id(1)
+    assert unkeyed.object_id(0) is None
 
 
 def test_options_of_another_medium_leave_an_image_with_its_defaults() -> None:
