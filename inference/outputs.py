@@ -34,6 +34,7 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import grpc
@@ -79,8 +80,19 @@ def is_tensor(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (str, bytes))
 
 
-async def encode_outputs(client: Upstream, output_model: type[BaseModel], result: Any, expires_in: int | None) -> Any:
-    """`result` with each tensor in a media field replaced by its stored file; anything else is left as it is."""
+async def encode_outputs(
+    client: Upstream,
+    output_model: type[BaseModel],
+    result: Any,
+    expires_in: int | None,
+    output_key: str | None = None,
+) -> Any:
+    """`result` with each tensor in a media field replaced by its stored file; anything else is left as it is.
+
+    With `output_key`, each field's files are stored under ids derived from it and the field's name, so encoding
+    the same request's outputs again (a run after its replica died) replaces them instead of adding more.
+    """
+    storing = _Storing(client, expires_in, output_key)
     if isinstance(result, BaseModel):
         values = {name: getattr(result, name) for name in type(result).model_fields if hasattr(result, name)}
     elif isinstance(result, dict):
@@ -96,7 +108,7 @@ async def encode_outputs(client: Upstream, output_model: type[BaseModel], result
         target = _field_target(field)
         if target is None:
             continue
-        encoded = await _encode_value(client, name, value, target, expires_in)
+        encoded = await _encode_value(storing, name, value, target)
         if encoded is not value:
             values[key], replaced = encoded, True
     return values if replaced else result
@@ -104,6 +116,19 @@ async def encode_outputs(client: Upstream, output_model: type[BaseModel], result
 
 # (toolkit type, its Encode or None, whether the field is a list)
 _Target = tuple[type[File], "Encode | None", bool]
+
+
+@dataclass(frozen=True)
+class _Storing:
+    """Where and how one result's tensors are stored."""
+
+    client: Upstream
+    expires_in: int | None
+    output_key: str | None
+
+    def key_of(self, name: str) -> str:
+        """The output key of field `name` ("clips[2]" for a list's item); "" for fresh object ids."""
+        return f"{self.output_key}/{name}" if self.output_key else ""
 
 
 def check_encode_markers(model: type[BaseModel], where: str) -> None:
@@ -167,24 +192,24 @@ def _media_target(annotation: Any, in_list: bool = False) -> _Target | None:
     return None
 
 
-async def _encode_value(client: Upstream, name: str, value: Any, target: _Target, expires_in: int | None) -> Any:
+async def _encode_value(storing: _Storing, name: str, value: Any, target: _Target) -> Any:
     file_type, marker, is_list = target
     if not is_list:
         if not is_tensor(value):
             return value
-        files = await _encode(client, name, value, file_type, marker, expires_in)
+        files = await _encode(storing, name, value, file_type, marker)
         if len(files) != 1:
             raise OutputEncodingFailed(
                 f"output field {name!r} holds one {file_type.__name__} but its tensor encoded to {len(files)} files"
             )
         return files[0]
     if is_tensor(value):  # one batch tensor for a list field: a file per item
-        return await _encode(client, name, value, file_type, marker, expires_in)
+        return await _encode(storing, name, value, file_type, marker)
     if isinstance(value, (list, tuple)) and any(is_tensor(item) for item in value):
         items: list[Any] = []
         for index, item in enumerate(value):
             if is_tensor(item):
-                items.extend(await _encode(client, f"{name}[{index}]", item, file_type, marker, expires_in))
+                items.extend(await _encode(storing, f"{name}[{index}]", item, file_type, marker))
             else:
                 items.append(item)
         return items
@@ -192,7 +217,7 @@ async def _encode_value(client: Upstream, name: str, value: Any, target: _Target
 
 
 async def _encode(
-    client: Upstream, name: str, tensor: Any, file_type: type[File], marker: Encode | None, expires_in: int | None
+    storing: _Storing, name: str, tensor: Any, file_type: type[File], marker: Encode | None
 ) -> list[File]:
     format = (marker.format if marker else None) or _DEFAULT_FORMATS.get(file_type.media_kind or "")
     options = dict(marker.options) if marker else {}
@@ -206,9 +231,10 @@ async def _encode(
             f"output field {name!r} holds a tensor but no {required}: "
             f"annotate it Annotated[{file_type.__name__}, Encode({required}=...)]"
         )
-    options.setdefault("expires_in", expires_in)
+    options.setdefault("expires_in", storing.expires_in)
+    options["output_key"] = storing.key_of(name)
     try:
-        files = await client.encode_tensor(tensor, format, **options)
+        files = await storing.client.encode_tensor(tensor, format, **options)
         return [file_type.from_proto(file) for file in files]
     except (ValueError, TypeError) as error:  # the SDK refused the tensor or an option before sending
         raise OutputEncodingFailed(f"output field {name!r}: {error}") from None

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -84,7 +85,9 @@ class Requests:
                 raise FailedPrecondition("this server sends no webhooks", reason="NO_WEBHOOK_SECRET")
             self.webhooks.check(webhook_url)
             await self.webhooks.submit(request_id, webhook_url)
-        return await self.queue.submit(request, request_id)
+        # Random per request: its outputs' object ids derive from it, and an id derived from an idempotency
+        # key alone would let anyone who knows the key name the outputs' URLs.
+        return await self.queue.submit(replace(request, output_salt=secrets.token_urlsafe(16)), request_id)
 
     async def report(self, request_id: str) -> Report:
         status = await self.queue.status(request_id)

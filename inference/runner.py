@@ -62,6 +62,13 @@ class HandlerFailed(Internal):
     reason = "HANDLER_FAILED"
 
 
+def _output_key(claim: Claim) -> str | None:
+    """What the request's stored outputs' ids derive from, the same on every run of it; None: fresh ids
+    (a request queued by a version that gave it no salt)."""
+    salt = claim.request.output_salt
+    return f"{salt}/{claim.request_id}" if salt else None
+
+
 def failure_of(error: FerryError) -> Failure:
     return Failure(error.code.name, error.message, error.reason)
 
@@ -357,7 +364,9 @@ class AppRunner:
                         result = await self.call_handler(endpoint, running.input, context)
                     finally:
                         running.handler_returned.set()
-                result = await encode_outputs(self.services.client, endpoint.output_model, result, expires_in)
+                result = await encode_outputs(
+                    self.services.client, endpoint.output_model, result, expires_in, _output_key(claim)
+                )
             output = (
                 result if isinstance(result, endpoint.output_model) else endpoint.output_model.model_validate(result)
             )

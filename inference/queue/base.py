@@ -60,6 +60,9 @@ class NewRequest:
     priority: Priority = Priority.NORMAL
     # Not taken within this many seconds of its submit: it fails DEADLINE_EXCEEDED (START_TIMEOUT), never run.
     start_timeout_seconds: float | None = None
+    # Random, fixed at submit: every run of the request derives its outputs' object ids from it (and the request
+    # id), so a run after a replica died replaces what the first stored. "": outputs get fresh ids.
+    output_salt: str = ""
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,7 @@ class RedisQueue:
             str(int(request.priority)),
             "" if start_timeout is None else repr(start_timeout),
             start_timeout_ms,
+            request.output_salt,
         )
         return request_id
 
@@ -357,7 +358,13 @@ def _milliseconds(seconds: float) -> int:
 
 
 def _request(
-    app_id: str, path: bytes, input_json: bytes, expires_in: bytes, priority: bytes, start_timeout: bytes
+    app_id: str,
+    path: bytes,
+    input_json: bytes,
+    expires_in: bytes,
+    priority: bytes,
+    start_timeout: bytes,
+    output_salt: bytes,
 ) -> NewRequest:
     """A request as the scripts describe it (redis_scripts.py's `described`)."""
     return NewRequest(
@@ -367,6 +374,7 @@ def _request(
         int(expires_in) if expires_in else None,
         Priority(int(priority)),
         float(start_timeout) if start_timeout else None,
+        output_salt.decode(),
     )
 
 

@@ -3,8 +3,8 @@
 Keys, under a prefix P (`key_prefix`, "ferry"):
 
     P:request:<id>     hash    the record: app_id path input_json expires_in priority start_timeout start_by
-                               state attempt lease entry output_json failure_code failure_message
-                               failure_reason, and `events` (the last event's seq); PEXPIREd result_ttl
+                               output_salt state attempt lease entry output_json failure_code
+                               failure_message failure_reason, and `events` (the last event's seq); PEXPIREd result_ttl
                                after completion
     P:events:<id>      stream  the event log, entry ids 0-<seq> (seq from 1), trimmed to MAX_EVENTS;
                                expires with the record
@@ -120,16 +120,17 @@ local function expire_late(app, ttl_ms, max_events)
   return #late == {HANDLED_PER_CALL}
 end
 
--- The request as a claim or a peek shows it: {{id, attempt, path, input_json, expires_in, priority, start_timeout}}.
+-- The request as a claim or a peek shows it:
+-- {{id, attempt, path, input_json, expires_in, priority, start_timeout, output_salt}}.
 local function described(id, attempt)
   local fields = redis.call('HMGET', key('request', id), 'path', 'input_json', 'expires_in', 'priority',
-    'start_timeout')
-  return {{id, attempt, fields[1], fields[2], fields[3], fields[4] or '0', fields[5] or ''}}
+    'start_timeout', 'output_salt')
+  return {{id, attempt, fields[1], fields[2], fields[3], fields[4] or '0', fields[5] or '', fields[6] or ''}}
 end
 """
 
 # ARGV: prefix, id, app, path, input_json, expires_in ('' for none), priority ('0' NORMAL, '1' LOW),
-# start_timeout (seconds as given; '' for none), start timeout in ms ('' for no deadline).
+# start_timeout (seconds as given; '' for none), start timeout in ms ('' for no deadline), output_salt.
 # 1, or 0 for a retried submit.
 SUBMIT = (
     _COMMON
@@ -145,7 +146,7 @@ local order = redis.call('INCR', prefix .. ':submitted')
 local entry = redis.call('XADD', stream, '*', 'id', id)
 redis.call('HSET', request, 'app_id', app, 'path', ARGV[4], 'input_json', ARGV[5], 'expires_in', ARGV[6],
   'priority', priority, 'start_timeout', ARGV[8], 'start_by', start_by, 'state', 'queued', 'attempt', 0,
-  'entry', entry)
+  'entry', entry, 'output_salt', ARGV[10])
 redis.call('ZADD', queued_of(app, priority), order, id)
 if start_by ~= '' then redis.call('ZADD', key('start-by', app), start_by, id) end
 local doorbell = key('doorbell', app)

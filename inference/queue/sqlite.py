@@ -47,7 +47,8 @@ T = TypeVar("T")
 # A queued request that may still start: not past its start timeout (bound to the time as a parameter).
 STARTABLE = "(start_by IS NULL OR start_by >= ?)"
 REQUEST_COLUMNS = (
-    "SELECT seq, id, path, input_json, expires_in, priority, start_timeout, attempt, start_by FROM requests"
+    "SELECT seq, id, path, input_json, expires_in, priority, start_timeout, attempt, start_by, output_salt"
+    " FROM requests"
 )
 EVENTS_AFTER = "SELECT seq, kind, data FROM events WHERE request_id = ? AND seq > ? ORDER BY seq"
 
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS requests (
     priority INTEGER NOT NULL DEFAULT 0,  -- Priority: NORMAL before LOW
     start_timeout REAL,
     start_by REAL,  -- still queued then: failed START_TIMEOUT, never run
+    output_salt TEXT NOT NULL DEFAULT '',
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0,
     lease TEXT,
@@ -159,7 +161,7 @@ class SqliteQueue:
             start_by = None if timeout is None else self.clock() + timeout
             db.execute(
                 "INSERT OR IGNORE INTO requests (id, app_id, path, input_json, expires_in, priority, start_timeout,"
-                " start_by, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " start_by, output_salt, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request_id,
                     request.app_id,
@@ -169,6 +171,7 @@ class SqliteQueue:
                     int(request.priority),
                     timeout,
                     start_by,
+                    request.output_salt,
                     State.QUEUED,
                 ),
             )
@@ -512,7 +515,12 @@ class SqliteQueue:
 
 # Columns added since the first release of the file, with their definitions: a queue file written by an
 # earlier version gains them when opened (its requests keep NORMAL priority and no start timeout).
-ADDED_COLUMNS = {"priority": "INTEGER NOT NULL DEFAULT 0", "start_timeout": "REAL", "start_by": "REAL"}
+ADDED_COLUMNS = {
+    "priority": "INTEGER NOT NULL DEFAULT 0",
+    "start_timeout": "REAL",
+    "start_by": "REAL",
+    "output_salt": "TEXT NOT NULL DEFAULT ''",
+}
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
@@ -530,6 +538,6 @@ def _start_timeout_failure(request: NewRequest) -> Failure:
 
 def _request_of(app_id: str, row: tuple[Any, ...]) -> tuple[int, str, NewRequest, int, float | None]:
     """A REQUEST_COLUMNS row: its order, id, request, runs so far, and start deadline."""
-    seq, request_id, path, input_json, expires_in, priority, start_timeout, attempt, start_by = row
-    request = NewRequest(app_id, path, input_json, expires_in, Priority(priority), start_timeout)
+    seq, request_id, path, input_json, expires_in, priority, start_timeout, attempt, start_by, salt = row
+    request = NewRequest(app_id, path, input_json, expires_in, Priority(priority), start_timeout, salt)
     return seq, request_id, request, attempt, start_by

@@ -616,6 +616,26 @@ async def test_stopping_the_runner_stops_its_handlers_and_a_restart_runs_their_r
     assert sorted(handlers_started(timeline)) == ["running", "running", "waiting"]
 
 
+async def test_a_request_run_again_stores_its_outputs_under_the_same_keys_as_its_first_run(
+    start: Start, services: FakeServices
+) -> None:
+    """So a replica that dies after storing an output but before finishing leaves no second object behind."""
+    replica = await start(OneSlot, lease_seconds=SHORT_LEASE_SECONDS)
+    services.client.hold_encodes()
+    painted = await submit(replica, "painted", "/paint")
+    await until(lambda: len(services.client.encodes) == 1, "the first run's encode to start")
+
+    await replica.runner.stop()  # mid-encode: as far as the queue knows, the replica died there
+    services.client.release_encodes()
+    await start(OneSlot, lease_seconds=SHORT_LEASE_SECONDS)
+    await finished(painted)
+
+    assert (await painted.front.queue.status(painted.request_id)).attempt == 2
+    first_run, *second_run = [call.options["output_key"] for call in services.client.encodes]
+    assert first_run.endswith(f"/{painted.request_id}/image")
+    assert second_run == [first_run, first_run.replace("/image", "/preview")]
+
+
 # -- time limits --------------------------------------------------------------------------------
 
 
@@ -730,10 +750,15 @@ async def test_tensors_in_media_fields_are_encoded_with_each_fields_options_and_
     handle = await submit(replica, "painted", "/paint", expires_in=600)
     await finished(handle)
 
+    keys = [call.options.pop("output_key") for call in services.client.encodes]
     assert services.client.encodes == [
         EncodeCall((4, 6, 3), "png", {"expires_in": 600}),
         EncodeCall((4, 6, 3), "jpeg", {"quality": 80, "expires_in": 600}),
     ]
+    # Each field's files are named by the request (a random salt fixed at submit, and its id) and the field,
+    # so a run after a replica died replaces them.
+    salt = keys[0].split("/")[0]
+    assert keys == [f"{salt}/{handle.request_id}/image", f"{salt}/{handle.request_id}/preview"] and len(salt) >= 22
     result = await output(handle)
     image, preview = result["image"], result["preview"]
     assert (image["content_type"], image["width"], image["height"]) == ("image/png", 6, 4)

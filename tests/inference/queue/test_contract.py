@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -148,12 +149,15 @@ async def test_a_lease_that_lapses_hands_the_request_to_another_replica_and_void
     replicas: OpenReplica,
 ) -> None:
     dying, survivor = await replicas(lease_seconds=0.3), await replicas(lease_seconds=0.3)
-    request_id = await dying.submit(job())
+    submitted = replace(job(), output_salt="s4lt")
+    request_id = await dying.submit(submitted)
     first = await dying.take("painter", timeout=1)
     assert first is not None
     again = await survivor.take("painter", timeout=5)  # nothing renews the first lease
     assert again is not None and (again.request_id, again.attempt) == (request_id, 2)
     assert again.lease != first.lease
+    # The request as submitted, salt and all, on every delivery: a second run names its outputs as the first did.
+    assert first.request == again.request == submitted
     assert not await dying.renew(request_id, first.lease)
     assert not await dying.finish(request_id, first.lease, output_json='{"late": 1}')
     assert await survivor.finish(request_id, again.lease, output_json='{"second": 1}')

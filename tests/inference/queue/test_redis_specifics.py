@@ -235,8 +235,8 @@ async def test_a_waiting_take_woken_by_a_low_request_takes_the_normal_one_submit
     raw = redis.asyncio.from_url(server.url)
     await wait_until_a_take_is_blocked(raw)
     async with raw.pipeline(transaction=True) as together:  # both land before the woken take looks
-        together.eval(scripts.SUBMIT, 0, "ferry", "low", "painter", "/", "{}", "", "1", "", "")
-        together.eval(scripts.SUBMIT, 0, "ferry", "normal", "painter", "/", "{}", "", "0", "", "")
+        together.eval(scripts.SUBMIT, 0, "ferry", "low", "painter", "/", "{}", "", "1", "", "", "")
+        together.eval(scripts.SUBMIT, 0, "ferry", "normal", "painter", "/", "{}", "", "0", "", "", "")
         await together.execute()
     claim = await waiting
     assert claim is not None and claim.request_id == "normal"
@@ -251,7 +251,7 @@ async def test_a_ring_for_a_request_cancelled_meanwhile_keeps_the_take_waiting_f
     raw = redis.asyncio.from_url(server.url)
     await wait_until_a_take_is_blocked(raw)
     async with raw.pipeline(transaction=True) as submit_and_cancel:
-        submit_and_cancel.eval(scripts.SUBMIT, 0, "ferry", "gone", "painter", "/", "{}", "", "0", "", "")
+        submit_and_cancel.eval(scripts.SUBMIT, 0, "ferry", "gone", "painter", "/", "{}", "", "0", "", "", "")
         submit_and_cancel.eval(scripts.CANCEL, 0, "ferry", "gone", 60_000, 1000)
         await submit_and_cancel.execute()
     await wait_until_a_take_is_blocked(raw)  # woken for nothing, it waits again
@@ -365,7 +365,7 @@ async def test_a_submit_sent_twice_queues_the_request_once(server: RedisServer, 
     raw = redis.asyncio.from_url(server.url)
     submit = raw.register_script(scripts.SUBMIT)
     for _ in range(2):
-        await submit(args=["ferry", "retried-id", "painter", "/", "{}", "", "1", "30.0", "30000"])
+        await submit(args=["ferry", "retried-id", "painter", "/", "{}", "", "1", "30.0", "30000", "salt"])
     assert await queue.depth("painter") == 1
     assert await raw.xlen(scripts.low_stream_key("ferry", "painter")) == 1
     assert await raw.llen(doorbell_key("ferry", "painter")) == 1
