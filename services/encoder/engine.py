@@ -30,7 +30,7 @@ from ferry.services.encoder.spec import EncodeLimits, EncodeSpec, ImageSpec, Vid
 from ferry.services.encoder.video import VideoInfo
 from ferry.services.encoder.video_pipeline import VideoPipeline
 from ferry.services.encoder.wav_pipeline import WavPipeline
-from ferry.services.storage.base import Storage, StoredObject
+from ferry.services.storage.base import NewObject, Storage, StoredObject
 from ferry.sizes import MIB
 
 T = TypeVar("T")
@@ -86,13 +86,8 @@ class Encoder:
         files: list[EncodedFile] = []
         for index, encoded in enumerate(images):
             name = f"{spec.base_name}{'' if len(images) == 1 else f'-{index}'}{encoded.extension}"
-            stored = await self.storage.put_bytes(
-                encoded.data,
-                file_name=name,
-                content_type=encoded.content_type,
-                expires_in=expires_in,
-                object_id=spec.object_id(index),
-            )
+            new = NewObject(name, encoded.content_type, expires_in, spec.object_id(index))
+            stored = await self.storage.put_bytes(encoded.data, new)
             files.append(EncodedFile(stored, ImageSize(encoded.width, encoded.height)))
         return files
 
@@ -100,13 +95,8 @@ class Encoder:
         self, spec: EncodeSpec, wav: WavSpec, chunks: AsyncIterator[Chunk], expires_in: int | None
     ) -> EncodedFile:
         data, info = await fed(WavPipeline(spec, wav, self._run), chunks)
-        stored = await self.storage.put_bytes(
-            data,
-            file_name=f"{spec.base_name}.wav",
-            content_type="audio/wav",
-            expires_in=expires_in,
-            object_id=spec.object_id(0),
-        )
+        new = NewObject(f"{spec.base_name}.wav", "audio/wav", expires_in, spec.object_id(0))
+        stored = await self.storage.put_bytes(data, new)
         return EncodedFile(stored, info)
 
     async def _video(
@@ -117,14 +107,8 @@ class Encoder:
         try:
             info = await fed(pipeline, chunks)
             sha256 = await self._run(_sha256_file, pipeline.path)
-            stored = await self.storage.put_file(
-                pipeline.path,
-                file_name=f"{spec.base_name}.mp4",
-                content_type="video/mp4",
-                sha256=sha256,
-                expires_in=expires_in,
-                object_id=spec.object_id(0),
-            )
+            new = NewObject(f"{spec.base_name}.mp4", "video/mp4", expires_in, spec.object_id(0))
+            stored = await self.storage.put_file(pipeline.path, new, sha256)
         finally:
             pipeline.path.unlink(missing_ok=True)  # storage linked or copied it; or it failed, and goes
         return EncodedFile(stored, info)

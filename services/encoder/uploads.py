@@ -18,7 +18,7 @@ from pathlib import Path
 from ferry.errors import InvalidArgument
 from ferry.services.encoder.file_names import upload_name
 from ferry.services.encoder.incoming import IncomingFile
-from ferry.services.storage.base import Storage, StoredObject, check_part_number
+from ferry.services.storage.base import NewObject, Storage, StoredObject, check_part_number
 from ferry.services.storage.media_types import check_content_type
 
 
@@ -50,9 +50,7 @@ class Uploads:
         content_type = _content_type(header.content_type, header.file_name)
         name = upload_name(header.file_name, content_type)
         async with self._received(chunks, header.file_size) as (incoming, sha256):
-            return await self.storage.put_file(
-                incoming.path, file_name=name, content_type=content_type, sha256=sha256, expires_in=expires_in
-            )
+            return await self.storage.put_file(incoming.path, NewObject(name, content_type, expires_in), sha256)
 
     async def create(self, file_name: str, content_type: str, expires_in: int | None) -> str:
         """A multipart upload started; returns its id. The object's lifetime counts from completion."""

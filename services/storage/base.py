@@ -58,6 +58,25 @@ class StoredObject:
     backend: str  # "local" or "s3://bucket/prefix"
 
 
+@dataclass(frozen=True)
+class NewObject:
+    """What an object about to be stored is called and how long it lives; refused INVALID_ARGUMENT when made
+    with a name no backend stores, a lifetime none keeps, or an id not shaped like one."""
+
+    file_name: str
+    content_type: str
+    expires_in: int | None = None  # seconds from when it is stored; None keeps it forever
+    # From `keyed_object_id`: stored under that id, replacing whole the object already there, if any.
+    # None: under a fresh random id.
+    object_id: str | None = None
+
+    def __post_init__(self) -> None:
+        check_file_name(self.file_name)
+        if self.expires_in is not None:
+            check_expires_in(self.expires_in)
+        check_object_id(self.object_id)
+
+
 class TransientStorageError(Exception):
     """A failure worth retrying on the same backend: connection refused, 5xx, throttling."""
 
@@ -66,30 +85,12 @@ class Storage(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    async def put_file(
-        self,
-        path: Path,
-        *,
-        file_name: str,
-        content_type: str,
-        sha256: str,
-        expires_in: int | None,
-        object_id: str | None = None,
-    ) -> StoredObject:
-        """Store the finished file at `path` (left in place: the caller deletes it).
-
-        `object_id` (from `keyed_object_id`): store under that id, replacing the object already there, if any,
-        whole; None: under a fresh random id.
-        """
+    async def put_file(self, path: Path, new: NewObject, sha256: str) -> StoredObject:
+        """Store the finished file at `path` as `new` (left in place: the caller deletes it)."""
 
     @abc.abstractmethod
-    async def put_bytes(
-        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None, object_id: str | None = None
-    ) -> StoredObject:
-        """Store `data`, a file already in memory (an encoded output), hashing it on the way: one worker-thread trip.
-
-        `object_id` as for `put_file`.
-        """
+    async def put_bytes(self, data: bytes, new: NewObject) -> StoredObject:
+        """Store `data`, a file already in memory (an encoded output), hashing it on the way: one worker-thread trip."""
 
     @abc.abstractmethod
     async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:

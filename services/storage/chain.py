@@ -31,7 +31,7 @@ from typing import TypeVar
 
 from ferry.backoff import backoff_seconds
 from ferry.errors import NotFound, ResourceExhausted, Unavailable
-from ferry.services.storage.base import Storage, StoredObject, TransientStorageError
+from ferry.services.storage.base import NewObject, Storage, StoredObject, TransientStorageError
 from ferry.services.storage.breaker import Admission, Breaker
 
 log = logging.getLogger(__name__)
@@ -166,38 +166,12 @@ class StorageChain(Storage):
                     breaker.probe_ended()
         raise Unavailable("storage unavailable: " + "; ".join(failures), reason="STORAGE_UNAVAILABLE")
 
-    async def put_file(
-        self,
-        path: Path,
-        *,
-        file_name: str,
-        content_type: str,
-        sha256: str,
-        expires_in: int | None,
-        object_id: str | None = None,
-    ) -> StoredObject:
-        _, stored = await self._first_taker(
-            "store a file",
-            lambda backend: backend.put_file(
-                path,
-                file_name=file_name,
-                content_type=content_type,
-                sha256=sha256,
-                expires_in=expires_in,
-                object_id=object_id,
-            ),
-        )
+    async def put_file(self, path: Path, new: NewObject, sha256: str) -> StoredObject:
+        _, stored = await self._first_taker("store a file", lambda backend: backend.put_file(path, new, sha256))
         return stored
 
-    async def put_bytes(
-        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None, object_id: str | None = None
-    ) -> StoredObject:
-        _, stored = await self._first_taker(
-            "store a file",
-            lambda backend: backend.put_bytes(
-                data, file_name=file_name, content_type=content_type, expires_in=expires_in, object_id=object_id
-            ),
-        )
+    async def put_bytes(self, data: bytes, new: NewObject) -> StoredObject:
+        _, stored = await self._first_taker("store a file", lambda backend: backend.put_bytes(data, new))
         return stored
 
     async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:

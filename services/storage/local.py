@@ -43,10 +43,10 @@ from ferry.services.storage.base import (
     MIN_PART_SIZE,
     OBJECT_ID_PATTERN,
     Clock,
+    NewObject,
     Storage,
     StoredObject,
     check_file_name,
-    check_object_id,
     check_part_number,
     check_parts,
     expiry,
@@ -81,6 +81,8 @@ def _replacing(target: Path) -> AbstractContextManager[BinaryIO]:
 
 
 STORED_FILE_MODE = 0o444
+# Makes an object's file durable at the path it is given; returns its (size, sha256).
+Fill = Callable[[Path], tuple[int, str]]
 
 
 def _publish(path: Path) -> None:
@@ -247,71 +249,46 @@ class LocalStorage(Storage):
             return None
 
     def _commit_object(
-        self, object_id: str, *, file_name: str, content_type: str, size: int, sha256: str, expires_at: datetime | None
+        self, object_id: str, new: NewObject, size: int, sha256: str, expires_at: datetime | None
     ) -> StoredObject:
         record = {
-            "file_name": file_name,
-            "content_type": content_type,
+            "file_name": new.file_name,
+            "content_type": new.content_type,
             "size": size,
             "sha256": sha256,
             "expires_at": expires_at.isoformat() if expires_at else None,
         }
         _write_json_atomic(self.objects / f"{object_id}.json", record)
         return StoredObject(
-            url=self.url(object_id, file_name),
+            url=self.url(object_id, new.file_name),
             key=object_id,
-            file_name=file_name,
-            content_type=content_type,
+            file_name=new.file_name,
+            content_type=new.content_type,
             size=size,
             sha256=sha256,
             expires_at=expires_at,
             backend=self.name,
         )
 
-    def _create_object(
-        self,
-        fill: Callable[[Path], tuple[int, str]],
-        *,
-        file_name: str,
-        content_type: str,
-        expires_at: datetime | None,
-        object_id: str | None = None,
-    ) -> StoredObject:
-        """An object made (call on a worker thread): `fill(target)` makes its file durable and returns
+    def _create_object(self, fill: Fill, new: NewObject, expires_at: datetime | None) -> StoredObject:
+        """The object `new` made (call on a worker thread): `fill(target)` makes its file durable and returns
         (size, sha256), then the sidecar commits it. If anything fails, nothing of it is left.
 
-        With `object_id` it replaces the object stored under that id, if any (`_replace_object`)."""
-        if object_id is not None:
-            return self._replace_object(
-                object_id, fill, file_name=file_name, content_type=content_type, expires_at=expires_at
-            )
+        With an `object_id` it replaces the object stored under that id, if any (`_replace_object`)."""
+        if new.object_id is not None:
+            return self._replace_object(new.object_id, fill, new, expires_at)
         object_id = new_object_id()
         folder = self.root / object_id
         try:
             folder.mkdir()
-            size, sha256 = fill(folder / file_name)
-            _publish(folder / file_name)
-            return self._commit_object(
-                object_id,
-                file_name=file_name,
-                content_type=content_type,
-                size=size,
-                sha256=sha256,
-                expires_at=expires_at,
-            )
+            size, sha256 = fill(folder / new.file_name)
+            _publish(folder / new.file_name)
+            return self._commit_object(object_id, new, size, sha256, expires_at)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
-    def _replace_object(
-        self,
-        object_id: str,
-        fill: Callable[[Path], tuple[int, str]],
-        *,
-        file_name: str,
-        content_type: str,
-        expires_at: datetime | None,
-    ) -> StoredObject:
+    def _replace_object(self, object_id: str, fill: Fill, new: NewObject, expires_at: datetime | None) -> StoredObject:
         """The object under `object_id` made anew: the new file is filled beside the old one and renamed over
         it, then the sidecar is replaced. Writers of one id take turns (a lock on its folder, across processes);
         a file hard-linked out of storage before (an app's input) keeps the bytes it had."""
@@ -323,61 +300,31 @@ class LocalStorage(Storage):
             try:
                 size, sha256 = fill(staging)
                 _publish(staging)
-                os.replace(staging, folder / file_name)
+                os.replace(staging, folder / new.file_name)
                 fsync_folder(folder)
-                stored = self._commit_object(
-                    object_id,
-                    file_name=file_name,
-                    content_type=content_type,
-                    size=size,
-                    sha256=sha256,
-                    expires_at=expires_at,
-                )
+                stored = self._commit_object(object_id, new, size, sha256, expires_at)
             except BaseException:
                 staging.unlink(missing_ok=True)
                 if before is None:  # nothing was stored here: leave no folder either
                     shutil.rmtree(folder, ignore_errors=True)
                 raise
-            if before is not None and before.file_name != file_name:
+            if before is not None and before.file_name != new.file_name:
                 (folder / before.file_name).unlink(missing_ok=True)
             return stored
 
-    async def put_file(
-        self,
-        path: Path,
-        *,
-        file_name: str,
-        content_type: str,
-        sha256: str,
-        expires_in: int | None,
-        object_id: str | None = None,
-    ) -> StoredObject:
-        check_file_name(file_name)
-        expires_at = expiry(expires_in, self.clock())
+    async def put_file(self, path: Path, new: NewObject, sha256: str) -> StoredObject:
+        expires_at = expiry(new.expires_in, self.clock())
         return await _on_disk(
-            lambda: self._create_object(
-                lambda target: (_place(path, target), sha256),
-                file_name=file_name,
-                content_type=content_type,
-                expires_at=expires_at,
-                object_id=check_object_id(object_id),
-            )
+            lambda: self._create_object(lambda target: (_place(path, target), sha256), new, expires_at)
         )
 
-    async def put_bytes(
-        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None, object_id: str | None = None
-    ) -> StoredObject:
-        check_file_name(file_name)
-        expires_at = expiry(expires_in, self.clock())
-        return await _on_disk(
-            lambda: self._create_object(
-                lambda target: (_write_new(target, data), hashlib.sha256(data).hexdigest()),
-                file_name=file_name,
-                content_type=content_type,
-                expires_at=expires_at,
-                object_id=check_object_id(object_id),
-            )
-        )
+    async def put_bytes(self, data: bytes, new: NewObject) -> StoredObject:
+        expires_at = expiry(new.expires_in, self.clock())
+
+        def fill(target: Path) -> tuple[int, str]:
+            return _write_new(target, data), hashlib.sha256(data).hexdigest()
+
+        return await _on_disk(lambda: self._create_object(fill, new, expires_at))
 
     async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:
         check_file_name(file_name)
@@ -442,8 +389,7 @@ class LocalStorage(Storage):
                     raise part_too_small(number, size)
             stored = self._create_object(
                 lambda target: _concatenate(sources, target),
-                file_name=record["file_name"],
-                content_type=record["content_type"],
+                NewObject(record["file_name"], record["content_type"]),
                 expires_at=expiry(record["expires_in"], self.clock()),
             )
             shutil.rmtree(folder, ignore_errors=True)

@@ -60,11 +60,11 @@ from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.storage.base import (
     OBJECT_ID_PATTERN,
     Clock,
+    NewObject,
     Storage,
     StoredObject,
     TransientStorageError,
     check_file_name,
-    check_object_id,
     check_part_number,
     check_parts,
     expiry,
@@ -248,7 +248,7 @@ class S3Storage(Storage):
 
     def _new_key(self, file_name: str, object_id: str | None = None) -> str:
         """Where an object goes: under `object_id` (a keyed Encode's, written over what is there) or a fresh one."""
-        return f"{self._key_prefix}{check_object_id(object_id) or new_object_id()}/{file_name}"
+        return f"{self._key_prefix}{object_id or new_object_id()}/{file_name}"
 
     def _url(self, key: str, expires_at: datetime | None) -> str:
         if self._public_url_base:
@@ -276,44 +276,33 @@ class S3Storage(Storage):
             backend=self.name,
         )
 
-    async def put_file(
-        self,
-        path: Path,
-        *,
-        file_name: str,
-        content_type: str,
-        sha256: str,
-        expires_in: int | None,
-        object_id: str | None = None,
-    ) -> StoredObject:
-        check_file_name(file_name)
-        expires_at = expiry(expires_in, self.clock())
-        key = self._new_key(file_name, object_id)
+    async def put_file(self, path: Path, new: NewObject, sha256: str) -> StoredObject:
+        expires_at = expiry(new.expires_in, self.clock())
+        key = self._new_key(new.file_name, new.object_id)
 
         def upload() -> StoredObject:
             # upload_file switches to its own parallel multipart upload for big files.
-            extra = {"ContentType": content_type, "Metadata": _object_metadata(sha256, expires_at)}
+            extra = {"ContentType": new.content_type, "Metadata": _object_metadata(sha256, expires_at)}
             self._client.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
             size = path.stat().st_size
-            return self._stored(key, content_type=content_type, size=size, sha256=sha256, expires_at=expires_at)
+            return self._stored(key, content_type=new.content_type, size=size, sha256=sha256, expires_at=expires_at)
 
         return await self._call("upload", upload)
 
-    async def put_bytes(
-        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None, object_id: str | None = None
-    ) -> StoredObject:
-        check_file_name(file_name)
-        expires_at = expiry(expires_in, self.clock())
-        key = self._new_key(file_name, object_id)
+    async def put_bytes(self, data: bytes, new: NewObject) -> StoredObject:
+        expires_at = expiry(new.expires_in, self.clock())
+        key = self._new_key(new.file_name, new.object_id)
 
         def upload() -> StoredObject:
             sha256 = hashlib.sha256(data).hexdigest()
-            extra = {"ContentType": content_type, "Metadata": _object_metadata(sha256, expires_at)}
+            extra = {"ContentType": new.content_type, "Metadata": _object_metadata(sha256, expires_at)}
             if len(data) <= SINGLE_PUT_BYTES:
                 self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
             else:
                 self._client.upload_fileobj(io.BytesIO(data), self.bucket, key, ExtraArgs=extra)
-            return self._stored(key, content_type=content_type, size=len(data), sha256=sha256, expires_at=expires_at)
+            return self._stored(
+                key, content_type=new.content_type, size=len(data), sha256=sha256, expires_at=expires_at
+            )
 
         return await self._call("upload", upload)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ferry.services.storage.base import Storage, StoredObject
+from ferry.services.storage.base import NewObject, Storage, StoredObject
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
 
@@ -57,7 +57,7 @@ def a_file(folder: Path, data: bytes, name: str = "upload.incoming") -> Path:
 async def put(storage: Storage, tmp_path: Path, data: bytes, **options: Any) -> StoredObject:
     """`data` stored from a file, as out.png, image/png, kept forever, unless `options` say otherwise."""
     options = {"file_name": "out.png", "content_type": "image/png", "expires_in": None, **options}
-    return await storage.put_file(a_file(tmp_path, data), sha256=hashlib.sha256(data).hexdigest(), **options)
+    return await storage.put_file(a_file(tmp_path, data), NewObject(**options), hashlib.sha256(data).hexdigest())
 
 
 async def send_part(storage: Storage, tmp_path: Path, upload_id: str, number: int, data: bytes) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from ferry.services.storage.base import StoredObject
+from ferry.services.storage.base import NewObject, StoredObject
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
 from tests.services.storage_fixtures import TurnedClock
@@ -54,10 +54,8 @@ class Cdn:
         source.write_bytes(DATA)
         return await self.storage.put_file(
             source,
-            file_name=file_name,
-            content_type=content_type,
-            sha256=hashlib.sha256(DATA).hexdigest(),
-            expires_in=expires_in,
+            NewObject(file_name=file_name, content_type=content_type, expires_in=expires_in),
+            hashlib.sha256(DATA).hexdigest(),
         )
 
 

@@ -24,7 +24,7 @@ import ferry
 from ferry.errors import InvalidArgument, Unavailable
 from ferry.services.config import ServerConfig, StackConfig, StorageConfig
 from ferry.services.launch import Stack
-from ferry.services.storage.base import MIN_PART_SIZE, Storage, StoredObject
+from ferry.services.storage.base import MIN_PART_SIZE, NewObject, Storage, StoredObject
 from ferry.services.storage.breaker import Admission, Breaker
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage
@@ -176,7 +176,7 @@ def s3_at(endpoint_url: str, bucket: str = "media") -> S3Storage:
 
 async def put(chain: StorageChain, **options: Any) -> StoredObject:
     options = {"file_name": "out.png", "content_type": "image/png", "expires_in": None, **options}
-    return await chain.put_bytes(DATA, **options)
+    return await chain.put_bytes(DATA, NewObject(**options))
 
 
 class Watcher:

@@ -26,7 +26,7 @@ from moto.server import ThreadedMotoServer
 from ferry.errors import InvalidArgument, Unavailable
 from ferry.services.config import StorageConfig
 from ferry.services.storage.assembly import build_storage
-from ferry.services.storage.base import MIN_PART_SIZE, Storage
+from ferry.services.storage.base import MIN_PART_SIZE, NewObject, Storage
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
@@ -102,7 +102,7 @@ async def test_a_down_s3_is_retried_then_local_storage_takes_the_file(
 
 async def test_bytes_in_memory_fall_back_the_same_way(down: RawHttpServer, local: LocalStorage) -> None:
     stored = await chain_of(s3_at(down.url), local).put_bytes(
-        DATA, file_name="out.png", content_type="image/png", expires_in=None
+        DATA, NewObject(file_name="out.png", content_type="image/png", expires_in=None)
     )
 
     assert down.requests == 3

@@ -31,7 +31,7 @@ import pytest
 from yarl import URL
 
 from ferry.errors import FerryError, InvalidArgument, NotFound
-from ferry.services.storage.base import MIN_PART_SIZE, Storage, keyed_object_id
+from ferry.services.storage.base import MIN_PART_SIZE, NewObject, Storage, keyed_object_id
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage
 from ferry.services.storage.s3 import S3Storage
@@ -175,7 +175,7 @@ async def test_a_stored_file_is_served_at_its_url_with_its_name_type_size_and_ha
 
 async def test_bytes_in_memory_are_stored_and_hashed_by_the_storage(subject: Subject, clock: TurnedClock) -> None:
     stored = await subject.storage.put_bytes(
-        b"\xff\xd8 jpeg", file_name="out.jpg", content_type="image/jpeg", expires_in=60
+        b"\xff\xd8 jpeg", NewObject(file_name="out.jpg", content_type="image/jpeg", expires_in=60)
     )
 
     assert (stored.size, stored.sha256) == (7, hashlib.sha256(b"\xff\xd8 jpeg").hexdigest())
@@ -186,7 +186,7 @@ async def test_bytes_in_memory_are_stored_and_hashed_by_the_storage(subject: Sub
 async def test_the_callers_file_is_left_for_the_caller_to_delete(subject: Subject, tmp_path: Path) -> None:
     source = a_file(tmp_path, b"frames")
     stored = await subject.storage.put_file(
-        source, file_name="a.mp4", content_type="video/mp4", sha256="0" * 64, expires_in=None
+        source, NewObject(file_name="a.mp4", content_type="video/mp4", expires_in=None), "0" * 64
     )
 
     assert source.read_bytes() == b"frames"
@@ -213,7 +213,7 @@ async def test_storing_again_under_a_keyed_id_replaces_the_object_at_the_same_ur
     """How a request run twice (its replica died) leaves one object per output, holding the last run's bytes."""
     object_id = keyed_object_id("salt/request-1/image#0")
     first = await subject.storage.put_bytes(
-        b"first run", file_name="out.png", content_type="image/png", expires_in=None, object_id=object_id
+        b"first run", NewObject(file_name="out.png", content_type="image/png", expires_in=None, object_id=object_id)
     )
     second = await put(subject.storage, tmp_path, b"second run", object_id=object_id)
 

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from ferry.errors import NotFound, ResourceExhausted
-from ferry.services.storage.base import keyed_object_id
+from ferry.services.storage.base import NewObject, keyed_object_id
 from ferry.services.storage.local import ID_PATTERN, LocalStorage
 from tests.services.storage_fixtures import TurnedClock, put, send_part, served_local_storage
 
@@ -45,6 +45,15 @@ async def fetch(url: str) -> tuple[int, bytes, str | None]:
         return response.status, await response.read(), response.headers.get("Content-Type")
 
 
+def fill_the_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fsync from now on fails as on a full disk (until `monkeypatch.undo()`)."""
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+
+
 def object_folders(storage: LocalStorage) -> list[Path]:
     return list(storage.root.iterdir())
 
@@ -60,7 +69,9 @@ async def test_a_stored_files_url_is_the_cdns_files_path_with_its_name_quoted(
 async def test_bytes_in_memory_become_the_file_and_its_sidecar_with_no_temp_file_on_the_way(
     storage: LocalStorage, tmp_path: Path
 ) -> None:
-    stored = await storage.put_bytes(b"\xff\xd8 jpeg", file_name="out.jpg", content_type="image/jpeg", expires_in=60)
+    stored = await storage.put_bytes(
+        b"\xff\xd8 jpeg", NewObject(file_name="out.jpg", content_type="image/jpeg", expires_in=60)
+    )
 
     data_dir = tmp_path / "data"
     assert sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if p.is_file()) == sorted(
@@ -71,12 +82,9 @@ async def test_bytes_in_memory_become_the_file_and_its_sidecar_with_no_temp_file
 async def test_bytes_that_cannot_be_written_leave_no_object_behind(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full_disk(fd: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", full_disk)
+    fill_the_disk(monkeypatch)
     with pytest.raises(ResourceExhausted) as full:
-        await storage.put_bytes(b"pixels", file_name="out.png", content_type="image/png", expires_in=None)
+        await storage.put_bytes(b"pixels", NewObject(file_name="out.png", content_type="image/png", expires_in=None))
 
     assert full.value.reason == "DISK_FULL"
     assert object_folders(storage) == []
@@ -92,7 +100,7 @@ async def test_stored_files_are_read_only_since_published_bytes_never_change(
         stored = await put(storage, tmp_path, b"frames")
     elif how == "put_bytes":
         stored = await storage.put_bytes(
-            b"frames", file_name="a.bin", content_type="application/octet-stream", expires_in=None
+            b"frames", NewObject(file_name="a.bin", content_type="application/octet-stream", expires_in=None)
         )
     else:
         upload_id = await storage.create_multipart(
@@ -175,7 +183,7 @@ async def test_a_replaced_objects_earlier_bytes_stay_with_whoever_linked_them(
 ) -> None:
     """An app's input hard-linked from the first run keeps its bytes: the new file is renamed over the old."""
     first = await storage.put_bytes(
-        b"first run", file_name="out.png", content_type="image/png", expires_in=None, object_id=KEYED
+        b"first run", NewObject(file_name="out.png", content_type="image/png", expires_in=None, object_id=KEYED)
     )
     linked = tmp_path / "input.png"
     os.link(storage.path_of(first), linked)
@@ -202,13 +210,10 @@ async def test_a_replacement_that_fails_leaves_the_earlier_object_whole(
 ) -> None:
     first = await put(storage, tmp_path, b"first run", object_id=KEYED)
 
-    def full_disk(fd: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", full_disk)
+    fill_the_disk(monkeypatch)
     with pytest.raises(ResourceExhausted):
         await storage.put_bytes(
-            b"second", file_name="out.png", content_type="image/png", expires_in=None, object_id=KEYED
+            b"second", NewObject(file_name="out.png", content_type="image/png", expires_in=None, object_id=KEYED)
         )
     monkeypatch.undo()
 
@@ -219,12 +224,11 @@ async def test_a_replacement_that_fails_leaves_the_earlier_object_whole(
 async def test_a_first_keyed_store_that_fails_leaves_no_folder(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full_disk(fd: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", full_disk)
+    fill_the_disk(monkeypatch)
     with pytest.raises(ResourceExhausted):
-        await storage.put_bytes(b"x", file_name="out.png", content_type="image/png", expires_in=None, object_id=KEYED)
+        await storage.put_bytes(
+            b"x", NewObject(file_name="out.png", content_type="image/png", expires_in=None, object_id=KEYED)
+        )
 
     assert object_folders(storage) == []
 

@@ -25,7 +25,7 @@ import pytest
 from ferry.errors import InvalidArgument, Unavailable
 from ferry.services.config import StorageConfig
 from ferry.services.storage.assembly import build_storage
-from ferry.services.storage.base import MIN_PART_SIZE, TransientStorageError
+from ferry.services.storage.base import MIN_PART_SIZE, NewObject, TransientStorageError
 from ferry.services.storage.s3 import SINGLE_PUT_BYTES, S3Storage
 from tests.services.storage_fixtures import a_file, put, send_part
 
@@ -100,7 +100,7 @@ async def test_bytes_in_memory_become_an_object_hashed_by_the_storage(
     storage: S3Storage, s3: Any, bucket: str, size: int
 ) -> None:
     data = (b"pixels" * (size // 6 + 1))[:size]
-    stored = await storage.put_bytes(data, file_name="out.wav", content_type="audio/wav", expires_in=600)
+    stored = await storage.put_bytes(data, NewObject(file_name="out.wav", content_type="audio/wav", expires_in=600))
 
     assert (stored.size, stored.sha256) == (size, hashlib.sha256(data).hexdigest())
     assert get(stored.url) == data

@@ -24,6 +24,7 @@ import ferry
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import Downloader
 from ferry.services.downloader.own_storage import OwnStorage
+from ferry.services.storage.base import NewObject
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.s3 import S3Storage
 from tests.conftest import AWS_TEST_CREDENTIALS
@@ -86,7 +87,9 @@ def downloader(data_dir, signed, public, background_loop):
 
 
 def store(storage: S3Storage, background_loop, data: bytes, name: str = "clip.mp4", expires_in: int | None = None):
-    return background_loop.run(storage.put_bytes(data, file_name=name, content_type="video/mp4", expires_in=expires_in))
+    return background_loop.run(
+        storage.put_bytes(data, NewObject(file_name=name, content_type="video/mp4", expires_in=expires_in))
+    )
 
 
 def refusal(stub, **fields) -> ferry.FerryError:

@@ -24,6 +24,7 @@ import ferry
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import Downloader, DownloadJob
 from ferry.services.downloader.own_storage import OwnStorage
+from ferry.services.storage.base import NewObject
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
@@ -81,7 +82,7 @@ def downloader(data_dir, cdn, background_loop):
 
 def store(cdn: Cdn, background_loop, data: bytes, name: str = "photo.png", expires_in: int | None = None):
     return background_loop.run(
-        cdn.storage.put_bytes(data, file_name=name, content_type="image/png", expires_in=expires_in)
+        cdn.storage.put_bytes(data, NewObject(file_name=name, content_type="image/png", expires_in=expires_in))
     )
 
 
