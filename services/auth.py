@@ -59,15 +59,15 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 def cdn_auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Reads (GET, HEAD) are public — file URLs are capabilities; anything that writes needs the token."""
+    """Reads (GET, HEAD) of stored files are public — file URLs are capabilities; anything that writes to them
+    needs the token. The HTTP gateway's routes, beside them, forward their callers' credentials to gRPC."""
 
     @web.middleware
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD", "OPTIONS") and not bearer_matches(
-            request.headers.get("Authorization"), token
-        ):
+        writes_files = request.path.startswith("/files/") and request.method not in ("GET", "HEAD", "OPTIONS")
+        if writes_files and not bearer_matches(request.headers.get("Authorization"), token):
             raise web.HTTPUnauthorized(text="missing or wrong bearer token\n", headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
 

@@ -35,6 +35,8 @@ from ferry.services.config import (
     StackConfig,
     StorageConfig,
 )
+from ferry.services.gateway.channel import StackChannel
+from ferry.services.gateway.routes import add_gateway_routes
 from ferry.services.health import add_health
 from ferry.services.interceptors import StatusInterceptor
 from ferry.services.memory import keep_freed_memory
@@ -134,6 +136,7 @@ class Stack:
         self._grpc: grpc.aio.Server | None = None
         self._health: Any = None
         self._cdn: web.AppRunner | None = None
+        self._gateway: StackChannel | None = None
 
     async def start(self) -> None:
         cfg = self.config.server
@@ -177,13 +180,22 @@ class Stack:
         except (RuntimeError, OSError) as error:  # grpc raises RuntimeError for an address it cannot bind
             raise CannotStart(f"cannot listen on {address[:200]} for gRPC: {error}") from None
 
+    def _here(self) -> str:
+        """This server's gRPC address as a process on this machine reaches it."""
+        cfg = self.config.server
+        return _hostport("127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host, self.grpc_port)
+
     def _upstream(self) -> StackTarget:
         """Where hosted apps' downloads and encodes go: this server, unless --downloader / --encoder say otherwise."""
         cfg, inference = self.config.server, self.config.inference
-        here = _hostport("127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host, self.grpc_port)
         tls = cfg.tls_cert is not None
-        connection = Connection(inference.downloader or here, cfg.token, cfg.tls_cert if tls else None, tls)
-        return StackTarget(connection, inference.encoder or (here,))
+        connection = Connection(inference.downloader or self._here(), cfg.token, cfg.tls_cert if tls else None, tls)
+        return StackTarget(connection, inference.encoder or (self._here(),))
+
+    def _gateway_connection(self) -> Connection:
+        """How the HTTP face calls this server: without a token of its own (each call forwards its caller's)."""
+        tls_cert = self.config.server.tls_cert
+        return Connection(self._here(), None, tls_cert, tls_cert is not None)
 
     async def _start_storage(self) -> None:
         """Storage and the CDN that serves its local files; local URLs need the CDN's address first."""
@@ -220,7 +232,10 @@ class Stack:
                 ssl_context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
             except (ssl.SSLError, OSError) as error:
                 raise CannotStart(f"--tls-cert / --tls-key cannot be loaded: {error}") from None
-        runner = web.AppRunner(create_cdn_app(cfg.token, local), access_log=None)
+        app = create_cdn_app(cfg.token, local, max_body_bytes=max_receive_bytes(self.config))
+        self._gateway = StackChannel(self._gateway_connection)
+        add_gateway_routes(app, self._gateway)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.cdn_port, ssl_context=ssl_context)
         try:
@@ -251,6 +266,8 @@ class Stack:
             await close()
         if self._cdn is not None:
             await self._cdn.cleanup()
+        if self._gateway is not None:
+            await self._gateway.close()
 
 
 async def serve(config: StackConfig, services: Sequence[str], apps: Sequence[Any] = ()) -> int:

@@ -26,6 +26,7 @@ from ferry.services.storage.media_types import servable_content_type
 # Objects never change under their URL, so a lifetime cap is the only reason to revalidate.
 FOREVER_SECONDS = 365 * 24 * 3600
 LOCAL_STORAGE = web.AppKey("local_storage", LocalStorage)
+MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 
 
 async def _healthz(_request: web.Request) -> web.Response:
@@ -58,8 +59,12 @@ async def _serve_file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(local.path_of(stored), headers=headers)
 
 
-def create_cdn_app(token: str | None, local: LocalStorage | None = None) -> web.Application:
-    app = web.Application(middlewares=[cdn_auth_middleware(token)] if token else [])
+def create_cdn_app(
+    token: str | None, local: LocalStorage | None = None, max_body_bytes: int = 1024**2
+) -> web.Application:
+    """`max_body_bytes` caps what any route of the app (the gateway's, beside the files) reads of a body."""
+    app = web.Application(middlewares=[cdn_auth_middleware(token)] if token else [], client_max_size=max_body_bytes)
+    app[MAX_BODY_BYTES] = max_body_bytes
     app.router.add_get("/healthz", _healthz)
     if local is not None:
         app[LOCAL_STORAGE] = local

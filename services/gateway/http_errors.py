@@ -1,0 +1,46 @@
+"""A failed gRPC call as the reference platform's HTTP API answers it: a status code and `{"detail", "error_type"}`.
+
+One table, used by every REST route of the gateway (Connect has its own, defined by its protocol). The
+codes are chosen so the reference client retries only what is worth retrying: it retries 408, 409 and
+429 on its own, so nothing a caller must fix maps to those.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from ferry.errors import FerryError
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 422,  # the input broke the endpoint's schema, as the reference answers
+    grpc.StatusCode.FAILED_PRECONDITION: 400,  # e.g. the result of a request still running
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.ALREADY_EXISTS: 400,
+    grpc.StatusCode.CANCELLED: 400,  # the result of a cancelled request
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,  # over a size cap: not 429, which the client would retry
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+# Names the error's kind for the reference client, which reads it as `FalClientHTTPError.error_type`.
+ERROR_TYPE_HEADER = "X-Fal-Error-Type"
+
+
+def json_error(status: int, detail: str, error_type: str, **headers: str) -> web.Response:
+    """An error response in the reference platform's shape."""
+    body: dict[str, Any] = {"detail": detail, "error_type": error_type}
+    return web.json_response(body, status=status, headers={ERROR_TYPE_HEADER: error_type, **headers})
+
+
+def error_response(error: FerryError) -> web.Response:
+    """`error` (a failed call, or a request's failure) as its HTTP status and JSON body."""
+    status = HTTP_STATUS.get(error.code, 500)
+    return json_error(status, error.message, error.reason or error.code.name)
