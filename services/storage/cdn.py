@@ -16,12 +16,13 @@ it is only the URL's last segment, percent-encoded.
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import quote
 
 from aiohttp import web
 
 from ferry.services.auth import cdn_auth_middleware
 from ferry.services.storage.local import LocalStorage
-from ferry.services.storage.media_types import servable_content_type
+from ferry.services.storage.media_types import is_passive, servable_content_type
 
 # Objects never change under their URL, so a lifetime cap is the only reason to revalidate.
 FOREVER_SECONDS = 365 * 24 * 3600
@@ -48,12 +49,18 @@ async def _serve_file(request: web.Request) -> web.StreamResponse:
     stored = await local.find(request.match_info["id"], now)
     if stored is None or stored.file_name != request.match_info["name"]:
         raise web.HTTPNotFound()
+    content_type = servable_content_type(stored.content_type)
     headers = {
-        "Content-Type": servable_content_type(stored.content_type),
+        "Content-Type": content_type,
         "Cache-Control": _cache_control(stored.expires_at, now),
         # Content types come from uploaders: browsers must not second-guess them into HTML.
         "X-Content-Type-Options": "nosniff",
+        # The playground shares this origin: a stored file opened as a page runs nothing, in an origin of
+        # its own. Media shown in <img>/<video>/<audio> is unaffected.
+        "Content-Security-Policy": "sandbox",
     }
+    if not is_passive(content_type):  # HTML, SVG, XML, script: saved, never rendered here
+        headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(stored.file_name, safe='')}"
     # FileResponse answers Range, HEAD, ETag and conditional requests; if the
     # sweep removed the file since `find`, it answers 404 itself.
     return web.FileResponse(local.path_of(stored), headers=headers)

@@ -41,6 +41,16 @@ def check_content_type(value: str) -> str:
     return value
 
 
+# Shown in place by a browser without running anything: media, plain text, JSON. Everything else (HTML, SVG,
+# XML, JavaScript, PDF, what no one has thought of yet) may carry script, and is served as a download.
+_PASSIVE = re.compile(r"(image/(?!svg)|audio/|video/|text/plain\b|application/json\b|application/octet-stream\b)", re.I)
+
+
+def is_passive(content_type: str) -> bool:
+    """Whether a browser may show a file of this type in place: it cannot run script as a page."""
+    return _PASSIVE.match(content_type) is not None
+
+
 def servable_content_type(value: object) -> str:
     """The Content-Type to send for a stored value: itself when it is a media type, else a safe default.
 

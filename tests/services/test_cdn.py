@@ -96,6 +96,38 @@ async def test_a_file_is_served_with_its_stored_type_length_and_etag(cdn: Cdn, t
     assert reply.headers["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.parametrize(
+    ("file_name", "content_type"),
+    [
+        ("page.html", "text/html"),
+        ("logo.svg", "image/svg+xml"),
+        ("feed.xml", "application/xml"),
+        ("app.js", "text/javascript"),
+        ("doc.xhtml", "application/xhtml+xml; charset=utf-8"),
+    ],
+)
+async def test_a_file_that_could_run_script_is_a_sandboxed_download_never_a_page(
+    cdn: Cdn, tmp_path: Path, file_name: str, content_type: str
+) -> None:
+    stored = await cdn.put(tmp_path, file_name=file_name, content_type=content_type)
+    reply = await cdn.request("GET", f"/files/{stored.key}/{file_name}")
+
+    assert reply.headers["content-disposition"] == f"attachment; filename*=UTF-8''{file_name}"
+    assert reply.headers["content-security-policy"] == "sandbox"
+    assert reply.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "video/mp4", "audio/wav", "text/plain", "application/json"])
+async def test_media_and_plain_text_are_shown_in_place_yet_sandboxed(
+    cdn: Cdn, tmp_path: Path, content_type: str
+) -> None:
+    stored = await cdn.put(tmp_path, content_type=content_type)
+    reply = await cdn.request("GET", f"/files/{stored.key}/clip.bin")
+
+    assert "content-disposition" not in reply.headers
+    assert reply.headers["content-security-policy"] == "sandbox"
+
+
 async def test_head_answers_the_headers_without_the_body(cdn: Cdn, tmp_path: Path) -> None:
     stored = await cdn.put(tmp_path)
 
