@@ -95,15 +95,27 @@ class ServerConfig(Checked):
     tls_cert: Path | None = setting("PEM certificate chain: serve gRPC and the CDN over TLS")
     tls_key: Path | None = setting("PEM private key for --tls-cert")
     drain_seconds: float = setting("on SIGTERM/SIGINT, how long in-flight calls may finish", 30.0, at_least=0)
+    cors_origin: tuple[str, ...] = setting(
+        "an origin (https://app.example:8443) whose pages may call the HTTP API from a browser (repeatable; "
+        "default: none, same-origin only)",
+        (),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for origin in self.cors_origin:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"--cors-origin {origin[:100]!r} is not an origin like https://app.example:8443")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         for name in ("tls_cert", "tls_key"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{flag(name)} {str(path)[:200]!r}: no such file")
+
+
+# scheme://host[:port], nothing after: what a browser sends as its Origin header.
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)

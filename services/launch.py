@@ -36,6 +36,7 @@ from ferry.services.config import (
     StorageConfig,
 )
 from ferry.services.gateway.channel import StackChannel
+from ferry.services.gateway.cors import cors_middleware
 from ferry.services.gateway.routes import add_gateway_routes
 from ferry.services.health import add_health
 from ferry.services.interceptors import StatusInterceptor
@@ -233,6 +234,8 @@ class Stack:
             except (ssl.SSLError, OSError) as error:
                 raise CannotStart(f"--tls-cert / --tls-key cannot be loaded: {error}") from None
         app = create_cdn_app(cfg.token, local, max_body_bytes=max_receive_bytes(self.config))
+        if cfg.cors_origin:  # outermost: even a refusal is readable by an allowed page
+            app.middlewares.insert(0, cors_middleware(cfg.cors_origin))
         self._gateway = StackChannel(self._gateway_connection)
         add_gateway_routes(app, self._gateway)
         runner = web.AppRunner(app, access_log=None)
