@@ -233,11 +233,12 @@ class Stack:
                 ssl_context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
             except (ssl.SSLError, OSError) as error:
                 raise CannotStart(f"--tls-cert / --tls-key cannot be loaded: {error}") from None
-        app = create_cdn_app(cfg.token, local, max_body_bytes=max_receive_bytes(self.config))
+        max_body_bytes = max_receive_bytes(self.config)  # what the gRPC server behind the HTTP routes accepts
+        app = create_cdn_app(cfg.token, local, max_body_bytes=max_body_bytes)
         if cfg.cors_origin:  # outermost: even a refusal is readable by an allowed page
             app.middlewares.insert(0, cors_middleware(cfg.cors_origin))
         self._gateway = StackChannel(self._gateway_connection)
-        add_gateway_routes(app, self._gateway)
+        add_gateway_routes(app, self._gateway, max_body_bytes)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.cdn_port, ssl_context=ssl_context)
