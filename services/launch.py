@@ -37,6 +37,7 @@ from ferry.services.config import (
 )
 from ferry.services.gateway.channel import StackChannel
 from ferry.services.gateway.cors import cors_middleware
+from ferry.services.gateway.http_errors import json_errors_middleware
 from ferry.services.gateway.routes import add_gateway_routes
 from ferry.services.health import add_health
 from ferry.services.interceptors import StatusInterceptor
@@ -235,6 +236,7 @@ class Stack:
                 raise CannotStart(f"--tls-cert / --tls-key cannot be loaded: {error}") from None
         max_body_bytes = max_receive_bytes(self.config)  # what the gRPC server behind the HTTP routes accepts
         app = create_cdn_app(cfg.token, local, max_body_bytes=max_body_bytes)
+        app.middlewares.insert(0, json_errors_middleware)
         if cfg.cors_origin:  # outermost: even a refusal is readable by an allowed page
             app.middlewares.insert(0, cors_middleware(cfg.cors_origin))
         self._gateway = StackChannel(self._gateway_connection)

@@ -7,6 +7,7 @@ codes are chosen so the reference client retries only what is worth retrying: it
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -44,3 +45,23 @@ def error_response(error: FerryError) -> web.Response:
     """`error` (a failed call, or a request's failure) as its HTTP status and JSON body."""
     status = HTTP_STATUS.get(error.code, 500)
     return json_error(status, error.message, error.reason or error.code.name)
+
+
+@web.middleware
+async def json_errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own refusals (no such route 404, wrong method 405, body over the cap 413, a CDN write without
+    the token 401) in the same JSON shape as the routes' errors, rather than as text."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        kind = error.reason.upper().replace(" ", "_")
+        return json_error(error.status, error.text or error.reason, kind, **_kept_headers(error))
+
+
+def _kept_headers(error: web.HTTPException) -> dict[str, str]:
+    """What a refusal must still say besides its body: the methods a 405 allows, the scheme a 401 wants."""
+    return {name: error.headers[name] for name in ("Allow", "WWW-Authenticate") if name in error.headers}
