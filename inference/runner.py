@@ -195,8 +195,10 @@ class AppRunner:
     async def stop(self, grace_seconds: float = 0) -> None:
         """Stop taking requests; let the handlers running here finish for up to `grace_seconds`, then stop them.
 
-        The requests of handlers stopped are not failed: their leases lapse and
-        another replica (or this one, restarted) runs them again.
+        The requests of handlers stopped are not failed: they go back to the front
+        of the queue (released), and another replica (or this one, restarted) runs
+        them again without counting the run cut short as an attempt. If the queue
+        cannot be told, their leases lapse instead and the run counts.
         """
         for task in self._tasks:
             task.cancel()
@@ -205,11 +207,21 @@ class AppRunner:
         finishing = [r.task for r in self.running.values() if r.task is not None]
         if finishing and grace_seconds > 0:
             await asyncio.wait(finishing, timeout=grace_seconds)  # cancels still reach them meanwhile
-        for running in list(self.running.values()):
+        stopped = list(self.running.values())
+        for running in stopped:
             running.withdraw()
         if self._listener is not None:
             self._listener.cancel()
         await asyncio.gather(*finishing, *([self._listener] if self._listener else []), return_exceptions=True)
+        # The queue refuses a cancelled one, or one whose lease lapsed meanwhile: not this replica's to hand back.
+        for running in stopped:
+            await self._release(running.claim)
+
+    async def _release(self, claim: Claim) -> None:
+        try:
+            await self.queue.release(claim.request_id, claim.lease)
+        except FerryError as error:
+            log.warning("%s: cannot hand %s back (%s); its lease will lapse", self.app_id, claim.request_id, error)
 
     def validate(self, path: str, input_json: str) -> tuple[EndpointSpec, BaseModel]:
         """The endpoint and its parsed input; `NotFound` / `InvalidArgument` for what no handler could run."""

@@ -136,6 +136,12 @@ class RequestQueue(Protocol):
         lease is no longer the request's. The result lives `result_ttl` seconds from now."""
         ...
 
+    async def release(self, request_id: str, lease: str) -> bool:
+        """Hand a request back unfinished (its replica is stopping): QUEUED again at the front of its app's queue,
+        takeable at once, and the run that was cut short does not count as an attempt; False (and nothing
+        changes) when the lease is no longer the request's."""
+        ...
+
     async def cancel(self, request_id: str) -> tuple[State, bool]:
         """The state it was in, and whether this cancelled it. A queued request leaves the queue and completes
         CANCELLED at once; a running one completes CANCELLED and its replica hears of it through `cancellations`

@@ -98,6 +98,7 @@ class RedisQueue:
         self._take = client.register_script(scripts.TAKE)
         self._renew = client.register_script(scripts.RENEW)
         self._finish = client.register_script(scripts.FINISH)
+        self._release = client.register_script(scripts.RELEASE)
         self._cancel = client.register_script(scripts.CANCEL)
         self._append = client.register_script(scripts.APPEND)
         self._forget_consumer = client.register_script(scripts.FORGET_CONSUMER)
@@ -246,6 +247,10 @@ class RedisQueue:
             self._finish, request_id, lease, output_json, code, message, reason, self._ttl_ms, MAX_EVENTS
         )
         return bool(finished)
+
+    async def release(self, request_id: str, lease: str) -> bool:
+        released = await self._run(self._release, request_id, lease, self._consumer, _milliseconds(self.lease_seconds))
+        return bool(released)
 
     async def cancel(self, request_id: str) -> tuple[State, bool]:
         outcome = await self._run(self._cancel, request_id, self._ttl_ms, MAX_EVENTS)

@@ -146,7 +146,7 @@ local order = redis.call('INCR', prefix .. ':submitted')
 local entry = redis.call('XADD', stream, '*', 'id', id)
 redis.call('HSET', request, 'app_id', app, 'path', ARGV[4], 'input_json', ARGV[5], 'expires_in', ARGV[6],
   'priority', priority, 'start_timeout', ARGV[8], 'start_by', start_by, 'state', 'queued', 'attempt', 0,
-  'entry', entry, 'output_salt', ARGV[10])
+  'entry', entry, 'output_salt', ARGV[10], 'order', order)
 redis.call('ZADD', queued_of(app, priority), order, id)
 if start_by ~= '' then redis.call('ZADD', key('start-by', app), start_by, id) end
 local doorbell = key('doorbell', app)
@@ -316,6 +316,27 @@ local state, held, app, entry, priority = unpack(redis.call('HMGET', request, 's
   'priority'))
 if state ~= 'in_progress' or held ~= ARGV[3] then return 0 end
 redis.call('XCLAIM', stream_of(app, priority), GROUP, ARGV[4], 0, entry, 'JUSTID')
+return 1
+"""
+)
+
+# ARGV: prefix, id, lease, consumer, lease_ms. 1 if released: queued again in its place (its submission order; 0, the
+# front, for a record written before the order was kept), its attempt not counted, its entry claimable by the
+# next TAKE at once (idle as long as a lapsed lease), a waiting taker woken.
+RELEASE = (
+    _COMMON
+    + f"""
+local id = ARGV[2]
+local request = key('request', id)
+local state, held, app, entry, priority, attempt, order = unpack(redis.call('HMGET', request, 'state', 'lease',
+  'app_id', 'entry', 'priority', 'attempt', 'order'))
+if state ~= 'in_progress' or held ~= ARGV[3] then return 0 end
+redis.call('HSET', request, 'state', 'queued', 'attempt', tonumber(attempt) - 1, 'lease', '', 'start_by', '')
+redis.call('ZADD', queued_of(app, priority), tonumber(order) or 0, id)
+redis.call('XCLAIM', stream_of(app, priority), GROUP, ARGV[4], 0, entry, 'IDLE', tonumber(ARGV[5]) * 2, 'JUSTID')
+local doorbell = key('doorbell', app)
+redis.call('RPUSH', doorbell, 1)
+redis.call('LTRIM', doorbell, -{MAX_RINGS}, -1)
 return 1
 """
 )

@@ -364,6 +364,23 @@ class SqliteQueue:
             self._notify(request_id)
         return done
 
+    async def release(self, request_id: str, lease: str) -> bool:
+        def hand_back(db: sqlite3.Connection) -> str | None:
+            # Its submission order is kept, so it is next in line; it started once, so no start deadline is left.
+            changed = db.execute(
+                "UPDATE requests SET state = ?, attempt = attempt - 1, lease = NULL, lease_until = NULL,"
+                " start_by = NULL WHERE id = ? AND lease = ? AND state = ? RETURNING app_id",
+                (State.QUEUED, request_id, lease, State.IN_PROGRESS),
+            ).fetchone()
+            return None if changed is None else str(changed[0])
+
+        app_id = await self._run(self._transaction(hand_back))
+        if app_id is None:
+            return False
+        self._work[app_id].set()
+        self._notify(request_id)
+        return True
+
     def _complete(self, db: sqlite3.Connection, request_id: str, output_json: str, failure: Failure | None) -> None:
         code, message, reason = (failure.code, failure.message, failure.reason) if failure else (None, None, None)
         db.execute(

@@ -27,8 +27,8 @@ def replica(tmp_path: Path):
     """Start `ferry serve --app sample` on the shared data dir; every replica is stopped afterwards."""
     started: list[StackProcess] = []
 
-    def start() -> StackProcess:
-        stack = StackProcess(["--data-dir", str(tmp_path / "data"), "--app", APP, "--lease-seconds", "1"])
+    def start(*flags: str) -> StackProcess:
+        stack = StackProcess(["--data-dir", str(tmp_path / "data"), "--app", APP, "--lease-seconds", "1", *flags])
         started.append(stack)
         return stack.start()
 
@@ -106,3 +106,24 @@ async def test_a_replica_told_to_stop_lets_its_running_handler_finish_first(repl
     finally:
         await queue.close()
     assert (status.state, status.output_json, status.attempt) == (State.COMPLETED, '{"finished_steps":20}', 1)
+
+
+async def test_a_handler_still_running_when_the_drain_ends_goes_back_to_the_queue_without_counting(
+    replica, tmp_path: Path
+) -> None:
+    stack = replica("--drain-seconds", "0.2", "--lease-seconds", "600")  # a lease no test would outwait
+    request_id = submit(stack, "/slow", '{"steps": 400, "step_seconds": 0.05}')
+    wait_for(lambda: state(stack, request_id).state == inference_pb2.REQUEST_STATE_IN_PROGRESS, "it to start")
+
+    stack.signal(signal.SIGTERM)  # the handler outlasts the drain: stopped, and handed back
+    assert stack.wait() == 0
+    queue = await SqliteQueue.open(tmp_path / "data" / "queue.sqlite3")
+    try:
+        handed_back = await queue.status(request_id)
+    finally:
+        await queue.close()
+    assert (handed_back.state, handed_back.position, handed_back.attempt) == (State.QUEUED, 0, 0)
+
+    restarted = replica("--lease-seconds", "600")
+    wait_for(lambda: state(restarted, request_id).state == inference_pb2.REQUEST_STATE_IN_PROGRESS, "it to run again")
+    assert state(restarted, request_id).attempt == 1

@@ -605,19 +605,21 @@ async def test_stopping_the_runner_stops_its_handlers_and_a_restart_runs_their_r
     await replica.runner.stop()
 
     assert "handler running cancelled" in timeline
-    assert await states(running, waiting) == [State.IN_PROGRESS, State.QUEUED], "neither failed: both run again"
+    # Neither failed: the stopped one was handed back to the front of the queue, ahead of the one waiting.
+    assert await states(running, waiting) == [State.QUEUED, State.QUEUED]
+    assert [(await handle.front.queue.status(handle.request_id)).position for handle in (running, waiting)] == [0, 1]
     board.release_all()
-    await start(OneSlot, lease_seconds=SHORT_LEASE_SECONDS)  # the same queue file: the replica, restarted
+    await start(OneSlot)  # the same queue file: the replica, restarted (no lease to wait out: it was released)
     await finished(running, waiting)
 
     assert (await output(running))["name"] == "running" and (await output(waiting))["name"] == "waiting"
     attempts = [(await handle.front.queue.status(handle.request_id)).attempt for handle in (running, waiting)]
-    assert attempts == [2, 1], "the interrupted request ran again once its lease lapsed"
-    assert sorted(handlers_started(timeline)) == ["running", "running", "waiting"]
+    assert attempts == [1, 1], "the run cut short by the stop did not count"
+    assert handlers_started(timeline) == ["running", "running", "waiting"]
 
 
 async def test_a_request_run_again_stores_its_outputs_under_the_same_keys_as_its_first_run(
-    start: Start, services: FakeServices
+    start: Start, services: FakeServices, timeline: list[str]
 ) -> None:
     """So a replica that dies after storing an output but before finishing leaves no second object behind."""
     replica = await start(OneSlot, lease_seconds=SHORT_LEASE_SECONDS)
@@ -625,12 +627,12 @@ async def test_a_request_run_again_stores_its_outputs_under_the_same_keys_as_its
     painted = await submit(replica, "painted", "/paint")
     await until(lambda: len(services.client.encodes) == 1, "the first run's encode to start")
 
-    await replica.runner.stop()  # mid-encode: as far as the queue knows, the replica died there
+    await replica.runner.stop()  # mid-encode: the request goes back to the queue, and runs again from the start
     services.client.release_encodes()
     await start(OneSlot, lease_seconds=SHORT_LEASE_SECONDS)
     await finished(painted)
 
-    assert (await painted.front.queue.status(painted.request_id)).attempt == 2
+    assert handlers_started(timeline) == ["painted", "painted"]
     first_run, *second_run = [call.options["output_key"] for call in services.client.encodes]
     assert first_run.endswith(f"/{painted.request_id}/image")
     assert second_run == [first_run, first_run.replace("/image", "/preview")]

@@ -189,6 +189,50 @@ async def test_past_max_attempts_the_request_fails_unavailable_naming_the_attemp
     assert "2 times" in status.failure.message
 
 
+async def test_a_released_request_is_next_in_line_at_once_and_its_cut_run_is_no_attempt(
+    replicas: OpenReplica,
+) -> None:
+    """What a stopping replica does with the handlers it could not finish: no lease to wait out."""
+    stopping, other = await replicas(lease_seconds=30), await replicas(lease_seconds=30)
+    released, behind = await stopping.submit(job(text="1")), await stopping.submit(job(text="2"))
+    claim = await stopping.take("painter", timeout=1)
+    assert claim is not None and claim.request_id == released
+
+    assert await stopping.release(released, claim.lease)
+
+    status = await other.status(released)
+    assert (status.state, status.position, status.attempt) == (State.QUEUED, 0, 0)
+    assert (await other.status(behind)).position == 1
+    again = await other.take("painter", timeout=1)  # long before a 30 s lease could lapse
+    assert again is not None and (again.request_id, again.attempt) == (released, 1)
+    assert not await stopping.finish(released, claim.lease, output_json='{"late": 1}')
+
+
+async def test_a_waiting_taker_is_woken_by_a_release(replicas: OpenReplica) -> None:
+    stopping, other = await replicas(lease_seconds=30), await replicas(lease_seconds=30)
+    request_id = await stopping.submit(job())
+    claim = await stopping.take("painter", timeout=1)
+    assert claim is not None
+    waiting = asyncio.create_task(other.take("painter", timeout=5))
+    await asyncio.sleep(0.2)  # the taker is waiting
+
+    assert await stopping.release(request_id, claim.lease)
+
+    taken = await asyncio.wait_for(waiting, 2)
+    assert taken is not None and taken.request_id == request_id
+
+
+async def test_release_under_a_lease_no_longer_held_changes_nothing(queue: RequestQueue) -> None:
+    request_id = await queue.submit(job())
+    claim = await queue.take("painter", timeout=1)
+    assert claim is not None
+    assert not await queue.release(request_id, "not-the-lease")
+    assert await queue.finish(request_id, claim.lease, output_json="{}")
+
+    assert not await queue.release(request_id, claim.lease)
+    assert (await queue.status(request_id)).state == State.COMPLETED
+
+
 # -- cancel ------------------------------------------------------------------------------
 
 
