@@ -101,10 +101,7 @@ class QueueApi:
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         submitted = inference_pb2.SubmitRequest(
-            app_id=request.match_info["app"],
-            path=_endpoint_path(request),
-            input_json=await _input_json(request),
-            lifecycle=_lifecycle(request),
+            **await _what_to_run(request),
             webhook_url=request.query.get(WEBHOOK_PARAMETER, ""),
             priority=_priority(request),
             start_timeout_seconds=_start_timeout(request),
@@ -172,12 +169,7 @@ class QueueApi:
 
     async def run(self, request: web.Request) -> web.StreamResponse:
         """Runs the request and answers its output."""
-        asked = inference_pb2.RunRequest(
-            app_id=request.match_info["app"],
-            path=_endpoint_path(request),
-            input_json=await _input_json(request),
-            lifecycle=_lifecycle(request),
-        )
+        asked = inference_pb2.RunRequest(**await _what_to_run(request))
         answer = await self._stub.Run(asked, metadata=caller_metadata(request))
         return _output_response(answer.output_json, answer.request_id)
 
@@ -197,16 +189,19 @@ def _output_response(output_json: str, request_id: str) -> web.Response:
     return web.Response(text=output_json, content_type="application/json", headers={REQUEST_ID_HEADER: request_id})
 
 
-def _endpoint_path(request: web.Request) -> str:
-    return "/" + request.match_info.get("path", "").strip("/")
-
-
-async def _input_json(request: web.Request) -> str:
-    """The body as it came (the server parses and validates it against the endpoint's schema)."""
+async def _what_to_run(request: web.Request) -> dict[str, Any]:
+    """What a submit or a run names, as the fields SubmitRequest and RunRequest share: the app, the endpoint,
+    the input (the body as it came: the server validates it against the endpoint's schema), the lifecycle."""
     try:
-        return await request.text()
+        input_json = await request.text()
     except UnicodeDecodeError:
         raise InvalidArgument("the body is not UTF-8 JSON", reason="INVALID_JSON") from None
+    return {
+        "app_id": request.match_info["app"],
+        "path": "/" + request.match_info.get("path", "").strip("/"),
+        "input_json": input_json,
+        "lifecycle": _lifecycle(request),
+    }
 
 
 def _wants_logs(request: web.Request) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ferry.inference.queue.base import State
+from ferry.inference.queue.base import State, Status
 from ferry.inference.queue.sqlite import SqliteQueue
 from ferry.testing import StackProcess
 from ferry.v1 import inference_pb2
@@ -49,6 +49,15 @@ def state(stack: StackProcess, request_id: str) -> inference_pb2.GetStatusRespon
             inference_pb2.GetStatusRequest(request_id=request_id)
         )
         return response
+
+
+async def status_on_disk(tmp_path: Path, request_id: str) -> Status:
+    """The request as the queue file records it, read with no server running."""
+    queue = await SqliteQueue.open(tmp_path / "data" / "queue.sqlite3")
+    try:
+        return await queue.status(request_id)
+    finally:
+        await queue.close()
 
 
 def result(stack: StackProcess, request_id: str) -> str:
@@ -100,11 +109,7 @@ async def test_a_replica_told_to_stop_lets_its_running_handler_finish_first(repl
     stack.signal(signal.SIGTERM)  # a rolling update: drain, then exit
     assert stack.wait() == 0
 
-    queue = await SqliteQueue.open(tmp_path / "data" / "queue.sqlite3")
-    try:
-        status = await queue.status(request_id)
-    finally:
-        await queue.close()
+    status = await status_on_disk(tmp_path, request_id)
     assert (status.state, status.output_json, status.attempt) == (State.COMPLETED, '{"finished_steps":20}', 1)
 
 
@@ -117,11 +122,7 @@ async def test_a_handler_still_running_when_the_drain_ends_goes_back_to_the_queu
 
     stack.signal(signal.SIGTERM)  # the handler outlasts the drain: stopped, and handed back
     assert stack.wait() == 0
-    queue = await SqliteQueue.open(tmp_path / "data" / "queue.sqlite3")
-    try:
-        handed_back = await queue.status(request_id)
-    finally:
-        await queue.close()
+    handed_back = await status_on_disk(tmp_path, request_id)
     assert (handed_back.state, handed_back.position, handed_back.attempt) == (State.QUEUED, 0, 0)
 
     restarted = replica("--lease-seconds", "600")
