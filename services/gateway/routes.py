@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ferry.services.gateway.channel import StackChannel
 from ferry.services.gateway.connect import add_connect_routes
+from ferry.services.gateway.playground import playground_routes
 from ferry.services.gateway.queue_api import queue_routes
 from ferry.services.gateway.uploads import upload_routes
 from ferry.sizes import MIB
@@ -17,3 +18,4 @@ def add_gateway_routes(app: web.Application, channel: StackChannel, max_body_byt
     add_connect_routes(app, channel, max_body_bytes)
     app.add_routes(upload_routes(channel))
     app.add_routes(queue_routes(channel))
+    app.add_routes(playground_routes())
