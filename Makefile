@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 BUF := node_modules/.bin/buf
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install redis-server kubectl test lint check protos demo bench clean
+.PHONY: install redis-server chromium kubectl test lint check protos demo bench clean
 
 # torch is pinned: 2.13.0 resolves to the CPU build; an unpinned torch pulls
 # several GB of CUDA wheels.
@@ -22,7 +22,7 @@ $(BUF): package.json
 	npm install --no-audit --no-fund --no-package-lock
 	touch $@
 
-install: $(INSTALLED) $(BUF) redis-server kubectl
+install: $(INSTALLED) $(BUF) redis-server chromium kubectl
 
 # The Redis queue's tests run a real redis-server (tests/redis_server.py): Debian's package, installed
 # where apt can; elsewhere install Redis >= 6.2 yourself.
@@ -30,6 +30,14 @@ redis-server:
 	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } || \
 		{ echo "redis-server is missing and apt-get cannot install it here: install Redis >= 6.2"; exit 1; }
+
+# The playground's browser tests drive a real headless chromium through its driver (tests/browser/): Debian's
+# chromium and chromium-driver packages, installed where apt can; elsewhere install both yourself.
+chromium:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { [ "$$(id -u)" = 0 ] && \
+		command -v apt-get >/dev/null && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+		{ echo "chromium or chromedriver is missing and apt-get cannot install them here: install both"; exit 1; }
 
 # The Kubernetes manifests' tests render them with `kubectl kustomize` (tests/deploy/): Debian's
 # kubernetes-client package, installed where apt can; elsewhere install kubectl yourself.
