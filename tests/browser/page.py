@@ -17,13 +17,16 @@ T = TypeVar("T")
 # The control a field's value is typed into (a number field's box, not its slider).
 TYPED = "input:not([type=range]):not([type=file]), textarea, select"
 
-# Records every text the request's status line shows and the progress bar's value with it (null when it
-# is indeterminate): events can come faster than a test could poll for them.
+# Records every text the request's status line shows, and every heading of the outputs (partial or not), from
+# the nodes each change added: events can come faster than a test could poll, or an observer be called, for them.
 RECORD_STATUSES = """
+const texts = (records) => records.flatMap((record) => [...record.addedNodes].map((node) => node.textContent));
 window.seenStatuses = [];
-const status = document.getElementById("run-status"), bar = document.getElementById("run-progress");
-new MutationObserver(() => window.seenStatuses.push([status.textContent, bar.getAttribute("value")]))
-  .observe(status, {childList: true, characterData: true, subtree: true});
+new MutationObserver((records) => window.seenStatuses.push(...texts(records)))
+  .observe(document.getElementById("run-status"), {childList: true});
+window.seenHeadings = [];
+new MutationObserver((records) => window.seenHeadings.push(...texts(records)))
+  .observe(document.getElementById("outputs-heading"), {childList: true});
 """
 
 
@@ -78,8 +81,11 @@ class Page:
     def status(self) -> str:
         return self.find("#run-status").text
 
-    def seen_statuses(self) -> list[tuple[str, str | None]]:
-        return [tuple(entry) for entry in self.driver.execute_script("return window.seenStatuses")]
+    def seen_statuses(self) -> list[str]:
+        return list(self.driver.execute_script("return window.seenStatuses"))
+
+    def seen_output_headings(self) -> list[str]:
+        return list(self.driver.execute_script("return window.seenHeadings"))
 
     def wait_for_status(self, starts_with: str, timeout: float = 30) -> str:
         return self.wait_until(lambda: self.status() if self.status().startswith(starts_with) else None, timeout)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,17 +15,20 @@ import numpy as np
 import pytest
 from PIL import Image
 from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.support.select import Select
 
 from ferry.testing import StackProcess
 from tests.browser.page import Page
 from tests.harness import HttpFileServer
 
 SAMPLE_APP = f"{Path(__file__).parents[1] / 'inference' / 'sample_app.py'}:SampleApp"
+FORM_APP = f"{Path(__file__).parent / 'form_app.py'}:FormApp"
 APPS = (
     "ferry.inference.apps.upscale:Upscaler",
     "ferry.inference.apps.text_to_video:TextToVideo",
     "ferry.inference.apps.text_to_audio:TextToAudio",
     SAMPLE_APP,
+    FORM_APP,
 )
 # How long a script that would run is given to show it: the control runs its script within 0.1 s.
 SCRIPT_GRACE_SECONDS = 2
@@ -80,7 +87,7 @@ def test_the_upscaler_takes_a_png_by_upload_and_shows_an_image_twice_as_wide(sta
 
     assert page.js("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image) == [96, 64]
     assert "96×64 px" in page.find("figure[data-kind=image] figcaption").text
-    running = [text for text, _ in page.seen_statuses() if text.startswith("Running:")]
+    running = [text for text in page.seen_statuses() if text.startswith("Running:")]
     assert running, f"no progress was shown: {page.seen_statuses()}"
     assert page.find("#run-progress").get_attribute("value") == "1"
 
@@ -97,7 +104,7 @@ def test_text_to_video_shows_progress_events_and_a_playable_video(stack, page):
     page.wait_until(lambda: page.js("return arguments[0].readyState", video) >= 2)  # HAVE_CURRENT_DATA: decodable
     page.shot("video")
 
-    progress = {text for text, _ in page.seen_statuses() if text.startswith("Running:")}
+    progress = {text for text in page.seen_statuses() if text.startswith("Running:")}
     assert "Running: 24 of 24 (100%)." in progress
     assert len(progress) >= 2, f"progress did not move: {progress}"
     assert page.js("return [arguments[0].videoWidth, arguments[0].videoHeight]", video) == [128, 96]
@@ -149,7 +156,7 @@ def test_cancel_stops_a_long_request(stack, page):
     assert status["status"] == "COMPLETED" and status["error_type"]
     result = httpx.get(f"{stack.cdn_url}/queue/ferry/sample/requests/{request_id}")
     assert result.status_code == 400  # a cancelled request has no output
-    assert all("600 of 600" not in text for text, _ in page.seen_statuses())
+    assert all("600 of 600" not in text for text in page.seen_statuses())
     assert page.find("#cancel").get_attribute("disabled") is not None
 
 
@@ -165,6 +172,101 @@ def test_every_control_has_a_label(stack, page):
                  .map((c) => c.outerHTML)"""
         )
         assert unlabelled == [], link
+
+
+def test_a_form_renders_every_kind_of_field_from_the_schema(stack, page):
+    page.open(stack.cdn_url, "forms/")
+    page.shot("form")
+
+    assert page.find("#endpoint-description").text == "Every kind of field, echoed back."
+    title = page.field("title")
+    assert title.get_attribute("aria-required") == "true"
+    assert page.find('[data-path="title"] label').text.startswith("Title *")
+    assert page.find('[data-path="title"] .help').text == "Any text."
+    quality = Select(page.field("quality", "select"))
+    assert [option.text for option in quality.options] == ["—", "draft", "final"]
+    assert quality.first_selected_option.text == "draft"
+    strength = page.field("strength", "input[type=range]")
+    assert (strength.get_attribute("min"), strength.get_attribute("max")) == ("0", "1")
+    assert page.field("strength").get_attribute("value") == "0.25"
+    assert page.find_all('[data-path="count"] input[type=range]') == []  # no bounds: no slider
+    assert page.field("count").get_attribute("value") == "3"
+    assert not page.field("loud").is_selected()
+    assert page.field("tags.0").get_attribute("value") == "first"
+    assert page.find('[data-path="crop"] > legend').text == "Crop"
+    assert page.field("crop.left").get_attribute("value") == "0"
+    assert page.field("crop.keep_aspect").is_selected()
+    assert page.field("reference_image_url", "input[type=file]").get_attribute("accept") == "image/*"
+    assert page.field("voice", "input[type=file]").get_attribute("accept") == "audio/*"
+    images = page.field("image_urls", "input[type=file]")
+    assert images.get_attribute("multiple") is not None and images.get_attribute("accept") == "image/*"
+
+
+def test_a_filled_form_sends_what_it_shows(stack, page, tmp_path):
+    page.open(stack.cdn_url, "forms/")
+    page.set_value("title", "hello")
+    Select(page.field("quality", "select")).select_by_visible_text("final")
+    page.field("loud").click()
+    page.find('[data-path="tags"] > button').click()  # Add item
+    page.set_value("tags.1", "second")
+    page.set_value("crop.left", "5")
+    pictures = [tmp_path / "one.png", tmp_path / "two.png"]
+    for number, picture in enumerate(pictures):
+        picture.write_bytes(png(8 + number, 8))
+    page.field("image_urls", "input[type=file]").send_keys("\n".join(str(picture) for picture in pictures))
+    page.wait_until(lambda: len(page.find_all('[data-path="image_urls"] .dataset img')) == 2)
+    page.run()
+    page.wait_for_status("Completed")
+    page.shot("echoed")
+
+    received = json.loads(page.find("#output-json").get_attribute("textContent"))["received"]
+    uploaded = received.pop("image_urls")
+    assert received == {
+        "title": "hello",
+        "quality": "final",
+        "strength": 0.25,
+        "count": 3,
+        "loud": True,
+        "tags": ["first", "second"],
+        "crop": {"left": 5, "keep_aspect": True},
+        "reference_image_url": None,
+        "voice": None,
+    }
+    assert [url.rsplit("/", 1)[1] for url in uploaded] == ["one.png", "two.png"]
+    assert all(url.startswith(f"{stack.cdn_url}/files/") for url in uploaded)
+    assert "Output (partial)" in page.seen_output_headings()
+    assert "received 2 images" in page.find("#run-logs").get_attribute("textContent")
+
+
+def test_an_error_in_a_nested_field_is_shown_under_it(stack, page):
+    page.open(stack.cdn_url, "forms/")
+    page.set_value("title", "hello")
+    page.set_value("crop.left", "500")
+    page.run()
+    page.wait_until(lambda: page.find('[data-path="crop.left"] .error').is_displayed())
+    page.shot("nested-error")
+    assert "less than or equal to 100" in page.find('[data-path="crop.left"] .error').text
+
+
+def test_the_code_box_holds_calls_that_work_as_shown(stack, page):
+    page.open(stack.cdn_url, "sample/")
+    page.set_value("text", "ahoy")
+    page.set_value("times", "2")
+
+    curl = page.find("#code-text").get_attribute("textContent").split("\n\n")[0]
+    submitted = json.loads(subprocess.run(["bash", "-c", curl], capture_output=True, text=True, check=True).stdout)
+    result = httpx.get(f"{stack.cdn_url}/queue/ferry/sample/requests/{submitted['request_id']}/status/stream")
+    assert '"status": "COMPLETED"' in result.text
+
+    page.find("#code-tab-python").click()
+    python = page.find("#code-text").get_attribute("textContent")
+    environment = {**os.environ, "FERRY_ADDRESS": stack.grpc_address}
+    ran = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, env=environment, check=True)
+    assert ran.stdout.strip() == "{'text': 'ahoyahoy'}"
+
+    page.find("#code-tab-fal").click()
+    assert 'fal_client.subscribe("ferry/sample", arguments={' in page.find("#code-text").text
+    page.shot("code")
 
 
 def test_the_page_works_390_px_wide(stack, page, tmp_path):

@@ -399,7 +399,7 @@
     const add = (value) => {
       const itemSchema = value === undefined ? schema.items || {} : { ...(schema.items || {}), default: value };
       const index = items.length;
-      const item = buildField(context, name, { title: `Item ${index + 1}`, ...itemSchema }, true, `${path}.${index}`);
+      const item = buildField(context, name, { title: `Item ${index + 1}`, ...itemSchema }, false, `${path}.${index}`);
       const entry = { item, node: el("li", {}, item.node) };
       entry.node.append(
         el("button", {
@@ -628,11 +628,14 @@
 
   // -- a whole form -------------------------------------------------------------------------------
 
+  // An object's own default (pydantic writes one for a nested model's default instance) fills in its fields'.
   function buildProperties(context, schema, prefix) {
     const required = new Set(schema.required || []);
-    return Object.entries(schema.properties || {}).map(([name, property]) =>
-      buildField(context, name, property, required.has(name), prefix ? `${prefix}.${name}` : name),
-    );
+    const defaults = schema.default && typeof schema.default === "object" ? schema.default : {};
+    return Object.entries(schema.properties || {}).map(([name, property]) => {
+      const given = name in defaults ? { ...property, default: defaults[name] } : property;
+      return buildField(context, name, given, required.has(name), prefix ? `${prefix}.${name}` : name);
+    });
   }
 
   function readProperties(children, lenient) {
