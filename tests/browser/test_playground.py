@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -236,6 +237,24 @@ def test_a_filled_form_sends_what_it_shows(stack, page, tmp_path):
     assert all(url.startswith(f"{stack.cdn_url}/files/") for url in uploaded)
     assert "Output (partial)" in page.seen_output_headings()
     assert "received 2 images" in page.find("#run-logs").get_attribute("textContent")
+
+
+def test_a_file_dropped_on_a_file_field_is_uploaded_and_previewed(stack, page):
+    page.open(stack.cdn_url, "forms/")
+    zone = page.find('[data-path="reference_image_url"] .drop')
+    page.js(
+        """const bytes = Uint8Array.from(atob(arguments[1]), (c) => c.charCodeAt(0));
+           const transfer = new DataTransfer();
+           transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+           arguments[0].dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));""",
+        zone,
+        base64.b64encode(png(12, 10)).decode(),
+    )
+    page.wait_until(lambda: page.js("return document.querySelector('.preview img')?.naturalWidth") == 12)
+    page.shot("dropped")
+    url = page.field("reference_image_url", "input[type=url]").get_attribute("value")
+    assert url.startswith(f"{stack.cdn_url}/files/") and url.endswith("/dropped.png")
+    assert httpx.get(url).content == png(12, 10)
 
 
 def test_an_error_in_a_nested_field_is_shown_under_it(stack, page):
