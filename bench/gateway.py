@@ -18,8 +18,10 @@ Prints each HTTP path's p50 and p99 beside its gRPC twin's, the p50 difference (
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300)
     arguments = parser.parse_args()
-    data = Path(sys.prefix).parent / ".bench-gateway-data"
+    data = Path(tempfile.mkdtemp(prefix="ferry-bench-gateway-"))
     stack = StackProcess(["--data-dir", str(data), "--app", APP]).start()
     try:
         with Client(stack.grpc_address) as client, httpx.Client(base_url=stack.cdn_url, timeout=30) as http:
@@ -92,6 +94,7 @@ def main() -> None:
                     times[name].append(time.perf_counter() - began)
     finally:
         stack.stop()
+        shutil.rmtree(data, ignore_errors=True)
     print(f"{arguments.requests} requests each, turn about, no-op app")
     for name, twin in (("POST /run", "gRPC Run"), ("HTTP queue", "gRPC queue")):
         p50, base = statistics.median(times[name]), statistics.median(times[twin])
