@@ -498,22 +498,23 @@
       picker,
       el("span", { class: "help", text: "or drop here" }),
     );
+    // One file after another, so a dataset keeps the order the files were chosen in.
     const upload = (files) => {
-      for (const file of files) {
-        status.textContent = `Uploading ${file.name}…`;
-        const pending = uploadFile(file).then(
-          (url) => {
+      const pending = (async () => {
+        for (const file of files) {
+          status.textContent = `Uploading ${file.name}…`;
+          try {
+            const url = await uploadFile(file);
             status.textContent = `Uploaded ${file.name}.`;
             onUploaded(url, file.name);
-          },
-          (error) => {
+          } catch (error) {
             status.textContent = "";
             field.setError(error.message);
-          },
-        );
-        context.pending.add(pending);
-        pending.finally(() => context.pending.delete(pending));
-      }
+          }
+        }
+      })();
+      context.pending.add(pending);
+      pending.finally(() => context.pending.delete(pending));
     };
     picker.addEventListener("change", () => {
       upload([...picker.files]);
