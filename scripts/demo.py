@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -151,18 +152,43 @@ def show_apps(client: ferry.Client, image_url: str) -> None:
     print(f"text-to-audio: {audio.url} ({audio.duration_seconds:.1f} s at {audio.sample_rate} Hz, {seconds:.1f} s)")
 
 
+def show_http(stack: StackProcess) -> None:
+    """The HTTP face on the CDN's port: the playground page, Connect, and the reference queue API."""
+    with urllib.request.urlopen(f"{stack.cdn_url}/playground", timeout=30) as page:
+        print(f"playground: {stack.cdn_url}/playground (HTTP {page.status}, {len(page.read())} bytes)")
+    listed = http_json(f"{stack.cdn_url}/ferry.v1.InferenceService/ListEndpoints", "POST", {})
+    print(f"connect: ListEndpoints lists {', '.join(app['appId'] for app in listed['apps'])}")
+    queue = f"{stack.cdn_url}/queue/ferry/text-to-audio"
+    submitted = http_json(queue, "POST", {"prompt": "over http", "duration_seconds": 0.5})
+    print(f"queue API: submitted {submitted['request_id']}, status at {submitted['status_url']}")
+    with urllib.request.urlopen(f"{submitted['status_url']}/stream", timeout=60) as events:
+        lines = events.read().decode().splitlines()
+    statuses = [json.loads(line.removeprefix("data: "))["status"] for line in lines if line.startswith("data: ")]
+    audio = http_json(submitted["response_url"], "GET")["audio"]
+    print(f"queue API: {' → '.join(dict.fromkeys(statuses))}; result {audio['url']}")
+
+
+def http_json(url: str, method: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
 def main() -> int:
     source, source_url = start_source(DEMO_DIR / "source")
     # Only the demo's local source is let through the network guard.
     apps = [flag for app in EXAMPLE_APPS for flag in ("--app", app)]
     stack = StackProcess(["--data-dir", str(DEMO_DIR / "data"), "--allow-hosts", "127.0.0.1/32", *apps]).start()
     print(stack.ready_line, flush=True)
+    print(f"playground: {stack.cdn_url}/playground (open it while the demo runs)", flush=True)
     try:
         with stack.client() as client:
             show_health(stack, client)
             show_downloads(client, source_url)
             image_url = show_encodes(client)
             show_apps(client, image_url)
+        show_http(stack)
     finally:
         stack.signal(2)  # SIGINT, as Ctrl-C would
         code = stack.wait()
