@@ -177,6 +177,7 @@ class EndpointSpec:
     # the handler gets its fields as keywords. None: the handler takes the model itself.
     keyword_fields: tuple[str, ...] | None = None
     context_name: str = "context"
+    description: str = ""  # the handler's docstring, cleaned (ListEndpoints shows it)
 
     def arguments(self, input: Any, context: RequestContext) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """What the handler is called with for `input` (a model; for realtime endpoints, the stream of them)."""
@@ -350,6 +351,7 @@ def _endpoint_spec(app_class: type, attribute: str, function: Callable[..., Any]
         health_check=mark.health_check,
         keyword_fields=keyword_fields,
         context_name=context.name if context is not None else "context",
+        description=inspect.getdoc(function) or "",
     )
 
 

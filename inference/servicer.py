@@ -195,6 +195,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     input_schema_json=json.dumps(input_schema(spec.input_model)),
                     output_schema_json=json.dumps(output_schema(spec.output_model)),
                     realtime=spec.realtime,
+                    description=spec.description,
                 )
                 for spec in runner.spec.endpoints.values()
             ]

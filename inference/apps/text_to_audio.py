@@ -110,6 +110,7 @@ class TextToAudio(App):
 
     @endpoint("/")
     def run(self, input: TextToAudioInput, context: RequestContext) -> AudioOutput:
+        """Plays the prompt as a melody, one note per character, as a wav file."""
         with torch.inference_mode():
             samples = synthesize(input.prompt, input.duration_seconds, input.sample_rate, context, self.device)
         return AudioOutput(audio=Audio.from_tensor(samples, sample_rate=input.sample_rate))

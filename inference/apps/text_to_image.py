@@ -120,6 +120,7 @@ class TextToImage(App):
 
     @endpoint("/")
     def run(self, input: TextToImageInput, context: RequestContext) -> ImageOutput:
+        """Paints an image from the prompt and a seed (the same seed, the same image)."""
         seed = input.seed if input.seed is not None else secrets.randbelow(MAX_SEED + 1)
         with torch.inference_mode():
             image = generate_image(input.prompt, seed, input.width, input.height, input.steps, context, self.device)

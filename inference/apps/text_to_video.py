@@ -115,6 +115,7 @@ class TextToVideo(App):
 
     @endpoint("/")
     def run(self, input: TextToVideoInput, context: RequestContext) -> VideoOutput:
+        """Renders a short clip from the prompt, frame by frame with progress, as an mp4."""
         with torch.inference_mode():
             clip = generate_video(
                 input.prompt, input.num_frames, input.fps, input.width, input.height, context, self.device

@@ -103,6 +103,7 @@ class Upscaler(App):
 
     @endpoint("/")
     def run(self, input: UpscaleInput, context: RequestContext) -> UpscaleOutput:
+        """Upscales the image at image_url (1 to 4 times its size), optionally sharpened, as a png."""
         path = ferry.download_file(input.image_url)  # in a runner: the copy it downloaded before the call
         image = load_image(path, self.device, max_pixels=MAX_OUTPUT_PIXELS // input.scale**2)
         context.raise_if_cancelled()

@@ -769,11 +769,14 @@ class EndpointDescription(_message.Message):
     INPUT_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     OUTPUT_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     REALTIME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     input_schema_json: _builtins.str
     """Self-contained JSON schemas with the playground's ui hints."""
     output_schema_json: _builtins.str
     realtime: _builtins.bool
+    description: _builtins.str
+    """The handler's docstring, as the playground shows it; empty when it has none."""
     def __init__(
         self,
         *,
@@ -781,10 +784,11 @@ class EndpointDescription(_message.Message):
         input_schema_json: _builtins.str = ...,
         output_schema_json: _builtins.str = ...,
         realtime: _builtins.bool = ...,
+        description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_schema_json", b"input_schema_json", "output_schema_json", b"output_schema_json", "path", b"path", "realtime", b"realtime"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "input_schema_json", b"input_schema_json", "output_schema_json", b"output_schema_json", "path", b"path", "realtime", b"realtime"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -40,6 +40,7 @@ class FormApp(App):
 
     @endpoint("/")
     def echo(self, input: FormInput, context: RequestContext) -> FormOutput:
+        """Echoes every field back, with a log line and a partial output on the way."""
         context.log(f"received {len(input.image_urls)} images")
         context.partial({"received": {"title": input.title}})
         return FormOutput(received=input.model_dump())

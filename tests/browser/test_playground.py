@@ -179,7 +179,10 @@ def test_a_form_renders_every_kind_of_field_from_the_schema(stack, page):
     page.open(stack.cdn_url, "forms/")
     page.shot("form")
 
-    assert page.find("#endpoint-description").text == "Every kind of field, echoed back."
+    # The handler's docstring (ListEndpoints' description), not the input model's.
+    assert page.find("#endpoint-description").text == (
+        "Echoes every field back, with a log line and a partial output on the way."
+    )
     title = page.field("title")
     assert title.get_attribute("aria-required") == "true"
     assert page.find('[data-path="title"] label').text.startswith("Title *")

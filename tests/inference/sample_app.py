@@ -44,6 +44,9 @@ class SampleApp(App):
 
     @endpoint("/")
     def echo(self, input: EchoInput) -> EchoOutput:
+        """Echoes the text, repeated.
+
+        The whole docstring is the endpoint's description."""
         return EchoOutput(text=input.text * input.times)
 
     @endpoint("/slow")

@@ -111,6 +111,10 @@ def test_list_endpoints_gives_self_contained_schemas(client):
     assert app.app_id == "sample" and app.machine_type == "GPU"
     endpoints = {e.path: e for e in app.endpoints}
     assert set(endpoints) == {"/", "/slow", "/fail", "/refuse", "/image", "/async"}
+    # The handler's docstring, cleaned as help() shows it; none, nothing.
+    described = "Echoes the text, repeated.\n\nThe whole docstring is the endpoint's description."
+    assert endpoints["/"].description == described
+    assert endpoints["/fail"].description == ""
     output = json.loads(endpoints["/image"].output_schema_json)
     assert "$ref" not in json.dumps(output)
     assert output["properties"]["image"]["ui"]["preview"] == "image"

@@ -719,6 +719,7 @@
         appId: app.appId,
         path: endpoint.path || "/",
         realtime: Boolean(endpoint.realtime),
+        description: endpoint.description || "",
         input: parseSchema(endpoint.inputSchemaJson),
         output: parseSchema(endpoint.outputSchemaJson),
       })),
@@ -741,7 +742,8 @@
   }
 
   function endpointDescription(endpoint) {
-    return endpoint.input.description || endpoint.output.description || "";
+    // The handler's docstring; else what its input model says of itself.
+    return endpoint.description || endpoint.input.description || endpoint.output.description || "";
   }
 
   function renderApps() {
