@@ -10,19 +10,20 @@ through the upscaler's form in headless chromium (Debian's `chromium` and `chrom
 
 from __future__ import annotations
 
-import base64
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+# The browser the playground's tests drive, and their full-page capture: one way to start and shoot it.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
 import httpx
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from ferry.testing import StackProcess
+from tests.browser.conftest import headless_chromium
+from tests.browser.page import full_page_png
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "playground.png"
@@ -33,19 +34,6 @@ EXAMPLE_APPS = (
     "ferry.inference.apps.text_to_audio:TextToAudio",
 )
 INPUT = {"prompt": "a ferry at dawn", "width": 192, "height": 128, "seed": 7, "steps": 60}
-WINDOW = (1200, 900)
-
-
-def chromium() -> webdriver.Chrome:
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if binary is None or driver is None:
-        raise SystemExit("chromium or chromedriver is not installed: `make install` installs Debian's packages")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--hide-scrollbars"):
-        options.add_argument(argument)
-    options.add_argument(f"--window-size={WINDOW[0]},{WINDOW[1]}")
-    return webdriver.Chrome(service=Service(driver), options=options)
 
 
 def main() -> int:
@@ -58,7 +46,7 @@ def main() -> int:
             picture = Path(folder) / "ferry-at-dawn.png"
             picture.write_bytes(httpx.get(drawn.json()["image"]["url"]).raise_for_status().content)
 
-            browser = chromium()
+            browser = headless_chromium()
             try:
                 browser.get(f"{stack.cdn_url}/playground#/upscaler/")
                 wait = WebDriverWait(browser, 60, poll_frequency=0.1)
@@ -77,15 +65,6 @@ def main() -> int:
                 browser.quit()
     print(f"wrote {output}")
     return 0
-
-
-def full_page_png(driver: webdriver.Chrome) -> bytes:
-    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
-    )
-    return base64.b64decode(shot["data"])
 
 
 if __name__ == "__main__":
