@@ -255,6 +255,11 @@ def _log(line: inference_pb2.LogLine) -> dict[str, Any]:
     }
 
 
+def _progress(progress: inference_pb2.Progress) -> dict[str, Any]:
+    """Ferry's addition to the reference's documents (its clients ignore fields they do not know)."""
+    return {"current": progress.current, "total": progress.total, "message": progress.message}
+
+
 def _status_body(status: inference_pb2.GetStatusResponse, urls: _RequestUrls, *, with_logs: bool) -> dict[str, Any]:
     name = _STATUS_NAMES.get(status.state, "IN_QUEUE")
     body: dict[str, Any] = {"status": name, "request_id": status.request_id, "response_url": urls.response}
@@ -262,6 +267,8 @@ def _status_body(status: inference_pb2.GetStatusResponse, urls: _RequestUrls, *,
         body["queue_position"] = status.queue_position
         return body
     body["logs"] = [_log(line) for line in status.logs] if with_logs else None
+    if name == "IN_PROGRESS" and status.HasField("progress"):
+        body["progress"] = _progress(status.progress)
     if name == "COMPLETED":
         body["metrics"] = {}
         if status.HasField("error"):
@@ -284,7 +291,10 @@ async def _stream_statuses(
             yield {"status": "IN_QUEUE", "queue_position": event.queued.position, **base}
         elif kind == "in_progress":
             logs += [_log(line) for line in event.in_progress.logs]
-            yield {"status": "IN_PROGRESS", "logs": list(logs) if with_logs else None, **base}
+            document = {"status": "IN_PROGRESS", "logs": list(logs) if with_logs else None, **base}
+            if event.in_progress.HasField("progress"):
+                document["progress"] = _progress(event.in_progress.progress)
+            yield document
         elif kind in ("completed", "failed"):
             document = {"status": "COMPLETED", "logs": logs if with_logs else None, "metrics": {}, **base}
             if kind == "failed":

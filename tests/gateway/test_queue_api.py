@@ -164,6 +164,8 @@ def test_the_status_stream_sends_server_sent_events_until_completed(gateway: Gat
     documents = [json.loads(line.removeprefix("data: ")) for line in lines]
 
     assert documents[-1]["status"] == "COMPLETED" and "error" not in documents[-1]
+    progress = [document["progress"]["current"] for document in documents if "progress" in document]
+    assert progress and progress == sorted(progress) and progress[-1] <= 3  # the handler's own progress, in order
     assert [log["message"] for log in documents[-1]["logs"]] == ["step 1", "step 2", "step 3"]
     assert {document["status"] for document in documents[:-1]} <= {"IN_QUEUE", "IN_PROGRESS"}
 
