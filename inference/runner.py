@@ -192,6 +192,11 @@ class AppRunner:
             self._tasks.append(asyncio.create_task(self._prefetch_next()))
         self._listener = asyncio.create_task(self._hear_cancellations())
 
+    @property
+    def busy(self) -> int:
+        """Slots whose handler is running now."""
+        return self._busy
+
     async def stop(self, grace_seconds: float = 0) -> None:
         """Stop taking requests; let the handlers running here finish for up to `grace_seconds`, then stop them.
 

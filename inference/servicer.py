@@ -38,6 +38,7 @@ from ferry.services.config import StackConfig
 from ferry.services.downloader.guard import NetworkGuard
 from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
+from ferry.services.metrics import StackMetrics
 from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import inference_pb2, inference_pb2_grpc
 
@@ -207,6 +208,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.ListEndpointsResponse(apps=apps)
 
 
+async def _read_queue_metrics(queue: RequestQueue, runners: dict[str, AppRunner], metrics: StackMetrics) -> None:
+    """Each app's queue depth (the queue's own count: every replica reports the same) and this replica's slots."""
+    for app_id, runner in runners.items():
+        try:
+            metrics.queue_depth.labels(app_id).set(await queue.depth(app_id))
+        except FerryError:  # the queue is unreachable: the depth is unknown (NaN), not zero
+            metrics.queue_depth.labels(app_id).set(float("nan"))
+        metrics.slots_busy.labels(app_id).set(runner.busy)
+        metrics.slots_total.labels(app_id).set(runner.spec.max_concurrency)
+
+
 async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -> Hosted:
     """Load every `--app` and serve InferenceService; once the server listens, run each app's setup.
 
@@ -237,6 +249,7 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
 
         raise CannotStart(str(error)) from None
     requests = Requests(queue, runners, webhooks)
+    runtime.metrics.refresh_with(lambda: _read_queue_metrics(queue, runners, runtime.metrics))
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(requests), server)
     probes: list[asyncio.Task[None]] = []
 

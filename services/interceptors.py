@@ -107,7 +107,7 @@ def _streamed_response(behavior: Behavior, method: str, streaming_requests: bool
     return handle
 
 
-_KINDS = {  # (request streaming, response streaming) → how to make such a handler, and its behavior's name
+KINDS = {  # (request streaming, response streaming) → how to make such a handler, and its behavior's name
     (False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary"),
     (True, False): (grpc.stream_unary_rpc_method_handler, "stream_unary"),
     (False, True): (grpc.unary_stream_rpc_method_handler, "unary_stream"),
@@ -121,7 +121,7 @@ def handler_like(
     request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of `handler`'s streaming kind and serializers that runs `behavior` instead."""
-    make, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    make, _ = KINDS[(handler.request_streaming, handler.response_streaming)]
     return make(
         behavior,
         request_deserializer=request_deserializer or handler.request_deserializer,
@@ -131,7 +131,7 @@ def handler_like(
 
 def mapped_handler(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
     """`handler` with malformed requests refused and raised errors answered as statuses."""
-    _, attribute = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    _, attribute = KINDS[(handler.request_streaming, handler.response_streaming)]
     wrap = _streamed_response if handler.response_streaming else _unary_response
     behavior = wrap(getattr(handler, attribute), method, handler.request_streaming)
     return handler_like(handler, behavior, _tolerant(handler.request_deserializer))

@@ -42,6 +42,8 @@ from ferry.services.gateway.routes import add_gateway_routes
 from ferry.services.health import add_health
 from ferry.services.interceptors import StatusInterceptor
 from ferry.services.memory import keep_freed_memory
+from ferry.services.metrics import StackMetrics, metrics_route
+from ferry.services.rpc_metrics import MetricsInterceptor
 from ferry.services.runtime import Closer, Hosted, Runtime
 from ferry.services.storage.assembly import build_storage
 from ferry.services.storage.cdn import create_cdn_app
@@ -138,6 +140,7 @@ class Stack:
         self._grpc: grpc.aio.Server | None = None
         self._health: Any = None
         self._cdn: web.AppRunner | None = None
+        self.metrics = StackMetrics()
         self._gateway: StackChannel | None = None
 
     async def start(self) -> None:
@@ -151,13 +154,18 @@ class Stack:
         elif SERVICES["downloader"] in self.hosted:
             self._reach_buckets()
         # The token check first: an unauthenticated call learns nothing, not even that its request was malformed.
-        interceptors = [*([BearerTokenInterceptor(cfg.token)] if cfg.token else []), StatusInterceptor()]
+        # Metrics outermost: a call the token check refuses is counted too.
+        interceptors = [
+            MetricsInterceptor(self.metrics),
+            *([BearerTokenInterceptor(cfg.token)] if cfg.token else []),
+            StatusInterceptor(),
+        ]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.config))
         # The port first: hosted apps are told where this server is before anything is served.
         self.grpc_port = self._listen(server)
         names = [s.full_name for s in self.hosted]
         self._health = await add_health(server, names)
-        runtime = Runtime(health=self._health, upstream=self._upstream(), storage=self._storage)
+        runtime = Runtime(health=self._health, upstream=self._upstream(), storage=self._storage, metrics=self.metrics)
         serving = []
         for service in self.hosted:
             hosted = await service.host(server, self.config, runtime)
@@ -241,6 +249,7 @@ class Stack:
             app.middlewares.insert(0, cors_middleware(cfg.cors_origin))
         self._gateway = StackChannel(self._gateway_connection)
         add_gateway_routes(app, self._gateway, max_body_bytes)
+        app.add_routes([metrics_route(self.metrics)])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.cdn_port, ssl_context=ssl_context)

@@ -11,11 +11,12 @@ environment: two stacks in one process each hand out their own.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from grpc_health.v1.health import aio as health_aio
 
 from ferry.connection import StackTarget
+from ferry.services.metrics import StackMetrics
 from ferry.services.storage.chain import StorageChain
 
 Closer = Callable[[], Awaitable[None]]
@@ -29,6 +30,8 @@ class Runtime:
     # The stack's storage: every backend when the encoder is hosted; a downloader alone gets
     # only the S3 buckets of its --storage settings (local storage is another machine's disk). None: no storage.
     storage: StorageChain | None = None
+    # The stack's metrics (scraped at /metrics); a service registers what it reads at scrape time.
+    metrics: StackMetrics = field(default_factory=StackMetrics)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,92 @@
+"""A stack's Prometheus metrics: one registry per stack, scraped at `/metrics` on the HTTP port.
+
+Two stacks in one process count apart (each has its own registry, so nothing
+here is a module-level metric). Label values come from small fixed sets —
+service and method names, status codes, app ids — never from a URL, a file
+name or an input, so a scrape leaks nothing a caller sent.
+
+What is cheap to count is counted where it happens (`rpc_metrics.py` for every
+RPC); what is a reading of state (a queue's depth) is read at scrape time by
+the refreshers services register, so an idle stack does no metrics work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+# Latencies from a cache hit (~1 ms) to a long generation (minutes).
+RPC_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+Refresher = Callable[[], Awaitable[None]]
+
+
+class StackMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.registry)
+        self.rpc_requests = Counter(
+            "ferry_rpc_requests",
+            "RPCs answered, by service, method and status code",
+            ["service", "method", "code"],
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "ferry_rpc_duration_seconds",
+            "Time from an RPC's arrival to its last response message or status",
+            ["service", "method"],
+            buckets=RPC_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.rpc_in_flight = Gauge(
+            "ferry_rpc_in_flight", "RPCs being answered now", ["service", "method"], registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "ferry_queue_depth",
+            "Requests waiting in an app's queue (the queue's own count, the same from every replica)",
+            ["app"],
+            registry=self.registry,
+        )
+        self.slots_busy = Gauge(
+            "ferry_app_slots_busy", "Handlers running on this replica", ["app"], registry=self.registry
+        )
+        self.slots_total = Gauge(
+            "ferry_app_slots",
+            "Handlers this replica may run at once (max_concurrency)",
+            ["app"],
+            registry=self.registry,
+        )
+        self._refreshers: list[Refresher] = []
+
+    def refresh_with(self, refresher: Refresher) -> None:
+        """Run `refresher` before each scrape: it sets gauges that read state (a queue's depth)."""
+        self._refreshers.append(refresher)
+
+    async def exposition(self) -> bytes:
+        """The text exposition format, every reading refreshed first."""
+        for refresher in self._refreshers:
+            await refresher()
+        return generate_latest(self.registry)
+
+
+def metrics_route(metrics: StackMetrics) -> web.RouteDef:
+    """`GET /metrics`: behind no token (a scrape endpoint), and it holds only counts, sizes and durations."""
+
+    async def scrape(_request: web.Request) -> web.Response:
+        body = await metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return web.get("/metrics", scrape)

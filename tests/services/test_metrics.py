@@ -1,0 +1,98 @@
+"""`/metrics` on the HTTP port: every RPC counted by service, method and code, timed, and tracked in flight;
+each app's queue depth and slots; process metrics. Read back with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import ferry
+from ferry.testing import StackProcess
+from ferry.v1 import inference_pb2
+
+APP = f"{Path(__file__).parents[1] / 'inference' / 'sample_app.py'}:SampleApp"
+TOKEN = "metrics-token"
+
+
+def samples(stack: StackProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape, by name and labels; the scrape needs no token."""
+    answer = httpx.get(f"{stack.cdn_url}/metrics")
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+
+
+def rpcs(scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float], method: str, code: str) -> float:
+    labels = (("code", code), ("method", method), ("service", "ferry.v1.InferenceService"))
+    return scrape.get(("ferry_rpc_requests_total", labels), 0.0)
+
+
+@pytest.fixture
+def stack(start_ferry) -> StackProcess:  # type: ignore[no-untyped-def]
+    return start_ferry("--app", APP, "--token", TOKEN)
+
+
+def test_every_rpc_is_counted_by_its_code_and_timed(stack: StackProcess) -> None:
+    before = samples(stack)
+    with stack.client(token=TOKEN) as client:
+        assert client.run("sample", {"text": "a"}) == {"text": "a"}
+        assert client.run("sample", {"text": "b"}) == {"text": "b"}
+        with pytest.raises(ferry.errors.InvalidArgument):
+            client.run("sample", {"text": 5})
+    with stack.client() as anonymous, pytest.raises(ferry.FerryError) as refused:
+        anonymous.run("sample", {"text": "c"})
+    assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    after = samples(stack)
+
+    assert rpcs(after, "Run", "OK") - rpcs(before, "Run", "OK") == 2
+    assert rpcs(after, "Run", "INVALID_ARGUMENT") - rpcs(before, "Run", "INVALID_ARGUMENT") == 1
+    assert rpcs(after, "Run", "UNAUTHENTICATED") - rpcs(before, "Run", "UNAUTHENTICATED") == 1
+    timed = (("method", "Run"), ("service", "ferry.v1.InferenceService"))
+    assert (
+        after[("ferry_rpc_duration_seconds_count", timed)] - before.get(("ferry_rpc_duration_seconds_count", timed), 0)
+        == 4
+    )
+    assert after[("ferry_rpc_in_flight", timed)] == 0
+
+
+def test_a_streamed_rpc_counts_once_it_has_ended(stack: StackProcess) -> None:
+    with stack.client(token=TOKEN) as client:
+        request = inference_pb2.StreamRequest(app_id="sample", path="/slow", input_json='{"steps": 2}')
+        events = list(client.inference.Stream(request))
+    assert events[-1].WhichOneof("event") == "completed"
+
+    assert rpcs(samples(stack), "Stream", "OK") == 1
+
+
+def test_queue_depth_and_slots_are_read_per_app_and_process_metrics_are_there(stack: StackProcess) -> None:
+    with stack.client(token=TOKEN) as client:
+        running = client.submit("sample", {"steps": 200, "step_seconds": 0.05}, path="/slow")
+        queued = [client.submit("sample", {"text": str(n)}) for n in range(3)]
+        while running.status().__class__.__name__ == "Queued":
+            pass
+        scrape = samples(stack)
+        running.cancel()
+        for handle in queued:
+            handle.cancel()
+
+    assert scrape[("ferry_queue_depth", (("app", "sample"),))] == 3
+    assert scrape[("ferry_app_slots_busy", (("app", "sample"),))] == 1
+    assert scrape[("ferry_app_slots", (("app", "sample"),))] == 1
+    assert scrape[("process_resident_memory_bytes", ())] > 0
+
+
+def test_a_scrape_names_no_input_url_or_file(stack: StackProcess) -> None:
+    secret_word = "do-not-leak-this-input"
+    with stack.client(token=TOKEN) as client:
+        client.run("sample", {"text": secret_word})
+        with pytest.raises(ferry.FerryError):
+            client.run("no-such-app", {"text": secret_word})
+
+    assert secret_word not in httpx.get(f"{stack.cdn_url}/metrics").text
