@@ -36,9 +36,12 @@ class StackChannel:
 def caller_metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
     """The caller's credentials as gRPC metadata: `Authorization: Bearer T`, or the reference client's `Key T`.
 
-    The gRPC server checks them as it checks any call, so the HTTP face has no token rules of its own.
+    The gRPC server checks them as it checks any call, so the HTTP face has no token rules of its own. A token
+    that is not printable ASCII cannot be gRPC metadata (grpc raises on it) and is no server's token: it is
+    sent as no credentials, which the server refuses as it refuses any call without them.
     """
     scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() in ("bearer", "key") and token.strip():
-        return (("authorization", f"Bearer {token.strip()}"),)
+    token = token.strip()
+    if scheme.lower() in ("bearer", "key") and token and token.isascii() and token.isprintable():
+        return (("authorization", f"Bearer {token}"),)
     return ()

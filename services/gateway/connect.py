@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -113,17 +114,22 @@ class ConnectGateway:
                     "(plain HTTP uploads: POST /uploads, PUT /uploads/{file_name})",
                 )
             timeout = _timeout(request)
-            if procedure.server_streaming:
-                encoding = request.headers.get("Connect-Content-Encoding", "identity")
-                body = await read_single_message(request.content, self.max_body_bytes, encoding)
-            else:
-                body = await read_body(request.content, request.content_length, self.max_body_bytes)
+            body = await self._read(procedure, request)
             message = codec.decode(body, procedure.request_type)
         except ConnectError as error:
             return await _stream_error(request, codec, error) if streaming else error.to_response()
         if procedure.server_streaming:
             return await self._server_stream(procedure, request, codec, message, timeout)
         return await self._unary(procedure, request, codec, message, timeout)
+
+    async def _read(self, procedure: Procedure, request: web.Request) -> bytes:
+        try:
+            if procedure.server_streaming:
+                encoding = request.headers.get("Connect-Content-Encoding", "identity")
+                return await read_single_message(request.content, self.max_body_bytes, encoding)
+            return await read_body(request.content, request.content_length, self.max_body_bytes)
+        except RequestPayloadError as error:  # e.g. a body that is not the Content-Encoding it names
+            raise ConnectError(grpc.StatusCode.INVALID_ARGUMENT, f"the body cannot be read: {error}") from None
 
     async def _unary(
         self, procedure: Procedure, request: web.Request, codec: Codec, message: Message, timeout: float | None

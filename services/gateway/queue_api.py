@@ -30,10 +30,12 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ferry.errors import FerryError, InvalidArgument, Unavailable
 from ferry.services.gateway.channel import StackChannel, caller_metadata
 from ferry.services.gateway.http_errors import error_response, json_error
+from ferry.services.storage.base import check_expires_in
 from ferry.services.storage.cdn import MAX_BODY_BYTES
 from ferry.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -193,9 +195,12 @@ async def _what_to_run(request: web.Request) -> dict[str, Any]:
     """What a submit or a run names, as the fields SubmitRequest and RunRequest share: the app, the endpoint,
     the input (the body as it came: the server validates it against the endpoint's schema), the lifecycle."""
     try:
-        input_json = await request.text()
+        # JSON is UTF-8 (RFC 8259): a Content-Type's charset is not looked up (an unknown one raised LookupError).
+        input_json = (await request.read()).decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidArgument("the body is not UTF-8 JSON", reason="INVALID_JSON") from None
+    except RequestPayloadError as error:  # e.g. a body that is not the Content-Encoding it names
+        raise InvalidArgument(f"the body cannot be read: {error}", reason="UNREADABLE_BODY") from None
     return {
         "app_id": request.match_info["app"],
         "path": "/" + request.match_info.get("path", "").strip("/"),
@@ -243,7 +248,8 @@ def _lifecycle(request: web.Request) -> common_pb2.Lifecycle:
         raise InvalidArgument(
             f'{LIFECYCLE_HEADER} is {{"expiration_duration_seconds": N}} with N ≥ 1', reason="BAD_LIFECYCLE"
         )
-    return common_pb2.Lifecycle(expiration_seconds=seconds)
+    # Bounded before it reaches the uint64 field: 2**64 and beyond raised ValueError there (a 500).
+    return common_pb2.Lifecycle(expiration_seconds=check_expires_in(seconds))
 
 
 def _log(line: inference_pb2.LogLine) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from aiohttp import BodyPartReader, web
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
 from ferry.services.gateway.channel import StackChannel, caller_metadata
@@ -63,7 +64,7 @@ class HttpUploads:
             lifecycle = _lifecycle(request)
             part = await _file_part(request)
             header = encoder_pb2.UploadHeader(
-                file_name=part.filename or "",
+                file_name=_text(part.filename or "", "file name"),
                 content_type=_declared_type(part.headers.get("Content-Type", "")),
                 lifecycle=lifecycle,
             )
@@ -81,7 +82,7 @@ class HttpUploads:
             try:
                 async for chunk in chunks:
                     yield encoder_pb2.UploadRequest(chunk=chunk)
-            except (ValueError, ConnectionError, asyncio.IncompleteReadError) as error:
+            except (ValueError, ConnectionError, asyncio.IncompleteReadError, RequestPayloadError) as error:
                 # Raising here cancels the call: the server discards what it has, nothing partial is stored.
                 unread.append(ConnectError(grpc.StatusCode.INVALID_ARGUMENT, f"the body cannot be read: {error}"))
                 raise
@@ -117,7 +118,19 @@ def _refusal(error: ConnectError) -> web.Response:
 def _declared_type(content_type: str) -> str:
     """The type to store, or "" to let the encoder guess it from the file name: `application/octet-stream`
     is what curl and browsers send for a file whose type they do not know, so it says nothing."""
-    return "" if content_type.split(";")[0].strip().lower() == "application/octet-stream" else content_type
+    if content_type.split(";")[0].strip().lower() == "application/octet-stream":
+        return ""
+    return _text(content_type, "content type")
+
+
+def _text(value: str, what: str) -> str:
+    """`value`, which protobuf can carry: aiohttp reads a header's non-UTF-8 bytes as lone surrogates, which
+    protobuf refuses with UnicodeEncodeError (a 500, were it not caught here)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConnectError(grpc.StatusCode.INVALID_ARGUMENT, f"the {what} {value[:40]!r} is not UTF-8") from None
+    return value
 
 
 def _lifecycle(request: web.Request) -> common_pb2.Lifecycle:

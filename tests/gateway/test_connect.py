@@ -205,6 +205,15 @@ def test_a_wrong_token_is_unauthenticated(stack: StackProcess) -> None:
         assert call_json(client, "InferenceService/ListEndpoints", {}).json()["code"] == "unauthenticated"
 
 
+def test_a_token_that_is_not_ascii_is_unauthenticated_not_a_server_error(stack: StackProcess) -> None:
+    # aiohttp reads the header's bytes as surrogates; as gRPC metadata they made every route answer 500.
+    with httpx.Client(base_url=stack.cdn_url, headers={"Authorization": b"Bearer \xff\xfe"}, timeout=30) as client:
+        connect = call_json(client, "InferenceService/ListEndpoints", {})
+        queue = client.get("/queue/ferry/sample/requests/some-id/status")
+    assert (connect.status_code, connect.json()["code"]) == (401, "unauthenticated")
+    assert (queue.status_code, queue.json()["error_type"]) == (401, "BAD_TOKEN")
+
+
 # -- hostile requests: a clear 4xx, and the server serves on -----------------------------------
 
 
@@ -236,6 +245,29 @@ def test_malformed_protobuf_is_invalid_argument(http: httpx.Client) -> None:
     )
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_argument"
+    assert_still_serving(http)
+
+
+@pytest.mark.parametrize(
+    ("procedure", "content_type"),
+    [
+        ("InferenceService/ListEndpoints", "application/json"),
+        ("DownloaderService/Download", "application/connect+json"),
+    ],
+)
+def test_a_body_that_is_not_the_content_encoding_it_names_is_invalid_argument(
+    stack: StackProcess, http: httpx.Client, procedure: str, content_type: str
+) -> None:
+    # A connection of its own: aiohttp closes one whose body it could not decode, once it has answered.
+    response = httpx.post(
+        f"{stack.cdn_url}/ferry.v1.{procedure}",
+        content=b"not gzip",
+        headers={**BEARER, "Content-Type": content_type, "Content-Encoding": "gzip"},
+    )
+    if content_type == "application/json":
+        assert (response.status_code, response.json()["code"]) == (400, "invalid_argument")
+    else:  # a stream's error is its end-stream message, under a 200
+        assert response.status_code == 200 and b'"invalid_argument"' in response.content
     assert_still_serving(http)
 
 

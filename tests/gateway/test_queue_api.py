@@ -178,6 +178,8 @@ def test_the_status_stream_sends_server_sent_events_until_completed(gateway: Gat
         ({"X-Fal-Request-Timeout": "-3"}, "BAD_START_TIMEOUT"),
         ({"X-Fal-Object-Lifecycle-Preference": "{}"}, "BAD_LIFECYCLE"),
         ({"X-Fal-Object-Lifecycle-Preference": '{"expiration_duration_seconds": 0}'}, "BAD_LIFECYCLE"),
+        # Past uint64 (the Lifecycle field's type): was a 500.
+        ({"X-Fal-Object-Lifecycle-Preference": f'{{"expiration_duration_seconds": {2**70}}}'}, "INVALID_EXPIRY"),
     ],
 )
 def test_submit_options_that_make_no_sense_are_refused_422(
@@ -214,6 +216,28 @@ def test_a_body_that_is_not_utf8_is_refused_422_and_one_over_the_cap_413(gateway
 
     assert (not_utf8.status_code, not_utf8.json()["error_type"]) == (422, "INVALID_JSON")
     assert (too_large.status_code, too_large.json()["error_type"]) == (413, "BODY_TOO_LARGE")
+    assert still_serving.json() == {"text": "ok"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "application/json; charset=no-such-charset"},  # was a LookupError: a 500
+        {"Content-Encoding": "gzip"},  # a body that is not gzip: was a 500
+    ],
+)
+def test_a_body_with_an_unknown_charset_or_a_false_content_encoding_is_refused_422(
+    gateway: Gateway, headers: dict[str, str]
+) -> None:
+    with gateway.http() as http:  # a connection of its own: aiohttp closes one whose body it could not decode
+        refused = http.post("/run/ferry/sample", content=b'{"text": "a"}', headers=headers)
+    with gateway.http() as http:
+        still_serving = http.post("/run/ferry/sample", json={"text": "ok"})
+
+    if "charset" in headers.get("Content-Type", ""):  # JSON is UTF-8 whatever the header says
+        assert refused.json() == {"text": "a"}
+    else:
+        assert (refused.status_code, refused.json()["error_type"]) == (422, "UNREADABLE_BODY")
     assert still_serving.json() == {"text": "ok"}
 
 

@@ -7,6 +7,7 @@ One `ferry serve` with a token and a 1 MiB upload cap; what the cap refuses leav
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,6 +127,36 @@ def test_an_expires_in_that_is_no_positive_whole_number_is_invalid_argument(
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_argument"
     assert stored_files(data_dir) == before
+
+
+FORM_WITH_A_NON_UTF8_TYPE = (
+    b"--b\r\nContent-Disposition: form-data; name=file; filename=a.txt\r\nContent-Type: text/\xff\r\n\r\n"
+    b"hello\r\n--b--\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body"),
+    [
+        ("PUT", "/uploads/a.txt", {"Content-Type": b"text/\xff"}, b"hello"),
+        ("POST", "/uploads", {"Content-Type": "multipart/form-data; boundary=b"}, FORM_WITH_A_NON_UTF8_TYPE),
+        ("PUT", "/uploads/a.txt", {"Content-Type": "text/plain", "Content-Encoding": "gzip"}, b"not gzip"),
+    ],
+    ids=["raw-content-type-not-utf8", "form-content-type-not-utf8", "body-not-its-content-encoding"],
+)
+def test_a_header_or_body_that_cannot_be_read_is_invalid_argument_and_stores_nothing(
+    http: httpx.Client, data_dir: Path, method: str, path: str, headers: dict[str, str | bytes], body: bytes
+) -> None:
+    before = stored_files(data_dir)
+    response = http.request(method, path, content=body, headers=headers)  # were a 500, or a dropped connection
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_argument"
+    for _ in range(50):  # an unreadable body cancels the Upload call: the encoder removes its temp file as it ends
+        if stored_files(data_dir) == before:
+            break
+        time.sleep(0.1)
+    assert stored_files(data_dir) == before
+    assert_still_serving(http)
 
 
 def test_a_wrong_method_is_405_with_a_json_error(http: httpx.Client) -> None:
