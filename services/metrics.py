@@ -35,40 +35,52 @@ Refresher = Callable[[], Awaitable[None]]
 
 class StackMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = registry = CollectorRegistry()
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
-            collector(registry=self.registry)
+            collector(registry=registry)
         self.rpc_requests = Counter(
             "ferry_rpc_requests",
             "RPCs answered, by service, method and status code",
             ["service", "method", "code"],
-            registry=self.registry,
+            registry=registry,
         )
         self.rpc_seconds = Histogram(
             "ferry_rpc_duration_seconds",
             "Time from an RPC's arrival to its last response message or status",
             ["service", "method"],
             buckets=RPC_SECONDS_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
         self.rpc_in_flight = Gauge(
-            "ferry_rpc_in_flight", "RPCs being answered now", ["service", "method"], registry=self.registry
+            "ferry_rpc_in_flight", "RPCs being answered now", ["service", "method"], registry=registry
         )
         self.queue_depth = Gauge(
             "ferry_queue_depth",
             "Requests waiting in an app's queue (the queue's own count, the same from every replica)",
             ["app"],
-            registry=self.registry,
+            registry=registry,
         )
-        self.slots_busy = Gauge(
-            "ferry_app_slots_busy", "Handlers running on this replica", ["app"], registry=self.registry
-        )
+        self.slots_busy = Gauge("ferry_app_slots_busy", "Handlers running on this replica", ["app"], registry=registry)
         self.slots_total = Gauge(
             "ferry_app_slots",
             "Handlers this replica may run at once (max_concurrency)",
             ["app"],
-            registry=self.registry,
+            registry=registry,
         )
+        self.downloads = Counter(
+            "ferry_downloads",
+            "Downloads answered, by source (http, data, own: the stack's own storage) and outcome "
+            "(hit, miss, forced, or the failure's reason)",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self.downloaded_bytes = Counter(
+            "ferry_downloaded_bytes", "Bytes of files fetched (not hits), by source", ["source"], registry=registry
+        )
+        self.download_joins = Counter(
+            "ferry_download_joins", "Downloads that joined one already in flight (single flight)", registry=registry
+        )
+        self.downloads_active = Gauge("ferry_downloads_active", "Transfers in flight now", registry=registry)
         self._refreshers: list[Refresher] = []
 
     def refresh_with(self, refresher: Refresher) -> None:

@@ -39,6 +39,7 @@ from ferry.services.downloader.reads import ReadHeader, read_file
 from ferry.services.downloader.records import DownloadRecord, RecordStore, flight_key
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.downloader.writer import AtomicFile, link_into_place, part_prefix
+from ferry.services.metrics import StackMetrics
 from ferry.sizes import MIB
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class Downloader:
         data_dir: Path,
         own_storage: OwnStorage | None = None,
         trusted_cdn_url: str | None = None,
+        metrics: StackMetrics | None = None,
     ) -> None:
         self.config = config
         self.roots = DataRoots(data_dir, config.temp_dir)
@@ -154,6 +156,11 @@ class Downloader:
         self.http = HttpSource(self.guard, config, UrlPrefix.parse(trusted_cdn_url) if trusted_cdn_url else None)
         self._flights: dict[tuple[object, ...], Flight] = {}
         self._block_size = max(1, config.chunk_mib) * MIB
+        self.metrics = metrics or StackMetrics()
+        self.metrics.refresh_with(self._read_metrics)
+
+    async def _read_metrics(self) -> None:
+        self.metrics.downloads_active.set(len(self._flights))
 
     async def close(self) -> None:
         for flight in list(self._flights.values()):
@@ -165,26 +172,33 @@ class Downloader:
 
     async def download(self, job: DownloadJob) -> AsyncIterator[Event]:
         """Events for `job`: Started, Progress…, then Completed; failures raise FerryError."""
-        check_request_headers(job.request_headers)  # before anything connects: aiohttp's own check comes too late
         scheme = job.url.split(":", 1)[0].lower() if ":" in job.url else ""
         own = None if scheme == "data" else self.own_storage.source_for(job.url)
-        if scheme != "data" and own is None:
-            self.http.check_url(job.url)  # refuse bad schemes and blocked literals before touching disk
+        try:
+            check_request_headers(job.request_headers)  # before anything connects: aiohttp's checks come too late
+            if scheme != "data" and own is None:
+                self.http.check_url(job.url)  # refuse bad schemes and blocked literals before touching disk
+        except FerryError as refused:
+            self.metrics.downloads.labels("data" if scheme == "data" else "http", refused.reason).inc()
+            raise
         target = self._target(job)
         fresh = not (job.model_weights or job.url_cache or job.target_dir)  # a folder made for this request alone
         key = flight_key(target, job.url)
         flight_id = (key, job.force, job.filesize_limit, tuple(sorted(job.request_headers.items())))
         flight = self._flights.get(flight_id)
-        if flight is None:
+        if flight is not None:
+            self.metrics.download_joins.inc()
+        else:
             flight = Flight()
             self._flights[flight_id] = flight
             if scheme == "data":
-                work = self._data_uri(flight, job, target, key)
+                source, work = "data", self._data_uri(flight, job, target, key)
             elif own is not None:
-                work = self._own(own, flight, job, target, key)
+                source, work = "own", self._own(own, flight, job, target, key)
             else:
-                work = self._http(flight, job, target, key)
-            flight.task = asyncio.create_task(self._fly(flight, flight_id, work, target if fresh else None))
+                source, work = "http", self._http(flight, job, target, key)
+            counted = self._counted(work, source, job.force)
+            flight.task = asyncio.create_task(self._fly(flight, flight_id, counted, target if fresh else None))
         queue = flight.subscribe()
         try:
             while True:
@@ -201,6 +215,23 @@ class Downloader:
         """A file under the data roots: its ReadHeader, then its bytes from `offset`; see reads.py (close it early
         with `aclosing`, which lets its reader lock go)."""
         return read_file(self.roots, self.locks, path, offset, length)
+
+    async def _counted(self, work: Coroutine[Any, Any, Completed], source: str, forced: bool) -> Completed:
+        """`work`'s outcome counted once per transfer (joiners are counted apart): hit, miss, forced, or the
+        failure's reason."""
+        try:
+            completed = await work
+        except FerryError as error:
+            self.metrics.downloads.labels(source, error.reason).inc()
+            raise
+        except OSError:  # the local disk (answered as DISK_FULL and the like)
+            self.metrics.downloads.labels(source, "DISK_ERROR").inc()
+            raise
+        outcome = "hit" if completed.cache_hit else "forced" if forced else "miss"
+        self.metrics.downloads.labels(source, outcome).inc()
+        if not completed.cache_hit:
+            self.metrics.downloaded_bytes.labels(source).inc(completed.file_size)
+        return completed
 
     def _target(self, job: DownloadJob) -> Path:
         if job.model_weights:

@@ -99,6 +99,7 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
         # (the encoder runs elsewhere), the stack's CDN as configured is fetched past the network guard.
         own_storage=OwnStorage.of(runtime.storage),
         trusted_cdn_url=config.storage.public_url,
+        metrics=runtime.metrics,
     )
     await asyncio.to_thread(downloader.sweep_abandoned_parts)
     # Its first sweep runs now: records and locks of downloads removed while the server was down go at start.

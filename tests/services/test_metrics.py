@@ -96,3 +96,34 @@ def test_a_scrape_names_no_input_url_or_file(stack: StackProcess) -> None:
             client.run("no-such-app", {"text": secret_word})
 
     assert secret_word not in httpx.get(f"{stack.cdn_url}/metrics").text
+
+
+def download_samples(scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["source"], dict(labels)["outcome"]): value
+        for (name, labels), value in scrape.items()
+        if name == "ferry_downloads_total"
+    }
+
+
+def test_downloads_are_counted_by_source_and_outcome_and_fetched_bytes_summed(start_ferry, http_server) -> None:  # type: ignore[no-untyped-def]
+    stack = start_ferry("--allow-hosts", "127.0.0.1/32")
+    url = http_server.add_file("weights.bin", b"w" * 5000)
+    with stack.client() as client:
+        client.download_file(url, "inputs")  # a miss
+        client.download_file(url, "inputs")  # a hit
+        client.download_file(url, "inputs", force=True)  # forced
+        client.download_file("data:text/plain;base64,aGVsbG8=", "inputs")
+        with pytest.raises(ferry.errors.PermissionDenied):
+            client.download_file("http://169.254.169.254/latest/meta-data", "inputs")
+    scrape = samples(stack)
+
+    assert download_samples(scrape) == {
+        ("http", "miss"): 1,
+        ("http", "hit"): 1,
+        ("http", "forced"): 1,
+        ("data", "miss"): 1,
+        ("http", "ADDRESS_BLOCKED"): 1,
+    }
+    assert scrape[("ferry_downloaded_bytes_total", (("source", "http"),))] == 10_000  # the miss and the forced one
+    assert scrape[("ferry_downloads_active", ())] == 0
