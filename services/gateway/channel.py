@@ -6,7 +6,9 @@ URL first), so the channel's address is read only when the first request needs i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import grpc
 from aiohttp import web
@@ -45,3 +47,32 @@ def caller_metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
     if scheme.lower() in ("bearer", "key") and token and token.isascii() and token.isprintable():
         return (("authorization", f"Bearer {token}"),)
     return ()
+
+
+# aiohttp tells a handler of a closed connection only by its transport going away (no event, unless the
+# runner cancels handlers): this is how often a call in flight looks, so it ends within a tenth of a second.
+DISCONNECT_POLL_SECONDS = 0.1
+
+
+class Client:
+    """Whether the HTTP client left before its call ended."""
+
+    left = False
+
+
+@asynccontextmanager
+async def cancelled_when_client_leaves(request: web.Request, call: grpc.aio.Call) -> AsyncIterator[Client]:
+    """Cancel `call` when the HTTP client closes its connection first: its work is for nobody."""
+    client = Client()
+
+    async def watch() -> None:
+        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110 (no event)
+            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+        client.left = True
+        call.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield client
+    finally:
+        watcher.cancel()

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from ferry.services.gateway.channel import StackChannel, caller_metadata
+from ferry.services.gateway.channel import StackChannel, caller_metadata, cancelled_when_client_leaves
 from ferry.services.gateway.codec import CODECS, Codec
 from ferry.services.gateway.connect_errors import ConnectError
 from ferry.services.gateway.envelope import END_STREAM, envelope, read_body, read_single_message
@@ -36,9 +35,6 @@ SERVICES: tuple[ServiceDescriptor, ...] = (
     encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"],
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"],
 )
-# aiohttp tells a handler of a closed connection only by its transport going away (no event, unless the
-# runner cancels handlers): this is how often a call in flight looks, so it ends within a tenth of a second.
-DISCONNECT_POLL_SECONDS = 0.1
 _TIMEOUT_MS = re.compile(r"[0-9]{1,10}")
 
 
@@ -139,7 +135,7 @@ class ConnectGateway:
             request_serializer=_serialize,
             response_deserializer=procedure.response_type.FromString,
         )(message, metadata=caller_metadata(request), timeout=timeout)
-        async with _cancelled_when_client_leaves(request, call) as client:
+        async with cancelled_when_client_leaves(request, call) as client:
             try:
                 reply = await call
             except grpc.aio.AioRpcError as error:
@@ -160,7 +156,7 @@ class ConnectGateway:
         )(message, metadata=caller_metadata(request), timeout=timeout)
         response = await _start_stream(request, codec)
         end: dict[str, Any] = {}
-        async with _cancelled_when_client_leaves(request, call) as client:
+        async with cancelled_when_client_leaves(request, call) as client:
             try:
                 async for reply in call:
                     await response.write(envelope(codec.encode(reply)))
@@ -216,25 +212,3 @@ async def _stream_error(request: web.Request, codec: Codec, error: ConnectError)
 def _client_left() -> web.Response:
     """What a call whose client left answers: nobody reads it, but the handler returns like any other."""
     return ConnectError(grpc.StatusCode.CANCELLED, "the client closed its connection").to_response()
-
-
-class _Client:
-    left = False
-
-
-@asynccontextmanager
-async def _cancelled_when_client_leaves(request: web.Request, call: grpc.aio.Call) -> AsyncIterator[_Client]:
-    """Cancel `call` when the HTTP client closes its connection first: its work is for nobody."""
-    client = _Client()
-
-    async def watch() -> None:
-        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110 (no event)
-            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
-        client.left = True
-        call.cancel()
-
-    watcher = asyncio.create_task(watch())
-    try:
-        yield client
-    finally:
-        watcher.cancel()

@@ -23,6 +23,7 @@ each call, so its token rules apply unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC
@@ -33,7 +34,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ferry.errors import FerryError, InvalidArgument, Unavailable
-from ferry.services.gateway.channel import StackChannel, caller_metadata
+from ferry.services.gateway.channel import StackChannel, caller_metadata, cancelled_when_client_leaves
 from ferry.services.gateway.http_errors import error_response, json_error
 from ferry.services.storage.base import check_expires_in
 from ferry.services.storage.cdn import MAX_BODY_BYTES
@@ -172,7 +173,14 @@ class QueueApi:
     async def run(self, request: web.Request) -> web.StreamResponse:
         """Runs the request and answers its output."""
         asked = inference_pb2.RunRequest(**await _what_to_run(request))
-        answer = await self._stub.Run(asked, metadata=caller_metadata(request))
+        call = self._stub.Run(asked, metadata=caller_metadata(request))
+        async with cancelled_when_client_leaves(request, call) as client:  # a run for nobody is cancelled
+            try:
+                answer = await call
+            except asyncio.CancelledError:
+                if not client.left:
+                    raise
+                return json_error(499, "the client closed its connection", "CLIENT_CLOSED_REQUEST")
         return _output_response(answer.output_json, answer.request_id)
 
 

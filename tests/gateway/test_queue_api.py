@@ -8,6 +8,7 @@ key set to the server's token and the test CA trusted. What only raw HTTP shows 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -239,6 +240,30 @@ def test_a_body_with_an_unknown_charset_or_a_false_content_encoding_is_refused_4
     else:
         assert (refused.status_code, refused.json()["error_type"]) == (422, "UNREADABLE_BODY")
     assert still_serving.json() == {"text": "ok"}
+
+
+async def send_and_leave(gateway: Gateway, request: bytes) -> None:
+    host, port = gateway.host.rsplit(":", 1)
+    tls = ssl.create_default_context(cafile=gateway.ca_file)
+    _, writer = await asyncio.open_connection(host, int(port), ssl=tls)
+    writer.write(request)
+    await writer.drain()
+    await asyncio.sleep(0.5)  # the run is under way
+    writer.close()
+
+
+def test_a_client_that_leaves_a_run_cancels_it(gateway: Gateway) -> None:
+    body = json.dumps({"steps": 400, "step_seconds": 0.05})
+    request = (
+        f"POST /run/ferry/sample/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Key {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    asyncio.run(send_and_leave(gateway, request))
+    # The sample app runs one request at a time: this one waits behind the slow one (20 s) unless it was cancelled.
+    with gateway.http() as http:
+        http.timeout = httpx.Timeout(10)
+        echo = http.post("/run/ferry/sample", json={"text": "next"})
+    assert echo.json() == {"text": "next"}
 
 
 def test_unknown_request_ids_are_404_and_the_result_of_a_running_request_is_400(gateway: Gateway) -> None:
