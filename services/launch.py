@@ -210,7 +210,7 @@ class Stack:
     async def _start_storage(self) -> None:
         """Storage and the CDN that serves its local files; local URLs need the CDN's address first."""
         storage_config = self.config.storage
-        chain, local = build_storage(storage_config, self.config.server.data_dir, lambda: self.public_url)
+        chain, local = build_storage(storage_config, self.config.server.data_dir, lambda: self.public_url, self.metrics)
         await self._start_cdn(local)
         self._storage = chain
         self._sweeper = asyncio.create_task(run_sweeper(chain, storage_config.sweep_interval_seconds))
@@ -223,7 +223,10 @@ class Stack:
         buckets = tuple(spec for spec in storage_config.storage if spec != LOCAL_SPEC)
         if buckets:
             chain, _ = build_storage(
-                replace(storage_config, storage=buckets), self.config.server.data_dir, lambda: self.public_url
+                replace(storage_config, storage=buckets),
+                self.config.server.data_dir,
+                lambda: self.public_url,
+                self.metrics,
             )
             self._storage = chain
             self._closers.append(chain.close)

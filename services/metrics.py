@@ -81,6 +81,50 @@ class StackMetrics:
             "ferry_download_joins", "Downloads that joined one already in flight (single flight)", registry=registry
         )
         self.downloads_active = Gauge("ferry_downloads_active", "Transfers in flight now", registry=registry)
+        self.encodes = Counter(
+            "ferry_encodes",
+            "Encodes, by format and outcome (ok, or the refusal's reason)",
+            ["format", "outcome"],
+            registry=registry,
+        )
+        self.encode_seconds = Histogram(
+            "ferry_encode_duration_seconds",
+            "Time from an encode's header to its files stored",
+            ["format"],
+            buckets=RPC_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.encoded_bytes = Counter(
+            "ferry_encoded_bytes", "Bytes of files encodes stored, by format", ["format"], registry=registry
+        )
+        self.stored_objects = Counter(
+            "ferry_stored_objects",
+            "Objects stored (encodes, uploads, completed multipart), by backend",
+            ["backend"],
+            registry=registry,
+        )
+        self.stored_bytes = Counter("ferry_stored_bytes", "Bytes stored, by backend", ["backend"], registry=registry)
+        self.storage_failed_attempts = Counter(
+            "ferry_storage_failed_attempts",
+            "Storage calls that failed (retried or not), by backend",
+            ["backend"],
+            registry=registry,
+        )
+        self.storage_fallbacks = Counter(
+            "ferry_storage_fallbacks",
+            "Writes a backend could not take that went to the next",
+            ["backend"],
+            registry=registry,
+        )
+        self.multipart_uploads = Counter(
+            "ferry_multipart_uploads",
+            "Multipart uploads by event: started, completed, aborted",
+            ["event"],
+            registry=registry,
+        )
+        self.swept = Counter(
+            "ferry_storage_swept", "Expired objects and idle multipart uploads the sweep removed", registry=registry
+        )
         self._refreshers: list[Refresher] = []
 
     def refresh_with(self, refresher: Refresher) -> None:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from ferry.errors import FerryError
 from ferry.services.config import EncoderConfig
 from ferry.services.encoder.audio import AudioInfo
 from ferry.services.encoder.image_pipeline import ImagePipeline
@@ -30,6 +32,7 @@ from ferry.services.encoder.spec import EncodeLimits, EncodeSpec, ImageSpec, Vid
 from ferry.services.encoder.video import VideoInfo
 from ferry.services.encoder.video_pipeline import VideoPipeline
 from ferry.services.encoder.wav_pipeline import WavPipeline
+from ferry.services.metrics import StackMetrics
 from ferry.services.storage.base import NewObject, Storage, StoredObject
 from ferry.sizes import MIB
 
@@ -52,9 +55,16 @@ class Encoder:
     """`incoming` holds videos while they are encoded: beside local storage, so storing one is a rename."""
 
     def __init__(
-        self, storage: Storage, config: EncoderConfig, incoming: Path, executor: Executor, encode_threads: int
+        self,
+        storage: Storage,
+        config: EncoderConfig,
+        incoming: Path,
+        executor: Executor,
+        encode_threads: int,
+        metrics: StackMetrics | None = None,
     ) -> None:
         self.storage = storage
+        self.metrics = metrics or StackMetrics()
         self.incoming = incoming
         self.executor = executor
         self.encode_threads = encode_threads
@@ -70,11 +80,22 @@ class Encoder:
     async def encode(self, spec: EncodeSpec, chunks: AsyncIterator[Chunk], expires_in: int | None) -> list[EncodedFile]:
         """The stream's tensor encoded as `spec` says and stored: one file, or one per image of a batch."""
         media = spec.media
-        if isinstance(media, VideoSpec):
-            return [await self._video(spec, media, chunks, expires_in)]
-        if isinstance(media, WavSpec):
-            return [await self._wav(spec, media, chunks, expires_in)]
-        return await self._images(spec, media, chunks, expires_in)
+        format = "mp4" if isinstance(media, VideoSpec) else "wav" if isinstance(media, WavSpec) else media.format
+        began = time.perf_counter()
+        try:
+            if isinstance(media, VideoSpec):
+                files = [await self._video(spec, media, chunks, expires_in)]
+            elif isinstance(media, WavSpec):
+                files = [await self._wav(spec, media, chunks, expires_in)]
+            else:
+                files = await self._images(spec, media, chunks, expires_in)
+        except FerryError as error:
+            self.metrics.encodes.labels(format, error.reason).inc()
+            raise
+        self.metrics.encodes.labels(format, "ok").inc()
+        self.metrics.encode_seconds.labels(format).observe(time.perf_counter() - began)
+        self.metrics.encoded_bytes.labels(format).inc(sum(file.stored.size for file in files))
+        return files
 
     async def _images(
         self, spec: EncodeSpec, image: ImageSpec, chunks: AsyncIterator[Chunk], expires_in: int | None

@@ -259,7 +259,7 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
     threads = config.encoder.encode_threads or os.cpu_count() or 2
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ferry-encode")
     incoming = config.server.data_dir / ".ferry" / "incoming"
-    encoder = Encoder(runtime.storage, config.encoder, incoming, executor, threads)
+    encoder = Encoder(runtime.storage, config.encoder, incoming, executor, threads, runtime.metrics)
     uploads = Uploads(runtime.storage, incoming, executor, limit=encoder.limits.max_bytes)
     encoder_pb2_grpc.add_EncoderServiceServicer_to_server(EncoderServicer(encoder, uploads), server)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ferry.services.config import StorageConfig, parse_storage_spec
+from ferry.services.metrics import StackMetrics
 from ferry.services.storage.base import Storage
 from ferry.services.storage.chain import StorageChain
 from ferry.services.storage.local import LocalStorage
@@ -24,7 +25,7 @@ S3_HOLDING_FOLDER = Path(".ferry") / "s3-parts"
 
 
 def build_storage(
-    config: StorageConfig, data_dir: Path, cdn_base_url: Callable[[], str]
+    config: StorageConfig, data_dir: Path, cdn_base_url: Callable[[], str], metrics: StackMetrics | None = None
 ) -> tuple[StorageChain, LocalStorage | None]:
     """The storage chain `config` describes, and its local backend (for the CDN to serve), if any.
 
@@ -51,7 +52,12 @@ def build_storage(
                     holding_dir=data_dir / S3_HOLDING_FOLDER,
                 )
             )
-    chain = StorageChain(backends, attempts=config.storage_attempts, cool_down_seconds=config.storage_cool_down_seconds)
+    chain = StorageChain(
+        backends,
+        attempts=config.storage_attempts,
+        cool_down_seconds=config.storage_cool_down_seconds,
+        metrics=metrics,
+    )
     return chain, local
 
 

@@ -31,6 +31,7 @@ from typing import TypeVar
 
 from ferry.backoff import backoff_seconds
 from ferry.errors import NotFound, ResourceExhausted, Unavailable
+from ferry.services.metrics import StackMetrics
 from ferry.services.storage.base import NewObject, Storage, StoredObject, TransientStorageError
 from ferry.services.storage.breaker import Admission, Breaker
 
@@ -54,6 +55,7 @@ class StorageChain(Storage):
         max_backoff_seconds: float = 5.0,
         failures_to_open: int = 5,
         cool_down_seconds: float = 30.0,
+        metrics: StackMetrics | None = None,
     ) -> None:
         """`failures_to_open` attempts that fail in a row open a backend's breaker for `cool_down_seconds`.
 
@@ -65,6 +67,7 @@ class StorageChain(Storage):
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self.backends = tuple(backends)
+        self.metrics = metrics or StackMetrics()
         self.name = " -> ".join(backend.name for backend in self.backends)
         self.breakers = tuple(Breaker(failures_to_open, cool_down_seconds) for _ in self.backends)
         self._attempts = attempts
@@ -113,6 +116,7 @@ class StorageChain(Storage):
             try:
                 result = await operation(backend)
             except TransientStorageError as error:
+                self.metrics.storage_failed_attempts.labels(backend.name).inc()
                 await self._failed(index)
                 if retry + 1 == attempts or (while_closed and self.breakers[index].is_open):
                     raise
@@ -128,6 +132,7 @@ class StorageChain(Storage):
                 )
                 await asyncio.sleep(delay)
             except _BACKEND_DOWN:
+                self.metrics.storage_failed_attempts.labels(backend.name).inc()
                 await self._failed(index)
                 raise
             else:
@@ -154,6 +159,8 @@ class StorageChain(Storage):
             except (TransientStorageError, *_BACKEND_DOWN) as error:
                 failures.append(f"{backend.name}: {error}")
                 following = self.backends[index + 1].name if index + 1 < len(self.backends) else None
+                if following:
+                    self.metrics.storage_fallbacks.labels(backend.name).inc()
                 log.warning(
                     "storage %s failed to %s: %s; %s",
                     backend.name,
@@ -168,10 +175,15 @@ class StorageChain(Storage):
 
     async def put_file(self, path: Path, new: NewObject, sha256: str) -> StoredObject:
         _, stored = await self._first_taker("store a file", lambda backend: backend.put_file(path, new, sha256))
-        return stored
+        return self._counted(stored)
 
     async def put_bytes(self, data: bytes, new: NewObject) -> StoredObject:
         _, stored = await self._first_taker("store a file", lambda backend: backend.put_bytes(data, new))
+        return self._counted(stored)
+
+    def _counted(self, stored: StoredObject) -> StoredObject:
+        self.metrics.stored_objects.labels(stored.backend).inc()
+        self.metrics.stored_bytes.labels(stored.backend).inc(stored.size)
         return stored
 
     async def create_multipart(self, *, file_name: str, content_type: str, expires_in: int | None) -> str:
@@ -181,6 +193,7 @@ class StorageChain(Storage):
                 file_name=file_name, content_type=content_type, expires_in=expires_in
             ),
         )
+        self.metrics.multipart_uploads.labels("started").inc()
         return f"{index}:{upload_id}"
 
     def _owner(self, upload_id: str) -> tuple[int, str]:
@@ -209,9 +222,11 @@ class StorageChain(Storage):
         )
 
     async def complete_multipart(self, upload_id: str, parts: Sequence[tuple[int, str]]) -> StoredObject:
-        return await self._on_owner(
+        stored = await self._on_owner(
             upload_id, "complete a multipart upload", lambda backend, own_id: backend.complete_multipart(own_id, parts)
         )
+        self.metrics.multipart_uploads.labels("completed").inc()
+        return self._counted(stored)
 
     async def abort_multipart(self, upload_id: str) -> None:
         try:
@@ -221,6 +236,7 @@ class StorageChain(Storage):
         await self._on_owner(
             upload_id, "abort a multipart upload", lambda backend, own_id: backend.abort_multipart(own_id)
         )
+        self.metrics.multipart_uploads.labels("aborted").inc()
 
     async def sweep(self, now: datetime) -> int:
         """Sweep every backend; one failing does not stop the others."""
@@ -231,6 +247,7 @@ class StorageChain(Storage):
                 log.warning("storage %s: sweep failed: %s", backend.name, result)
             else:
                 removed += result
+        self.metrics.swept.inc(removed)
         return removed
 
     async def close(self) -> None:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import ferry
 from ferry.testing import StackProcess
 from ferry.v1 import inference_pb2
+from tests.conftest import AWS_TEST_CREDENTIALS as AWS_TEST_ENV
 
 APP = f"{Path(__file__).parents[1] / 'inference' / 'sample_app.py'}:SampleApp"
 TOKEN = "metrics-token"
@@ -127,3 +129,44 @@ def test_downloads_are_counted_by_source_and_outcome_and_fetched_bytes_summed(st
     }
     assert scrape[("ferry_downloaded_bytes_total", (("source", "http"),))] == 10_000  # the miss and the forced one
     assert scrape[("ferry_downloads_active", ())] == 0
+
+
+def labelled(scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> dict[str, float]:
+    """A one-label metric's samples, by that label's value."""
+    return {labels[0][1]: value for (sample, labels), value in scrape.items() if sample == name and len(labels) == 1}
+
+
+def test_encodes_and_storage_are_counted_and_a_fallback_names_the_backend_that_failed(
+    start_ferry,
+    aws_test_credentials,
+    dead_address: str,  # type: ignore[no-untyped-def]
+) -> None:
+    down = "s3://ferry-down/outputs"
+    stack = start_ferry(
+        *("--storage", down, "--storage", "local", "--storage-attempts", "1"),
+        *("--s3-endpoint-url", f"http://{dead_address}", "--s3-region", "us-east-1"),
+        env=dict(AWS_TEST_ENV),
+    )
+    image = np.zeros((16, 16, 3), np.uint8)
+    with stack.client() as client:
+        client.encode_tensor(image, "png")
+        client.encode_tensor(image, "jpeg")
+        (video,) = client.encode_tensor(np.zeros((4, 16, 16, 3), np.uint8), "mp4", fps=8)
+        with pytest.raises(ferry.errors.InvalidArgument):
+            client.encode_tensor(np.full((16, 16, 3), np.nan, np.float32), "png")
+    scrape = samples(stack)
+
+    encodes = {
+        (dict(labels)["format"], dict(labels)["outcome"]): value
+        for (name, labels), value in scrape.items()
+        if name == "ferry_encodes_total"
+    }
+    assert encodes == {("png", "ok"): 1, ("jpeg", "ok"): 1, ("mp4", "ok"): 1, ("png", "NON_FINITE"): 1}
+    assert labelled(scrape, "ferry_encode_duration_seconds_count") == {"png": 1, "jpeg": 1, "mp4": 1}
+    assert labelled(scrape, "ferry_stored_objects_total") == {"local": 3}
+    assert labelled(scrape, "ferry_stored_bytes_total")["local"] == sum(
+        labelled(scrape, "ferry_encoded_bytes_total").values()
+    )
+    assert labelled(scrape, "ferry_storage_fallbacks_total") == {down: 3}
+    assert labelled(scrape, "ferry_storage_failed_attempts_total")[down] >= 1
+    assert video.url.startswith(stack.cdn_url)
