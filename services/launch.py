@@ -36,7 +36,7 @@ from ferry.services.config import (
     StorageConfig,
 )
 from ferry.services.gateway.channel import StackChannel
-from ferry.services.gateway.cors import cors_middleware
+from ferry.services.gateway.cors import enable_cors
 from ferry.services.gateway.http_errors import json_errors_middleware
 from ferry.services.gateway.routes import add_gateway_routes
 from ferry.services.health import add_health
@@ -248,8 +248,8 @@ class Stack:
         max_body_bytes = max_receive_bytes(self.config)  # what the gRPC server behind the HTTP routes accepts
         app = create_cdn_app(cfg.token, local, max_body_bytes=max_body_bytes)
         app.middlewares.insert(0, json_errors_middleware)
-        if cfg.cors_origin:  # outermost: even a refusal is readable by an allowed page
-            app.middlewares.insert(0, cors_middleware(cfg.cors_origin))
+        if cfg.cors_origin:
+            enable_cors(app, cfg.cors_origin)
         self._gateway = StackChannel(self._gateway_connection)
         add_gateway_routes(app, self._gateway, max_body_bytes)
         app.add_routes([metrics_route(self.metrics)])

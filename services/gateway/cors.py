@@ -22,40 +22,37 @@ PREFLIGHT_MAX_AGE_SECONDS = 600
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def cors_middleware(origins: Collection[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Answers preflights and marks answers readable for pages of `origins`; other origins get no CORS headers,
-    so their pages cannot read an answer (a preflight from one is refused 403)."""
+def enable_cors(app: web.Application, origins: Collection[str]) -> None:
+    """Pages of `origins` may call `app`: their preflights are answered and every answer they get (streams and
+    refusals included) is marked readable; other origins get no CORS headers, so their pages cannot read an
+    answer (a preflight from one is refused 403)."""
     allowed = frozenset(origin.lower() for origin in origins)
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def preflights(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if origin is None:
+        if request.method != "OPTIONS" or origin is None or "Access-Control-Request-Method" not in request.headers:
             return await handler(request)
-        permitted = origin.lower() in allowed
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            if not permitted:
-                return web.json_response({"detail": "origin not allowed", "error_type": "CORS_ORIGIN"}, status=403)
-            return web.Response(
-                status=204,
-                headers={
-                    "Access-Control-Allow-Origin": origin,
-                    "Access-Control-Allow-Methods": ALLOWED_METHODS,
-                    "Access-Control-Allow-Headers": ALLOWED_HEADERS,
-                    "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_SECONDS),
-                    "Vary": "Origin",
-                },
-            )
-        try:
-            response = await handler(request)
-        except web.HTTPException as error:  # 404, 405, 413 from aiohttp itself: readable as well
-            response = error
-        if permitted:
+        if origin.lower() not in allowed:
+            return web.json_response({"detail": "origin not allowed", "error_type": "CORS_ORIGIN"}, status=403)
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": ALLOWED_METHODS,
+                "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+                "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_SECONDS),
+                "Vary": "Origin",
+            },
+        )
+
+    async def mark_readable(request: web.Request, response: web.StreamResponse) -> None:
+        """Just before any answer's headers go out, streamed ones too (a middleware would be too late for them)."""
+        response.headers.add("Vary", "Origin")  # every answer: a shared cache must not hand one origin's to another
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() in allowed and "Access-Control-Allow-Origin" not in response.headers:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-            response.headers.add("Vary", "Origin")
-        if isinstance(response, web.HTTPException):
-            raise response
-        return response
 
-    return middleware
+    app.middlewares.insert(0, preflights)  # outermost: a preflight is answered before anything else looks at it
+    app.on_response_prepare.append(mark_readable)

@@ -52,6 +52,24 @@ def test_answers_are_readable_by_the_allowed_origin_only_errors_included(http: h
     assert unrouted.status_code == 404 and unrouted.headers["Access-Control-Allow-Origin"] == ALLOWED
 
 
+def test_a_streamed_answer_is_readable_by_the_allowed_origin_too(http: httpx.Client) -> None:
+    """Its headers go out before the stream's body: marked as they are sent, not afterwards."""
+    body = b'{"url": "data:text/plain;base64,aGVsbG8="}'
+    envelope = b"\x00" + len(body).to_bytes(4, "big") + body
+    headers = {"Origin": ALLOWED, "Content-Type": "application/connect+json"}
+    with http.stream("POST", "/ferry.v1.DownloaderService/Download", content=envelope, headers=headers) as answer:
+        answer.read()
+
+    assert answer.status_code == 200
+    assert answer.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert "Origin" in answer.headers["Vary"]
+
+
+def test_every_answer_varies_by_origin_so_no_cache_hands_one_origins_answer_to_another(http: httpx.Client) -> None:
+    assert "Origin" in http.get("/nowhere", headers={"Origin": OTHER}).headers["Vary"]
+    assert "Origin" in http.get("/metrics").headers["Vary"]
+
+
 def test_without_the_flag_no_origin_gets_cors_headers(ferry_serve: StackProcess) -> None:
     with httpx.Client(base_url=ferry_serve.cdn_url) as http:
         preflight = http.options("/queue/ferry/sample", headers={"Origin": ALLOWED, **PREFLIGHT})
