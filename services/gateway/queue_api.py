@@ -141,15 +141,20 @@ class QueueApi:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", REQUEST_ID_HEADER: request_id}
         )
         await response.prepare(request)
-        try:
-            await response.write(_event(first))
-            async for document in documents:
-                await response.write(_event(document))
-        except grpc.RpcError as error:  # after the 200: the failure is the stream's last event
-            failure = FerryError.from_rpc_error(error)
-            await response.write(_event({"detail": failure.message, "error_type": failure.reason}, "error"))
-        finally:
-            events.cancel()  # the caller left, or the request ended: stop following (the request runs on)
+        # A caller that leaves while nothing happens (a request queued for hours) stops the following at once.
+        async with cancelled_when_client_leaves(request, events) as client:
+            try:
+                await response.write(_event(first))
+                async for document in documents:
+                    await response.write(_event(document))
+            except grpc.RpcError as error:  # after the 200: the failure is the stream's last event
+                failure = _failure(FerryError.from_rpc_error(error))
+                await response.write(_event({"detail": failure["error"], "error_type": failure["error_type"]}, "error"))
+            except asyncio.CancelledError:
+                if not client.left:
+                    raise
+            finally:
+                events.cancel()  # the caller left, or the request ended: stop following (the request runs on)
         return response
 
     async def result(self, request: web.Request) -> web.StreamResponse:
@@ -286,9 +291,13 @@ def _status_body(status: inference_pb2.GetStatusResponse, urls: _RequestUrls, *,
     if name == "COMPLETED":
         body["metrics"] = {}
         if status.HasField("error"):
-            failure = FerryError.from_request_error(status.error)
-            body["error"], body["error_type"] = failure.message, failure.reason
+            body.update(_failure(FerryError.from_request_error(status.error)))
     return body
+
+
+def _failure(failure: FerryError) -> dict[str, str]:
+    """A failed request's `error` and `error_type` (its reason, else its code's name: never empty)."""
+    return {"error": failure.message, "error_type": failure.reason or failure.code.name}
 
 
 async def _stream_statuses(
@@ -312,8 +321,7 @@ async def _stream_statuses(
         elif kind in ("completed", "failed"):
             document = {"status": "COMPLETED", "logs": logs if with_logs else None, "metrics": {}, **base}
             if kind == "failed":
-                failure = FerryError.from_request_error(event.failed.error)
-                document["error"], document["error_type"] = failure.message, failure.reason
+                document.update(_failure(FerryError.from_request_error(event.failed.error)))
             yield document
             return
 

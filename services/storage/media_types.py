@@ -43,12 +43,16 @@ def check_content_type(value: str) -> str:
 
 # Shown in place by a browser without running anything: media, plain text, JSON. Everything else (HTML, SVG,
 # XML, JavaScript, PDF, what no one has thought of yet) may carry script, and is served as a download.
-_PASSIVE = re.compile(r"(image/(?!svg)|audio/|video/|text/plain\b|application/json\b|application/octet-stream\b)", re.I)
+_PASSIVE = re.compile(
+    r"(image/(?!svg)[^;\s]+|audio/[^;\s]+|video/[^;\s]+|text/plain|application/json|application/octet-stream)"
+    r"\s*(;.*)?",
+    re.I | re.S,
+)
 
 
 def is_passive(content_type: str) -> bool:
     """Whether a browser may show a file of this type in place: it cannot run script as a page."""
-    return _PASSIVE.match(content_type) is not None
+    return _PASSIVE.fullmatch(content_type) is not None
 
 
 def servable_content_type(value: object) -> str:

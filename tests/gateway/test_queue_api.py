@@ -14,6 +14,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,28 @@ def test_unknown_request_ids_are_404_and_the_result_of_a_running_request_is_400(
 
     assert (unknown.status_code, unknown.json()["error_type"]) == (404, "UNKNOWN_REQUEST")
     assert (early.status_code, early.json()["error_type"]) == (400, "NOT_COMPLETED")
+
+
+def in_flight_streams(http: httpx.Client) -> float:
+    """Stream RPCs the server is answering now, from its own metrics."""
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith('ferry_rpc_in_flight{method="Stream",service="ferry.v1.InferenceService"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_leaving_the_status_stream_of_a_quiet_request_stops_following_it_at_once(gateway: Gateway) -> None:
+    with gateway.http() as http:
+        running = http.post("/queue/ferry/sample/slow", json={"steps": 400, "step_seconds": 0.05}).json()
+        queued = http.post("/queue/ferry/sample", json={"text": "waits"}).json()  # behind it: no news for a while
+        with http.stream("GET", f"{queued['status_url']}/stream") as events:
+            first = next(events.iter_lines())
+            assert "IN_QUEUE" in first and in_flight_streams(http) == 1
+        deadline = time.monotonic() + 5
+        while in_flight_streams(http) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        followed_after = in_flight_streams(http)
+        for request in (queued, running):
+            http.put(request["cancel_url"])
+
+    assert followed_after == 0

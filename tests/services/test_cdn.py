@@ -104,6 +104,8 @@ async def test_a_file_is_served_with_its_stored_type_length_and_etag(cdn: Cdn, t
         ("feed.xml", "application/xml"),
         ("app.js", "text/javascript"),
         ("doc.xhtml", "application/xhtml+xml; charset=utf-8"),
+        ("look-alike.txt", "text/plain-html"),  # a prefix of a passive type is not one
+        ("look-alike.json", "application/jsonp"),
     ],
 )
 async def test_a_file_that_could_run_script_is_a_sandboxed_download_never_a_page(
