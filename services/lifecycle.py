@@ -31,13 +31,14 @@ def expires_in(lifecycle: common_pb2.Lifecycle, context: grpc.aio.ServicerContex
         return check_expires_in(lifecycle.expiration_seconds)
     for key, value in context.invocation_metadata() or ():
         if key == LIFECYCLE_HEADER:
-            return check_expires_in(_header_seconds(value))
+            return preference_seconds(value)
     return None
 
 
-def _header_seconds(value: str | bytes) -> int:
+def preference_seconds(value: str | bytes, header: str = LIFECYCLE_HEADER) -> int:
+    """The lifetime a lifecycle preference header (`header`, as the caller named it) asks for, checked."""
     malformed = InvalidArgument(
-        f'{LIFECYCLE_HEADER} must be JSON like {{"expiration_duration_seconds": 3600}}', reason="BAD_LIFECYCLE"
+        f'{header} must be JSON like {{"expiration_duration_seconds": 3600}}', reason="BAD_LIFECYCLE"
     )
     # Bounded before parsing: 8 KiB of "[" (what gRPC lets a header hold) is a RecursionError in json.
     if len(value) > MAX_HEADER_CHARS:
@@ -52,4 +53,4 @@ def _header_seconds(value: str | bytes) -> int:
             "expiration_duration_seconds must be a whole number of seconds, not a string, float or bool",
             reason="BAD_LIFECYCLE",
         )
-    return seconds
+    return check_expires_in(seconds)

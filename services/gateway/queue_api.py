@@ -36,7 +36,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from ferry.errors import FerryError, InvalidArgument, Unavailable
 from ferry.services.gateway.channel import StackChannel, caller_metadata, cancelled_when_client_leaves
 from ferry.services.gateway.http_errors import error_response, json_error
-from ferry.services.storage.base import check_expires_in
+from ferry.services.lifecycle import preference_seconds
 from ferry.services.storage.cdn import MAX_BODY_BYTES
 from ferry.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -252,17 +252,8 @@ def _lifecycle(request: web.Request) -> common_pb2.Lifecycle:
     value = request.headers.get(LIFECYCLE_HEADER)
     if value is None:
         return common_pb2.Lifecycle()
-    try:
-        preference = json.loads(value)
-        seconds = preference["expiration_duration_seconds"]
-    except (ValueError, TypeError, KeyError):
-        seconds = None
-    if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 1:
-        raise InvalidArgument(
-            f'{LIFECYCLE_HEADER} is {{"expiration_duration_seconds": N}} with N ≥ 1', reason="BAD_LIFECYCLE"
-        )
-    # Bounded before it reaches the uint64 field: 2**64 and beyond raised ValueError there (a 500).
-    return common_pb2.Lifecycle(expiration_seconds=check_expires_in(seconds))
+    # Read as the gRPC metadata header is: bounded, whole seconds, 1 s to 100 years (2**64 would overflow the field).
+    return common_pb2.Lifecycle(expiration_seconds=preference_seconds(value, LIFECYCLE_HEADER))
 
 
 def _log(line: inference_pb2.LogLine) -> dict[str, Any]:

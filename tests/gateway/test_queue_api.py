@@ -179,7 +179,8 @@ def test_the_status_stream_sends_server_sent_events_until_completed(gateway: Gat
         ({"X-Fal-Request-Timeout": "soon"}, "BAD_START_TIMEOUT"),
         ({"X-Fal-Request-Timeout": "-3"}, "BAD_START_TIMEOUT"),
         ({"X-Fal-Object-Lifecycle-Preference": "{}"}, "BAD_LIFECYCLE"),
-        ({"X-Fal-Object-Lifecycle-Preference": '{"expiration_duration_seconds": 0}'}, "BAD_LIFECYCLE"),
+        ({"X-Fal-Object-Lifecycle-Preference": '{"expiration_duration_seconds": 0}'}, "INVALID_EXPIRY"),
+        ({"X-Fal-Object-Lifecycle-Preference": "[" * 4000}, "BAD_LIFECYCLE"),  # nesting json would recurse into
         # Past uint64 (the Lifecycle field's type): was a 500.
         ({"X-Fal-Object-Lifecycle-Preference": f'{{"expiration_duration_seconds": {2**70}}}'}, "INVALID_EXPIRY"),
     ],
