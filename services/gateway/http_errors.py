@@ -51,7 +51,7 @@ def error_response(error: FerryError) -> web.Response:
 async def json_errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """aiohttp's own refusals (no such route 404, wrong method 405, body over the cap 413, a CDN write without
+    """aiohttp's own refusals (no such route 404, wrong method 405, a CDN write without
     the token 401) in the same JSON shape as the routes' errors, rather than as text."""
     try:
         return await handler(request)

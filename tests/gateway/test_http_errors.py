@@ -1,4 +1,4 @@
-"""Whatever the HTTP port refuses, it refuses as JSON with a 4xx: unknown routes, wrong methods, bodies too large."""
+"""Whatever the HTTP port refuses itself, it refuses as JSON with a 4xx: unknown routes, wrong methods, CDN writes."""
 
 from __future__ import annotations
 
