@@ -45,6 +45,7 @@ from ferry.inference.queue.leases import keep_lease
 from ferry.inference.request_events import LogLine, PartialOutput, Progress, RequestEvent, Started, encode
 from ferry.inference.services import ServiceClients
 from ferry.request_scope import RequestScope, request_scope
+from ferry.services.metrics import StackMetrics
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,10 @@ class AppRunner:
         queue: RequestQueue,
         workers: ThreadPoolExecutor,
         services: ServiceClients | None = None,
+        metrics: StackMetrics | None = None,
     ) -> None:
         self.spec: AppSpec = describe(app_class)
+        self.metrics = metrics or StackMetrics()
         self.app = app_class()
         self.queue = queue
         self._threads = workers
@@ -277,7 +280,8 @@ class AppRunner:
             try:
                 async for request_id in self.queue.cancellations():
                     if (running := self.running.get(request_id)) is not None:
-                        running.withdraw()
+                        running.withdraw()  # the queue completed it CANCELLED: its end is counted here
+                        self.metrics.requests.labels(self.app_id, running.endpoint.path, "CANCELLED").inc()
             except FerryError as error:
                 log.warning("%s: cannot hear cancellations (%s); retrying", self.app_id, error)
                 await asyncio.sleep(1)
@@ -361,6 +365,9 @@ class AppRunner:
 
     async def _execute(self, running: Running) -> None:
         claim, endpoint = running.claim, running.endpoint
+        began = time.perf_counter()
+        if claim.attempt > 1:
+            self.metrics.redeliveries.labels(self.app_id).inc()
         expires_in = claim.request.expires_in
         events = EventWriter(self.queue, running.request_id)
         events.put(Started())
@@ -411,6 +418,9 @@ class AppRunner:
             await events.close()
             if not running.withdrawn:
                 await self._finish(claim, output_json, failure)
+                outcome = failure.code if failure else "OK"
+                self.metrics.requests.labels(self.app_id, endpoint.path, outcome).inc()
+                self.metrics.request_run_seconds.labels(self.app_id, endpoint.path).observe(time.perf_counter() - began)
         finally:
             self.running.pop(running.request_id, None)
 

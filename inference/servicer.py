@@ -235,7 +235,7 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
         raise CannotStart(f"cannot open the request queue: {error.message}") from None
     runners: dict[str, AppRunner] = {}
     for spec in config.inference.app:
-        runner = AppRunner(load_app(spec), queue=queue, workers=threads, services=services)
+        runner = AppRunner(load_app(spec), queue=queue, workers=threads, services=services, metrics=runtime.metrics)
         if runner.spec.app_id in runners:
             raise ValueError(f"two apps share the id {runner.spec.app_id!r}")
         runners[runner.spec.app_id] = runner

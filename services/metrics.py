@@ -125,6 +125,22 @@ class StackMetrics:
         self.swept = Counter(
             "ferry_storage_swept", "Expired objects and idle multipart uploads the sweep removed", registry=registry
         )
+        self.requests = Counter(
+            "ferry_requests",
+            "App requests this replica ran to an end, by app, endpoint and outcome (OK, or the failure's code)",
+            ["app", "endpoint", "outcome"],
+            registry=registry,
+        )
+        self.request_run_seconds = Histogram(
+            "ferry_request_run_seconds",
+            "Time from a request's start on this replica to its end (inputs, handler, output encodes)",
+            ["app", "endpoint"],
+            buckets=RPC_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.redeliveries = Counter(
+            "ferry_redeliveries", "Requests taken again after the replica running them died", ["app"], registry=registry
+        )
         self._refreshers: list[Refresher] = []
 
     def refresh_with(self, refresher: Refresher) -> None:

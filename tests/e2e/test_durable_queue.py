@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from ferry.inference.queue.base import State, Status
@@ -81,6 +82,10 @@ def test_a_server_killed_with_requests_queued_and_running_runs_them_all_once_res
     assert [result(second, i) for i in queued] == [f'{{"text":"{n}"}}' for n in range(5)]
     assert result(second, running) == '{"finished_steps":100}', "the interrupted one ran again, from the start"
     assert state(second, running).attempt == 2 and state(second, queued[0]).attempt == 1
+    redelivered = [
+        line for line in httpx.get(f"{second.cdn_url}/metrics").text.splitlines() if "redeliveries_total{" in line
+    ]
+    assert redelivered == ['ferry_redeliveries_total{app="sample"} 1.0']
 
 
 def test_any_replica_answers_for_a_request_another_one_runs_and_cancels_it(replica) -> None:

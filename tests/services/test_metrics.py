@@ -3,6 +3,7 @@ each app's queue depth and slots; process metrics. Read back with prometheus-cli
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
@@ -77,8 +78,8 @@ def test_queue_depth_and_slots_are_read_per_app_and_process_metrics_are_there(st
     with stack.client(token=TOKEN) as client:
         running = client.submit("sample", {"steps": 200, "step_seconds": 0.05}, path="/slow")
         queued = [client.submit("sample", {"text": str(n)}) for n in range(3)]
-        while running.status().__class__.__name__ == "Queued":
-            pass
+        while running.status().state != "IN_PROGRESS":
+            time.sleep(0.01)
         scrape = samples(stack)
         running.cancel()
         for handle in queued:
@@ -170,3 +171,46 @@ def test_encodes_and_storage_are_counted_and_a_fallback_names_the_backend_that_f
     assert labelled(scrape, "ferry_storage_fallbacks_total") == {down: 3}
     assert labelled(scrape, "ferry_storage_failed_attempts_total")[down] >= 1
     assert video.url.startswith(stack.cdn_url)
+
+
+def test_app_requests_are_counted_by_endpoint_and_outcome_and_timed(stack: StackProcess) -> None:
+    with stack.client(token=TOKEN) as client:
+        client.run("sample", {"text": "a"})
+        with pytest.raises(ferry.errors.Internal):
+            client.run("sample", {"text": "a"}, path="/fail")
+        with pytest.raises(ferry.errors.InvalidArgument):
+            client.run("sample", {"text": "a"}, path="/refuse")
+        slow = client.submit("sample", {"steps": 400, "step_seconds": 0.05}, path="/slow")
+        while slow.status().state != "IN_PROGRESS":
+            time.sleep(0.01)
+        slow.cancel()
+        scrape = samples(stack)
+        while (
+            "ferry_requests_total",
+            (("app", "sample"), ("endpoint", "/slow"), ("outcome", "CANCELLED")),
+        ) not in scrape:
+            scrape = samples(stack)  # the replica hears the cancel within 0.5 s
+
+    outcomes = {
+        (dict(labels)["endpoint"], dict(labels)["outcome"]): value
+        for (name, labels), value in scrape.items()
+        if name == "ferry_requests_total"
+    }
+    assert outcomes == {
+        ("/", "OK"): 1,
+        ("/fail", "INTERNAL"): 1,
+        ("/refuse", "INVALID_ARGUMENT"): 1,
+        ("/slow", "CANCELLED"): 1,
+    }
+    assert (
+        scrape[
+            (
+                "ferry_request_run_seconds_count",
+                (
+                    ("app", "sample"),
+                    ("endpoint", "/"),
+                ),
+            )
+        ]
+        == 1
+    )
