@@ -14,7 +14,7 @@ import grpc
 from aiohttp import web
 
 from ferry.services.errors import to_status
-from ferry.services.interceptors import handler_like
+from ferry.services.interceptors import HandlerInterceptor, handler_like
 
 OPEN_METHOD_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -39,19 +39,16 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
     return handler_like(handler, reject)
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class BearerTokenInterceptor(HandlerInterceptor):
     def __init__(self, token: str) -> None:
         self._token = token
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_METHOD_PREFIXES):
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        if details.method.startswith(OPEN_METHOD_PREFIXES):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
+        metadata = dict(details.invocation_metadata or ())
         authorization = metadata.get("authorization")  # a str: only "-bin" keys carry bytes
         if isinstance(authorization, str) and bearer_matches(authorization, self._token):
             return handler

@@ -14,6 +14,7 @@ Servicers may still abort themselves; an abort passes through untouched.
 
 from __future__ import annotations
 
+import abc
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -137,13 +138,27 @@ def mapped_handler(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grp
     return handler_like(handler, behavior, _tolerant(handler.request_deserializer))
 
 
-class StatusInterceptor(grpc.aio.ServerInterceptor):
+class HandlerInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that answers every call to a method the server has with a handler of its own making
+    (`wrap`); a call to a method it has not passes through, for grpc to answer UNIMPLEMENTED."""
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        return mapped_handler(handler, handler_call_details.method)
+        return None if handler is None else self.wrap(handler, handler_call_details)
+
+    @abc.abstractmethod
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """The handler that answers calls to `handler`'s method."""
+
+
+class StatusInterceptor(HandlerInterceptor):
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        return mapped_handler(handler, details.method)

@@ -10,28 +10,25 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
-from ferry.services.interceptors import KINDS, handler_like
+from ferry.services.interceptors import KINDS, HandlerInterceptor, handler_like
 from ferry.services.metrics import StackMetrics
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(HandlerInterceptor):
+    """Counts calls to the methods the server has (an unknown method has nothing to label it with)."""
+
     def __init__(self, metrics: StackMetrics) -> None:
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # no such method: nothing to label it with
-            return handler
-        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        service, _, method = details.method.lstrip("/").partition("/")
         _, attribute = KINDS[(handler.request_streaming, handler.response_streaming)]
         behavior = getattr(handler, attribute)
         measure = _Measure(self._metrics, service, method)
