@@ -9,11 +9,12 @@ Layout, for `root` = DATA_DIR/files (what `build_storage` passes):
 An object exists once its sidecar does: the file is made durable in its own
 fresh folder first and the sidecar written last (temp + fsync + `os.replace`),
 so the CDN never sees a partial file, and a crash in between leaves an orphan
-folder the sweep removes. Ids are `secrets.token_urlsafe(16)` (128 random bits): the URL
-is the capability. An Encode with an output key stores under an id derived from
-it, replacing what is there: the new file is renamed over the old, then the
-sidecar is replaced, one writer per id at a time. Etags sort by the time the part arrived, so a re-sent part
-can drop its older copies without racing a concurrent re-send.
+folder the sweep removes. Ids are `secrets.token_urlsafe(16)` (128 random bits):
+the URL is the capability. An Encode with an output key stores under an id
+derived from it, replacing what is there: the new file is renamed over the old,
+then the sidecar is replaced, one writer per id at a time. Etags sort by the
+time the part arrived, so a re-sent part can drop its older copies without
+racing a concurrent re-send.
 """
 
 from __future__ import annotations
