@@ -33,6 +33,7 @@ class StackProcess:
         self.stderr = ""
         self.grpc_address = ""
         self.cdn_url = ""
+        self.metrics_url = ""  # /metrics on its own port (--metrics-port), when asked for
         self._stderr_lines: list[str] = []
         self._stderr_reader: threading.Thread | None = None
 
@@ -52,6 +53,7 @@ class StackProcess:
         fields = dict(part.split("=", 1) for part in self.ready_line.split()[2:])
         self.grpc_address = fields["grpc"]
         self.cdn_url = fields.get("cdn", "")
+        self.metrics_url = fields.get("metrics", "")
         return self
 
     def client(self, **kwargs: Any) -> Client:

@@ -95,6 +95,9 @@ class ServerConfig(Checked):
     tls_cert: Path | None = setting("PEM certificate chain: serve gRPC and the CDN over TLS")
     tls_key: Path | None = setting("PEM private key for --tls-cert")
     drain_seconds: float = setting("on SIGTERM/SIGINT, how long in-flight calls may finish", 30.0, at_least=0)
+    metrics_port: int | None = setting(
+        "also serve /metrics alone on this port (0 = pick a free one): for a stack that hosts no CDN", **PORT
+    )
     cors_origin: tuple[str, ...] = setting(
         "an origin (https://app.example:8443) whose pages may call the HTTP API from a browser (repeatable; "
         "default: none, same-origin only)",

@@ -141,6 +141,8 @@ class Stack:
         self._health: Any = None
         self._cdn: web.AppRunner | None = None
         self.metrics = StackMetrics()
+        self._metrics_server: web.AppRunner | None = None
+        self.metrics_url: str | None = None
         self._gateway: StackChannel | None = None
 
     async def start(self) -> None:
@@ -175,6 +177,8 @@ class Stack:
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
         await server.start()
         self._grpc = server
+        if cfg.metrics_port is not None:
+            await self._start_metrics(cfg.metrics_port)
         for start in serving:
             await start()
 
@@ -236,15 +240,36 @@ class Stack:
         """Where users reach stored files: --public-url, else the CDN's own address."""
         return (self.config.storage.public_url or self.cdn_url or "").rstrip("/")
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """The HTTP servers' TLS, from --tls-cert/--tls-key (the gRPC server's); None: plain HTTP."""
+        cfg = self.config.server
+        if not cfg.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (ssl.SSLError, OSError) as error:
+            raise CannotStart(f"--tls-cert / --tls-key cannot be loaded: {error}") from None
+        return context
+
+    async def _serve_http(self, app: web.Application, port: int, what: str) -> tuple[web.AppRunner, str]:
+        """`app` listening on `port` of --host; its runner and base URL."""
+        cfg, ssl_context = self.config.server, self._ssl_context()
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, port, ssl_context=ssl_context)
+        try:
+            await site.start()
+        except OSError as error:
+            await runner.cleanup()
+            raise CannotStart(
+                f"cannot listen on {_hostport(cfg.host, port)[:200]} for {what}: {error.strerror or error}"
+            ) from None
+        bound = runner.addresses[0][1]
+        return runner, f"{'https' if ssl_context else 'http'}://{_hostport(cfg.host, bound)}"
+
     async def _start_cdn(self, local: Any) -> None:
         cfg = self.config.server
-        ssl_context = None
-        if cfg.tls_cert:
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                ssl_context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            except (ssl.SSLError, OSError) as error:
-                raise CannotStart(f"--tls-cert / --tls-key cannot be loaded: {error}") from None
         max_body_bytes = max_receive_bytes(self.config)  # what the gRPC server behind the HTTP routes accepts
         app = create_cdn_app(cfg.token, local, max_body_bytes=max_body_bytes)
         app.middlewares.insert(0, json_errors_middleware)
@@ -253,24 +278,19 @@ class Stack:
         self._gateway = StackChannel(self._gateway_connection)
         add_gateway_routes(app, self._gateway, max_body_bytes)
         app.add_routes([metrics_route(self.metrics)])
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.cdn_port, ssl_context=ssl_context)
-        try:
-            await site.start()
-        except OSError as error:
-            await runner.cleanup()
-            raise CannotStart(
-                f"cannot listen on {_hostport(cfg.host, cfg.cdn_port)[:200]} for the CDN: {error.strerror or error}"
-            ) from None
-        self._cdn = runner
-        port = runner.addresses[0][1]
-        self.cdn_url = f"{'https' if ssl_context else 'http'}://{_hostport(cfg.host, port)}"
+        self._cdn, self.cdn_url = await self._serve_http(app, cfg.cdn_port, "the CDN")
+
+    async def _start_metrics(self, port: int) -> None:
+        """/metrics alone on a port of its own: for a stack that hosts no CDN (`ferry serve inference`)."""
+        app = web.Application()
+        app.add_routes([metrics_route(self.metrics)])
+        self._metrics_server, self.metrics_url = await self._serve_http(app, port, "metrics")
 
     @property
     def ready_line(self) -> str:
         line = f"ferry ready grpc={_hostport(self.config.server.host, self.grpc_port)}"
-        return f"{line} cdn={self.cdn_url}" if self.cdn_url else line
+        line += f" cdn={self.cdn_url}" if self.cdn_url else ""
+        return line + (f" metrics={self.metrics_url}/metrics" if self.metrics_url else "")
 
     async def stop(self) -> None:
         """Report NOT_SERVING, let in-flight calls finish (up to drain_seconds), then close."""
@@ -282,8 +302,9 @@ class Stack:
             self._sweeper.cancel()
         for close in self._closers:
             await close()
-        if self._cdn is not None:
-            await self._cdn.cleanup()
+        for http_server in (self._cdn, self._metrics_server):
+            if http_server is not None:
+                await http_server.cleanup()
         if self._gateway is not None:
             await self._gateway.close()
 

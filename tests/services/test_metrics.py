@@ -3,6 +3,8 @@ each app's queue depth and slots; process metrics. Read back with prometheus-cli
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -214,3 +216,31 @@ def test_app_requests_are_counted_by_endpoint_and_outcome_and_timed(stack: Stack
         ]
         == 1
     )
+
+
+def test_a_stack_without_a_cdn_serves_metrics_on_a_port_of_its_own(start_ferry) -> None:  # type: ignore[no-untyped-def]
+    stack = start_ferry("inference", "--app", APP, "--metrics-port", "0")
+    assert stack.cdn_url == "" and stack.metrics_url.endswith("/metrics")
+    with stack.client() as client:
+        client.run("sample", {"text": "a"})
+    scrape = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(httpx.get(stack.metrics_url).text)
+        for sample in family.samples
+    }
+
+    assert rpcs(scrape, "Run", "OK") == 1
+    assert scrape[("ferry_queue_depth", (("app", "sample"),))] == 0
+    assert httpx.get(stack.metrics_url.removesuffix("/metrics") + "/playground").status_code == 404  # metrics alone
+
+
+def test_a_metrics_port_already_taken_is_one_line_and_exit_1(tmp_path: Path, dead_address: str) -> None:
+    port = dead_address.rsplit(":", 1)[1]  # bound by the test, so taken
+    serve = [sys.executable, "-m", "ferry.cli", "serve", "inference", "--data-dir", str(tmp_path), "--grpc-port", "0"]
+    done = subprocess.run(
+        [*serve, "--metrics-port", port],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "for metrics" in done.stderr
