@@ -296,6 +296,27 @@ def test_keda_logs_in_to_redis_with_the_password_the_inference_replicas_use(rend
         assert (password["name"], password["key"]) == (source["name"], source["key"])
 
 
+def test_every_ferry_workload_is_scraped_where_a_container_serves_metrics(rendered):
+    """The annotation's port is the CDN's (the encoder) or a container's --metrics-port, and is opened."""
+    for deployment in rendered.of_kind("Deployment"):
+        if deployment["metadata"]["name"] == "ferry-redis":
+            continue
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true", deployment["metadata"]["name"]
+        assert annotations["prometheus.io/path"] == "/metrics"
+        containers = pod_containers(deployment)
+        port = int(annotations["prometheus.io/port"])
+        assert port in {p["containerPort"] for c in containers for p in c.get("ports", [])}
+        served = {
+            int(args[i + 1])
+            for c in containers
+            if (args := c.get("args", []))
+            for i, a in enumerate(args)
+            if a in ("--metrics-port", "--cdn-port")
+        }
+        assert port in served | {8787}, "the scraped port is where ferry serves /metrics"
+
+
 # -- Services -------------------------------------------------------------------------------------------
 
 
