@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
 
 from ferry.connection import Connection
+
+T = TypeVar("T")
 
 
 class StackChannel:
@@ -76,3 +79,15 @@ async def cancelled_when_client_leaves(request: web.Request, call: grpc.aio.Call
         yield client
     finally:
         watcher.cancel()
+
+
+async def reply_unless_client_leaves(request: web.Request, call: grpc.aio.UnaryUnaryCall[Any, T]) -> T | None:
+    """`call`'s reply; None when the HTTP client closed its connection first (the call was cancelled: its
+    reply was for nobody). A failed call raises as awaiting it would."""
+    async with cancelled_when_client_leaves(request, call) as client:
+        try:
+            return await call
+        except asyncio.CancelledError:
+            if not client.left:
+                raise
+            return None

@@ -24,7 +24,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from ferry.services.gateway.channel import StackChannel, caller_metadata, cancelled_when_client_leaves
+from ferry.services.gateway.channel import (
+    StackChannel,
+    caller_metadata,
+    cancelled_when_client_leaves,
+    reply_unless_client_leaves,
+)
 from ferry.services.gateway.codec import CODECS, Codec
 from ferry.services.gateway.connect_errors import ConnectError
 from ferry.services.gateway.envelope import END_STREAM, envelope, read_body, read_single_message
@@ -135,15 +140,12 @@ class ConnectGateway:
             request_serializer=_serialize,
             response_deserializer=procedure.response_type.FromString,
         )(message, metadata=caller_metadata(request), timeout=timeout)
-        async with cancelled_when_client_leaves(request, call) as client:
-            try:
-                reply = await call
-            except grpc.aio.AioRpcError as error:
-                return ConnectError.from_rpc_error(error).to_response()
-            except asyncio.CancelledError:
-                if not client.left:
-                    raise
-                return _client_left()
+        try:
+            reply = await reply_unless_client_leaves(request, call)
+        except grpc.aio.AioRpcError as error:
+            return ConnectError.from_rpc_error(error).to_response()
+        if reply is None:
+            return _client_left()
         return web.Response(body=codec.encode(reply), content_type=f"application/{codec.name}")
 
     async def _server_stream(

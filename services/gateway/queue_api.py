@@ -34,7 +34,12 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ferry.errors import FerryError, InvalidArgument, Unavailable
-from ferry.services.gateway.channel import StackChannel, caller_metadata, cancelled_when_client_leaves
+from ferry.services.gateway.channel import (
+    StackChannel,
+    caller_metadata,
+    cancelled_when_client_leaves,
+    reply_unless_client_leaves,
+)
 from ferry.services.gateway.http_errors import error_response, json_error
 from ferry.services.lifecycle import preference_seconds
 from ferry.services.storage.cdn import MAX_BODY_BYTES
@@ -76,7 +81,7 @@ def queue_routes(channel: StackChannel) -> list[web.RouteDef]:
 
 
 def _answers_errors(handler: Handler) -> Handler:
-    """A route whose failed calls answer in the reference's error shape; a request id rides on every answer."""
+    """A route whose failed calls (and refused requests) answer in the reference's error shape."""
 
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
@@ -178,14 +183,9 @@ class QueueApi:
     async def run(self, request: web.Request) -> web.StreamResponse:
         """Runs the request and answers its output."""
         asked = inference_pb2.RunRequest(**await _what_to_run(request))
-        call = self._stub.Run(asked, metadata=caller_metadata(request))
-        async with cancelled_when_client_leaves(request, call) as client:  # a run for nobody is cancelled
-            try:
-                answer = await call
-            except asyncio.CancelledError:
-                if not client.left:
-                    raise
-                return json_error(499, "the client closed its connection", "CLIENT_CLOSED_REQUEST")
+        answer = await reply_unless_client_leaves(request, self._stub.Run(asked, metadata=caller_metadata(request)))
+        if answer is None:  # a run for nobody was cancelled
+            return json_error(499, "the client closed its connection", "CLIENT_CLOSED_REQUEST")
         return _output_response(answer.output_json, answer.request_id)
 
 
