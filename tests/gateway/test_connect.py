@@ -14,7 +14,7 @@ import re
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ from google.rpc import error_details_pb2
 
 from ferry.testing import StackProcess
 from ferry.v1 import downloader_pb2, inference_pb2
+from tests.gateway.server_metrics import leave_a_slow_run
 
 ROOT = Path(__file__).parents[2]
 BUF = ROOT / "node_modules" / ".bin" / "buf"
@@ -361,47 +362,12 @@ def test_a_client_that_leaves_a_stream_cancels_its_call(stack: StackProcess, htt
     assert status["error"]["code"] == 1  # CANCELLED
 
 
-def metric(http: httpx.Client, sample: str) -> float:
-    """One sample's value from the server's /metrics (0 when it has none yet)."""
-    lines = [line for line in http.get("/metrics").text.splitlines() if line.startswith(sample + " ")]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
-
-
-def cancelled_slow_runs(http: httpx.Client) -> float:
-    return metric(http, 'ferry_requests_total{app="sample",endpoint="/slow",outcome="CANCELLED"}')
-
-
-def slow_runs_started(http: httpx.Client) -> float:
-    """Handlers running now: the sample app runs one at a time, so 1 once the /slow one has started."""
-    return metric(http, 'ferry_app_slots_busy{app="sample"}')
-
-
-async def send_and_leave(stack: StackProcess, request: bytes, under_way: Callable[[], bool]) -> None:
-    """Send `request` raw, then close the connection once `under_way()` says the call has reached the server."""
-    address = urlsplit(stack.cdn_url)
-    _, writer = await asyncio.open_connection(address.hostname, address.port)
-    writer.write(request)
-    await writer.drain()
-    deadline = time.monotonic() + 30
-    while not await asyncio.to_thread(under_way) and time.monotonic() < deadline:  # noqa: ASYNC110 (polls another process)
-        await asyncio.sleep(0.05)
-    writer.close()
-
-
 def test_a_client_that_leaves_a_unary_call_cancels_it(stack: StackProcess, http: httpx.Client) -> None:
     body = json.dumps({"appId": "sample", "path": "/slow", "inputJson": '{"steps": 400, "step_seconds": 0.05}'})
     request = (
         "POST /ferry.v1.InferenceService/Run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n{body}"
     ).encode()
-    deadline = time.monotonic() + 30
-    while slow_runs_started(http) and time.monotonic() < deadline:
-        time.sleep(0.1)  # an earlier test's request still stopping: this one must be the one that runs
-    before = cancelled_slow_runs(http)
-    asyncio.run(send_and_leave(stack, request, lambda: slow_runs_started(http) > 0))
     # The server's own count of requests that ended cancelled (not a race against the 20 s the request would
     # take, which other requests of this module's stack could still be delaying).
-    deadline = time.monotonic() + 30
-    while cancelled_slow_runs(http) == before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert cancelled_slow_runs(http) == before + 1
+    assert leave_a_slow_run(http, stack.cdn_url, request) == 1

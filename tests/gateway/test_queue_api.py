@@ -8,7 +8,6 @@ key set to the server's token and the test CA trusted. What only raw HTTP shows 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import ssl
@@ -24,6 +23,7 @@ import pytest
 
 from ferry.testing import StackProcess
 from tests.certificates import write_self_signed
+from tests.gateway.server_metrics import leave_a_slow_run, metric
 
 APP = f"{Path(__file__).parents[1] / 'inference' / 'sample_app.py'}:SampleApp"
 TOKEN = "gateway-test-token"
@@ -244,28 +244,15 @@ def test_a_body_with_an_unknown_charset_or_a_false_content_encoding_is_refused_4
     assert still_serving.json() == {"text": "ok"}
 
 
-async def send_and_leave(gateway: Gateway, request: bytes) -> None:
-    host, port = gateway.host.rsplit(":", 1)
-    tls = ssl.create_default_context(cafile=gateway.ca_file)
-    _, writer = await asyncio.open_connection(host, int(port), ssl=tls)
-    writer.write(request)
-    await writer.drain()
-    await asyncio.sleep(0.5)  # the run is under way
-    writer.close()
-
-
 def test_a_client_that_leaves_a_run_cancels_it(gateway: Gateway) -> None:
     body = json.dumps({"steps": 400, "step_seconds": 0.05})
     request = (
         f"POST /run/ferry/sample/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Key {TOKEN}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
     ).encode()
-    asyncio.run(send_and_leave(gateway, request))
-    # The sample app runs one request at a time: this one waits behind the slow one (20 s) unless it was cancelled.
+    tls = ssl.create_default_context(cafile=gateway.ca_file)
     with gateway.http() as http:
-        http.timeout = httpx.Timeout(10)
-        echo = http.post("/run/ferry/sample", json={"text": "next"})
-    assert echo.json() == {"text": "next"}
+        assert leave_a_slow_run(http, gateway.stack.cdn_url, request, tls) == 1
 
 
 def test_unknown_request_ids_are_404_and_the_result_of_a_running_request_is_400(gateway: Gateway) -> None:
@@ -281,10 +268,7 @@ def test_unknown_request_ids_are_404_and_the_result_of_a_running_request_is_400(
 
 def in_flight_streams(http: httpx.Client) -> float:
     """Stream RPCs the server is answering now, from its own metrics."""
-    for line in http.get("/metrics").text.splitlines():
-        if line.startswith('ferry_rpc_in_flight{method="Stream",service="ferry.v1.InferenceService"}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric(http, 'ferry_rpc_in_flight{method="Stream",service="ferry.v1.InferenceService"}')
 
 
 def test_leaving_the_status_stream_of_a_quiet_request_stops_following_it_at_once(gateway: Gateway) -> None:
