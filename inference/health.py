@@ -71,6 +71,7 @@ class HealthProbe:
     async def probe_once(self) -> bool:
         """One call of the health endpoint: True when it returned in time."""
         if self._pending is not None and not self._pending.done():
+            self._failed("stuck")
             return False  # the last probe is still stuck in the app
         probe_id = f"health-{uuid.uuid4().hex[:8]}"
         context = logging_context(probe_id, f"{self.runner.spec.app_id} {probe_id}", log)
@@ -81,11 +82,17 @@ class HealthProbe:
         if not done:
             task.cancel()  # an async probe stops; a sync one is flagged and keeps its thread until it returns
             log.warning("%s health check overran %g s", self.runner.spec.app_id, self.check.timeout_seconds)
+            self._failed("timeout")
             return False
         if (error := task.exception()) is not None:
             log.warning("%s health check failed: %s: %s", self.runner.spec.app_id, type(error).__name__, error)
+            self._failed("error")
             return False
         return True
+
+    def _failed(self, cause: str) -> None:
+        """Counted whether or not it is inside the start period: a warming model's failures show too."""
+        self.runner.metrics.health_probe_failures.labels(self.runner.spec.app_id, cause).inc()
 
     async def _set(self, healthy: bool) -> None:
         if healthy != self.healthy:

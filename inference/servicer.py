@@ -243,7 +243,7 @@ async def host(server: grpc.aio.Server, config: StackConfig, runtime: Runtime) -
     guard = NetworkGuard(downloads.allow_private_networks, downloads.allowed)  # the same guard as downloads
     secret, first_retry = config.inference.webhook_secret, config.inference.webhook_retry_seconds
     try:
-        webhooks = WebhookSender(queue, secret, guard, first_retry_seconds=first_retry)
+        webhooks = WebhookSender(queue, secret, guard, first_retry_seconds=first_retry, metrics=runtime.metrics)
     except ValueError as error:
         from ferry.services.launch import CannotStart
 

@@ -38,6 +38,7 @@ from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, NotFou
 from ferry.inference.queue.base import Claim, Failure, NewRequest, RequestQueue, State, Status, final_status
 from ferry.inference.queue.leases import keep_lease
 from ferry.services.downloader.guard import NetworkGuard
+from ferry.services.metrics import StackMetrics
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,10 @@ class WebhookSender:
         *,
         first_retry_seconds: float = 5.0,
         max_retry_seconds: float = 1800.0,
+        metrics: StackMetrics | None = None,
     ) -> None:
         self.queue = queue
+        self.metrics = metrics or StackMetrics()
         self._key = secret_key(secret) if secret else None
         self.guard = guard
         self.first_retry_seconds = first_retry_seconds
@@ -189,6 +192,7 @@ class WebhookSender:
         request_id, url = target["request_id"], target["url"]
         outcome = await _outcome(self.queue, request_id)
         if outcome is None:
+            self.metrics.webhook_deliveries.labels("request_gone").inc()
             return Failure("NOT_FOUND", f"request {request_id} no longer exists", "UNKNOWN_REQUEST")
         body = payload(outcome)
         started = time.monotonic()
@@ -202,9 +206,11 @@ class WebhookSender:
             with contextlib.suppress(FerryError):
                 await self.queue.append(claim.request_id, ATTEMPT, record)
             if not error:
+                self.metrics.webhook_deliveries.labels("delivered").inc()
                 return None
             if time.monotonic() - started > GIVE_UP_SECONDS:
                 break
+        self.metrics.webhook_deliveries.labels("failed").inc()
         return Failure("UNAVAILABLE", f"webhook not delivered after {WEBHOOK_ATTEMPTS} attempts", "WEBHOOK_FAILED")
 
     async def _post(self, url: str, message_id: str, body: bytes) -> str:
@@ -221,10 +227,13 @@ class WebhookSender:
             async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as response:
                 if 200 <= response.status < 300:
                     return ""
+                self.metrics.webhook_failed_attempts.labels("status").inc()
                 return f"the receiver answered HTTP {response.status}"
         except FerryError as error:  # the network guard refused the address the name resolved to
+            self.metrics.webhook_failed_attempts.labels("refused").inc()
             return error.message
         except (aiohttp.ClientError, TimeoutError) as error:
+            self.metrics.webhook_failed_attempts.labels("unreachable").inc()
             return f"{type(error).__name__}: {error}"[:300]
 
 

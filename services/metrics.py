@@ -30,6 +30,9 @@ from prometheus_client import (
 # Latencies from a cache hit (~1 ms) to a long generation (minutes).
 RPC_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
+# A queued request may wait far longer than any RPC runs: up to an hour.
+QUEUE_WAIT_BUCKETS = (*RPC_SECONDS_BUCKETS, 1800, 3600)
+
 Refresher = Callable[[], Awaitable[None]]
 
 
@@ -81,6 +84,33 @@ class StackMetrics:
             "ferry_download_joins", "Downloads that joined one already in flight (single flight)", registry=registry
         )
         self.downloads_active = Gauge("ferry_downloads_active", "Transfers in flight now", registry=registry)
+        self.download_retries = Counter(
+            "ferry_download_retries",
+            "Source attempts retried, by cause: connection (no answer: refused, reset, timed out), http_<status> "
+            "(408, 429, 500, 502, 503, 504), cut_short (the body stopped early), bad_range (a resume's answer did "
+            "not continue the file)",
+            ["cause"],
+            registry=registry,
+        )
+        self.download_resumes = Counter(
+            "ferry_download_resumes",
+            "Attempts after a body was cut short, by outcome: resumed (a Range request continued the bytes kept) "
+            "or restarted (the source could not resume, so the bytes kept were dropped)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.download_cache_bytes = Gauge(
+            "ferry_download_cache_bytes", "Bytes of downloaded files on disk (read at scrape)", registry=registry
+        )
+        self.download_cache_files = Gauge(
+            "ferry_download_cache_files", "Downloaded files on disk (read at scrape)", registry=registry
+        )
+        self.download_evictions = Counter(
+            "ferry_download_cache_evictions", "Downloads evicted to keep the cache within its budget", registry=registry
+        )
+        self.download_evicted_bytes = Counter(
+            "ferry_download_cache_evicted_bytes", "Bytes of the downloads evicted", registry=registry
+        )
         self.encodes = Counter(
             "ferry_encodes",
             "Encodes, by format and outcome (ok, or the refusal's reason)",
@@ -96,6 +126,12 @@ class StackMetrics:
         )
         self.encoded_bytes = Counter(
             "ferry_encoded_bytes", "Bytes of files encodes stored, by format", ["format"], registry=registry
+        )
+        self.encode_input_bytes = Counter(
+            "ferry_encode_input_bytes",
+            "Bytes of tensors (pixels, frames, samples, audio tracks) encodes took in, by format",
+            ["format"],
+            registry=registry,
         )
         self.stored_objects = Counter(
             "ferry_stored_objects",
@@ -138,8 +174,37 @@ class StackMetrics:
             buckets=RPC_SECONDS_BUCKETS,
             registry=registry,
         )
+        self.queue_wait_seconds = Histogram(
+            "ferry_queue_wait_seconds",
+            "Time from a request's submit to its take by a replica (by the queue's clock; a redelivered request's "
+            "counts from its submit too)",
+            ["app", "endpoint"],
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=registry,
+        )
         self.redeliveries = Counter(
             "ferry_redeliveries", "Requests taken again after the replica running them died", ["app"], registry=registry
+        )
+        self.webhook_deliveries = Counter(
+            "ferry_webhook_deliveries",
+            "Webhook deliveries ended, by outcome: delivered, failed (attempts ran out), request_gone (its request "
+            "expired before its result could be sent)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.webhook_failed_attempts = Counter(
+            "ferry_webhook_failed_attempts",
+            "Webhook POSTs that did not deliver, by cause: status (the receiver answered other than 2xx), "
+            "unreachable (no answer), refused (the network guard refused the address)",
+            ["cause"],
+            registry=registry,
+        )
+        self.health_probe_failures = Counter(
+            "ferry_health_probe_failures",
+            "Failed calls of an app's health-check endpoint, by app and cause: error (it raised), timeout (it "
+            "overran), stuck (the last call had not returned yet)",
+            ["app", "cause"],
+            registry=registry,
         )
         self._refreshers: list[Refresher] = []
 

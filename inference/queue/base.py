@@ -63,6 +63,8 @@ class NewRequest:
     # Random, fixed at submit: every run of the request derives its outputs' object ids from it (and the request
     # id), so a run after a replica died replaces what the first stored. "": outputs get fresh ids.
     output_salt: str = ""
+    # The submitter's W3C traceparent, set while tracing is on: the run's spans join the submit's trace. "": none.
+    trace_parent: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class Claim:
     request: NewRequest
     attempt: int  # 1 on first delivery; more when a replica died holding it
     lease: str  # this delivery's token: renew and finish name it, so a replica that lost the request cannot finish it
+    # Seconds from its submit to this take, by the queue's own clock (a replica's may differ); None when the
+    # request was queued by a version that did not record its submit time.
+    waited_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,7 @@ class RedisQueue:
             "" if start_timeout is None else repr(start_timeout),
             start_timeout_ms,
             request.output_salt,
+            request.trace_parent,
         )
         return request_id
 
@@ -192,7 +193,7 @@ class RedisQueue:
             if found is None:
                 return None
             if found != [b"more"]:
-                request_id, _, *fields = found
+                request_id, _, *fields, _waited_ms = found
                 return request_id.decode(), _request(app_id, *fields)
 
     async def depth(self, app_id: str) -> int:
@@ -221,8 +222,9 @@ class RedisQueue:
                 int(rang),
             )
             if outcome[0] == b"claimed":
-                request_id, attempt, *fields = outcome[1:]
-                return Claim(request_id.decode(), _request(app_id, *fields), int(attempt), lease)
+                request_id, attempt, *fields, waited_ms = outcome[1:]
+                waited = max(0, int(waited_ms)) / 1000 if waited_ms else None
+                return Claim(request_id.decode(), _request(app_id, *fields), int(attempt), lease, waited)
             if outcome[0] == b"more":  # it stopped after a run of dead entries: there may be work behind them
                 continue
             left = deadline - loop.time()
@@ -370,6 +372,7 @@ def _request(
     priority: bytes,
     start_timeout: bytes,
     output_salt: bytes,
+    trace_parent: bytes,
 ) -> NewRequest:
     """A request as the scripts describe it (redis_scripts.py's `described`)."""
     return NewRequest(
@@ -380,6 +383,7 @@ def _request(
         Priority(int(priority)),
         float(start_timeout) if start_timeout else None,
         output_salt.decode(),
+        trace_parent.decode(),
     )
 
 

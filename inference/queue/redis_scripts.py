@@ -3,7 +3,7 @@
 Keys, under a prefix P (`key_prefix`, "ferry"):
 
     P:request:<id>     hash    the record: app_id path input_json expires_in priority start_timeout start_by
-                               output_salt state attempt lease entry output_json failure_code
+                               output_salt trace_parent state attempt lease entry output_json failure_code
                                failure_message failure_reason, and `events` (the last event's seq); PEXPIREd result_ttl
                                after completion
     P:events:<id>      stream  the event log, entry ids 0-<seq> (seq from 1), trimmed to MAX_EVENTS;
@@ -121,16 +121,21 @@ local function expire_late(app, ttl_ms, max_events)
 end
 
 -- The request as a claim or a peek shows it:
--- {{id, attempt, path, input_json, expires_in, priority, start_timeout, output_salt}}.
+-- {{id, attempt, path, input_json, expires_in, priority, start_timeout, output_salt, trace_parent, waited_ms}},
+-- waited_ms being the milliseconds since its submit ('' for a request submitted by a version that did not record it).
 local function described(id, attempt)
   local fields = redis.call('HMGET', key('request', id), 'path', 'input_json', 'expires_in', 'priority',
-    'start_timeout', 'output_salt')
-  return {{id, attempt, fields[1], fields[2], fields[3], fields[4] or '0', fields[5] or '', fields[6] or ''}}
+    'start_timeout', 'output_salt', 'submitted_ms', 'trace_parent')
+  local waited = ''
+  if fields[7] then waited = tostring(now_ms() - tonumber(fields[7])) end
+  return {{id, attempt, fields[1], fields[2], fields[3], fields[4] or '0', fields[5] or '', fields[6] or '',
+    fields[8] or '', waited}}
 end
 """
 
 # ARGV: prefix, id, app, path, input_json, expires_in ('' for none), priority ('0' NORMAL, '1' LOW),
-# start_timeout (seconds as given; '' for none), start timeout in ms ('' for no deadline), output_salt.
+# start_timeout (seconds as given; '' for none), start timeout in ms ('' for no deadline), output_salt,
+# trace_parent ('' for none).
 # 1, or 0 for a retried submit.
 SUBMIT = (
     _COMMON
@@ -146,7 +151,8 @@ local order = redis.call('INCR', prefix .. ':submitted')
 local entry = redis.call('XADD', stream, '*', 'id', id)
 redis.call('HSET', request, 'app_id', app, 'path', ARGV[4], 'input_json', ARGV[5], 'expires_in', ARGV[6],
   'priority', priority, 'start_timeout', ARGV[8], 'start_by', start_by, 'state', 'queued', 'attempt', 0,
-  'entry', entry, 'output_salt', ARGV[10], 'order', order)
+  'entry', entry, 'output_salt', ARGV[10], 'order', order, 'submitted_ms', now_ms(),
+  'trace_parent', ARGV[11] or '')
 redis.call('ZADD', queued_of(app, priority), order, id)
 if start_by ~= '' then redis.call('ZADD', key('start-by', app), start_by, id) end
 local doorbell = key('doorbell', app)

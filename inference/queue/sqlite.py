@@ -47,8 +47,8 @@ T = TypeVar("T")
 # A queued request that may still start: not past its start timeout (bound to the time as a parameter).
 STARTABLE = "(start_by IS NULL OR start_by >= ?)"
 REQUEST_COLUMNS = (
-    "SELECT seq, id, path, input_json, expires_in, priority, start_timeout, attempt, start_by, output_salt"
-    " FROM requests"
+    "SELECT seq, id, path, input_json, expires_in, priority, start_timeout, attempt, start_by, output_salt,"
+    " submitted_at, trace_parent FROM requests"
 )
 EVENTS_AFTER = "SELECT seq, kind, data FROM events WHERE request_id = ? AND seq > ? ORDER BY seq"
 
@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS requests (
     start_timeout REAL,
     start_by REAL,  -- still queued then: failed START_TIMEOUT, never run
     output_salt TEXT NOT NULL DEFAULT '',
+    trace_parent TEXT NOT NULL DEFAULT '',  -- the submitter's W3C traceparent ('' with tracing off)
+    submitted_at REAL,  -- the queue's clock at submit: a claim says how long its request waited
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0,
     lease TEXT,
@@ -161,7 +163,8 @@ class SqliteQueue:
             start_by = None if timeout is None else self.clock() + timeout
             db.execute(
                 "INSERT OR IGNORE INTO requests (id, app_id, path, input_json, expires_in, priority, start_timeout,"
-                " start_by, output_salt, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " start_by, output_salt, trace_parent, submitted_at, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request_id,
                     request.app_id,
@@ -172,6 +175,8 @@ class SqliteQueue:
                     timeout,
                     start_by,
                     request.output_salt,
+                    request.trace_parent,
+                    self.clock(),
                     State.QUEUED,
                 ),
             )
@@ -243,7 +248,7 @@ class SqliteQueue:
         )
         if not rows:
             return None
-        _, request_id, request, _, _ = _request_of(app_id, rows[0])
+        _, request_id, request, _, _, _ = _request_of(app_id, rows[0])
         return request_id, request
 
     async def take(self, app_id: str, timeout: float) -> Claim | None:
@@ -320,7 +325,7 @@ class SqliteQueue:
         self, db: sqlite3.Connection, app_id: str, row: tuple[Any, ...], now: float, failed: list[str]
     ) -> Claim | None:
         """`row`'s request under a fresh lease; or, past max_attempts or its start timeout, failed (into `failed`)."""
-        seq, request_id, request, attempt, start_by = _request_of(app_id, row)
+        seq, request_id, request, attempt, start_by, submitted_at = _request_of(app_id, row)
         failure = None
         if attempt >= self.max_attempts:
             message = f"the request ran {attempt} times and its replica died each time"
@@ -336,7 +341,8 @@ class SqliteQueue:
             "UPDATE requests SET state = ?, attempt = ?, lease = ?, lease_until = ? WHERE seq = ?",
             (State.IN_PROGRESS, attempt + 1, lease, now + self.lease_seconds, seq),
         )
-        return Claim(request_id, request, attempt + 1, lease)
+        waited = None if submitted_at is None else max(0.0, now - submitted_at)  # None: queued by an older version
+        return Claim(request_id, request, attempt + 1, lease, waited)
 
     async def renew(self, request_id: str, lease: str) -> bool:
         def extend(db: sqlite3.Connection) -> bool:
@@ -537,6 +543,8 @@ ADDED_COLUMNS = {
     "start_timeout": "REAL",
     "start_by": "REAL",
     "output_salt": "TEXT NOT NULL DEFAULT ''",
+    "submitted_at": "REAL",
+    "trace_parent": "TEXT NOT NULL DEFAULT ''",
 }
 
 
@@ -553,8 +561,9 @@ def _start_timeout_failure(request: NewRequest) -> Failure:
     return Failure("DEADLINE_EXCEEDED", message, "START_TIMEOUT")
 
 
-def _request_of(app_id: str, row: tuple[Any, ...]) -> tuple[int, str, NewRequest, int, float | None]:
-    """A REQUEST_COLUMNS row: its order, id, request, runs so far, and start deadline."""
-    seq, request_id, path, input_json, expires_in, priority, start_timeout, attempt, start_by, salt = row
-    request = NewRequest(app_id, path, input_json, expires_in, Priority(priority), start_timeout, salt)
-    return seq, request_id, request, attempt, start_by
+def _request_of(app_id: str, row: tuple[Any, ...]) -> tuple[int, str, NewRequest, int, float | None, float | None]:
+    """A REQUEST_COLUMNS row: its order, id, request, runs so far, start deadline and submit time."""
+    seq, request_id, path, input_json, expires_in, priority, start_timeout, attempt, start_by, *rest = row
+    salt, submitted_at, parent = rest
+    request = NewRequest(app_id, path, input_json, expires_in, Priority(priority), start_timeout, salt, parent)
+    return seq, request_id, request, attempt, start_by, submitted_at

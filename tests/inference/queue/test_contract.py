@@ -40,6 +40,15 @@ async def test_requests_are_taken_in_submission_order_and_know_their_exact_posit
     assert await queue.depth("painter") == 2
 
 
+async def test_a_claim_says_how_long_its_request_waited_since_its_submit(replicas: OpenReplica) -> None:
+    a, b = await replicas(), await replicas()
+    await a.submit(job())
+    await asyncio.sleep(0.2)
+    claim = await b.take("painter", timeout=1)
+    # By the queue's own clock, whichever replica took it; a lower bound only (never a wall-clock ceiling).
+    assert claim is not None and claim.waited_seconds is not None and claim.waited_seconds >= 0.19
+
+
 async def test_a_request_submitted_to_one_replica_is_answered_and_taken_by_another(replicas: OpenReplica) -> None:
     a, b = await replicas(), await replicas()
     request_id = await a.submit(job())

@@ -382,7 +382,8 @@ async def test_a_take_sent_twice_is_one_attempt_of_one_request_under_one_lease(
     arguments = ["ferry", "painter", "replica-x", 60_000, "lease-1", 3, 60_000, 1000, 0]
     first = await take(args=arguments)
     second = await take(args=arguments)
-    assert first == second and first[:3] == [b"claimed", normal.encode(), 1]
+    # The same claim both times; only the wait it reports (its last field) grew meanwhile.
+    assert first[:-1] == second[:-1] and first[:3] == [b"claimed", normal.encode(), 1]
     assert (await queue.status(normal)).attempt == 1
     assert (await queue.status(low)).state == State.QUEUED, "the second send took nothing more"
     assert await raw.llen(doorbell_key("ferry", "painter")) == 1, "nor another ring"
