@@ -45,8 +45,10 @@ class HttpUploads:
                 content_type=_declared_type(request.headers.get("Content-Type", "")),
                 lifecycle=_lifecycle(request),
             )
-            if request.content_length is not None:
-                header.file_size = request.content_length  # a body cut short then fails instead of storing less
+            if request.content_length is not None and not _encoded(request):
+                # A body cut short then fails instead of storing less. An encoded (e.g. gzip) body's length is
+                # not the file's: aiohttp decodes it, and the encoder's size cap still holds.
+                header.file_size = request.content_length
             return await self._upload(request, header, request.content.iter_chunked(MESSAGE_BYTES))
         except ConnectError as error:
             return _refusal(error)
@@ -115,6 +117,10 @@ def _refusal(error: ConnectError) -> web.Response:
     return error.to_response()
 
 
+def _encoded(request: web.Request) -> bool:
+    return request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+
+
 def _declared_type(content_type: str) -> str:
     """The type to store, or "" to let the encoder guess it from the file name: `application/octet-stream`
     is what curl and browsers send for a file whose type they do not know, so it says nothing."""
@@ -158,3 +164,5 @@ async def _file_part(request: web.Request) -> BodyPartReader:
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     while chunk := await part.read_chunk(MESSAGE_BYTES):
         yield chunk
+    if not part.at_eof():  # aiohttp ends a part at the body's end too: a form cut short would be stored whole
+        raise ValueError("the form ends before the file part's boundary")
