@@ -180,7 +180,15 @@ class RealtimeSession:
         handler = getattr(self.runner.app, self.endpoint.handler_name)
         with (
             using_context(context),
-            request_scope(RequestScope(self.expires_in, cancelled=self.cancelled, stack=self.runner.services.target)),
+            request_scope(
+                RequestScope(
+                    self.expires_in,
+                    cancelled=self.cancelled,
+                    stack=self.runner.services.target,
+                    request_id=self.request_id,
+                    app=self.runner.spec.app_id,
+                )
+            ),
         ):
             args, kwargs = self.endpoint.arguments(stream, context)
             generator: AsyncGenerator[Any, None] = handler(*args, **kwargs)

@@ -20,6 +20,7 @@ context exposes, and its slot is freed only once the thread returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -271,7 +272,8 @@ class AppRunner:
             return None
         running = Running(claim, endpoint, model, self._take_prefetched(claim.request_id))
         self.running[claim.request_id] = running
-        running.task = asyncio.create_task(self._execute(running))
+        with self._naming(claim.request_id):  # the task copies the scope: every line it logs names the request
+            running.task = asyncio.create_task(self._execute(running))
         return running
 
     async def _hear_cancellations(self) -> None:
@@ -320,7 +322,8 @@ class AppRunner:
             except FerryError:
                 continue
             if input_urls(model):
-                downloads = asyncio.create_task(download_inputs(self.services.client, model))
+                with self._naming(request_id):
+                    downloads = asyncio.create_task(download_inputs(self.services.client, model))
                 self._prefetched = (request_id, downloads)
 
     def _take_prefetched(self, request_id: str) -> Downloads | None:
@@ -343,14 +346,22 @@ class AppRunner:
 
     # -- running -------------------------------------------------------------------------
 
+    def _naming(self, request_id: str) -> contextlib.AbstractContextManager[RequestScope]:
+        """A scope that names the request in the log lines emitted inside it (and changes nothing else)."""
+        return request_scope(RequestScope(request_id=request_id, app=self.app_id))
+
     def _context(self, running: Running, events: EventWriter) -> RequestContext:
         loop = asyncio.get_running_loop()
+        # The handler's lines reach the server's log too, naming the request from whatever thread logs them.
+        app_log = logging.getLogger(f"ferry.inference.apps.{self.app_id}")
+        names = {"request_id": running.request_id, "app": self.app_id}
 
         def on_progress(current: float, total: float, message: str) -> None:
             loop.call_soon_threadsafe(events.put, Progress(current, total, message))
 
         def on_log(message: str, level: str) -> None:
             loop.call_soon_threadsafe(events.put, LogLine(level, message, time.time_ns()))
+            app_log.log(logging.getLevelName(level), "%s", message, extra=names)
 
         def on_partial(output: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(events.put, PartialOutput(json.dumps(output)))
@@ -382,7 +393,9 @@ class AppRunner:
                     if running.downloads is None:
                         running.downloads = asyncio.create_task(download_inputs(self.services.client, running.input))
                     context.input_files, downloaded = await running.downloads
-                scope = RequestScope(expires_in, downloaded, running.cancel_flag, self.services.target)
+                scope = RequestScope(
+                    expires_in, downloaded, running.cancel_flag, self.services.target, running.request_id, self.app_id
+                )
                 with request_scope(scope):
                     try:
                         result = await self.call_handler(endpoint, running.input, context)

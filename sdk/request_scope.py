@@ -8,7 +8,8 @@ request is cancelled its next download, upload or encode raises CANCELLED, so
 even a handler that never polls its context stops at the next media call. The
 runner opens a `request_scope` around each handler call; the SDK reads it in
 `lifecycle()` and `download_file`. Outside a handler the scope is empty and
-changes nothing.
+changes nothing. The server's log reads the request's id and app from it, so
+every line emitted while a request runs names the request.
 
 It is a context variable, so it follows the handler into `asyncio` tasks and
 into worker threads started with a copied context (the runner runs sync
@@ -41,6 +42,9 @@ class RequestScope:
     # The stack hosting the app: where `ferry.download_file` and the other module-level helpers go
     # from its setup() and handlers (None: FERRY_ADDRESS and friends).
     stack: StackTarget | None = None
+    # Which request this is, for the log lines emitted while it runs (`ferry.services.logs` stamps them).
+    request_id: str | None = None
+    app: str | None = None
 
     def raise_if_cancelled(self) -> None:
         """Refuse to start a download, upload or encode for a request that was cancelled."""

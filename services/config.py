@@ -17,6 +17,7 @@ from typing import Any, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
 from ferry.services.downloader.url_prefix import UrlPrefix
+from ferry.services.logs import LOG_FORMATS
 
 Config = TypeVar("Config")
 
@@ -103,9 +104,14 @@ class ServerConfig(Checked):
         "default: none, same-origin only)",
         (),
     )
+    log_format: str = setting(
+        "log lines as 'text' (human-readable) or 'json' (one object a line, for log pipelines)", "text"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format[:40]!r}")
         for origin in self.cors_origin:
             if not _ORIGIN.fullmatch(origin):
                 raise ValueError(f"--cors-origin {origin[:100]!r} is not an origin like https://app.example:8443")

@@ -41,6 +41,7 @@ from ferry.services.gateway.http_errors import json_errors_middleware
 from ferry.services.gateway.routes import add_gateway_routes
 from ferry.services.health import add_health
 from ferry.services.interceptors import StatusInterceptor
+from ferry.services.logs import configure_logging
 from ferry.services.memory import keep_freed_memory
 from ferry.services.metrics import StackMetrics, metrics_route
 from ferry.services.rpc_metrics import MetricsInterceptor
@@ -364,7 +365,6 @@ def config_from_arguments(args: argparse.Namespace) -> StackConfig:
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     unknown = sorted(set(args.services) - set(SERVICES))
     if unknown:
         print(f"ferry serve: unknown service {', '.join(unknown)} (choose from {', '.join(SERVICES)})", file=sys.stderr)
@@ -374,6 +374,7 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as error:
         print(f"ferry serve: {error}", file=sys.stderr)
         return 2
+    configure_logging(config.server.log_format)
     services = args.services or list(SERVICES)
     try:
         apps = _hosted_apps(config.inference.app) if "inference" in services else []

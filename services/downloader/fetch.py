@@ -29,6 +29,7 @@ from ferry.services.downloader.guard import AddressBlocked, NetworkGuard
 from ferry.services.downloader.names import choose_file_name
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.downloader.writer import AtomicFile
+from ferry.services.logs import url_for_log
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class HttpSource:
                         f"source failed {retries + 1} times, last: {failure}", reason="SOURCE_UNAVAILABLE"
                     ) from None
                 delay = self._backoff(attempt, failure.retry_after)
-                log.info("retrying %s in %.2fs after: %s", URL(url).with_query(None), delay, failure)
+                log.info("retrying %s in %.2fs after: %s", url_for_log(url), delay, failure)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
