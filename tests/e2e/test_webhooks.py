@@ -21,6 +21,7 @@ import ferry
 from ferry.testing import StackProcess
 from ferry.v1 import inference_pb2
 from tests.harness import BackgroundLoop, wait_for
+from tests.services.test_metrics import labelled, samples
 
 APP = f"{Path(__file__).parents[1] / 'inference' / 'sample_app.py'}:SampleApp"
 SECRET = "whsec_" + base64.b64encode(b"a test secret of 32 bytes length").decode()
@@ -124,6 +125,9 @@ def test_a_receiver_that_fails_is_retried_until_it_takes_the_result(stack, recei
     state = webhook(stack, request_id)
     assert state.attempts == 3 and "HTTP 500" in state.last_error
     assert len({json.dumps(body) for body in receiver.bodies("flaky")}) == 1, "every attempt posts the same result"
+    scrape = samples(stack)
+    assert labelled(scrape, "ferry_webhook_failed_attempts_total") == {"status": 2}
+    assert labelled(scrape, "ferry_webhook_deliveries_total") == {"delivered": 1}
 
 
 def test_a_receiver_that_hangs_blocks_nothing_else(stack, receiver) -> None:
