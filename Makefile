@@ -13,7 +13,7 @@ $(INSTALLED): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[services,inference,s3,dev]'
+	$(BIN)/python -m pip install -q -e '.[services,inference,s3,otel,dev]'
 	touch $@
 
 # package.json pins buf exactly; npm's lock file cannot record buf's

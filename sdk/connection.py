@@ -7,12 +7,14 @@ Every SDK call resolves the same way: an explicit argument, else `FERRY_ADDRESS`
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+from ferry import tracing
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -62,17 +64,27 @@ class Connection:
         root = self.ca_file.read_bytes() if self.ca_file else None
         return grpc.ssl_channel_credentials(root_certificates=root)
 
+    def _call_metadata(self) -> CallMetadata | None:
+        """What each call adds to its metadata: the bearer token, and the caller's trace context where the process
+        uses OpenTelemetry (tracing.py); None: nothing, and the channel needs no interceptor."""
+        token = self.metadata
+        if tracing.in_use():
+            return lambda: (*token, *tracing.trace_metadata())
+        return (lambda: token) if token else None
+
     def channel(self) -> grpc.Channel:
         if self.tls:
             channel = grpc.secure_channel(self.address, self._credentials(), CHANNEL_OPTIONS)
         else:
             channel = grpc.insecure_channel(self.address, CHANNEL_OPTIONS)
-        if self.metadata:
-            channel = grpc.intercept_channel(channel, _SyncMetadata(self.metadata))
+        metadata = self._call_metadata()
+        if metadata is not None:
+            channel = grpc.intercept_channel(channel, _SyncMetadata(metadata))
         return channel
 
     def aio_channel(self) -> grpc.aio.Channel:
-        interceptors = _aio_metadata_interceptors(self.metadata) if self.metadata else None
+        metadata = self._call_metadata()
+        interceptors = _aio_metadata_interceptors(metadata) if metadata is not None else None
         if self.tls:
             return grpc.aio.secure_channel(
                 self.address, self._credentials(), CHANNEL_OPTIONS, interceptors=interceptors
@@ -94,6 +106,10 @@ class StackTarget:
         return cls(Connection.resolve(), encoders)
 
 
+# Read at each call: the trace context is the calling moment's.
+CallMetadata = Callable[[], tuple[tuple[str, str], ...]]
+
+
 def _with_metadata(details: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
     return details._replace(metadata=(*(details.metadata or ()), *metadata))
 
@@ -104,24 +120,25 @@ class _SyncMetadata(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds the bearer token to every call on a sync channel."""
+    """Adds the bearer token and trace context to every call on a sync channel."""
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, metadata: CallMetadata) -> None:
         self._metadata = metadata
 
     def _call(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(_with_metadata(details, self._metadata), request)
+        return continuation(_with_metadata(details, self._metadata()), request)
 
     # One body for every call kind: the stubs type each kind's continuation apart.
     intercept_unary_unary = intercept_unary_stream = _call  # type: ignore[assignment]
     intercept_stream_unary = intercept_stream_stream = _call  # type: ignore[assignment]
 
 
-def _aio_metadata_interceptors(metadata: tuple[tuple[str, str], ...]) -> list[grpc.aio.ClientInterceptor]:
-    """The same for an aio channel: grpc.aio wants one interceptor class per call kind."""
+def _aio_metadata_interceptors(metadata: CallMetadata) -> list[grpc.aio.ClientInterceptor]:
+    """The same for an aio channel: grpc.aio wants one interceptor class per call kind (it runs them in a task
+    that copied the caller's context, so the caller's span is current there)."""
 
     async def add(self: Any, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_metadata(details, metadata), request)
+        return await continuation(_with_metadata(details, metadata()), request)
 
     kinds = (
         grpc.aio.UnaryUnaryClientInterceptor,

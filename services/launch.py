@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from ferry.client import DOWNLOADER_SERVICE, ENCODER_SERVICE, INFERENCE_SERVICE
 from ferry.connection import Connection, StackTarget
 from ferry.services import config as config_module
+from ferry.services import tracing
 from ferry.services.auth import BearerTokenInterceptor
 from ferry.services.config import (
     LOCAL_SPEC,
@@ -37,7 +38,7 @@ from ferry.services.config import (
 )
 from ferry.services.gateway.channel import StackChannel
 from ferry.services.gateway.cors import enable_cors
-from ferry.services.gateway.http_errors import json_errors_middleware
+from ferry.services.gateway.http_errors import close_after_an_unreadable_body, json_errors_middleware
 from ferry.services.gateway.routes import add_gateway_routes
 from ferry.services.health import add_health
 from ferry.services.interceptors import StatusInterceptor
@@ -123,6 +124,15 @@ def _read(path: Any) -> bytes:
         return f.read()
 
 
+def _tracing_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """The server-span interceptor while tracing is on (it imports opentelemetry); none otherwise."""
+    if not tracing.ENABLED:
+        return []
+    from ferry.services.rpc_tracing import TracingInterceptor
+
+    return [TracingInterceptor()]
+
+
 class CannotStart(Exception):
     """What keeps the stack from starting that its operator must fix: a folder, an address, a certificate."""
 
@@ -158,7 +168,9 @@ class Stack:
             self._reach_buckets()
         # The token check first: an unauthenticated call learns nothing, not even that its request was malformed.
         # Metrics outermost: a call the token check refuses is counted too.
+        # Tracing, when on, outermost of all: its span covers the rest, and is the parent of what the call does.
         interceptors = [
+            *_tracing_interceptors(),
             MetricsInterceptor(self.metrics),
             *([BearerTokenInterceptor(cfg.token)] if cfg.token else []),
             StatusInterceptor(),
@@ -274,6 +286,7 @@ class Stack:
         max_body_bytes = max_receive_bytes(self.config)  # what the gRPC server behind the HTTP routes accepts
         app = create_cdn_app(cfg.token, local, max_body_bytes=max_body_bytes)
         app.middlewares.insert(0, json_errors_middleware)
+        app.on_response_prepare.append(close_after_an_unreadable_body)
         if cfg.cors_origin:
             enable_cors(app, cfg.cors_origin)
         self._gateway = StackChannel(self._gateway_connection)
@@ -312,6 +325,20 @@ class Stack:
 
 async def serve(config: StackConfig, services: Sequence[str], apps: Sequence[Any] = ()) -> int:
     """Run until SIGTERM or SIGINT; the exit status (1: the stack could not start, said in one line)."""
+    try:
+        traces = tracing.start_tracing(tracing.service_name(list(services)))
+    except ValueError as error:
+        print(f"ferry serve: {error}", file=sys.stderr)
+        return 1
+    try:
+        return await _serve_stack(config, services, apps)
+    finally:
+        if traces is not None:
+            # Spans still batched go out before the process ends (a short-lived stack's would be lost).
+            await asyncio.to_thread(traces.shutdown)
+
+
+async def _serve_stack(config: StackConfig, services: Sequence[str], apps: Sequence[Any]) -> int:
     stack = Stack(config, services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
