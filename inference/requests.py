@@ -23,6 +23,7 @@ from ferry.inference.queue.base import FINISHED, NewRequest, RequestQueue, State
 from ferry.inference.request_events import LogLine, Progress, RequestEvent, decode
 from ferry.inference.runner import AppRunner
 from ferry.inference.webhooks import Delivery, WebhookSender, delivery_of
+from ferry.services import tracing
 
 MAX_IDEMPOTENCY_KEY_CHARS = 256
 # How often a queued request's Stream re-reads its position.
@@ -86,8 +87,10 @@ class Requests:
             self.webhooks.check(webhook_url)
             await self.webhooks.submit(request_id, webhook_url)
         # Random per request: its outputs' object ids derive from it, and an id derived from an idempotency
-        # key alone would let anyone who knows the key name the outputs' URLs.
-        return await self.queue.submit(replace(request, output_salt=secrets.token_urlsafe(16)), request_id)
+        # key alone would let anyone who knows the key name the outputs' URLs. The submitter's trace context
+        # goes along: whichever replica runs the request continues its trace.
+        queued = replace(request, output_salt=secrets.token_urlsafe(16), trace_parent=tracing.traceparent())
+        return await self.queue.submit(queued, request_id)
 
     async def report(self, request_id: str) -> Report:
         status = await self.queue.status(request_id)

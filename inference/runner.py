@@ -46,6 +46,7 @@ from ferry.inference.queue.leases import keep_lease
 from ferry.inference.request_events import LogLine, PartialOutput, Progress, RequestEvent, Started, encode
 from ferry.inference.services import ServiceClients
 from ferry.request_scope import RequestScope, request_scope
+from ferry.services import tracing
 from ferry.services.metrics import StackMetrics
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class AppRunner:
         running = Running(claim, endpoint, model, self._take_prefetched(claim.request_id))
         self.running[claim.request_id] = running
         with self._naming(claim.request_id):  # the task copies the scope: every line it logs names the request
-            running.task = asyncio.create_task(self._execute(running))
+            running.task = asyncio.create_task(self._traced(running) if tracing.ENABLED else self._execute(running))
         return running
 
     async def _hear_cancellations(self) -> None:
@@ -322,7 +323,8 @@ class AppRunner:
             except FerryError:
                 continue
             if input_urls(model):
-                with self._naming(request_id):
+                # Downloads begun before the request is taken belong to its trace too.
+                with self._naming(request_id), tracing.continued(tracing.remote_parent(request.trace_parent)):
                     downloads = asyncio.create_task(download_inputs(self.services.client, model))
                 self._prefetched = (request_id, downloads)
 
@@ -374,11 +376,30 @@ class AppRunner:
             cancelled=running.cancel_flag,
         )
 
+    async def _traced(self, running: Running) -> None:
+        """`_execute` under a `ferry.run` span continuing its submitter's trace (the context its queue record
+        carries, from any replica), after a `ferry.queue_wait` span for the time it waited to be taken."""
+        claim = running.claim
+        parent = tracing.remote_parent(claim.request.trace_parent)
+        if claim.waited_seconds is not None:
+            submitted_at = time.time() - claim.waited_seconds
+            tracing.past_span("ferry.queue_wait", submitted_at, parent, {"ferry.app": self.app_id})
+        attributes: tracing.Attributes = {
+            "ferry.app": self.app_id,
+            "ferry.endpoint": running.endpoint.path,
+            "ferry.request_id": claim.request_id,
+            "ferry.attempt": claim.attempt,
+        }
+        with tracing.continued(parent), tracing.span("ferry.run", attributes):
+            await self._execute(running)
+
     async def _execute(self, running: Running) -> None:
         claim, endpoint = running.claim, running.endpoint
         began = time.perf_counter()
         if claim.attempt > 1:
             self.metrics.redeliveries.labels(self.app_id).inc()
+        if claim.waited_seconds is not None:
+            self.metrics.queue_wait_seconds.labels(self.app_id, endpoint.path).observe(claim.waited_seconds)
         expires_in = claim.request.expires_in
         events = EventWriter(self.queue, running.request_id)
         events.put(Started())
@@ -396,7 +417,7 @@ class AppRunner:
                 scope = RequestScope(
                     expires_in, downloaded, running.cancel_flag, self.services.target, running.request_id, self.app_id
                 )
-                with request_scope(scope):
+                with request_scope(scope), tracing.span("ferry.handler"):
                     try:
                         result = await self.call_handler(endpoint, running.input, context)
                     finally:
@@ -432,6 +453,7 @@ class AppRunner:
             if not running.withdrawn:
                 await self._finish(claim, output_json, failure)
                 outcome = failure.code if failure else "OK"
+                tracing.record_outcome(outcome)
                 self.metrics.requests.labels(self.app_id, endpoint.path, outcome).inc()
                 self.metrics.request_run_seconds.labels(self.app_id, endpoint.path).observe(time.perf_counter() - began)
         finally:

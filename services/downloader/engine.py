@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from ferry.atomic_files import PART_SUFFIX
 from ferry.errors import FerryError, NotFound, ResourceExhausted, Unavailable
+from ferry.services import tracing
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.datauri import extension_for, parse_data_uri, write_decoded
 from ferry.services.downloader.fetch import HttpSource, RemoteFile
@@ -170,8 +171,29 @@ class Downloader:
 
     # -- the public operations ------------------------------------------------------------
 
-    async def download(self, job: DownloadJob) -> AsyncIterator[Event]:
-        """Events for `job`: Started, Progress…, then Completed; failures raise FerryError."""
+    def download(self, job: DownloadJob) -> AsyncIterator[Event]:
+        """Events for `job`: Started, Progress…, then Completed; failures raise FerryError. While tracing is on,
+        one `ferry.download` span covers them."""
+        return self._traced(job) if tracing.ENABLED else self._events(job)
+
+    async def _traced(self, job: DownloadJob) -> AsyncIterator[Event]:
+        scheme = job.url.split(":", 1)[0].lower() if ":" in job.url else ""
+        # The host alone: a path or query may carry a signature or the user's data.
+        span = tracing.start_span("ferry.download", {"url.scheme": scheme, "server.address": tracing.url_host(job.url)})
+        done: tracing.Attributes | None = None
+        failure: BaseException | None = None
+        try:
+            async for event in self._events(job):
+                if isinstance(event, Completed):
+                    done = {"ferry.download.bytes": event.file_size, "ferry.download.cache_hit": event.cache_hit}
+                yield event
+        except (Exception, asyncio.CancelledError) as error:
+            failure = error
+            raise
+        finally:  # a caller that stops listening early ends the span too
+            tracing.end_span(span, done, failure)
+
+    async def _events(self, job: DownloadJob) -> AsyncIterator[Event]:
         scheme = job.url.split(":", 1)[0].lower() if ":" in job.url else ""
         own = None if scheme == "data" else self.own_storage.source_for(job.url)
         try:

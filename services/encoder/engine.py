@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ferry.errors import FerryError
+from ferry.services import tracing
 from ferry.services.config import EncoderConfig
 from ferry.services.encoder.audio import AudioInfo
 from ferry.services.encoder.image_pipeline import ImagePipeline
@@ -78,7 +79,22 @@ class Encoder:
         return EncodeSpec.from_header(header, self.limits)
 
     async def encode(self, spec: EncodeSpec, chunks: AsyncIterator[Chunk], expires_in: int | None) -> list[EncodedFile]:
-        """The stream's tensor encoded as `spec` says and stored: one file, or one per image of a batch."""
+        """The stream's tensor encoded as `spec` says and stored: one file, or one per image of a batch (one
+        `ferry.encode` span while tracing is on, with a `ferry.store` span for each file stored)."""
+        with tracing.span("ferry.encode", {"ferry.encode.tensor_bytes": spec.tensor.size}):
+            files = await self._encode(spec, chunks, expires_in)
+            tracing.annotate(
+                {
+                    "ferry.encode.content_type": files[0].stored.content_type if files else "",
+                    "ferry.encode.files": len(files),
+                    "ferry.encode.bytes": sum(file.stored.size for file in files),
+                }
+            )
+            return files
+
+    async def _encode(
+        self, spec: EncodeSpec, chunks: AsyncIterator[Chunk], expires_in: int | None
+    ) -> list[EncodedFile]:
         media = spec.media
         format = "mp4" if isinstance(media, VideoSpec) else "wav" if isinstance(media, WavSpec) else media.format
         began = time.perf_counter()
@@ -95,6 +111,7 @@ class Encoder:
         self.metrics.encodes.labels(format, "ok").inc()
         self.metrics.encode_seconds.labels(format).observe(time.perf_counter() - began)
         self.metrics.encoded_bytes.labels(format).inc(sum(file.stored.size for file in files))
+        self.metrics.encode_input_bytes.labels(format).inc(_input_bytes(spec))
         return files
 
     async def _images(
@@ -133,6 +150,13 @@ class Encoder:
         finally:
             pipeline.path.unlink(missing_ok=True)  # storage linked or copied it; or it failed, and goes
         return EncodedFile(stored, info)
+
+
+def _input_bytes(spec: EncodeSpec) -> int:
+    """The tensor's bytes and its audio track's: what the stream carried, all of it (the pipelines refuse less)."""
+    media = spec.media
+    audio = media.audio.tensor.size if isinstance(media, VideoSpec) and media.audio is not None else 0
+    return spec.tensor.size + audio
 
 
 def _sha256_file(path: Path) -> str:

@@ -31,6 +31,7 @@ from typing import TypeVar
 
 from ferry.backoff import backoff_seconds
 from ferry.errors import NotFound, ResourceExhausted, Unavailable
+from ferry.services import tracing
 from ferry.services.metrics import StackMetrics
 from ferry.services.storage.base import NewObject, Storage, StoredObject, TransientStorageError
 from ferry.services.storage.breaker import Admission, Breaker
@@ -174,14 +175,17 @@ class StorageChain(Storage):
         raise Unavailable("storage unavailable: " + "; ".join(failures), reason="STORAGE_UNAVAILABLE")
 
     async def put_file(self, path: Path, new: NewObject, sha256: str) -> StoredObject:
-        _, stored = await self._first_taker("store a file", lambda backend: backend.put_file(path, new, sha256))
-        return self._counted(stored)
+        with tracing.span("ferry.store"):
+            _, stored = await self._first_taker("store a file", lambda backend: backend.put_file(path, new, sha256))
+            return self._counted(stored)
 
     async def put_bytes(self, data: bytes, new: NewObject) -> StoredObject:
-        _, stored = await self._first_taker("store a file", lambda backend: backend.put_bytes(data, new))
-        return self._counted(stored)
+        with tracing.span("ferry.store"):
+            _, stored = await self._first_taker("store a file", lambda backend: backend.put_bytes(data, new))
+            return self._counted(stored)
 
     def _counted(self, stored: StoredObject) -> StoredObject:
+        tracing.annotate({"ferry.store.backend": stored.backend, "ferry.store.bytes": stored.size})
         self.metrics.stored_objects.labels(stored.backend).inc()
         self.metrics.stored_bytes.labels(stored.backend).inc(stored.size)
         return stored
