@@ -158,14 +158,15 @@ async def test_a_lease_that_lapses_hands_the_request_to_another_replica_and_void
     replicas: OpenReplica,
 ) -> None:
     dying, survivor = await replicas(lease_seconds=0.3), await replicas(lease_seconds=0.3)
-    submitted = replace(job(), output_salt="s4lt")
+    submitted = replace(job(), output_salt="s4lt", trace_parent=f"00-{'ab' * 16}-{'cd' * 8}-01")
     request_id = await dying.submit(submitted)
     first = await dying.take("painter", timeout=1)
     assert first is not None
     again = await survivor.take("painter", timeout=5)  # nothing renews the first lease
     assert again is not None and (again.request_id, again.attempt) == (request_id, 2)
     assert again.lease != first.lease
-    # The request as submitted, salt and all, on every delivery: a second run names its outputs as the first did.
+    # The request as submitted, salt and all, on every delivery: a second run names its outputs as the first did
+    # (and continues its submitter's trace).
     assert first.request == again.request == submitted
     assert not await dying.renew(request_id, first.lease)
     assert not await dying.finish(request_id, first.lease, output_json='{"late": 1}')
