@@ -96,3 +96,26 @@ def test_without_the_otel_extra_a_stack_asked_to_trace_serves_and_the_sdk_passes
         stored = client.upload_bytes(b"traced by nobody", "text/plain", "note.txt")
         assert client.download_file(stored.url).read_bytes() == b"traced by nobody"
     assert "install ferry-media[otel]; tracing is off" in stack.stop()
+
+
+@pytest.mark.parametrize(("protocol", "exporter"), [("grpc", ".grpc."), ("http/protobuf", ".http."), ("", ".http.")])
+def test_the_exporter_speaks_the_protocol_the_variables_name(protocol, exporter):
+    script = (
+        "from ferry.services import tracing\n"
+        "traces = tracing.start_tracing('ferry-encoder')\n"
+        "assert tracing.ENABLED and traces is not None\n"
+        "processor = traces.provider._active_span_processor._span_processors[0]\n"
+        "print(type(processor._batch_processor._exporter).__module__)\n"
+        "print(traces.provider.resource.attributes['service.name'])\n"
+        "traces.shutdown()\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": protocol,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    module, name = done.stdout.split()
+    assert exporter in module and name == "ferry-encoder"
