@@ -154,14 +154,24 @@ class Downloader:
         self.locks = LockFiles(self.roots.internal / "locks")
         self.guard = NetworkGuard(config.allow_private_networks, config.allowed)
         self.own_storage = own_storage or OwnStorage()
-        self.http = HttpSource(self.guard, config, UrlPrefix.parse(trusted_cdn_url) if trusted_cdn_url else None)
+        self.metrics = metrics or StackMetrics()
+        trusted_origin = UrlPrefix.parse(trusted_cdn_url) if trusted_cdn_url else None
+        self.http = HttpSource(self.guard, config, self.metrics, trusted_origin)
         self._flights: dict[tuple[object, ...], Flight] = {}
         self._block_size = max(1, config.chunk_mib) * MIB
-        self.metrics = metrics or StackMetrics()
         self.metrics.refresh_with(self._read_metrics)
 
     async def _read_metrics(self) -> None:
         self.metrics.downloads_active.set(len(self._flights))
+        # Read from disk, so it counts what every process sharing the data dir wrote; off the loop, as it costs
+        # ~0.09 ms a download (1,000: 91 ms on a 2-core VM), once per scrape.
+        live = await asyncio.to_thread(self._cached)
+        self.metrics.download_cache_files.set(len(live))
+        self.metrics.download_cache_bytes.set(sum(record.size for _, record in live))
+
+    def _cached(self) -> list[tuple[str, DownloadRecord]]:
+        """Every download whose file is still the one recorded: the cache, whichever process wrote it."""
+        return [(key, record) for key, record in self.records.all() if record.vouches_for_file()]
 
     async def close(self) -> None:
         for flight in list(self._flights.values()):
@@ -441,7 +451,7 @@ class Downloader:
         if self.config.cache_budget_mib is None:
             return 0
         budget = int(self.config.cache_budget_mib * MIB)
-        live = [(key, r) for key, r in self.records.all() if r.vouches_for_file()]
+        live = self._cached()
         total = sum(r.size for _, r in live)
         busy = {flight_id[0] for flight_id in list(self._flights)}
         freed = 0
@@ -459,6 +469,8 @@ class Downloader:
                 if record.vouches_for_file():
                     os.unlink(record.path)
                     freed += record.size
+                    self.metrics.download_evictions.inc()
+                    self.metrics.download_evicted_bytes.inc(record.size)
                 self.records.remove(key)
                 evicted = True
             finally:

@@ -30,6 +30,7 @@ from ferry.services.downloader.names import choose_file_name
 from ferry.services.downloader.url_prefix import UrlPrefix
 from ferry.services.downloader.writer import AtomicFile
 from ferry.services.logs import url_for_log
+from ferry.services.metrics import StackMetrics
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,12 @@ class RemoteFile:
 
 
 class Transient(Exception):
-    """A failure worth retrying; `retry_after` when the source said how long to wait."""
+    """A failure worth retrying; `cause` is its kind (a metrics label: `connection`, `cut_short`, `bad_range`, or
+    `http_<status>` of TRANSIENT_STATUSES), `retry_after` when the source said how long to wait."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, cause: str, retry_after: float | None = None) -> None:
         super().__init__(message)
+        self.cause = cause
         self.retry_after = retry_after
 
 
@@ -71,7 +74,7 @@ class _CutShort(Transient):
     """The body stopped early; `remote` is what the source had promised, for resuming."""
 
     def __init__(self, remote: RemoteFile, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, "cut_short")
         self.remote = remote
 
 
@@ -105,9 +108,16 @@ class HttpSource:
     """`trusted_origin`, the stack's own CDN as configured, is reached without the guard: only a URL under
     it that a caller asked for, never a redirect to it (an outside server could point there)."""
 
-    def __init__(self, guard: NetworkGuard, config: DownloaderConfig, trusted_origin: UrlPrefix | None = None) -> None:
+    def __init__(
+        self,
+        guard: NetworkGuard,
+        config: DownloaderConfig,
+        metrics: StackMetrics,
+        trusted_origin: UrlPrefix | None = None,
+    ) -> None:
         self._guard = guard
         self._config = config
+        self._metrics = metrics
         self._trusted_origin = trusted_origin
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
 
@@ -150,7 +160,7 @@ class HttpSource:
             except AddressBlocked:
                 raise  # from the resolver, unwrapped by aiohttp: never retried
             except (TimeoutError, aiohttp.ClientError, OSError) as error:
-                raise Transient(f"{type(error).__name__}: {error}") from error
+                raise Transient(f"{type(error).__name__}: {error}", "connection") from error
             if response.status not in REDIRECT_STATUSES:
                 return response
             location = response.headers.get("Location")
@@ -212,6 +222,7 @@ class HttpSource:
                         f"source failed {retries + 1} times, last: {failure}", reason="SOURCE_UNAVAILABLE"
                     ) from None
                 delay = self._backoff(attempt, failure.retry_after)
+                self._metrics.download_retries.labels(failure.cause).inc()
                 log.info("retrying %s in %.2fs after: %s", url_for_log(url), delay, failure)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
@@ -223,6 +234,11 @@ class HttpSource:
             return retry_after
         # Capped where the source's own Retry-After stops being heeded: no longer than a source may ask for.
         return backoff_seconds(attempt, self._config.retry_backoff_seconds, MAX_RETRY_AFTER_SECONDS)
+
+    async def _restart(self, out: AtomicFile) -> None:
+        """Drop the bytes a cut-short attempt kept: this one cannot continue them."""
+        await out.truncate()
+        self._metrics.download_resumes.labels("restarted").inc()
 
     async def _attempt(
         self,
@@ -241,21 +257,25 @@ class HttpSource:
             request["Range"] = f"bytes={out.size}-"
             request["If-Range"] = known.validator
         elif out.size:
-            await out.truncate()
+            await self._restart(out)
         response = await self._open("GET", url, request)
         async with response:
             if response.status in TRANSIENT_STATUSES:
-                raise Transient(f"source answered {response.status}", _retry_after(response.headers.get("Retry-After")))
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+                raise Transient(f"source answered {response.status}", f"http_{response.status}", retry_after)
             if response.status == 206 and resuming:
                 assert known is not None
                 content_range = response.headers.get("Content-Range", "")
                 if not (content_range.startswith(f"bytes {out.size}-") and content_range.endswith(f"/{known.size}")):
-                    await out.truncate()
-                    raise Transient(f"source answered range {content_range!r}, which does not continue the file")
+                    await self._restart(out)
+                    raise Transient(
+                        f"source answered range {content_range!r}, which does not continue the file", "bad_range"
+                    )
+                self._metrics.download_resumes.labels("resumed").inc()
                 remote = known
             elif response.status == 200:
                 if out.size:  # the source ignored the range, or the file changed: start over
-                    await out.truncate()
+                    await self._restart(out)
                 remote = self._describe(url, response)
                 if known is None:
                     if limit is not None and remote.size is not None and remote.size > limit:

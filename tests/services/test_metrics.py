@@ -12,14 +12,17 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 import ferry
 from ferry.testing import StackProcess
 from ferry.v1 import inference_pb2
 from tests.conftest import AWS_TEST_CREDENTIALS as AWS_TEST_ENV
+from tests.harness import wait_for
 
 APP = f"{Path(__file__).parents[1] / 'inference' / 'sample_app.py'}:SampleApp"
+PROBED_APP = f"{Path(__file__).parents[1] / 'inference' / 'media_app.py'}:ProbedApp"
 TOKEN = "metrics-token"
 
 
@@ -166,6 +169,7 @@ def test_encodes_and_storage_are_counted_and_a_fallback_names_the_backend_that_f
     }
     assert encodes == {("png", "ok"): 1, ("jpeg", "ok"): 1, ("mp4", "ok"): 1, ("png", "NON_FINITE"): 1}
     assert labelled(scrape, "ferry_encode_duration_seconds_count") == {"png": 1, "jpeg": 1, "mp4": 1}
+    assert labelled(scrape, "ferry_encode_input_bytes_total") == {"png": 768, "jpeg": 768, "mp4": 4 * 768}
     assert labelled(scrape, "ferry_stored_objects_total") == {"local": 3}
     assert labelled(scrape, "ferry_stored_bytes_total")["local"] == sum(
         labelled(scrape, "ferry_encoded_bytes_total").values()
@@ -204,6 +208,12 @@ def test_app_requests_are_counted_by_endpoint_and_outcome_and_timed(stack: Stack
         ("/refuse", "INVALID_ARGUMENT"): 1,
         ("/slow", "CANCELLED"): 1,
     }
+    waits = {
+        dict(labels)["endpoint"]: value
+        for (name, labels), value in scrape.items()
+        if name == "ferry_queue_wait_seconds_count" and dict(labels)["app"] == "sample"
+    }
+    assert waits == {"/": 1, "/fail": 1, "/refuse": 1, "/slow": 1}, "each run's wait, observed once when taken"
     assert (
         scrape[
             (
@@ -244,3 +254,84 @@ def test_a_metrics_port_already_taken_is_one_line_and_exit_1(tmp_path: Path, dea
         timeout=60,
     )
     assert done.returncode == 1 and "for metrics" in done.stderr
+
+
+BODY = bytes(range(256)) * 8  # 2048 bytes
+
+
+async def cut_once_then_whole(request: web.Request, cut: list[str], *, resumable: bool) -> web.StreamResponse:
+    """The whole body, except that the first GET drops the connection halfway; Range requests get the rest."""
+    if cut or "Range" in request.headers:
+        if "Range" in request.headers:
+            start = int(request.headers["Range"].removeprefix("bytes=").removesuffix("-"))
+            headers = {"Content-Range": f"bytes {start}-{len(BODY) - 1}/{len(BODY)}", "ETag": '"v1"'}
+            return web.Response(status=206, body=BODY[start:], headers=headers)
+        return web.Response(body=BODY)
+    cut.append("cut")
+    headers = {"Accept-Ranges": "bytes", "ETag": '"v1"'} if resumable else {}
+    response = web.StreamResponse(headers=headers)
+    response.content_length = len(BODY)
+    await response.prepare(request)
+    await response.write(BODY[: len(BODY) // 2])
+    assert request.transport is not None
+    request.transport.close()  # the connection drops mid-body
+    return response
+
+
+def test_retries_are_counted_by_cause_resumes_by_outcome_and_the_cache_by_size_and_evictions(
+    start_ferry,  # type: ignore[no-untyped-def]
+    http_server,
+) -> None:
+    stack = start_ferry("--allow-hosts", "127.0.0.1/32", "--cache-budget-mib", "1")
+    answers = [
+        web.Response(status=503, headers={"Retry-After": "0"}),
+        web.Response(status=429, headers={"Retry-After": "0"}),
+    ]
+
+    async def flaky(_request: web.Request) -> web.Response:
+        return answers.pop(0) if answers else web.Response(body=b"finally")
+
+    resumed: list[str] = []
+    restarted: list[str] = []
+
+    async def resumable(request: web.Request) -> web.StreamResponse:
+        return await cut_once_then_whole(request, resumed, resumable=True)
+
+    async def not_resumable(request: web.Request) -> web.StreamResponse:
+        return await cut_once_then_whole(request, restarted, resumable=False)
+
+    with stack.client() as client:
+        client.download_file(http_server.route("/flaky.bin", flaky), "inputs")
+        client.download_file(http_server.route("/resume.bin", resumable), "inputs")
+        client.download_file(http_server.route("/restart.bin", not_resumable), "inputs")
+        assert samples(stack)[("ferry_download_cache_bytes", ())] == 7 + 2 * len(BODY)
+        client.download_file(http_server.add_file("old.bin", b"o" * 700_000), "inputs")
+        client.download_file(http_server.add_file("new.bin", b"n" * 700_000), "inputs")  # 1.4 MB > the 1 MiB budget
+    scrape = wait_for(
+        lambda: (got := samples(stack))[("ferry_download_cache_evictions_total", ())] == 4 and got,
+        "eviction, which runs after the download returns",
+    )
+
+    assert labelled(scrape, "ferry_download_retries_total") == {"http_503": 1, "http_429": 1, "cut_short": 2}
+    assert labelled(scrape, "ferry_download_resumes_total") == {"resumed": 1, "restarted": 1}
+    assert scrape[("ferry_download_cache_evicted_bytes_total", ())] == 7 + 2 * len(BODY) + 700_000  # oldest first
+    assert scrape[("ferry_download_cache_files", ())] == 1
+    assert scrape[("ferry_download_cache_bytes", ())] == 700_000
+
+
+def test_failed_health_probes_are_counted_by_app_and_cause(start_ferry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flag = tmp_path / "unhealthy"
+    flag.touch()
+    stack = start_ferry("--app", PROBED_APP, env={"FERRY_TEST_UNHEALTHY_FLAG": str(flag)})
+    scrape = wait_for(
+        lambda: (
+            (got := samples(stack)).get(("ferry_health_probe_failures_total", (("app", "probed"), ("cause", "error"))))
+            and got
+        ),
+        "a failed probe to be counted",
+    )
+
+    failures = {
+        labels: value for (name, labels), value in scrape.items() if name == "ferry_health_probe_failures_total"
+    }
+    assert list(failures) == [(("app", "probed"), ("cause", "error"))], "a probe that raised, nothing else"
