@@ -13,8 +13,9 @@ signature, a source's `?token=`), and a bearer token is replaced. Call sites
 log URLs through `url_for_log` already; this catches what they cannot
 control (exception texts, a handler's own lines).
 
-Trace correlation needs no tracing module: when OpenTelemetry is installed and
-a span is current, its ids go into the JSON line.
+Trace correlation: while tracing is on (`ferry.services.tracing`) and a span is
+current, its ids go into the JSON line. With tracing off, OpenTelemetry is never
+imported: importing it would make the SDK's channels carry trace context.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 from ferry.request_scope import current_scope
+from ferry.services import tracing
 
 __all__ = [
     "LOG_FORMATS",
@@ -87,18 +89,6 @@ class RequestFields(logging.Filter):
         return True
 
 
-def _current_span_ids() -> tuple[str, str] | None:
-    """(trace_id, span_id) in hex of the current span, when OpenTelemetry is installed and one is recording."""
-    try:
-        from opentelemetry import trace
-    except ImportError:
-        return None
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return None
-    return format(context.trace_id, "032x"), format(context.span_id, "016x")
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time (ISO 8601, UTC), level, logger, message, request_id, app; the current
     span's trace_id and span_id when tracing is on; exc_info as text when the record carries one."""
@@ -113,7 +103,7 @@ class JsonFormatter(logging.Formatter):
         }
         if (app := getattr(record, "app", None)) is not None:
             line["app"] = app
-        if (span := _current_span_ids()) is not None:
+        if (span := tracing.current_ids()) is not None:
             line["trace_id"], line["span_id"] = span
         if record.exc_info:
             line["exc_info"] = scrub(self.formatException(record.exc_info))

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from ferry.request_scope import RequestScope, request_scope
+from ferry.services import tracing
 from ferry.services.config import ServerConfig, add_arguments, from_arguments
 from ferry.services.logs import configure_logging, scrub, url_for_log
 
@@ -98,8 +99,9 @@ def test_an_exception_is_one_string_field_of_the_same_line():
     assert isinstance(line["exc_info"], str) and "RuntimeError: model exploded" in line["exc_info"]
 
 
-def test_the_current_span_s_ids_go_into_the_line_only_while_one_is_recording():
+def test_the_current_span_s_ids_go_into_the_line_only_while_one_is_recording(monkeypatch: pytest.MonkeyPatch):
     trace_sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    monkeypatch.setattr(tracing, "ENABLED", True)  # as `ferry serve` sets it when the OTEL_* variables ask
     tracer = trace_sdk.TracerProvider().get_tracer("test")
     log = Log("json")
     logging.getLogger("ferry").info("before")
