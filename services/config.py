@@ -99,6 +99,11 @@ class ServerConfig(Checked):
     metrics_port: int | None = setting(
         "also serve /metrics alone on this port (0 = pick a free one): for a stack that hosts no CDN", **PORT
     )
+    no_metrics: bool = setting(
+        "serve no /metrics and count no RPCs (what the engines count still costs, unread): for measuring what "
+        "metrics cost, or a deployment that must not expose them",
+        False,
+    )
     cors_origin: tuple[str, ...] = setting(
         "an origin (https://app.example:8443) whose pages may call the HTTP API from a browser (repeatable; "
         "default: none, same-origin only)",
@@ -115,6 +120,8 @@ class ServerConfig(Checked):
         for origin in self.cors_origin:
             if not _ORIGIN.fullmatch(origin):
                 raise ValueError(f"--cors-origin {origin[:100]!r} is not an origin like https://app.example:8443")
+        if self.no_metrics and self.metrics_port is not None:
+            raise ValueError("--metrics-port serves /metrics, which --no-metrics turns off: give one of them")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         for name in ("tls_cert", "tls_key"):

@@ -171,7 +171,7 @@ class Stack:
         # Tracing, when on, outermost of all: its span covers the rest, and is the parent of what the call does.
         interceptors = [
             *_tracing_interceptors(),
-            MetricsInterceptor(self.metrics),
+            *([] if cfg.no_metrics else [MetricsInterceptor(self.metrics)]),
             *([BearerTokenInterceptor(cfg.token)] if cfg.token else []),
             StatusInterceptor(),
         ]
@@ -190,7 +190,7 @@ class Stack:
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
         await server.start()
         self._grpc = server
-        if cfg.metrics_port is not None:
+        if cfg.metrics_port is not None and not cfg.no_metrics:
             await self._start_metrics(cfg.metrics_port)
         for start in serving:
             await start()
@@ -291,7 +291,8 @@ class Stack:
             enable_cors(app, cfg.cors_origin)
         self._gateway = StackChannel(self._gateway_connection)
         add_gateway_routes(app, self._gateway, max_body_bytes)
-        app.add_routes([metrics_route(self.metrics)])
+        if not cfg.no_metrics:
+            app.add_routes([metrics_route(self.metrics)])
         self._cdn, self.cdn_url = await self._serve_http(app, cfg.cdn_port, "the CDN")
 
     async def _start_metrics(self, port: int) -> None:

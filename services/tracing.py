@@ -14,8 +14,9 @@ helper here returns before building anything: `span()` hands back one shared
 no-op context.
 
 Spans Ferry adds name what they are (`ferry.queue_wait`, `ferry.run`,
-`ferry.handler`, `ferry.download`, `ferry.encode`, `ferry.store`). Their
-attributes are sizes, counts, formats, backends and a URL's host: never a full
+`ferry.handler`, `ferry.encode`, `ferry.store`); a download is its Download
+RPC's span, with what it fetched added (a span more cost a cache hit 0.3 ms).
+Their attributes are sizes, counts, formats, backends and a URL's host: never a full
 URL, a query string, a header or an error message (which may quote user input).
 """
 
@@ -144,24 +145,6 @@ def _current_span(name: str, attributes: Attributes | None) -> Iterator[Span]:
         except BaseException as error:
             failed(current, error)
             raise
-
-
-def start_span(name: str, attributes: Attributes | None = None) -> Span | None:
-    """A span started now as a child of the current one, but not made current: for work that yields (an async
-    generator's body), which must not leave a context attached across its yields. End it with `end_span`."""
-    if not ENABLED:
-        return None
-    return _tracer.start_span(name, attributes=attributes, record_exception=False, set_status_on_exception=False)  # type: ignore[no-any-return]
-
-
-def end_span(span: Span | None, attributes: Attributes | None = None, error: BaseException | None = None) -> None:
-    if span is None:
-        return
-    if attributes:
-        span.set_attributes(attributes)
-    if error is not None:
-        failed(span, error)
-    span.end()
 
 
 def failed(span: Span, error: BaseException) -> None:

@@ -256,6 +256,16 @@ def test_a_metrics_port_already_taken_is_one_line_and_exit_1(tmp_path: Path, dea
     assert done.returncode == 1 and "for metrics" in done.stderr
 
 
+def test_no_metrics_serves_no_metrics_and_cannot_be_given_a_metrics_port(start_ferry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stack = start_ferry("--app", APP, "--no-metrics")
+    with stack.client() as client:
+        assert client.run("sample", {"text": "a"}) == {"text": "a"}
+    assert httpx.get(f"{stack.cdn_url}/metrics").status_code == 404
+    serve = [sys.executable, "-m", "ferry.cli", "serve", "--data-dir", str(tmp_path), "--grpc-port", "0"]
+    both = subprocess.run([*serve, "--no-metrics", "--metrics-port", "0"], capture_output=True, text=True, timeout=60)
+    assert both.returncode != 0 and "--no-metrics" in both.stderr
+
+
 BODY = bytes(range(256)) * 8  # 2048 bytes
 
 
