@@ -18,6 +18,7 @@ import abc
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +137,34 @@ def mapped_handler(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grp
     wrap = _streamed_response if handler.response_streaming else _unary_response
     behavior = wrap(getattr(handler, attribute), method, handler.request_streaming)
     return handler_like(handler, behavior, _tolerant(handler.request_deserializer))
+
+
+CallScope = Callable[[grpc.aio.ServicerContext[Any, Any]], AbstractContextManager[object]]
+
+
+def scoped_handler(handler: grpc.RpcMethodHandler[Any, Any], scope: CallScope) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` run inside `scope(context)`: entered as the call starts, left once it has answered — after a
+    streaming response's last message. What watches every call (metrics, traces) wraps it so."""
+    _, attribute = KINDS[(handler.request_streaming, handler.response_streaming)]
+    behavior = getattr(handler, attribute)
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        with scope(context):
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
+
+    async def streamed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        # grpc.aio reads a response stream from the one task that serves the call: a context the scope
+        # attaches (a span made current) is detached by the same task after the last message.
+        with scope(context):
+            result = behavior(request, context)
+            if inspect.isawaitable(result):  # a handler that writes with context.write()
+                await result
+            else:
+                async for response in result:
+                    yield response
+
+    return handler_like(handler, streamed if handler.response_streaming else unary)
 
 
 class HandlerInterceptor(grpc.aio.ServerInterceptor):

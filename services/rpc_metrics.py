@@ -8,14 +8,15 @@ A streaming response is timed to its last message.
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
-from ferry.services.interceptors import KINDS, HandlerInterceptor, handler_like
+from ferry.services.interceptors import HandlerInterceptor, scoped_handler
 from ferry.services.metrics import StackMetrics
 
 
@@ -29,51 +30,18 @@ class MetricsInterceptor(HandlerInterceptor):
         self, handler: grpc.RpcMethodHandler[Any, Any], details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any]:
         service, _, method = details.method.lstrip("/").partition("/")
-        _, attribute = KINDS[(handler.request_streaming, handler.response_streaming)]
-        behavior = getattr(handler, attribute)
-        measure = _Measure(self._metrics, service, method)
-        if handler.response_streaming:
-            return handler_like(handler, measure.streamed(behavior))
-        return handler_like(handler, measure.unary(behavior))
+        return scoped_handler(handler, functools.partial(self._measured, service, method))
 
-
-class _Measure:
-    def __init__(self, metrics: StackMetrics, service: str, method: str) -> None:
-        self.metrics, self.service, self.method = metrics, service, method
-
-    def unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            began = self._began()
-            try:
-                result = behavior(request, context)
-                return await result if inspect.isawaitable(result) else result
-            finally:
-                self._ended(began, context)
-
-        return handle
-
-    def streamed(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            began = self._began()
-            try:
-                result = behavior(request, context)
-                if inspect.isawaitable(result):
-                    await result
-                else:
-                    async for response in result:
-                        yield response
-            finally:
-                self._ended(began, context)
-
-        return handle
-
-    def _began(self) -> float:
-        self.metrics.rpc_in_flight.labels(self.service, self.method).inc()
-        return time.perf_counter()
-
-    def _ended(self, began: float, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        code: Any = context.code()  # None until something sets it: an answered call is OK
-        name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code is None else str(code)
-        self.metrics.rpc_in_flight.labels(self.service, self.method).dec()
-        self.metrics.rpc_seconds.labels(self.service, self.method).observe(time.perf_counter() - began)
-        self.metrics.rpc_requests.labels(self.service, self.method, name).inc()
+    @contextlib.contextmanager
+    def _measured(self, service: str, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
+        in_flight = self._metrics.rpc_in_flight.labels(service, method)
+        in_flight.inc()
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            code: Any = context.code()  # None until something sets it: an answered call is OK
+            name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code is None else str(code)
+            in_flight.dec()
+            self._metrics.rpc_seconds.labels(service, method).observe(time.perf_counter() - began)
+            self._metrics.rpc_requests.labels(service, method, name).inc()

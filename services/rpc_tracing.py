@@ -8,8 +8,9 @@ rpc_metrics.py does). A streaming response's span lasts to its last message.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import functools
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -17,63 +18,33 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from ferry.services import tracing
-from ferry.services.interceptors import KINDS, HandlerInterceptor, handler_like
+from ferry.services.interceptors import HandlerInterceptor, scoped_handler
 
 
 class TracingInterceptor(HandlerInterceptor):
     def wrap(
         self, handler: grpc.RpcMethodHandler[Any, Any], details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        _, attribute = KINDS[(handler.request_streaming, handler.response_streaming)]
-        traced = _Traced(details.method, getattr(handler, attribute))
-        return handler_like(handler, traced.streamed() if handler.response_streaming else traced.unary())
+        return scoped_handler(handler, functools.partial(_server_span, details.method.lstrip("/")))
 
 
-class _Traced:
-    def __init__(self, method: str, behavior: Callable[..., Any]) -> None:
-        self.behavior = behavior
-        self.name = method.lstrip("/")  # ferry.v1.InferenceService/Run: the semantic conventions' span name
-        service, _, rpc_method = self.name.partition("/")
-        self.attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method}
-
-    def _span(self, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-        return tracing._tracer.start_as_current_span(
-            self.name,
-            context=propagate.extract(metadata),
-            kind=SpanKind.SERVER,
-            attributes=self.attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-
-    def unary(self) -> Callable[..., Any]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            with self._span(context):
-                try:
-                    result = self.behavior(request, context)
-                    return await result if inspect.isawaitable(result) else result
-                finally:
-                    _ended(context)
-
-        return handle
-
-    def streamed(self) -> Callable[..., Any]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            # grpc.aio reads a response stream from the one task that serves the call: the span's context,
-            # attached here, is detached by the same task after the last message.
-            with self._span(context):
-                try:
-                    result = self.behavior(request, context)
-                    if inspect.isawaitable(result):
-                        await result
-                    else:
-                        async for response in result:
-                            yield response
-                finally:
-                    _ended(context)
-
-        return handle
+@contextlib.contextmanager
+def _server_span(name: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
+    """`name` (ferry.v1.InferenceService/Run: the semantic conventions' span name), a child of the caller's span."""
+    service, _, method = name.partition("/")
+    metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+    with tracing._tracer.start_as_current_span(
+        name,
+        context=propagate.extract(metadata),
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        record_exception=False,
+        set_status_on_exception=False,
+    ):
+        try:
+            yield
+        finally:
+            _ended(context)
 
 
 def _ended(context: grpc.aio.ServicerContext[Any, Any]) -> None:
