@@ -35,6 +35,12 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def assert_decodes_to(uri: str, data: bytes, block_chars: int) -> None:
+    """`uri` decodes to `data` in blocks of `block_chars`, and its size bound is exact."""
+    assert decode(uri, block_chars=block_chars) == data
+    assert decoded_size_bound(uri, parse_data_uri(uri)) == len(data)
+
+
 # -- the header --------------------------------------------------------------------------
 
 
@@ -78,16 +84,12 @@ def test_malformed_header_is_invalid_argument(uri):
 
 @given(st.binary(max_size=300), block_sizes)
 def test_base64_round_trips_across_block_boundaries(data, block_chars):
-    uri = "data:application/octet-stream;base64," + b64(data)
-    assert decode(uri, block_chars=block_chars) == data
-    assert decoded_size_bound(uri, parse_data_uri(uri)) == len(data)
+    assert_decodes_to("data:application/octet-stream;base64," + b64(data), data, block_chars)
 
 
 @given(st.binary(max_size=300), block_sizes)
 def test_base64_may_omit_its_final_padding(data, block_chars):
-    uri = "data:;base64," + b64(data).rstrip("=")
-    assert decode(uri, block_chars=block_chars) == data
-    assert decoded_size_bound(uri, parse_data_uri(uri)) == len(data)
+    assert_decodes_to("data:;base64," + b64(data).rstrip("="), data, block_chars)
 
 
 @pytest.mark.parametrize(
@@ -117,16 +119,12 @@ def test_bad_base64_is_invalid_argument_naming_the_problem(payload, problem, blo
 
 @given(st.binary(max_size=300), block_sizes)
 def test_percent_encoding_round_trips_across_block_boundaries(data, block_chars):
-    uri = "data:application/octet-stream," + quote_from_bytes(data)
-    assert decode(uri, block_chars=block_chars) == data
-    assert decoded_size_bound(uri, parse_data_uri(uri)) == len(data)
+    assert_decodes_to("data:application/octet-stream," + quote_from_bytes(data), data, block_chars)
 
 
 @given(st.text(max_size=100), block_sizes)
 def test_unescaped_non_ascii_text_is_written_as_utf8(text, block_chars):
-    uri = "data:text/plain;charset=utf-8," + text.replace("%", "%25")
-    assert decode(uri, block_chars=block_chars) == text.encode()
-    assert decoded_size_bound(uri, parse_data_uri(uri)) == len(text.encode())
+    assert_decodes_to("data:text/plain;charset=utf-8," + text.replace("%", "%25"), text.encode(), block_chars)
 
 
 def test_a_lone_surrogate_has_no_bytes_and_is_invalid_argument():
