@@ -53,6 +53,11 @@ def line(case: str, ferry: str, baseline_name: str, baseline: str, ratio: float 
     print(f"{case:<30} ferry {ferry:>12}   {baseline_name:<22} {baseline:>12}   ratio {shown}   ({goal})", flush=True)
 
 
+def ms_line(case: str, ferry_s: float, baseline_name: str, baseline_s: float, goal: str) -> None:
+    """A line comparing two times per image, in milliseconds."""
+    line(case, f"{ferry_s * 1000:.1f} ms", baseline_name, f"{baseline_s * 1000:.1f} ms", ferry_s / baseline_s, goal)
+
+
 def natural_image(size: int = 1024) -> np.ndarray:
     """Smooth gradients plus detail: closer to a model's output than noise (which no codec compresses)."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
@@ -122,14 +127,7 @@ def main() -> int:
                     ferry_s, local_s = alternating_medians(
                         lambda fmt=fmt: client.encode_tensor(image, fmt), pillow, image_repeat
                     )
-                    line(
-                        f"1. 1024x1024x3 -> {fmt}",
-                        f"{ferry_s * 1000:.1f} ms",
-                        "Pillow in-process",
-                        f"{local_s * 1000:.1f} ms",
-                        ferry_s / local_s,
-                        goal,
-                    )
+                    ms_line(f"1. 1024x1024x3 -> {fmt}", ferry_s, "Pillow in-process", local_s, goal)
                     # where the CPU went; then ferry's own jpeg library, one call on one core: what the strips buy
                     if fmt == "jpeg":
                         cpu_line(
@@ -147,14 +145,7 @@ def main() -> int:
                         ferry_s, turbo_s = alternating_medians(
                             lambda: client.encode_tensor(image, "jpeg"), turbo, image_repeat
                         )
-                        line(
-                            "1. 1024x1024x3 -> jpeg",
-                            f"{ferry_s * 1000:.1f} ms",
-                            "simplejpeg in-process",
-                            f"{turbo_s * 1000:.1f} ms",
-                            ferry_s / turbo_s,
-                            "report",
-                        )
+                        ms_line("1. 1024x1024x3 -> jpeg", ferry_s, "simplejpeg in-process", turbo_s, "report")
 
                         # what ferry's local storage adds to a write: fsync the file and its folder
                         def pillow_durable() -> None:
@@ -165,14 +156,7 @@ def main() -> int:
                         ferry_s, durable_s = alternating_medians(
                             lambda: client.encode_tensor(image, "jpeg"), pillow_durable, image_repeat
                         )
-                        line(
-                            "1. 1024x1024x3 -> jpeg",
-                            f"{ferry_s * 1000:.1f} ms",
-                            "Pillow + fsynced write",
-                            f"{durable_s * 1000:.1f} ms",
-                            ferry_s / durable_s,
-                            "report",
-                        )
+                        ms_line("1. 1024x1024x3 -> jpeg", ferry_s, "Pillow + fsynced write", durable_s, "report")
             if args.only == "images":
                 return 0
 
