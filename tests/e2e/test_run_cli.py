@@ -186,14 +186,7 @@ def test_a_failing_handler_reports_its_code_and_message(stack):
 def test_a_bad_input_is_a_usage_error_before_any_call(given, complaint):
     # Nothing listens at this address: a call would fail with UNAVAILABLE and exit 1, not 2.
     with socket_bound_but_not_listening() as address:
-        result = subprocess.run(
-            _command("sample", "--input", given, "--address", address),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=_environment(),
-            check=False,
-        )
+        result = ferry_run(None, "sample", "--input", given, "--address", address)
 
     assert result.returncode == 2
     assert result.stdout == ""
@@ -202,14 +195,7 @@ def test_a_bad_input_is_a_usage_error_before_any_call(given, complaint):
 
 def test_an_unreachable_server_fails_with_unavailable():
     with socket_bound_but_not_listening() as address:
-        result = subprocess.run(
-            _command("sample", "--address", address),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=_environment(),
-            check=False,
-        )
+        result = ferry_run(None, "sample", "--address", address)
 
     assert result.returncode == 1
     assert result.stderr.startswith("ferry run: UNAVAILABLE: "), result.stderr
