@@ -76,6 +76,13 @@ local function ensure_group(stream)
   end
 end
 
+-- One ring of the app's doorbell: it wakes one waiting taker, or is left for the next (the newest {MAX_RINGS} kept).
+local function ring(app)
+  local doorbell = key('doorbell', app)
+  redis.call('RPUSH', doorbell, 1)
+  redis.call('LTRIM', doorbell, -{MAX_RINGS}, -1)
+end
+
 local function append(id, kind, data, max_events)
   local seq = redis.call('HINCRBY', key('request', id), 'events', 1)
   redis.call('XADD', key('events', id), 'MAXLEN', max_events, '0-' .. seq, 'kind', kind, 'data', data)
@@ -139,7 +146,7 @@ end
 # 1, or 0 for a retried submit.
 SUBMIT = (
     _COMMON
-    + f"""
+    + """
 local id, app, priority = ARGV[2], ARGV[3], ARGV[7]
 local request = key('request', id)
 if redis.call('EXISTS', request) == 1 then return 0 end
@@ -155,9 +162,7 @@ redis.call('HSET', request, 'app_id', app, 'path', ARGV[4], 'input_json', ARGV[5
   'trace_parent', ARGV[11] or '')
 redis.call('ZADD', queued_of(app, priority), order, id)
 if start_by ~= '' then redis.call('ZADD', key('start-by', app), start_by, id) end
-local doorbell = key('doorbell', app)
-redis.call('RPUSH', doorbell, 1)
-redis.call('LTRIM', doorbell, -{MAX_RINGS}, -1)
+ring(app)
 return 1
 """
 )
@@ -331,7 +336,7 @@ return 1
 # next TAKE at once (idle as long as a lapsed lease), a waiting taker woken.
 RELEASE = (
     _COMMON
-    + f"""
+    + """
 local id = ARGV[2]
 local request = key('request', id)
 local state, held, app, entry, priority, attempt, order = unpack(redis.call('HMGET', request, 'state', 'lease',
@@ -340,9 +345,7 @@ if state ~= 'in_progress' or held ~= ARGV[3] then return 0 end
 redis.call('HSET', request, 'state', 'queued', 'attempt', tonumber(attempt) - 1, 'lease', '', 'start_by', '')
 redis.call('ZADD', queued_of(app, priority), tonumber(order) or 0, id)
 redis.call('XCLAIM', stream_of(app, priority), GROUP, ARGV[4], 0, entry, 'IDLE', tonumber(ARGV[5]) * 2, 'JUSTID')
-local doorbell = key('doorbell', app)
-redis.call('RPUSH', doorbell, 1)
-redis.call('LTRIM', doorbell, -{MAX_RINGS}, -1)
+ring(app)
 return 1
 """
 )
