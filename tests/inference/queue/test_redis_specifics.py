@@ -38,6 +38,14 @@ async def queue(server: RedisServer) -> AsyncIterator[RedisQueue]:
     await opened.close()
 
 
+@pytest.fixture
+async def raw(server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain client of the same Redis, to do to it what an operator, Redis itself or another replica may."""
+    client = redis.asyncio.from_url(server.url)
+    yield client
+    await client.aclose()
+
+
 # -- the URL -----------------------------------------------------------------------------
 
 
@@ -187,39 +195,6 @@ async def test_connecting_to_a_redis_that_is_not_there_is_unavailable(dead_addre
     assert caught.value.reason == "QUEUE_UNAVAILABLE"
 
 
-async def test_a_waiting_take_outlives_its_stream_vanishing_and_hands_out_what_comes_next(
-    server: RedisServer, queue: RedisQueue
-) -> None:
-    waiting = asyncio.create_task(queue.take("painter", timeout=5))
-    raw = redis.asyncio.from_url(server.url)
-    for _ in range(100):  # the take is blocked on the stream
-        if (await raw.info("clients"))["blocked_clients"]:
-            break
-        await asyncio.sleep(0.02)
-    await raw.flushall()  # an operator's FLUSHALL; a restart without persistence does the same to a blocked read
-    request_id = await queue.submit(job())
-    claim = await waiting
-    assert claim is not None and claim.request_id == request_id
-    await raw.aclose()
-
-
-async def test_a_request_whose_record_redis_evicted_is_dropped_not_handed_out(
-    server: RedisServer, queue: RedisQueue
-) -> None:
-    gone, kept = await queue.submit(job("1")), await queue.submit(job("2"))
-    raw = redis.asyncio.from_url(server.url)
-    await raw.delete(scripts.request_key("ferry", gone))  # as a maxmemory allkeys-* policy may
-    claim = await queue.take("painter", timeout=1)
-    assert claim is not None and claim.request_id == kept
-    assert await queue.depth("painter") == 0
-    await raw.aclose()
-
-
-# -- waiting takers and the doorbell --------------------------------------------------------
-# A taker with nothing to take waits on the app's doorbell, which each submit rings once; what it then
-# takes is chosen when it claims, not by which ring woke it.
-
-
 async def wait_until_a_take_is_blocked(raw: redis.asyncio.Redis) -> None:
     for _ in range(100):
         if (await raw.info("clients"))["blocked_clients"]:
@@ -228,11 +203,36 @@ async def wait_until_a_take_is_blocked(raw: redis.asyncio.Redis) -> None:
     raise AssertionError("no take is waiting")
 
 
-async def test_a_waiting_take_woken_by_a_low_request_takes_the_normal_one_submitted_with_it(
-    server: RedisServer, queue: RedisQueue
+async def test_a_waiting_take_outlives_its_stream_vanishing_and_hands_out_what_comes_next(
+    raw: redis.asyncio.Redis, queue: RedisQueue
 ) -> None:
     waiting = asyncio.create_task(queue.take("painter", timeout=5))
-    raw = redis.asyncio.from_url(server.url)
+    await wait_until_a_take_is_blocked(raw)  # on the stream
+    await raw.flushall()  # an operator's FLUSHALL; a restart without persistence does the same to a blocked read
+    request_id = await queue.submit(job())
+    claim = await waiting
+    assert claim is not None and claim.request_id == request_id
+
+
+async def test_a_request_whose_record_redis_evicted_is_dropped_not_handed_out(
+    raw: redis.asyncio.Redis, queue: RedisQueue
+) -> None:
+    gone, kept = await queue.submit(job("1")), await queue.submit(job("2"))
+    await raw.delete(scripts.request_key("ferry", gone))  # as a maxmemory allkeys-* policy may
+    claim = await queue.take("painter", timeout=1)
+    assert claim is not None and claim.request_id == kept
+    assert await queue.depth("painter") == 0
+
+
+# -- waiting takers and the doorbell --------------------------------------------------------
+# A taker with nothing to take waits on the app's doorbell, which each submit rings once; what it then
+# takes is chosen when it claims, not by which ring woke it.
+
+
+async def test_a_waiting_take_woken_by_a_low_request_takes_the_normal_one_submitted_with_it(
+    raw: redis.asyncio.Redis, queue: RedisQueue
+) -> None:
+    waiting = asyncio.create_task(queue.take("painter", timeout=5))
     await wait_until_a_take_is_blocked(raw)
     async with raw.pipeline(transaction=True) as together:  # both land before the woken take looks
         together.eval(scripts.SUBMIT, 0, "ferry", "low", "painter", "/", "{}", "", "1", "", "", "")
@@ -241,14 +241,12 @@ async def test_a_waiting_take_woken_by_a_low_request_takes_the_normal_one_submit
     claim = await waiting
     assert claim is not None and claim.request_id == "normal"
     assert (await queue.status("low")).position == 0
-    await raw.aclose()
 
 
 async def test_a_ring_for_a_request_cancelled_meanwhile_keeps_the_take_waiting_for_the_next(
-    server: RedisServer, queue: RedisQueue
+    raw: redis.asyncio.Redis, queue: RedisQueue
 ) -> None:
     waiting = asyncio.create_task(queue.take("painter", timeout=5))
-    raw = redis.asyncio.from_url(server.url)
     await wait_until_a_take_is_blocked(raw)
     async with raw.pipeline(transaction=True) as submit_and_cancel:
         submit_and_cancel.eval(scripts.SUBMIT, 0, "ferry", "gone", "painter", "/", "{}", "", "0", "", "", "")
@@ -259,20 +257,17 @@ async def test_a_ring_for_a_request_cancelled_meanwhile_keeps_the_take_waiting_f
     request_id = await queue.submit(job())
     claim = await waiting
     assert claim is not None and claim.request_id == request_id
-    await raw.aclose()
 
 
 async def test_requests_taken_without_waiting_leave_no_rings_to_wake_takers_for_nothing(
-    server: RedisServer, queue: RedisQueue
+    raw: redis.asyncio.Redis, queue: RedisQueue
 ) -> None:
     for n in range(3):
         await queue.submit(job(str(n)))
-    raw = redis.asyncio.from_url(server.url)
     assert await raw.llen(doorbell_key("ferry", "painter")) == 3
     for _ in range(3):
         assert await queue.take("painter", timeout=1) is not None
     assert await raw.llen(doorbell_key("ferry", "painter")) == 0
-    await raw.aclose()
 
 
 async def test_take_and_peek_find_the_request_behind_more_timed_out_ones_than_one_script_fails(
@@ -361,23 +356,20 @@ async def test_a_request_cancelled_after_a_replica_read_it_is_never_handed_out(s
 # one lost. The transitions are scripts (inference/queue/redis_scripts.py), run here as a replica would.
 
 
-async def test_a_submit_sent_twice_queues_the_request_once(server: RedisServer, queue: RedisQueue) -> None:
-    raw = redis.asyncio.from_url(server.url)
+async def test_a_submit_sent_twice_queues_the_request_once(raw: redis.asyncio.Redis, queue: RedisQueue) -> None:
     submit = raw.register_script(scripts.SUBMIT)
     for _ in range(2):
         await submit(args=["ferry", "retried-id", "painter", "/", "{}", "", "1", "30.0", "30000", "salt"])
     assert await queue.depth("painter") == 1
     assert await raw.xlen(scripts.low_stream_key("ferry", "painter")) == 1
     assert await raw.llen(doorbell_key("ferry", "painter")) == 1
-    await raw.aclose()
 
 
 async def test_a_take_sent_twice_is_one_attempt_of_one_request_under_one_lease(
-    server: RedisServer, queue: RedisQueue
+    raw: redis.asyncio.Redis, queue: RedisQueue
 ) -> None:
     normal = await queue.submit(job())
     low = await queue.submit(NewRequest("painter", "/", "{}", priority=Priority.LOW))
-    raw = redis.asyncio.from_url(server.url)
     take = raw.register_script(scripts.TAKE)
     arguments = ["ferry", "painter", "replica-x", 60_000, "lease-1", 3, 60_000, 1000, 0]
     first = await take(args=arguments)
@@ -388,4 +380,3 @@ async def test_a_take_sent_twice_is_one_attempt_of_one_request_under_one_lease(
     assert (await queue.status(low)).state == State.QUEUED, "the second send took nothing more"
     assert await raw.llen(doorbell_key("ferry", "painter")) == 1, "nor another ring"
     assert await queue.renew(normal, "lease-1")
-    await raw.aclose()
