@@ -14,7 +14,7 @@ import redis.asyncio
 
 from ferry.errors import InvalidArgument, NotFound, Unavailable
 from ferry.inference.queue import redis_scripts as scripts
-from ferry.inference.queue.base import Failure, NewRequest, Priority, State
+from ferry.inference.queue.base import Claim, Failure, NewRequest, Priority, State
 from ferry.inference.queue.redis import RedisQueue
 from ferry.inference.queue.redis_scripts import GROUP, cancelled_channel, doorbell_key, stream_key
 from tests.certificates import write_self_signed
@@ -203,11 +203,17 @@ async def wait_until_a_take_is_blocked(raw: redis.asyncio.Redis) -> None:
     raise AssertionError("no take is waiting")
 
 
+async def a_waiting_take(queue: RedisQueue, raw: redis.asyncio.Redis) -> asyncio.Task[Claim | None]:
+    """A take of the painter's next request, started with nothing to take: it is blocked in Redis."""
+    waiting = asyncio.create_task(queue.take("painter", timeout=5))
+    await wait_until_a_take_is_blocked(raw)
+    return waiting
+
+
 async def test_a_waiting_take_outlives_its_stream_vanishing_and_hands_out_what_comes_next(
     raw: redis.asyncio.Redis, queue: RedisQueue
 ) -> None:
-    waiting = asyncio.create_task(queue.take("painter", timeout=5))
-    await wait_until_a_take_is_blocked(raw)  # on the stream
+    waiting = await a_waiting_take(queue, raw)  # blocked on the stream
     await raw.flushall()  # an operator's FLUSHALL; a restart without persistence does the same to a blocked read
     request_id = await queue.submit(job())
     claim = await waiting
@@ -232,8 +238,7 @@ async def test_a_request_whose_record_redis_evicted_is_dropped_not_handed_out(
 async def test_a_waiting_take_woken_by_a_low_request_takes_the_normal_one_submitted_with_it(
     raw: redis.asyncio.Redis, queue: RedisQueue
 ) -> None:
-    waiting = asyncio.create_task(queue.take("painter", timeout=5))
-    await wait_until_a_take_is_blocked(raw)
+    waiting = await a_waiting_take(queue, raw)
     async with raw.pipeline(transaction=True) as together:  # both land before the woken take looks
         together.eval(scripts.SUBMIT, 0, "ferry", "low", "painter", "/", "{}", "", "1", "", "", "")
         together.eval(scripts.SUBMIT, 0, "ferry", "normal", "painter", "/", "{}", "", "0", "", "", "")
@@ -246,8 +251,7 @@ async def test_a_waiting_take_woken_by_a_low_request_takes_the_normal_one_submit
 async def test_a_ring_for_a_request_cancelled_meanwhile_keeps_the_take_waiting_for_the_next(
     raw: redis.asyncio.Redis, queue: RedisQueue
 ) -> None:
-    waiting = asyncio.create_task(queue.take("painter", timeout=5))
-    await wait_until_a_take_is_blocked(raw)
+    waiting = await a_waiting_take(queue, raw)
     async with raw.pipeline(transaction=True) as submit_and_cancel:
         submit_and_cancel.eval(scripts.SUBMIT, 0, "ferry", "gone", "painter", "/", "{}", "", "0", "", "", "")
         submit_and_cancel.eval(scripts.CANCEL, 0, "ferry", "gone", 60_000, 1000)
