@@ -296,6 +296,14 @@ async def submit(replica: Replica, name: str, path: str = "/", expires_in: int |
     return Handle(await replica.front.submit(request), replica.front)
 
 
+async def hold_running(replica: Replica, board: Board, name: str, path: str = "/") -> Handle:
+    """Submits `name` and waits until its handler runs, held there by the board until released."""
+    board.hold(name)
+    handle = await submit(replica, name, path)
+    await board.reached(f"handler {name}")
+    return handle
+
+
 async def finished(*handles: Handle) -> None:
     outcomes = (handle.front.outcome(handle.request_id) for handle in handles)
     await asyncio.wait_for(asyncio.gather(*outcomes), WAIT_SECONDS)
@@ -393,9 +401,8 @@ async def test_a_waiting_request_knows_its_place_and_hears_each_move_up_that_las
     """Positions are read from the queue (a stream re-reads its place every 0.1 s): a place that stands until the
     stream has read it is heard; places quicker than that may be skipped, and the ones heard only ever go down."""
     replica = await start(OneSlot)
-    board.hold("running", "a", "b")
-    running = await submit(replica, "running")
-    await board.reached("handler running")
+    board.hold("a", "b")
+    running = await hold_running(replica, board, "running")
     waiting = [await submit(replica, name) for name in ("a", "b", "c")]
 
     assert [await position(handle) for handle in waiting] == [0, 1, 2]
@@ -417,9 +424,7 @@ async def test_a_stream_opened_on_a_queue_that_moves_at_once_hears_its_places_go
     start: Start, board: Board
 ) -> None:
     replica = await start(OneSlot)
-    board.hold("running")
-    await submit(replica, "running")
-    await board.reached("handler running")
+    await hold_running(replica, board, "running")
     waiting = [await submit(replica, name) for name in ("a", "b", "c")]
     last = Listener(waiting[2])
     await until(lambda: last.heard, "the listener to hear where it stands")
@@ -472,9 +477,7 @@ async def test_a_cancelled_waiting_request_leaves_the_queue_and_the_rest_close_u
     start: Start, board: Board, timeline: list[str]
 ) -> None:
     replica = await start(OneSlot)
-    board.hold("running")
-    await submit(replica, "running")
-    await board.reached("handler running")
+    await hold_running(replica, board, "running")
     first, cancelled, last = [await submit(replica, name) for name in ("first", "cancelled", "last")]
     listener = Listener(last)
     await until(lambda: listener.heard, "the listener to hear where it stands")
@@ -495,10 +498,8 @@ async def test_cancelling_a_running_async_handler_cancels_it_and_frees_its_slot(
     start: Start, board: Board, timeline: list[str]
 ) -> None:
     replica = await start(OneSlot)
-    board.hold("slow")
-    slow = await submit(replica, "slow", "/async")
+    slow = await hold_running(replica, board, "slow", "/async")
     following = await submit(replica, "following")
-    await board.reached("handler slow")
 
     assert await replica.front.cancel(slow.request_id) == (State.IN_PROGRESS, True)
     assert await replica.front.cancel(slow.request_id) == (State.COMPLETED, False), "cancelling twice changes nothing"
@@ -513,10 +514,8 @@ async def test_a_request_cancelled_through_another_replica_stops_its_handler_on_
     start: Start, open_queue: OpenQueue, board: Board, timeline: list[str]
 ) -> None:
     replica = await start(OneSlot)
-    board.hold("slow")
-    slow = await submit(replica, "slow", "/async")
+    slow = await hold_running(replica, board, "slow", "/async")
     following = await submit(replica, "following")
-    await board.reached("handler slow")
     other = Requests(await open_queue(), {})  # another replica's front, on its own queue object
 
     assert await other.cancel(slow.request_id) == (State.IN_PROGRESS, True)
@@ -532,10 +531,8 @@ async def test_a_cancelled_sync_handler_is_told_through_its_context_and_holds_it
     start: Start, board: Board, timeline: list[str]
 ) -> None:
     replica = await start(OneSlot)
-    board.hold("stubborn")
-    stubborn = await submit(replica, "stubborn", "/uninterruptible")
+    stubborn = await hold_running(replica, board, "stubborn", "/uninterruptible")
     following = await submit(replica, "following")
-    await board.reached("handler stubborn")
 
     assert await replica.front.cancel(stubborn.request_id) == (State.IN_PROGRESS, True)
     assert await status(stubborn) == (grpc.StatusCode.CANCELLED, "CANCELLED"), "the caller hears at once"
@@ -564,9 +561,7 @@ async def test_cancelling_the_next_request_in_line_stops_its_input_downloads(
     replica = await start(OneSlot)
     url = services.client.serve(f"{SOURCE}/a.png", b"pixels")
     services.client.hold(url)
-    board.hold("running")
-    await submit(replica, "running")
-    await board.reached("handler running")
+    await hold_running(replica, board, "running")
     waiting = await submit(replica, "waiting", image_url=url)
     await board.reached(f"download {url}")
 
@@ -581,9 +576,7 @@ async def test_cancelling_the_next_request_in_line_deletes_the_inputs_it_already
 ) -> None:
     replica = await start(OneSlot)
     url = services.client.serve(f"{SOURCE}/a.png", b"pixels")
-    board.hold("running")
-    await submit(replica, "running")
-    await board.reached("handler running")
+    await hold_running(replica, board, "running")
     waiting = await submit(replica, "waiting", image_url=url)
     await board.reached(f"downloaded {url}")
     assert [path.name for path in downloads.rglob("*.png")] == ["a.png"]
@@ -597,9 +590,7 @@ async def test_stopping_the_runner_stops_its_handlers_and_a_restart_runs_their_r
     start: Start, board: Board, timeline: list[str]
 ) -> None:
     replica = await start(OneSlot, lease_seconds=SHORT_LEASE_SECONDS)
-    board.hold("running")
-    running = await submit(replica, "running", "/async")
-    await board.reached("handler running")
+    running = await hold_running(replica, board, "running", "/async")
     waiting = await submit(replica, "waiting")
 
     await replica.runner.stop()
@@ -677,9 +668,7 @@ async def test_the_next_requests_inputs_download_while_the_previous_handler_runs
 ) -> None:
     replica = await start(OneSlot)
     url = services.client.serve(f"{SOURCE}/cat.png", b"cat pixels")
-    board.hold("first")
-    first = await submit(replica, "first")
-    await board.reached("handler first")
+    first = await hold_running(replica, board, "first")
     second = await submit(replica, "second", image_url=url)
 
     await board.reached(f"downloaded {url}")
@@ -841,9 +830,7 @@ async def test_unknown_endpoints_and_malformed_inputs_are_refused_when_submitted
     start: Start, board: Board
 ) -> None:
     replica = await start(OneSlot)
-    board.hold("running")
-    await submit(replica, "running")
-    await board.reached("handler running")  # the slot is busy: whatever is queued now stays queued
+    await hold_running(replica, board, "running")  # the slot is busy: whatever is queued now stays queued
 
     with pytest.raises(FerryError) as unknown:
         await submit(replica, "x", "/nope")
@@ -859,9 +846,7 @@ async def test_a_listener_hears_where_the_request_stands_its_progress_logs_and_p
     start: Start, board: Board
 ) -> None:
     replica = await start(OneSlot)
-    board.hold("running")
-    await submit(replica, "running")
-    await board.reached("handler running")
+    await hold_running(replica, board, "running")
     handle = await submit(replica, "chatty", "/chatty")
     listener = Listener(handle)
     await until(lambda: listener.heard, "the listener to hear where it stands")
