@@ -157,6 +157,15 @@ class DownloaderConfig(Checked):
     read_timeout_seconds: float = setting(
         "a source silent this long is stalled (retried, then UNAVAILABLE)", 30.0, above=0
     )
+    parallel_threshold_mib: float = setting(
+        "files larger than this, from a source that serves byte ranges, download over several connections "
+        "at once, in MiB",
+        64.0,
+        at_least=0,
+    )
+    parallel_connections: int = setting(
+        "connections one such download opens at once (1: always one stream)", 8, at_least=1, at_most=64
+    )
     cache_sweep_seconds: float = setting(
         "how often download records whose file is gone, and lock files nobody holds, are removed", 600.0, above=0
     )

@@ -99,6 +99,14 @@ class StackMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.download_ranged = Counter(
+            "ferry_download_ranged",
+            "Downloads large enough to fetch in byte ranges over several connections, by outcome: ranged (they "
+            "were), or fell_back_single (a range was answered whole, or from another version of the file, so it "
+            "downloaded again over one connection)",
+            ["outcome"],
+            registry=registry,
+        )
         self.download_cache_bytes = Gauge(
             "ferry_download_cache_bytes", "Bytes of downloaded files on disk (read at scrape)", registry=registry
         )

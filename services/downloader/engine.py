@@ -36,6 +36,7 @@ from ferry.services.downloader.locks import LockFiles, path_lock_key
 from ferry.services.downloader.names import hashed_name
 from ferry.services.downloader.own_storage import OwnFile, OwnSource, OwnStorage
 from ferry.services.downloader.paths import DataRoots
+from ferry.services.downloader.ranged import RangedSource
 from ferry.services.downloader.reads import ReadHeader, read_file
 from ferry.services.downloader.records import DownloadRecord, RecordStore, flight_key
 from ferry.services.downloader.url_prefix import UrlPrefix
@@ -159,6 +160,7 @@ class Downloader:
         self.http = HttpSource(self.guard, config, self.metrics, trusted_origin)
         self._flights: dict[tuple[object, ...], Flight] = {}
         self._block_size = max(1, config.chunk_mib) * MIB
+        self.ranged = RangedSource(self.http, config, self.metrics, self._block_size)
         self.metrics.refresh_with(self._read_metrics)
 
     async def _read_metrics(self) -> None:
@@ -329,7 +331,7 @@ class Downloader:
 
             out = AtomicFile(target, key, self._block_size)
             try:
-                remote = await self.http.fetch(
+                remote = await self.ranged.fetch(
                     job.url, job.request_headers, out, limit=limit, on_started=started, on_progress=reporter
                 )
                 path = await out.commit(target / remote.file_name)

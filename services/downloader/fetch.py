@@ -82,7 +82,7 @@ StartedCallback = Callable[[RemoteFile], Awaitable[None]]
 ProgressCallback = Callable[[int], None]
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     if value.strip().isdigit():
@@ -94,7 +94,7 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _refusal(status: int, url: URL) -> FerryError:
+def refusal(status: int, url: URL) -> FerryError:
     """The permanent error for a final non-2xx status."""
     shown = url.with_query(None)
     if status in (404, 410):
@@ -177,6 +177,10 @@ class HttpSource:
             current, trusted = following, False
         raise FailedPrecondition(f"more than {MAX_REDIRECTS} redirects from {url}", reason="TOO_MANY_REDIRECTS")
 
+    async def get(self, url: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        """The final response to a GET of `url`, every hop past the guard (Transient when nothing answers)."""
+        return await self._open("GET", url, headers)
+
     async def head(self, url: str, headers: Mapping[str, str]) -> RemoteFile | None:
         """What the source says about `url` without its body; None when HEAD is not answered usefully."""
         try:
@@ -221,13 +225,14 @@ class HttpSource:
                     raise Unavailable(
                         f"source failed {retries + 1} times, last: {failure}", reason="SOURCE_UNAVAILABLE"
                     ) from None
-                delay = self._backoff(attempt, failure.retry_after)
+                delay = self.retry_delay(attempt, failure.retry_after)
                 self._metrics.download_retries.labels(failure.cause).inc()
                 log.info("retrying %s in %.2fs after: %s", url_for_log(url), delay, failure)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+    def retry_delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds before retry number `attempt` (from 0): the source's Retry-After when it gave one."""
         if retry_after is not None:
             if retry_after > MAX_RETRY_AFTER_SECONDS:
                 raise Unavailable(f"source asks to retry after {retry_after:.0f}s", reason="SOURCE_UNAVAILABLE")
@@ -261,7 +266,7 @@ class HttpSource:
         response = await self._open("GET", url, request)
         async with response:
             if response.status in TRANSIENT_STATUSES:
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 raise Transient(f"source answered {response.status}", f"http_{response.status}", retry_after)
             if response.status == 206 and resuming:
                 assert known is not None
@@ -284,7 +289,7 @@ class HttpSource:
                         )
                     await on_started(remote)
             else:
-                raise _refusal(response.status, response.url)
+                raise refusal(response.status, response.url)
             try:
                 async for piece in response.content.iter_any():
                     await out.write(piece)

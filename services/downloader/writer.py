@@ -8,11 +8,16 @@ stays flat whatever the file size. The temp file is opened before the file's
 name is known (the server names it in its answer), so it is named after the
 flight's key instead, which also lets the next holder of the key's lock sweep
 what a crashed flight left.
+
+A file downloaded in byte ranges at once is sized up front (`allocate`) and
+written by one `Span` per range, each at its own offset with `os.pwrite`, on
+the same terms: off the loop, two blocks in memory at most per span.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 from collections.abc import Callable
@@ -58,6 +63,71 @@ def _write_block(fd: int, pieces: list[bytes]) -> None:
     os.fdatasync(fd)
 
 
+def _write_block_at(fd: int, offset: int, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    os.fdatasync(fd)  # as `_write_block`: the final fsync is left almost nothing to do
+
+
+def _allocate(fd: int, size: int) -> None:
+    try:
+        # Reserves the blocks: a disk too small fails here, before any byte is fetched.
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)  # a file system that cannot reserve: a sparse file of the right size
+
+
+class Span:
+    """Bytes written into a file from `offset` on, as they arrive (one range of a ranged download).
+
+    `size` counts the bytes handed to it, written or still buffered; a write that failed raises on the next
+    `write` or `drain`."""
+
+    def __init__(self, fd: int, offset: int, block_size: int) -> None:
+        self._fd = fd
+        self._next_offset = offset
+        self._block_size = block_size
+        self._pieces: list[bytes] = []
+        self._buffered = 0
+        self._writing: asyncio.Future[None] | None = None
+        self._spans: list[Span] = []
+        self.size = 0
+
+    async def write(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+        self._buffered += len(piece)
+        self.size += len(piece)
+        if self._buffered >= self._block_size:
+            await self._flush_block()
+
+    async def _flush_block(self) -> None:
+        if self._writing is not None:
+            await self._writing
+        pieces, offset, self._pieces = self._pieces, self._next_offset, []
+        self._next_offset += self._buffered
+        self._buffered = 0
+        self._writing = asyncio.ensure_future(asyncio.to_thread(_write_block_at, self._fd, offset, pieces))
+
+    async def drain(self) -> None:
+        """Every byte handed over is written."""
+        if self._pieces:
+            await self._flush_block()
+        if self._writing is not None:
+            await self._writing
+            self._writing = None
+
+    async def settle(self) -> None:
+        """Wait for a write in flight, whatever its outcome: its thread must be done before the fd closes."""
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
+            self._writing = None
+
+
 class AtomicFile:
     def __init__(self, folder: Path, key: str, block_size: int) -> None:
         self._pending = PendingFile(temp_name(folder, key))
@@ -67,6 +137,7 @@ class AtomicFile:
         self._pieces: list[bytes] = []
         self._buffered = 0
         self._writing: asyncio.Future[None] | None = None
+        self._spans: list[Span] = []
         self.size = 0
 
     async def write(self, piece: bytes) -> None:
@@ -99,8 +170,25 @@ class AtomicFile:
             await self._writing
             self._writing = None
 
+    async def allocate(self, size: int) -> None:
+        """Size the empty file to `size` bytes, for `Span`s to fill at their offsets."""
+        await asyncio.to_thread(_allocate, self._fd, size)
+        self.size = size
+
+    def span(self, offset: int, block_size: int) -> Span:
+        """A writer of the bytes from `offset` on (the file is `allocate`d first)."""
+        span = Span(self._fd, offset, block_size)
+        self._spans.append(span)
+        return span
+
+    async def _settle_spans(self) -> None:
+        for span in self._spans:
+            await span.settle()
+        self._spans = []
+
     async def truncate(self) -> None:
         """Start over (the source could not resume)."""
+        await self._settle_spans()
         self._pieces, self._buffered = [], 0
         if self._writing is not None:
             await self._writing
@@ -117,6 +205,7 @@ class AtomicFile:
 
     async def discard(self) -> None:
         """Drop the temp file. Safe in any state, including after commit or mid-cancellation."""
+        await self._settle_spans()
         if self._writing is not None:
             # Let the writer thread finish its block first: closing its fd under
             # it could let a later open() reuse the number mid-write.

@@ -1,0 +1,245 @@
+"""Large files over several connections at once: byte ranges fetched side by side into one temp file.
+
+Hosts of model weights cap each connection's rate; one stream gets one cap's worth. So a download starts as
+HttpSource's single stream, and its first answer decides (`plan_ranges`, the one place): a file larger than
+the threshold, whose size that answer gives, from a source that serves byte ranges (`Accept-Ranges: bytes`) and
+names the file's version (a strong ETag or Last-Modified), is fetched instead as `parallel_connections` ranges
+at once, each written at its own offset of a temp file sized up front. That first connection is dropped before
+its body (one round trip, against a transfer of tens of MiB at least). Anything else goes on as one stream.
+
+Every range asks `If-Range` with the first answer's validator, and its answer must be a 206 whose
+Content-Range is exactly the range asked and whose ETag / Last-Modified are the first answer's: so each range
+is a piece of one version of the file. A 200 (the source ignores ranges, or If-Range saw the file change) or
+any other mismatch drops every range and downloads the file again over one stream, from nothing. A range
+cut short resumes on its own from its last byte received; a transient failure retries that range alone, as
+often and with the same backoff as a single stream. Every connection is HttpSource's, so the network guard
+checks every hop. Memory stays flat: each range buffers at most two blocks of chunk_mib / connections (at
+least 1 MiB), as much in all as one stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from ferry.errors import Unavailable
+from ferry.services.config import DownloaderConfig
+from ferry.services.downloader.fetch import (
+    TRANSIENT_STATUSES,
+    HttpSource,
+    ProgressCallback,
+    RemoteFile,
+    StartedCallback,
+    Transient,
+    refusal,
+    retry_after_seconds,
+)
+from ferry.services.downloader.writer import AtomicFile, Span
+from ferry.services.logs import url_for_log
+from ferry.services.metrics import StackMetrics
+from ferry.sizes import MIB
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive, as HTTP writes it
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+def plan_ranges(remote: RemoteFile, threshold: int, connections: int) -> list[ByteRange] | None:
+    """The ranges to fetch at once for the file the first answer describes, or None to keep to one stream."""
+    size = remote.size
+    if size is None or size <= threshold or not remote.accepts_ranges or remote.validator is None:
+        return None
+    step = -(-size // connections)  # ceiling: `connections` ranges at most, the last one shorter
+    ranges = [ByteRange(start, min(start + step, size) - 1) for start in range(0, size, step)]
+    return ranges if len(ranges) > 1 else None
+
+
+class _Divert(Exception):
+    """Raised from the single stream's start to leave it for ranges (never escapes this module)."""
+
+    def __init__(self, remote: RemoteFile, ranges: list[ByteRange]) -> None:
+        super().__init__("fetching in ranges")
+        self.remote = remote
+        self.ranges = ranges
+
+
+class _NotOneVersion(Exception):
+    """A range's answer is no piece of the file the first answer described: download it whole instead."""
+
+
+class _Received:
+    """Bytes received over every range: the download's progress."""
+
+    def __init__(self, on_progress: ProgressCallback) -> None:
+        self._on_progress = on_progress
+        self.total = 0
+
+    def add(self, count: int) -> None:
+        self.total += count
+        self._on_progress(self.total)
+
+
+class RangedSource:
+    """HttpSource's `fetch`, in ranges over several connections where the file is large and the source able."""
+
+    def __init__(self, source: HttpSource, config: DownloaderConfig, metrics: StackMetrics, block_size: int) -> None:
+        self._source = source
+        self._metrics = metrics
+        self._retries = config.retries
+        self._threshold = int(config.parallel_threshold_mib * MIB)
+        self._connections = config.parallel_connections
+        self._block_size = max(MIB, block_size // self._connections)
+
+    async def fetch(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        out: AtomicFile,
+        *,
+        limit: int | None,
+        on_started: StartedCallback,
+        on_progress: ProgressCallback,
+    ) -> RemoteFile:
+        """Fetch `url` into `out` as HttpSource.fetch does (same limits, errors and callbacks), in ranges if it pays."""
+
+        async def started(remote: RemoteFile) -> None:
+            await on_started(remote)
+            if self._connections > 1 and (ranges := plan_ranges(remote, self._threshold, self._connections)):
+                raise _Divert(remote, ranges)
+
+        try:
+            return await self._source.fetch(url, headers, out, limit=limit, on_started=started, on_progress=on_progress)
+        except _Divert as divert:
+            remote, ranges = divert.remote, divert.ranges
+        try:
+            await self._fetch_ranges(url, headers, out, remote, ranges, _Received(on_progress))
+        except _NotOneVersion as why:
+            log.info("downloading %s over one connection: %s", url_for_log(url), why)
+            self._metrics.download_ranged.labels("fell_back_single").inc()
+            await out.truncate()
+            return await self._source.fetch(
+                url, headers, out, limit=limit, on_started=on_started, on_progress=on_progress
+            )
+        self._metrics.download_ranged.labels("ranged").inc()
+        return remote
+
+    async def _fetch_ranges(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        out: AtomicFile,
+        remote: RemoteFile,
+        ranges: list[ByteRange],
+        received: _Received,
+    ) -> None:
+        """Every range at once; the first to fail stops the others (their connections close) and is raised."""
+        assert remote.size is not None
+        await out.allocate(remote.size)
+        spans = [out.span(r.start, self._block_size) for r in ranges]
+        tasks = [
+            asyncio.create_task(self._fetch_range(url, headers, span, remote, r, received))
+            for span, r in zip(spans, ranges, strict=True)
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if (error := task.exception()) is not None:
+                    raise error
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _fetch_range(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        span: Span,
+        remote: RemoteFile,
+        byte_range: ByteRange,
+        received: _Received,
+    ) -> None:
+        for attempt in range(self._retries + 1):
+            try:
+                await self._range_attempt(url, headers, span, remote, byte_range, received)
+                await span.drain()
+                return
+            except Transient as failure:
+                if attempt == self._retries:
+                    raise Unavailable(
+                        f"source failed {self._retries + 1} times on bytes {byte_range.start}-{byte_range.end}, "
+                        f"last: {failure}",
+                        reason="SOURCE_UNAVAILABLE",
+                    ) from None
+                delay = self._source.retry_delay(attempt, failure.retry_after)
+                self._metrics.download_retries.labels(failure.cause).inc()
+                log.info("retrying a range of %s in %.2fs after: %s", url_for_log(url), delay, failure)
+                await asyncio.sleep(delay)
+
+    async def _range_attempt(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        span: Span,
+        remote: RemoteFile,
+        byte_range: ByteRange,
+        received: _Received,
+    ) -> None:
+        """One request for what `span` still lacks of `byte_range`."""
+        assert remote.validator is not None
+        first = byte_range.start + span.size
+        request = {
+            **headers,
+            "Accept-Encoding": "identity",
+            "Range": f"bytes={first}-{byte_range.end}",
+            "If-Range": remote.validator,
+        }
+        response = await self._source.get(url, request)
+        async with response:
+            if response.status in TRANSIENT_STATUSES:
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                raise Transient(f"source answered {response.status}", f"http_{response.status}", retry_after)
+            if response.status == 200:
+                raise _NotOneVersion("the source answered a range request with the whole file")
+            if response.status != 206:
+                raise refusal(response.status, response.url)
+            content_range = response.headers.get("Content-Range", "")
+            if content_range != f"bytes {first}-{byte_range.end}/{remote.size}":
+                raise _NotOneVersion(f"the source answered bytes={first}-{byte_range.end} with {content_range[:80]!r}")
+            if not _same_version(remote, response.headers):
+                raise _NotOneVersion("the file changed between ranges (its ETag or Last-Modified)")
+            if span.size:
+                self._metrics.download_resumes.labels("resumed").inc()
+            try:
+                async for piece in response.content.iter_any():
+                    if span.size + len(piece) > byte_range.size:
+                        # Past the range is another range's place in the file: never written from here.
+                        raise Transient("the source sent more than the range asked", "bad_range")
+                    await span.write(piece)
+                    received.add(len(piece))
+            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as error:
+                cut = f"range cut short at byte {byte_range.start + span.size}: {type(error).__name__}"
+                raise Transient(cut, "cut_short") from error
+            if span.size != byte_range.size:
+                raise Transient(f"range ended at {span.size} of its {byte_range.size} bytes", "cut_short")
+
+
+def _same_version(remote: RemoteFile, headers: CIMultiDictProxy[str]) -> bool:
+    """Whether an answer's ETag and Last-Modified, where it gives them, are the first answer's."""
+    etag, modified = headers.get("ETag"), headers.get("Last-Modified")
+    if remote.etag and etag and etag != remote.etag:
+        return False
+    return not (remote.last_modified and modified and modified != remote.last_modified)
