@@ -33,6 +33,8 @@ from tests.harness import BackgroundLoop, RawHttpServer, wait_for
 from tests.services.storage_fixtures import served_local_storage
 from tests.services.test_storage_chain import new_bucket
 
+pytestmark = pytest.mark.usefixtures("aws_test_credentials")  # every chain here talks to S3 through boto3
+
 CHAIN_LOG = "ferry.services.storage.chain"
 DATA = b"encoded media"
 NEVER = 3600.0  # a cool-down no test outlives: the breaker stays open
@@ -120,11 +122,6 @@ def test_a_probe_that_ends_as_the_requests_own_fault_lets_the_next_write_probe(c
 
 
 # -- the chain, against real backends ------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def dummy_credentials(aws_test_credentials: None) -> None:
-    """Every chain here talks to S3 through boto3."""
 
 
 @pytest.fixture

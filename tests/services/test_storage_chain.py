@@ -34,6 +34,8 @@ from ferry.services.storage.sweeper import run_sweeper
 from tests.harness import RawHttpServer
 from tests.services.storage_fixtures import TurnedClock, put, served_local_storage
 
+pytestmark = pytest.mark.usefixtures("aws_test_credentials")  # every test here talks to moto through boto3
+
 CHAIN_LOG = "ferry.services.storage.chain"
 DATA = b"encoded media"
 
@@ -41,11 +43,6 @@ DATA = b"encoded media"
 @pytest.fixture
 def moto_endpoint(s3_endpoint: str) -> str:
     return s3_endpoint
-
-
-@pytest.fixture(autouse=True)
-def dummy_credentials(aws_test_credentials: None) -> None:
-    """Every test here talks to moto through boto3."""
 
 
 @pytest.fixture

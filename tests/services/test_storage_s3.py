@@ -29,17 +29,14 @@ from ferry.services.storage.base import MIN_PART_SIZE, NewObject, TransientStora
 from ferry.services.storage.s3 import SINGLE_PUT_BYTES, S3Storage
 from tests.services.storage_fixtures import a_file, put, send_part
 
+pytestmark = pytest.mark.usefixtures("aws_test_credentials")  # every test here talks to moto through boto3
+
 MAX_AGE = 3600.0
 
 
 @pytest.fixture
 def endpoint(s3_endpoint: str) -> str:
     return s3_endpoint
-
-
-@pytest.fixture(autouse=True)
-def dummy_credentials(aws_test_credentials: None) -> None:
-    """Every test here talks to moto through boto3."""
 
 
 @pytest.fixture
