@@ -54,6 +54,14 @@ class BackgroundLoop:
         self.loop.close()
 
 
+async def serve_on_loopback(app: web.Application) -> tuple[web.AppRunner, str]:
+    """`app` served on a free loopback port: its runner (`cleanup()` stops it) and its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 class HttpFileServer:
     """A real aiohttp server: files under `root` (Range, ETag, HEAD via FileResponse), plus scripted routes.
 
@@ -73,11 +81,7 @@ class HttpFileServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.base_url = await serve_on_loopback(app)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from PIL import Image as PILImage
 
 from ferry.testing import StackProcess
-from tests.harness import wait_for
+from tests.harness import serve_on_loopback, wait_for
 
 UPSCALER = "ferry.inference.apps.upscale:Upscaler"
 # A signature-like query string: no span may carry it (nor the URL's path).
@@ -54,11 +54,7 @@ class OtlpReceiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/traces", self._export)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve_on_loopback(app)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -20,7 +20,7 @@ from standardwebhooks import Webhook
 import ferry
 from ferry.testing import StackProcess
 from ferry.v1 import inference_pb2
-from tests.harness import BackgroundLoop, wait_for
+from tests.harness import BackgroundLoop, serve_on_loopback, wait_for
 from tests.services.test_metrics import labelled, samples
 
 APP = f"{Path(__file__).parents[1] / 'inference' / 'sample_app.py'}:SampleApp"
@@ -38,11 +38,7 @@ class Receiver:
         self._closing = asyncio.Event()
         app = web.Application()
         app.router.add_post("/{name}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        loop.run(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        loop.run(site.start())
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = loop.run(serve_on_loopback(app))
 
     async def _handle(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -10,11 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from ferry.services.storage.base import NewObject, Storage, StoredObject
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
+from tests.harness import serve_on_loopback
 
 
 class TurnedClock:
@@ -37,10 +36,7 @@ async def served_local_storage(root: Path, **options: Any) -> AsyncIterator[Loca
     """LocalStorage at `root` (its `files` folder), its URLs answered by the CDN until the block ends."""
     base_url = ""
     storage = LocalStorage(root, lambda: base_url, **options)
-    runner = web.AppRunner(create_cdn_app(None, storage), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, base_url = await serve_on_loopback(create_cdn_app(None, storage))
     try:
         yield storage
     finally:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from ferry.services.storage.base import NewObject, StoredObject
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
+from tests.harness import serve_on_loopback
 from tests.services.storage_fixtures import TurnedClock
 
 TOKEN = "cdn-secret"
@@ -75,12 +75,8 @@ def clock() -> TurnedClock:
 async def cdn(tmp_path: Path, clock: TurnedClock) -> AsyncIterator[Cdn]:
     base_url = ""
     storage = LocalStorage(tmp_path / "data" / "files", lambda: base_url, clock=clock)
-    runner = web.AppRunner(create_cdn_app(TOKEN, storage), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    base_url = f"http://127.0.0.1:{port}"
-    yield Cdn(storage, "127.0.0.1", port)
+    runner, base_url = await serve_on_loopback(create_cdn_app(TOKEN, storage))
+    yield Cdn(storage, "127.0.0.1", runner.addresses[0][1])
     await runner.cleanup()
 
 
@@ -227,9 +223,7 @@ async def test_writes_need_the_token(cdn: Cdn, tmp_path: Path, method: str) -> N
 
 
 async def test_without_local_storage_there_are_no_files_to_serve() -> None:
-    runner = web.AppRunner(create_cdn_app(None), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner, _ = await serve_on_loopback(create_cdn_app(None))
     try:
         cdn = Cdn(None, "127.0.0.1", runner.addresses[0][1])  # type: ignore[arg-type]
         assert (await cdn.request("GET", "/files/AAAAAAAAAAAAAAAAAAAAAA/clip.bin")).status == 404

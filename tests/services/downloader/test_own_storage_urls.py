@@ -28,6 +28,7 @@ from ferry.services.storage.base import NewObject
 from ferry.services.storage.cdn import create_cdn_app
 from ferry.services.storage.local import LocalStorage
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
+from tests.harness import serve_on_loopback
 from tests.services.downloader.helpers import events, leftovers
 
 CONFIG = DownloaderConfig(allow_hosts="localhost", retries=0)
@@ -50,10 +51,7 @@ class Cdn:
 
         app = create_cdn_app(None, self.storage)
         app.middlewares.append(count)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.base_url = await serve_on_loopback(app)
 
     async def stop(self) -> None:
         assert self._runner is not None
