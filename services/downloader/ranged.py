@@ -117,7 +117,7 @@ class RangedSource:
 
         async def started(remote: RemoteFile) -> None:
             await on_started(remote)
-            if self._connections > 1 and (ranges := plan_ranges(remote, self._threshold, self._connections)):
+            if ranges := plan_ranges(remote, self._threshold, self._connections):
                 raise _Divert(remote, ranges)
 
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from aiohttp import web
 import ferry
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import Downloader
+from ferry.services.downloader.fetch import RemoteFile
+from ferry.services.downloader.ranged import ByteRange, plan_ranges
 from ferry.sizes import MIB
 from ferry.v1 import downloader_pb2
 from tests.harness import wait_for
@@ -57,6 +60,45 @@ def completed(responses) -> downloader_pb2.DownloadCompleted:
 def ranged_counter(downloader: Downloader, outcome: str) -> float:
     value = downloader.metrics.registry.get_sample_value("ferry_download_ranged_total", {"outcome": outcome})
     return value or 0.0
+
+
+def remote(
+    size: int | None, *, ranges: bool = True, etag: str | None = '"v1"', modified: str | None = None
+) -> RemoteFile:
+    return RemoteFile(size, etag, modified, "application/octet-stream", "f.bin", ranges)
+
+
+class TestTheDecision:
+    def test_ranges_cover_the_file_exactly_once_in_order(self):
+        planned = plan_ranges(remote(10 * MIB + 5), MIB, 4)
+        assert planned is not None and len(planned) == 4
+        assert planned[0].start == 0 and planned[-1].end == 10 * MIB + 4
+        assert all(a.end + 1 == b.start for a, b in itertools.pairwise(planned))
+        assert sum(r.size for r in planned) == 10 * MIB + 5
+
+    def test_a_file_too_small_for_more_than_one_range_is_one_range(self):
+        assert plan_ranges(remote(3), 0, 8) == [ByteRange(0, 0), ByteRange(1, 1), ByteRange(2, 2)]
+        assert plan_ranges(remote(1), 0, 8) is None
+
+    @pytest.mark.parametrize(
+        "described",
+        [
+            remote(MIB),  # at the threshold, not over it
+            remote(None),  # size unknown (chunked)
+            remote(8 * MIB, ranges=False),  # no Accept-Ranges: bytes
+            remote(8 * MIB, etag=None),  # no version to hold the ranges to
+            remote(8 * MIB, etag='W/"weak"'),  # a weak ETag may not be used with If-Range
+        ],
+        ids=["at-threshold", "unknown-size", "no-ranges", "no-validator", "weak-etag-only"],
+    )
+    def test_one_stream_unless_large_sized_rangeable_and_versioned(self, described):
+        assert plan_ranges(described, MIB, 4) is None
+
+    def test_one_connection_is_one_stream(self):
+        assert plan_ranges(remote(8 * MIB), MIB, 1) is None
+
+    def test_last_modified_is_version_enough(self):
+        assert plan_ranges(remote(8 * MIB, etag=None, modified="Wed, 02 Dec 2026 01:00:00 GMT"), MIB, 4)
 
 
 class RangedBody:
