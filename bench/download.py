@@ -7,6 +7,12 @@ The source is a local aiohttp server (sendfile) in its own process; ferry runs
 as `ferry serve downloader` in another, so the server's peak RSS is its own.
 ferry's time includes the fsync it does before renaming into place; curl's
 does not (curl never fsyncs).
+
+Cases 5-7 fetch from a source that caps each connection's rate (as hosts of
+model weights do; bench/capped_source.py): ferry as configured by default
+(ranged: 8 connections) against ferry held to one stream (a threshold above the
+file's size), against `curl -o`, and against `aria2c -x8 -s8` where installed.
+Each pair runs turn about.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ from pathlib import Path
 from ferry.testing import StackProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MIB, median_seconds, write_random_file
+from common import MIB, alternating_medians, median_seconds, write_random_file
 
 HTTP_SOURCE = Path(__file__).resolve().parent.parent / "scripts" / "http_source.py"
+CAPPED_SOURCE = Path(__file__).resolve().parent / "capped_source.py"
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -43,6 +50,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--capped-size-mib", type=int, default=256, help="the file cases 5-7 fetch")
+    parser.add_argument(
+        "--cap-mib-per-second", type=float, default=20.0, help="the capped source's rate per connection"
+    )
     args = parser.parse_args()
     size = args.size_mib * MIB
     if shutil.which("curl") is None:
@@ -115,12 +126,86 @@ def main() -> int:
         assert stack.process is not None
         rss = peak_rss_mib(stack.process.pid)
         line("4. server peak RSS during case 1", f"{rss:.0f} MiB", "goal", "200 MiB", rss / 200, "goal < 1.0")
+        capped_cases(work, args.capped_size_mib, args.cap_mib_per_second, args.repeat)
     finally:
         stack.stop()
         source.terminate()
         source.wait()
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def capped_cases(work: Path, size_mib: int, cap: float, repeat: int) -> None:
+    """Cases 5-7: a source capping each connection at `cap` MiB/s serving a `size_mib` MiB file."""
+    source_dir, curl_dir, aria_dir = work / "capped-source", work / "capped-curl", work / "capped-aria2"
+    for folder in (source_dir, curl_dir, aria_dir):
+        folder.mkdir()
+    write_random_file(source_dir / "weights.bin", size_mib * MIB)
+    source = subprocess.Popen(
+        [sys.executable, str(CAPPED_SOURCE), str(source_dir), str(cap)], stdout=subprocess.PIPE, text=True
+    )
+    assert source.stdout is not None
+    url = f"http://127.0.0.1:{source.stdout.readline().split()[1]}/weights.bin"
+    common = ["downloader", "--allow-hosts", "127.0.0.1/32"]
+    ranged = StackProcess([*common, "--data-dir", str(work / "data-ranged")])
+    one_stream = StackProcess(
+        [*common, "--data-dir", str(work / "data-one-stream"), "--parallel-threshold-mib", str(2 * size_mib)]
+    )
+    try:
+        ranged.start()
+        one_stream.start()
+        with ranged.client() as ranged_client, one_stream.client() as one_stream_client:
+            print(f"file {size_mib} MiB from a source capping each connection at {cap:g} MiB/s", flush=True)
+
+            def ferry_ranged() -> None:
+                ranged_client.download_file(url, target_dir="bench", force=True)
+
+            def ferry_one_stream() -> None:
+                one_stream_client.download_file(url, target_dir="bench", force=True)
+
+            def curl() -> None:
+                subprocess.run(["curl", "-sS", "-o", str(curl_dir / "weights.bin"), url], check=True)
+
+            def aria2c() -> None:
+                aria = ["aria2c", "-q", "-x8", "-s8", "--allow-overwrite=true", "--auto-file-renaming=false"]
+                subprocess.run([*aria, "-d", str(aria_dir), "-o", "weights.bin", url], check=True)
+
+            def rate(seconds: float) -> str:
+                return f"{size_mib / seconds:.0f} MiB/s"
+
+            ranged_s, one_stream_s = alternating_medians(ferry_ranged, ferry_one_stream, repeat)
+            line(
+                "5. capped: ranged vs one stream",
+                rate(ranged_s),
+                "1 stream",
+                rate(one_stream_s),
+                one_stream_s / ranged_s,
+                "report",
+            )
+            ranged_s, curl_s = alternating_medians(ferry_ranged, curl, repeat)
+            line(
+                "6. capped: ranged vs curl -o", rate(ranged_s), "curl -o", rate(curl_s), curl_s / ranged_s, "goal >= 6"
+            )
+            if shutil.which("aria2c") is None:
+                print("7. capped: ranged vs aria2c -x8 -s8   skipped: aria2c is not installed (Debian: aria2)")
+            else:
+                ranged_s, aria_s = alternating_medians(ferry_ranged, aria2c, repeat)
+                line(
+                    "7. capped: ranged vs aria2c -x8",
+                    rate(ranged_s),
+                    "aria2c",
+                    rate(aria_s),
+                    aria_s / ranged_s,
+                    "goal >= 1.0",
+                )
+        assert ranged.process is not None
+        rss = peak_rss_mib(ranged.process.pid)
+        line("8. server peak RSS, ranged (5-7)", f"{rss:.0f} MiB", "goal", "200 MiB", rss / 200, "goal < 1.0")
+    finally:
+        ranged.stop()
+        one_stream.stop()
+        source.terminate()
+        source.wait()
 
 
 if __name__ == "__main__":
