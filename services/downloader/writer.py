@@ -107,7 +107,9 @@ class Span:
 
     async def _flush_block(self) -> None:
         if self._writing is not None:
-            await self._writing
+            # Shielded: a range cancelled here must not cancel the write's task while its thread runs on,
+            # or `settle` would find it done and let the fd close under the thread.
+            await asyncio.shield(self._writing)
         pieces, offset, self._pieces = self._pieces, self._next_offset, []
         self._next_offset += self._buffered
         self._buffered = 0
@@ -118,13 +120,15 @@ class Span:
         if self._pieces:
             await self._flush_block()
         if self._writing is not None:
-            await self._writing
+            await asyncio.shield(self._writing)
             self._writing = None
 
     async def settle(self) -> None:
         """Wait for a write in flight, whatever its outcome: its thread must be done before the fd closes."""
         if self._writing is not None:
-            await asyncio.gather(self._writing, return_exceptions=True)
+            await asyncio.wait([self._writing])  # unlike gather, never cancels what it waits for
+            if not self._writing.cancelled():
+                self._writing.exception()  # seen: a range that failed has its own error to report, or none is due
             self._writing = None
 
 
