@@ -68,7 +68,7 @@ demo: $(INSTALLED)
 
 # The benchmarks (minutes; never part of `make test`). ffmpeg is only a baseline
 # for bench/encode.py: installed where apt can; without it that line says so.
-# bench/queue.py runs a redis-server of its own.
+# bench/request_queue.py runs a redis-server of its own.
 bench: $(INSTALLED) redis-server
 	command -v ffmpeg >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; } || \
@@ -76,7 +76,7 @@ bench: $(INSTALLED) redis-server
 	$(BIN)/python bench/download.py
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/inference.py
-	$(BIN)/python bench/queue.py
+	$(BIN)/python bench/request_queue.py
 
 clean:
 	rm -rf $(VENV) node_modules .demo-data .pytest_cache .mypy_cache .ruff_cache build/typecheck

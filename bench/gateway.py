@@ -23,17 +23,12 @@ import http.client
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-# bench/ holds queue.py, which would shadow the standard library's `queue` (which redis imports) if this
-# script's folder stayed first on sys.path.
-sys.path.append(sys.path.pop(0))
 
 import httpx
 

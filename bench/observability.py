@@ -34,9 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-# bench/ holds queue.py, which would shadow the standard library's `queue` (which redis imports) if this
-# script's folder stayed first on sys.path.
-sys.path.append(sys.path.pop(0))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import MIB, write_random_file
 from PIL import Image

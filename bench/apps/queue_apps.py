@@ -1,8 +1,4 @@
-"""The apps bench/queue.py serves: each output says when (and in which process) its handler began.
-
-In a folder of its own: `ferry serve --app path/to/file.py:Class` puts the file's folder first on the
-server's sys.path, and bench/ holds queue.py, which would shadow the standard library's `queue` there.
-"""
+"""The apps bench/request_queue.py serves: each output says when (and in which process) its handler began."""
 
 from __future__ import annotations
 

@@ -36,9 +36,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file has the standard library's `queue` for a name, and a script's folder comes first on sys.path,
-# where `import queue` (concurrent.futures, grpc) would find this file: the folder goes last instead.
-sys.path.append(sys.path.pop(0))
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # the repository, for tests/redis_server.py
 
 import argparse
