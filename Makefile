@@ -66,10 +66,22 @@ test: install lint check
 demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
 
+# bench/peers.py's peer servers, each in a virtualenv of its own under bench/.peers (never .venv: their pins
+# must not move Ferry's): the peer at the release measured, torch pinned as above, and Ferry itself (its
+# core dependencies, Pillow and yarl) so the peer imports the Upscaler's own torch code.
+PEERS := cog==0.23.1 litserve==0.2.19 bentoml==1.4.40
+PEER_VENVS := $(foreach peer,$(PEERS),bench/.peers/$(firstword $(subst ==, ,$(peer)))/.installed)
+
+bench/.peers/%/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv bench/.peers/$*
+	bench/.peers/$*/bin/python -m pip install -q torch==2.13.0 pillow yarl $(filter $*==%,$(PEERS))
+	bench/.peers/$*/bin/python -m pip install -q -e .
+	touch $@
+
 # The benchmarks (minutes; never part of `make test`). ffmpeg is only a baseline
 # for bench/encode.py: installed where apt can; without it that line says so.
 # bench/request_queue.py runs a redis-server of its own.
-bench: $(INSTALLED) redis-server
+bench: $(INSTALLED) redis-server $(PEER_VENVS)
 	command -v ffmpeg >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; } || \
 		echo "ffmpeg is not installed: bench/encode.py reports its line as such"
@@ -77,6 +89,7 @@ bench: $(INSTALLED) redis-server
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/request_queue.py
+	$(BIN)/python bench/peers.py
 
 clean:
-	rm -rf $(VENV) node_modules .demo-data .pytest_cache .mypy_cache .ruff_cache build/typecheck
+	rm -rf $(VENV) bench/.peers node_modules .demo-data .pytest_cache .mypy_cache .ruff_cache build/typecheck
