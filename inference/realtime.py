@@ -166,6 +166,9 @@ class RealtimeSession:
                     await inputs.put(model)
         except Exception as error:  # noqa: BLE001 (the call itself broke: nothing more will come, and no one may be listening)
             log.warning("realtime session %s: reading the caller's messages failed: %s", self.request_id, error)
+            # A caller that cancels breaks its stream too, and this can be seen before the session itself is
+            # cancelled: the handler must see `cancelled` whichever comes first (a loaded CI run saw this one).
+            self.cancelled.set()
             await outbox.put(_Ended(Cancelled(f"the caller's stream broke: {error}")))
             return
         await inputs.put(None)  # the caller is done writing: the handler's input iterator ends
