@@ -301,14 +301,19 @@ class HttpPeer(Server):
 
 
 class CogPeer(HttpPeer):
-    def __init__(self, url: str, upload_port: int, upload_pid: int) -> None:
+    def __init__(self, url: str, upload_port: int, upload_pid: int, slots: int) -> None:
         super().__init__("cog", url, "/predictions", {"input": {"image": url, "scale": SCALE}})
         self.helper_pids = [upload_pid]
+        self.slots = slots  # one per client at the most clients: beyond its slots cog answers 409
         self.upload_url = f"http://127.0.0.1:{upload_port}/"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         python = str(self.venv / "bin" / "python")
-        env = {"COG_PREDICT_TYPE_STUB": "cog_predict.py:Predictor", "COG_MAX_CONCURRENCY": "32", "PORT": str(self.port)}
+        env = {
+            "COG_PREDICT_TYPE_STUB": "cog_predict.py:Predictor",
+            "COG_MAX_CONCURRENCY": str(self.slots),
+            "PORT": str(self.port),
+        }
         return [python, "-m", "cog.server.http", "--host", "127.0.0.1", "--upload-url", self.upload_url], env
 
     def output(self, content_type: str, body: bytes) -> bytes | str:
@@ -486,7 +491,7 @@ def main() -> int:
         url = f"http://127.0.0.1:{source_port}/{source_png.name}"
         peers: dict[str, HttpPeer] = {
             # cog's outputs are stored by the upload server, as Ferry's are by Ferry: its CPU and memory count as cog's.
-            "cog": CogPeer(url, upload_port, uploads.pid),
+            "cog": CogPeer(url, upload_port, uploads.pid, max(levels)),
             "litserve": LitServePeer(url),
             "bentoml": BentoMLPeer(url),
         }
