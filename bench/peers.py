@@ -222,9 +222,13 @@ class FerryServer(Server):
 class HttpPeer(Server):
     """A peer started from its own virtualenv, answering JSON POSTs on a port of its own."""
 
-    def __init__(self, name: str, url: str, path: str, body: dict[str, object]) -> None:
+    def __init__(self, name: str, work: Path, url: str, path: str, body: dict[str, object]) -> None:
         super().__init__(name)
         self.venv = VENVS / name
+        # Everything the peer writes (its inputs, outputs, BentoML's home) goes under the run's folder,
+        # removed at the end.
+        self.temp = work / name
+        self.temp.mkdir()
         self.port = free_port()
         self.path, self.body, self.url = path, body, url
         self.connections: list[KeepAlive] = []
@@ -237,7 +241,13 @@ class HttpPeer(Server):
     def start(self) -> None:
         command, env = self.command()
         # The venv's bin first on PATH: coglet and bentoml start helpers of their own by name.
-        env = {**os.environ, "PATH": f"{self.venv / 'bin'}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1", **env}
+        env = {
+            **os.environ,
+            "PATH": f"{self.venv / 'bin'}:{os.environ['PATH']}",
+            "PYTHONUNBUFFERED": "1",
+            "TMPDIR": str(self.temp),
+            **env,
+        }
         # A session of its own: stop() ends the whole tree it spawns, by its group id.
         self.process = subprocess.Popen(
             command, cwd=PEERS_DIR, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -301,8 +311,8 @@ class HttpPeer(Server):
 
 
 class CogPeer(HttpPeer):
-    def __init__(self, url: str, upload_port: int, upload_pid: int, slots: int) -> None:
-        super().__init__("cog", url, "/predictions", {"input": {"image": url, "scale": SCALE}})
+    def __init__(self, work: Path, url: str, upload_port: int, upload_pid: int, slots: int) -> None:
+        super().__init__("cog", work, url, "/predictions", {"input": {"image": url, "scale": SCALE}})
         self.helper_pids = [upload_pid]
         self.slots = slots  # one per client at the most clients: beyond its slots cog answers 409
         self.upload_url = f"http://127.0.0.1:{upload_port}/"
@@ -325,21 +335,21 @@ class CogPeer(HttpPeer):
 
 
 class LitServePeer(HttpPeer):
-    def __init__(self, url: str) -> None:
-        super().__init__("litserve", url, "/predict", {"image_url": url, "scale": SCALE})
+    def __init__(self, work: Path, url: str) -> None:
+        super().__init__("litserve", work, url, "/predict", {"image_url": url, "scale": SCALE})
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         return [str(self.venv / "bin" / "python"), "litserve_server.py", str(self.port)], {}
 
 
 class BentoMLPeer(HttpPeer):
-    def __init__(self, url: str) -> None:
-        super().__init__("bentoml", url, "/upscale", {"image_url": url, "scale": SCALE})
+    def __init__(self, work: Path, url: str) -> None:
+        super().__init__("bentoml", work, url, "/upscale", {"image_url": url, "scale": SCALE})
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         bentoml = str(self.venv / "bin" / "bentoml")
-        # BENTOML_HOME under the run's temp dir: nothing written to the user's ~/bentoml.
-        home = {"BENTOML_HOME": tempfile.mkdtemp(prefix="ferry-bench-bentoml-"), "BENTOML_DO_NOT_TRACK": "True"}
+        # BENTOML_HOME under the run's folder: nothing written to the user's ~/bentoml.
+        home = {"BENTOML_HOME": str(self.temp / "home"), "BENTOML_DO_NOT_TRACK": "True"}
         return [bentoml, "serve", "bentoml_service:Upscaler", "--host", "127.0.0.1", "--port", str(self.port)], home
 
 
@@ -491,9 +501,9 @@ def main() -> int:
         url = f"http://127.0.0.1:{source_port}/{source_png.name}"
         peers: dict[str, HttpPeer] = {
             # cog's outputs are stored by the upload server, as Ferry's are by Ferry: its CPU and memory count as cog's.
-            "cog": CogPeer(url, upload_port, uploads.pid, max(levels)),
-            "litserve": LitServePeer(url),
-            "bentoml": BentoMLPeer(url),
+            "cog": CogPeer(work, url, upload_port, uploads.pid, max(levels)),
+            "litserve": LitServePeer(work, url),
+            "bentoml": BentoMLPeer(work, url),
         }
         servers: list[Server] = [FerryServer(work, url), *(peers[name] for name in wanted)]
         with running(servers):
