@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 BUF := node_modules/.bin/buf
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install redis-server chromium kubectl test lint check protos demo bench clean
+.PHONY: install redis-server chromium kubectl test lint check protos demo bench bench-peers clean
 
 # torch is pinned: 2.13.0 resolves to the CPU build; an unpinned torch pulls
 # several GB of CUDA wheels.
@@ -89,6 +89,10 @@ bench: $(INSTALLED) redis-server $(PEER_VENVS)
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/request_queue.py
+	$(BIN)/python bench/peers.py
+
+# The peer benchmark alone (about 8 minutes on 2 cores; `.venv/bin/python bench/peers.py --quick` about 2).
+bench-peers: $(INSTALLED) $(PEER_VENVS)
 	$(BIN)/python bench/peers.py
 
 clean:
