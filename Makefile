@@ -78,17 +78,20 @@ bench/.peers/%/.installed: pyproject.toml Makefile
 	bench/.peers/$*/bin/python -m pip install -q -e .
 	touch $@
 
-# The benchmarks (minutes; never part of `make test`). ffmpeg is only a baseline
-# for bench/encode.py: installed where apt can; without it that line says so.
+# The benchmarks (minutes; never part of `make test`). ffmpeg and aria2 are only baselines (bench/encode.py,
+# bench/download.py): installed where apt can; without them those lines say so.
 # bench/request_queue.py runs a redis-server of its own.
 bench: $(INSTALLED) redis-server $(PEER_VENVS)
-	command -v ffmpeg >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; } || \
-		echo "ffmpeg is not installed: bench/encode.py reports its line as such"
+	command -v ffmpeg >/dev/null && command -v aria2c >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		command -v apt-get >/dev/null && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg aria2; } || \
+		echo "ffmpeg or aria2 is not installed: bench/encode.py and bench/download.py report their lines as such"
 	$(BIN)/python bench/download.py
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/request_queue.py
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/peers.py
 
 # The peer benchmark alone (about 8 minutes on 2 cores; `.venv/bin/python bench/peers.py --quick` about 2).
