@@ -121,7 +121,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=40, help="image→image requests per side")
     parser.add_argument("--downloads", type=int, default=300, help="cache-hit downloads per side")
     parser.add_argument(
-        "--on", choices=["both", "metrics", "tracing"], default="both", help="what the 'on' stack turns on"
+        "--on",
+        choices=["both", "metrics", "tracing", "none"],
+        default="both",
+        help="what the 'on' stack turns on ('none': both stacks off, the noise between two stacks)",
     )
     args = parser.parse_args()
 
