@@ -52,24 +52,16 @@ def link_into_place(source: Path, folder: Path, key: str, target: Path) -> bool:
     return True
 
 
-def _write_block(fd: int, pieces: list[bytes]) -> None:
-    for piece in pieces:
-        view = memoryview(piece)
-        while view:
-            view = view[os.write(fd, view) :]
-    # Flushing each block while the next one downloads leaves the final fsync
-    # almost nothing to do (bench/download.py: ~1.2x faster end to end than
-    # one fsync of the whole file at the end).
-    os.fdatasync(fd)
-
-
 def _write_block_at(fd: int, offset: int, pieces: list[bytes]) -> None:
     for piece in pieces:
         view = memoryview(piece)
         while view:
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
-    os.fdatasync(fd)  # as `_write_block`: the final fsync is left almost nothing to do
+    # Flushing each block while the next one downloads leaves the final fsync
+    # almost nothing to do (bench/download.py: ~1.2x faster end to end than
+    # one fsync of the whole file at the end).
+    os.fdatasync(fd)
 
 
 def _allocate(fd: int, size: int) -> None:
@@ -83,7 +75,8 @@ def _allocate(fd: int, size: int) -> None:
 
 
 class Span:
-    """Bytes written into a file from `offset` on, as they arrive (one range of a ranged download).
+    """Bytes written into a file from `offset` on, as they arrive: the whole file as one stream, or one range
+    of a ranged download.
 
     `size` counts the bytes handed to it, written or still buffered; a write that failed raises on the next
     `write` or `drain`."""
@@ -95,7 +88,6 @@ class Span:
         self._pieces: list[bytes] = []
         self._buffered = 0
         self._writing: asyncio.Future[None] | None = None
-        self._spans: list[Span] = []
         self.size = 0
 
     async def write(self, piece: bytes) -> None:
@@ -138,41 +130,24 @@ class AtomicFile:
         # Written through the descriptor from worker threads (never through the buffered file object).
         self._fd = self._pending.file.fileno()
         self._block_size = block_size
-        self._pieces: list[bytes] = []
-        self._buffered = 0
-        self._writing: asyncio.Future[None] | None = None
-        self._spans: list[Span] = []
+        self._stream = Span(self._fd, 0, block_size)  # the bytes as they arrive, one after another
+        self._spans = [self._stream]  # every writer of this file: each must settle before the fd closes
         self.size = 0
 
     async def write(self, piece: bytes) -> None:
-        self._pieces.append(piece)
-        self._buffered += len(piece)
+        await self._stream.write(piece)
         self.size += len(piece)
-        if self._buffered >= self._block_size:
-            await self._flush_block()
 
     async def fill(self, produce: Callable[[BinaryIO], int]) -> None:
         """Let `produce` write into the temp file from a worker thread (CPU-bound producers: decoders)."""
-        await self._drain()
+        await self._stream.drain()
 
         def run() -> int:
             with os.fdopen(os.dup(self._fd), "wb") as file:
+                file.seek(self.size)  # after what the stream wrote (at offsets: the file position never moved)
                 return produce(file)
 
         self.size += await asyncio.to_thread(run)
-
-    async def _flush_block(self) -> None:
-        if self._writing is not None:
-            await self._writing
-        pieces, self._pieces, self._buffered = self._pieces, [], 0
-        self._writing = asyncio.ensure_future(asyncio.to_thread(_write_block, self._fd, pieces))
-
-    async def _drain(self) -> None:
-        if self._pieces:
-            await self._flush_block()
-        if self._writing is not None:
-            await self._writing
-            self._writing = None
 
     async def allocate(self, size: int) -> None:
         """Size the empty file to `size` bytes, for `Span`s to fill at their offsets."""
@@ -185,34 +160,27 @@ class AtomicFile:
         self._spans.append(span)
         return span
 
-    async def _settle_spans(self) -> None:
+    async def _settle(self) -> None:
         for span in self._spans:
             await span.settle()
-        self._spans = []
 
     async def truncate(self) -> None:
         """Start over (the source could not resume)."""
-        await self._settle_spans()
-        self._pieces, self._buffered = [], 0
-        if self._writing is not None:
-            await self._writing
-            self._writing = None
+        await self._settle()
         await asyncio.to_thread(os.ftruncate, self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._stream = Span(self._fd, 0, self._block_size)
+        self._spans = [self._stream]
         self.size = 0
 
     async def commit(self, target: Path) -> Path:
         """Flush, fsync and move into place under `target`; the temp file is gone afterwards."""
-        await self._drain()
+        await self._stream.drain()
         await asyncio.to_thread(self._pending.sync)
         return self._pending.commit(target)
 
     async def discard(self) -> None:
-        """Drop the temp file. Safe in any state, including after commit or mid-cancellation."""
-        await self._settle_spans()
-        if self._writing is not None:
-            # Let the writer thread finish its block first: closing its fd under
-            # it could let a later open() reuse the number mid-write.
-            await asyncio.gather(self._writing, return_exceptions=True)
-            self._writing = None
+        """Drop the temp file. Safe in any state, including after commit or mid-cancellation: every write in
+        flight finishes first, as closing its fd under its thread could let a later open() reuse the number
+        mid-write."""
+        await self._settle()
         self._pending.discard()
