@@ -26,6 +26,7 @@ ENGINE_MODULES = (
     "services/downloader/names.py",
     "services/downloader/own_storage.py",
     "services/downloader/paths.py",
+    "services/downloader/ranged.py",
     "services/downloader/reads.py",
     "services/downloader/records.py",
     "services/downloader/url_prefix.py",
