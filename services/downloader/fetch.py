@@ -221,17 +221,23 @@ class HttpSource:
             except Transient as failure:
                 if isinstance(failure, _CutShort):
                     remote = failure.remote  # what a resume must match
-                if attempt == retries:
-                    raise Unavailable(
-                        f"source failed {retries + 1} times, last: {failure}", reason="SOURCE_UNAVAILABLE"
-                    ) from None
-                delay = self.retry_delay(attempt, failure.retry_after)
-                self._metrics.download_retries.labels(failure.cause).inc()
-                log.info("retrying %s in %.2fs after: %s", url_for_log(url), delay, failure)
-                await asyncio.sleep(delay)
+                await self.pause_before_retry(url, attempt, failure)
         raise AssertionError("unreachable")
 
-    def retry_delay(self, attempt: int, retry_after: float | None) -> float:
+    async def pause_before_retry(self, url: str, attempt: int, failure: Transient, part: str = "") -> None:
+        """Wait before retrying `url` (`part` of it: " on bytes A-B") after attempt number `attempt` (from 0)
+        failed with `failure`; Unavailable once the retries are spent."""
+        retries = self._config.retries
+        if attempt == retries:
+            raise Unavailable(
+                f"source failed {retries + 1} times{part}, last: {failure}", reason="SOURCE_UNAVAILABLE"
+            ) from None
+        delay = self._retry_delay(attempt, failure.retry_after)
+        self._metrics.download_retries.labels(failure.cause).inc()
+        log.info("retrying %s%s in %.2fs after: %s", url_for_log(url), part, delay, failure)
+        await asyncio.sleep(delay)
+
+    def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds before retry number `attempt` (from 0): the source's Retry-After when it gave one."""
         if retry_after is not None:
             if retry_after > MAX_RETRY_AFTER_SECONDS:

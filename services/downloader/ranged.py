@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from ferry.errors import Unavailable
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.fetch import (
     TRANSIENT_STATUSES,
@@ -178,16 +177,8 @@ class RangedSource:
                 await span.drain()
                 return
             except Transient as failure:
-                if attempt == self._retries:
-                    raise Unavailable(
-                        f"source failed {self._retries + 1} times on bytes {byte_range.start}-{byte_range.end}, "
-                        f"last: {failure}",
-                        reason="SOURCE_UNAVAILABLE",
-                    ) from None
-                delay = self._source.retry_delay(attempt, failure.retry_after)
-                self._metrics.download_retries.labels(failure.cause).inc()
-                log.info("retrying a range of %s in %.2fs after: %s", url_for_log(url), delay, failure)
-                await asyncio.sleep(delay)
+                part = f" on bytes {byte_range.start}-{byte_range.end}"
+                await self._source.pause_before_retry(url, attempt, failure, part)
 
     async def _range_attempt(
         self,
