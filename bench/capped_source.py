@@ -17,6 +17,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from http_source import serve_forever
+
 BLOCK = 256 * 1024  # pacing granularity: 12.5 ms of a 20 MiB/s connection
 
 
@@ -74,17 +77,7 @@ def main() -> None:
     app["root"] = Path(sys.argv[1]).resolve()
     app["bytes_per_second"] = float(sys.argv[2]) * (1 << 20)
     app.router.add_get("/{name}", _serve)  # answers HEAD too
-    runner = web.AppRunner(app, access_log=None)
-
-    async def start() -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        print(f"port {runner.addresses[0][1]}", flush=True)
-
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(start())
-    loop.run_forever()
+    serve_forever(app)
 
 
 if __name__ == "__main__":

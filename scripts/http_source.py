@@ -5,6 +5,7 @@ python scripts/http_source.py DIR    # prints "port N" once listening
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -19,10 +20,8 @@ async def _serve_file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path)  # sendfile, Range, ETag: the best case for any client
 
 
-def main() -> None:
-    app = web.Application()
-    app["root"] = Path(sys.argv[1]).resolve()
-    app.router.add_get("/{name}", _serve_file)  # answers HEAD too
+def serve_forever(app: web.Application) -> None:
+    """Serve `app` on a free loopback port, printing "port N" once listening (what the benchmarks read)."""
     runner = web.AppRunner(app, access_log=None)
 
     async def start() -> None:
@@ -31,11 +30,16 @@ def main() -> None:
         await site.start()
         print(f"port {runner.addresses[0][1]}", flush=True)
 
-    import asyncio
-
     loop = asyncio.new_event_loop()
     loop.run_until_complete(start())
     loop.run_forever()
+
+
+def main() -> None:
+    app = web.Application()
+    app["root"] = Path(sys.argv[1]).resolve()
+    app.router.add_get("/{name}", _serve_file)  # answers HEAD too
+    serve_forever(app)
 
 
 if __name__ == "__main__":
