@@ -29,7 +29,7 @@ from ferry.errors import FerryError, NotFound, ResourceExhausted, Unavailable
 from ferry.services import tracing
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.datauri import extension_for, parse_data_uri, write_decoded
-from ferry.services.downloader.fetch import HttpSource, RemoteFile
+from ferry.services.downloader.fetch import FetchJob, HttpSource, RemoteFile
 from ferry.services.downloader.guard import NetworkGuard
 from ferry.services.downloader.headers import check_request_headers
 from ferry.services.downloader.locks import LockFiles, path_lock_key
@@ -322,7 +322,6 @@ class Downloader:
             if (record := self._completed_since(key, began)) is not None:
                 return self._hit(flight, key, record)  # another process got it while we waited for the lock
             _sweep_parts(target, key)
-            limit = self._limit(job)
             reporter = ProgressReporter(flight)
 
             async def started(remote: RemoteFile) -> None:
@@ -331,9 +330,8 @@ class Downloader:
 
             out = AtomicFile(target, key, self._block_size)
             try:
-                remote = await self.ranged.fetch(
-                    job.url, job.request_headers, out, limit=limit, on_started=started, on_progress=reporter
-                )
+                fetch = FetchJob(job.url, job.request_headers, self._limit(job), started, reporter)
+                remote = await self.ranged.fetch(fetch, out)
                 path = await out.commit(target / remote.file_name)
             finally:
                 await out.discard()

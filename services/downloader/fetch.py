@@ -82,6 +82,18 @@ StartedCallback = Callable[[RemoteFile], Awaitable[None]]
 ProgressCallback = Callable[[int], None]
 
 
+@dataclass(frozen=True)
+class FetchJob:
+    """One body to fetch: `limit` bounds it in bytes; `on_started` hears what the first answer said of the file
+    (before its body), `on_progress` the bytes written so far."""
+
+    url: str
+    headers: Mapping[str, str]
+    limit: int | None
+    on_started: StartedCallback
+    on_progress: ProgressCallback
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -202,26 +214,17 @@ class HttpSource:
             accepts_ranges=response.headers.get("Accept-Ranges", "").lower() == "bytes",
         )
 
-    async def fetch(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        out: AtomicFile,
-        *,
-        limit: int | None,
-        on_started: StartedCallback,
-        on_progress: ProgressCallback,
-    ) -> RemoteFile:
-        """Stream `url`'s body into `out`, retrying and resuming; returns what the source said."""
+    async def fetch(self, job: FetchJob, out: AtomicFile) -> RemoteFile:
+        """Stream the job's body into `out`, retrying and resuming; returns what the source said."""
         remote: RemoteFile | None = None
         retries = self._config.retries
         for attempt in range(retries + 1):
             try:
-                return await self._attempt(url, headers, out, remote, limit, on_started, on_progress)
+                return await self._attempt(job, out, remote)
             except Transient as failure:
                 if isinstance(failure, _CutShort):
                     remote = failure.remote  # what a resume must match
-                await self.pause_before_retry(url, attempt, failure)
+                await self.pause_before_retry(job.url, attempt, failure)
         raise AssertionError("unreachable")
 
     async def pause_before_retry(self, url: str, attempt: int, failure: Transient, part: str = "") -> None:
@@ -251,17 +254,9 @@ class HttpSource:
         await out.truncate()
         self._metrics.download_resumes.labels("restarted").inc()
 
-    async def _attempt(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        out: AtomicFile,
-        known: RemoteFile | None,
-        limit: int | None,
-        on_started: StartedCallback,
-        on_progress: ProgressCallback,
-    ) -> RemoteFile:
-        request = {**headers, "Accept-Encoding": "identity"}
+    async def _attempt(self, job: FetchJob, out: AtomicFile, known: RemoteFile | None) -> RemoteFile:
+        limit = job.limit
+        request = {**job.headers, "Accept-Encoding": "identity"}
         resuming = bool(out.size and known and known.accepts_ranges and known.validator and known.size)
         if resuming:
             assert known is not None and known.validator is not None
@@ -269,7 +264,7 @@ class HttpSource:
             request["If-Range"] = known.validator
         elif out.size:
             await self._restart(out)
-        response = await self._open("GET", url, request)
+        response = await self._open("GET", job.url, request)
         async with response:
             if response.status in TRANSIENT_STATUSES:
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
@@ -287,13 +282,13 @@ class HttpSource:
             elif response.status == 200:
                 if out.size:  # the source ignored the range, or the file changed: start over
                     await self._restart(out)
-                remote = self._describe(url, response)
+                remote = self._describe(job.url, response)
                 if known is None:
                     if limit is not None and remote.size is not None and remote.size > limit:
                         raise ResourceExhausted(
                             f"source declares {remote.size} bytes, over the {limit}-byte limit", reason="FILE_TOO_LARGE"
                         )
-                    await on_started(remote)
+                    await job.on_started(remote)
             else:
                 raise refusal(response.status, response.url)
             try:
@@ -301,7 +296,7 @@ class HttpSource:
                     await out.write(piece)
                     if limit is not None and out.size > limit:
                         raise ResourceExhausted(f"body grew past the {limit}-byte limit", reason="FILE_TOO_LARGE")
-                    on_progress(out.size)
+                    job.on_progress(out.size)
             except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as error:
                 # Keep what arrived: the next attempt resumes from it if it can.
                 raise _CutShort(remote, f"body cut short at {out.size} bytes: {type(error).__name__}") from error

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -30,10 +29,10 @@ from multidict import CIMultiDictProxy
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.fetch import (
     TRANSIENT_STATUSES,
+    FetchJob,
     HttpSource,
     ProgressCallback,
     RemoteFile,
-    StartedCallback,
     Transient,
     refusal,
     retry_after_seconds,
@@ -91,6 +90,16 @@ class _Received:
         self._on_progress(self.total)
 
 
+@dataclass(frozen=True)
+class _Ranges:
+    """What every range of one download shares: the job, the version of the file the first answer described,
+    and the progress they make together."""
+
+    job: FetchJob
+    remote: RemoteFile
+    received: _Received
+
+
 class RangedSource:
     """HttpSource's `fetch`, in ranges over several connections where the file is large and the source able."""
 
@@ -102,56 +111,33 @@ class RangedSource:
         self._connections = config.parallel_connections
         self._block_size = max(MIB, block_size // self._connections)
 
-    async def fetch(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        out: AtomicFile,
-        *,
-        limit: int | None,
-        on_started: StartedCallback,
-        on_progress: ProgressCallback,
-    ) -> RemoteFile:
-        """Fetch `url` into `out` as HttpSource.fetch does (same limits, errors and callbacks), in ranges if it pays."""
+    async def fetch(self, job: FetchJob, out: AtomicFile) -> RemoteFile:
+        """The job into `out` as HttpSource.fetch does it (same limits, errors and callbacks), in ranges if it pays."""
 
         async def started(remote: RemoteFile) -> None:
-            await on_started(remote)
+            await job.on_started(remote)
             if ranges := plan_ranges(remote, self._threshold, self._connections):
                 raise _Divert(remote, ranges)
 
         try:
-            return await self._source.fetch(url, headers, out, limit=limit, on_started=started, on_progress=on_progress)
+            return await self._source.fetch(replace(job, on_started=started), out)
         except _Divert as divert:
             remote, ranges = divert.remote, divert.ranges
         try:
-            await self._fetch_ranges(url, headers, out, remote, ranges, _Received(on_progress))
+            await self._fetch_ranges(_Ranges(job, remote, _Received(job.on_progress)), out, ranges)
         except _NotOneVersion as why:
-            log.info("downloading %s over one connection: %s", url_for_log(url), why)
+            log.info("downloading %s over one connection: %s", url_for_log(job.url), why)
             self._metrics.download_ranged.labels("fell_back_single").inc()
             await out.truncate()
-            return await self._source.fetch(
-                url, headers, out, limit=limit, on_started=on_started, on_progress=on_progress
-            )
+            return await self._source.fetch(job, out)
         self._metrics.download_ranged.labels("ranged").inc()
         return remote
 
-    async def _fetch_ranges(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        out: AtomicFile,
-        remote: RemoteFile,
-        ranges: list[ByteRange],
-        received: _Received,
-    ) -> None:
+    async def _fetch_ranges(self, shared: _Ranges, out: AtomicFile, ranges: list[ByteRange]) -> None:
         """Every range at once; the first to fail stops the others (their connections close) and is raised."""
-        assert remote.size is not None
-        await out.allocate(remote.size)
-        spans = [out.span(r.start, self._block_size) for r in ranges]
-        tasks = [
-            asyncio.create_task(self._fetch_range(url, headers, span, remote, r, received))
-            for span, r in zip(spans, ranges, strict=True)
-        ]
+        assert shared.remote.size is not None
+        await out.allocate(shared.remote.size)
+        tasks = [asyncio.create_task(self._fetch_range(shared, out.span(r.start, self._block_size), r)) for r in ranges]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -162,43 +148,28 @@ class RangedSource:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _fetch_range(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        span: Span,
-        remote: RemoteFile,
-        byte_range: ByteRange,
-        received: _Received,
-    ) -> None:
+    async def _fetch_range(self, shared: _Ranges, span: Span, byte_range: ByteRange) -> None:
         for attempt in range(self._retries + 1):
             try:
-                await self._range_attempt(url, headers, span, remote, byte_range, received)
+                await self._range_attempt(shared, span, byte_range)
                 await span.drain()
                 return
             except Transient as failure:
                 part = f" on bytes {byte_range.start}-{byte_range.end}"
-                await self._source.pause_before_retry(url, attempt, failure, part)
+                await self._source.pause_before_retry(shared.job.url, attempt, failure, part)
 
-    async def _range_attempt(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        span: Span,
-        remote: RemoteFile,
-        byte_range: ByteRange,
-        received: _Received,
-    ) -> None:
+    async def _range_attempt(self, shared: _Ranges, span: Span, byte_range: ByteRange) -> None:
         """One request for what `span` still lacks of `byte_range`."""
+        remote = shared.remote
         assert remote.validator is not None
         first = byte_range.start + span.size
         request = {
-            **headers,
+            **shared.job.headers,
             "Accept-Encoding": "identity",
             "Range": f"bytes={first}-{byte_range.end}",
             "If-Range": remote.validator,
         }
-        response = await self._source.get(url, request)
+        response = await self._source.get(shared.job.url, request)
         async with response:
             if response.status in TRANSIENT_STATUSES:
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
@@ -220,7 +191,7 @@ class RangedSource:
                         # Past the range is another range's place in the file: never written from here.
                         raise Transient("the source sent more than the range asked", "bad_range")
                     await span.write(piece)
-                    received.add(len(piece))
+                    shared.received.add(len(piece))
             except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as error:
                 cut = f"range cut short at byte {byte_range.start + span.size}: {type(error).__name__}"
                 raise Transient(cut, "cut_short") from error
