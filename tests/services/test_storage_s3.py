@@ -154,12 +154,15 @@ async def test_an_unreachable_endpoint_is_transient(tmp_path: Path, dead_address
 # -- multipart: real S3 multipart uploads ------------------------------------------
 
 
+@pytest.fixture
+async def upload_id(storage: S3Storage) -> str:
+    """A multipart upload begun on `storage`, no part sent yet."""
+    return await storage.create_multipart(file_name="a.bin", content_type="application/octet-stream", expires_in=None)
+
+
 async def test_a_completion_retried_after_it_got_through_answers_the_same_object(
-    storage: S3Storage, tmp_path: Path
+    storage: S3Storage, upload_id: str, tmp_path: Path
 ) -> None:
-    upload_id = await storage.create_multipart(
-        file_name="a.bin", content_type="application/octet-stream", expires_in=None
-    )
     etag = await send_part(storage, tmp_path, upload_id, 1, b"whole")
 
     first = await storage.complete_multipart(upload_id, [(1, etag)])
@@ -184,21 +187,20 @@ def held_files(holding: Path) -> list[Path]:
     return sorted(path for path in holding.rglob("*") if path.is_file()) if holding.exists() else []
 
 
-def three_parts() -> list[bytes]:
+@pytest.fixture
+def parts() -> list[bytes]:
+    """Three parts of an upload: two of S3's smallest size and a short last one."""
     return [b"\x01" * MIN_PART_SIZE, bytes(range(256)) * (MIN_PART_SIZE // 256), b"the last part"]
 
 
-async def new_upload(storage: S3Storage) -> str:
-    return await storage.create_multipart(file_name="a.bin", content_type="application/octet-stream", expires_in=None)
+@pytest.fixture
+def reads(storage: S3Storage) -> list[str]:
+    return count_object_reads(storage)
 
 
 async def test_parts_sent_out_of_order_are_hashed_on_arrival_without_reading_the_whole_back(
-    storage: S3Storage, holding: Path, tmp_path: Path
+    storage: S3Storage, upload_id: str, parts: list[bytes], reads: list[str], holding: Path, tmp_path: Path
 ) -> None:
-    parts = three_parts()
-    reads = count_object_reads(storage)
-    upload_id = await new_upload(storage)
-
     etags = {3: await send_part(storage, tmp_path, upload_id, 3, parts[2])}
     assert len(held_files(holding)) == 1, "part 3 waits in the holding folder for parts 1 and 2"
     etags[1] = await send_part(storage, tmp_path, upload_id, 1, parts[0])
@@ -213,12 +215,8 @@ async def test_parts_sent_out_of_order_are_hashed_on_arrival_without_reading_the
 
 
 async def test_a_part_re_sent_after_it_was_hashed_falls_back_to_reading_the_whole(
-    storage: S3Storage, holding: Path, tmp_path: Path
+    storage: S3Storage, upload_id: str, parts: list[bytes], reads: list[str], holding: Path, tmp_path: Path
 ) -> None:
-    parts = three_parts()
-    reads = count_object_reads(storage)
-    upload_id = await new_upload(storage)
-
     await send_part(storage, tmp_path, upload_id, 1, b"\x09" * MIN_PART_SIZE)
     etag_2 = await send_part(storage, tmp_path, upload_id, 2, parts[1])
     etag_1 = await send_part(storage, tmp_path, upload_id, 1, parts[0])  # S3 keeps this one
@@ -230,10 +228,9 @@ async def test_a_part_re_sent_after_it_was_hashed_falls_back_to_reading_the_whol
     assert held_files(holding) == []
 
 
-async def test_a_completion_of_fewer_parts_than_were_hashed_reads_the_whole(storage: S3Storage, tmp_path: Path) -> None:
-    parts = three_parts()
-    reads = count_object_reads(storage)
-    upload_id = await new_upload(storage)
+async def test_a_completion_of_fewer_parts_than_were_hashed_reads_the_whole(
+    storage: S3Storage, upload_id: str, parts: list[bytes], reads: list[str], tmp_path: Path
+) -> None:
     etags = [await send_part(storage, tmp_path, upload_id, number, data) for number, data in enumerate(parts, 1)]
 
     stored = await storage.complete_multipart(upload_id, [(1, etags[0]), (2, etags[1])])
@@ -243,10 +240,8 @@ async def test_a_completion_of_fewer_parts_than_were_hashed_reads_the_whole(stor
 
 
 async def test_an_upload_whose_parts_this_storage_never_saw_is_hashed_by_reading_it_back(
-    storage: S3Storage, endpoint: str, bucket: str, tmp_path: Path
+    storage: S3Storage, upload_id: str, parts: list[bytes], endpoint: str, bucket: str, tmp_path: Path
 ) -> None:
-    parts = three_parts()
-    upload_id = await new_upload(storage)
     etags = [await send_part(storage, tmp_path, upload_id, number, data) for number, data in (enumerate(parts, 1))]
     other = storage_for(endpoint, bucket, holding_dir=tmp_path / "other-s3-parts")  # another replica, or a restart
     reads = count_object_reads(other)
@@ -260,11 +255,14 @@ async def test_an_upload_whose_parts_this_storage_never_saw_is_hashed_by_reading
 
 
 async def test_a_part_re_sent_through_another_replica_is_caught_by_its_etag(
-    storage: S3Storage, endpoint: str, bucket: str, tmp_path: Path
+    storage: S3Storage,
+    upload_id: str,
+    parts: list[bytes],
+    reads: list[str],
+    endpoint: str,
+    bucket: str,
+    tmp_path: Path,
 ) -> None:
-    parts = three_parts()
-    reads = count_object_reads(storage)
-    upload_id = await new_upload(storage)
     etag_1 = await send_part(storage, tmp_path, upload_id, 1, parts[0])
     await send_part(storage, tmp_path, upload_id, 2, b"\x09" * MIN_PART_SIZE)
     etag_3 = await send_part(storage, tmp_path, upload_id, 3, parts[2])
@@ -280,8 +278,7 @@ async def test_a_part_re_sent_through_another_replica_is_caught_by_its_etag(
     assert len(reads) == 1
 
 
-async def test_abort_leaves_no_held_parts(storage: S3Storage, holding: Path, tmp_path: Path) -> None:
-    upload_id = await new_upload(storage)
+async def test_abort_leaves_no_held_parts(storage: S3Storage, upload_id: str, holding: Path, tmp_path: Path) -> None:
     await send_part(storage, tmp_path, upload_id, 2, b"x" * 1024)
     await send_part(storage, tmp_path, upload_id, 3, b"y" * 1024)
     assert len(held_files(holding)) == 2
@@ -293,11 +290,8 @@ async def test_abort_leaves_no_held_parts(storage: S3Storage, holding: Path, tmp
 
 
 async def test_a_failed_completion_keeps_the_digest_for_the_next_try(
-    storage: S3Storage, holding: Path, tmp_path: Path
+    storage: S3Storage, upload_id: str, parts: list[bytes], reads: list[str], holding: Path, tmp_path: Path
 ) -> None:
-    parts = three_parts()
-    reads = count_object_reads(storage)
-    upload_id = await new_upload(storage)
     etags = {2: await send_part(storage, tmp_path, upload_id, 2, parts[1])}
     etags[1] = await send_part(storage, tmp_path, upload_id, 1, parts[0])
     with pytest.raises(InvalidArgument):
@@ -312,9 +306,8 @@ async def test_a_failed_completion_keeps_the_digest_for_the_next_try(
 
 
 async def test_the_sweep_of_an_idle_upload_frees_its_held_parts(
-    storage: S3Storage, s3: Any, bucket: str, holding: Path, tmp_path: Path
+    storage: S3Storage, upload_id: str, s3: Any, bucket: str, holding: Path, tmp_path: Path
 ) -> None:
-    upload_id = await new_upload(storage)
     await send_part(storage, tmp_path, upload_id, 2, b"x" * 1024)
 
     assert await storage.sweep(datetime.now(UTC) + timedelta(seconds=MAX_AGE - 60)) == 0
@@ -325,7 +318,7 @@ async def test_the_sweep_of_an_idle_upload_frees_its_held_parts(
 
 
 async def test_the_sweep_deletes_held_parts_a_dead_process_left_behind(
-    storage: S3Storage, holding: Path, tmp_path: Path
+    storage: S3Storage, upload_id: str, holding: Path, tmp_path: Path
 ) -> None:
     def left_behind(folder: str, age_seconds: float) -> Path:
         held = holding / folder / "2.0123456789abcdef.part"
@@ -337,7 +330,6 @@ async def test_the_sweep_deletes_held_parts_a_dead_process_left_behind(
         return held
 
     old, recent = left_behind("a" * 32, MAX_AGE + 60), left_behind("b" * 32, MAX_AGE - 60)
-    upload_id = await new_upload(storage)
     await send_part(storage, tmp_path, upload_id, 2, b"x" * 1024)  # a live upload's
 
     assert await storage.sweep(datetime.now(UTC)) == 0
@@ -388,10 +380,8 @@ async def test_a_fresh_upload_survives_a_sweep_even_when_the_store_misreports_it
 
 
 async def test_every_part_carries_a_crc32_that_s3_checks_and_the_whole_keeps(
-    storage: S3Storage, s3: Any, bucket: str, tmp_path: Path
+    storage: S3Storage, upload_id: str, parts: list[bytes], s3: Any, bucket: str, tmp_path: Path
 ) -> None:
-    parts = three_parts()
-    upload_id = await new_upload(storage)
     etags = [
         (number, await send_part(storage, tmp_path, upload_id, number, data)) for number, data in enumerate(parts, 1)
     ]
