@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import grpc
 
@@ -49,60 +49,61 @@ def never_connected(error: grpc.RpcError) -> bool:
     return (error.details() or "").startswith(_NO_CONNECTION)
 
 
-class RetryBudget:
-    """What one call may still try: the decisions both twins share, so they cannot drift."""
+class RetryBudget(Generic[Stub]):
+    """One call's attempts: every decision both twins share (which address next, whether to try again, how long
+    to wait first), so they cannot drift; the twins only call and sleep."""
 
-    def __init__(self, addresses: int, idempotent: bool, attempts: int) -> None:
-        self.addresses = addresses
+    def __init__(self, stubs: Sequence[Stub], idempotent: bool, attempts: int) -> None:
+        self.stubs = stubs
         self.idempotent = idempotent
         self.attempts = attempts
+        self.attempt = -1  # the number of the attempt under way, from 0
         self.began = time.monotonic()
         self.reached_a_server = False
 
-    def retry(self, attempt: int, error: grpc.RpcError) -> bool:
-        """Whether to try again after `error` ended attempt number `attempt` (from 0)."""
-        if attempt == self.attempts - 1 or not retryable(error, self.idempotent):
+    def next_stub(self) -> Stub:
+        """The next attempt's server, each in turn; no attempt starts inside a cancelled request."""
+        current_scope().raise_if_cancelled()
+        self.attempt += 1
+        return self.stubs[self.attempt % len(self.stubs)]
+
+    def pause_after(self, error: grpc.RpcError) -> float:
+        """Seconds to wait before trying again after `error` (none while other addresses are left to try this
+        round); raises `error` when it may not be tried again."""
+        if not self._may_retry(error):
+            raise error
+        addresses = len(self.stubs)
+        if (self.attempt + 1) % addresses:
+            return 0.0
+        return backoff_seconds(self.attempt // addresses, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
+
+    def _may_retry(self, error: grpc.RpcError) -> bool:
+        if self.attempt == self.attempts - 1 or not retryable(error, self.idempotent):
             return False
         if not never_connected(error):
             self.reached_a_server = True
             return True
         return self.reached_a_server or time.monotonic() - self.began < CONNECT_BUDGET_SECONDS
 
-    def pause(self, attempt: int) -> float:
-        """Seconds to wait before the next attempt: none while other addresses are left to try this round."""
-        if (attempt + 1) % self.addresses:
-            return 0.0
-        return backoff_seconds(attempt // self.addresses, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
-
 
 def call_with_retries(
     stubs: Sequence[Stub], call: Callable[[Stub], T], *, idempotent: bool, attempts: int = ATTEMPTS
 ) -> T:
-    budget = RetryBudget(len(stubs), idempotent, attempts)
-    for attempt in range(attempts):
-        current_scope().raise_if_cancelled()
-        stub = stubs[attempt % len(stubs)]
+    budget = RetryBudget(stubs, idempotent, attempts)
+    while True:
         try:
-            return call(stub)
+            return call(budget.next_stub())
         except grpc.RpcError as error:
-            if not budget.retry(attempt, error):
-                raise
-        time.sleep(budget.pause(attempt))
-    raise AssertionError("unreachable")
+            time.sleep(budget.pause_after(error))
 
 
 async def call_with_retries_async(
     stubs: Sequence[Stub], call: Callable[[Stub], Awaitable[T]], *, idempotent: bool, attempts: int = ATTEMPTS
 ) -> T:
     """The asyncio twin of `call_with_retries`."""
-    budget = RetryBudget(len(stubs), idempotent, attempts)
-    for attempt in range(attempts):
-        current_scope().raise_if_cancelled()
-        stub = stubs[attempt % len(stubs)]
+    budget = RetryBudget(stubs, idempotent, attempts)
+    while True:
         try:
-            return await call(stub)
+            return await call(budget.next_stub())
         except grpc.RpcError as error:
-            if not budget.retry(attempt, error):
-                raise
-        await asyncio.sleep(budget.pause(attempt))
-    raise AssertionError("unreachable")
+            await asyncio.sleep(budget.pause_after(error))
