@@ -135,11 +135,8 @@ class ConnectGateway:
     async def _unary(
         self, procedure: Procedure, request: web.Request, codec: Codec, message: Message, timeout: float | None
     ) -> web.StreamResponse:
-        call = self.channel.channel.unary_unary(
-            procedure.path,
-            request_serializer=_serialize,
-            response_deserializer=procedure.response_type.FromString,
-        )(message, metadata=caller_metadata(request), timeout=timeout)
+        method = self.channel.channel.unary_unary(procedure.path, _serialize, procedure.response_type.FromString)
+        call = method(message, metadata=caller_metadata(request), timeout=timeout)
         try:
             reply = await reply_unless_client_leaves(request, call)
         except grpc.aio.AioRpcError as error:
@@ -151,11 +148,8 @@ class ConnectGateway:
     async def _server_stream(
         self, procedure: Procedure, request: web.Request, codec: Codec, message: Message, timeout: float | None
     ) -> web.StreamResponse:
-        call = self.channel.channel.unary_stream(
-            procedure.path,
-            request_serializer=_serialize,
-            response_deserializer=procedure.response_type.FromString,
-        )(message, metadata=caller_metadata(request), timeout=timeout)
+        method = self.channel.channel.unary_stream(procedure.path, _serialize, procedure.response_type.FromString)
+        call = method(message, metadata=caller_metadata(request), timeout=timeout)
         response = await _start_stream(request, codec)
         end: dict[str, Any] = {}
         async with cancelled_when_client_leaves(request, call) as client:
