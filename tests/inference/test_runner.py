@@ -473,6 +473,20 @@ async def test_a_finished_requests_result_outlives_the_runner_that_ran_it(start:
 # -- cancellation --------------------------------------------------------------------------------
 
 
+async def held_with_one_behind(start: Start, board: Board, name: str, path: str) -> tuple[Replica, Handle, Handle]:
+    """A one-slot replica whose slot `name`'s handler at `path` holds (until the board releases it), and a request
+    queued behind it, named following."""
+    replica = await start(OneSlot)
+    running = await hold_running(replica, board, name, path)
+    return replica, running, await submit(replica, "following")
+
+
+async def assert_following_ran_after(entry: str, following: Handle, timeline: list[str]) -> None:
+    """The request queued behind started only after `entry` was noted (its slot free by then), and returned."""
+    assert timeline.index(entry) < timeline.index("handler following")
+    assert (await output(following))["name"] == "following"
+
+
 async def test_a_cancelled_waiting_request_leaves_the_queue_and_the_rest_close_up_behind_it(
     start: Start, board: Board, timeline: list[str]
 ) -> None:
@@ -497,25 +511,20 @@ async def test_a_cancelled_waiting_request_leaves_the_queue_and_the_rest_close_u
 async def test_cancelling_a_running_async_handler_cancels_it_and_frees_its_slot(
     start: Start, board: Board, timeline: list[str]
 ) -> None:
-    replica = await start(OneSlot)
-    slow = await hold_running(replica, board, "slow", "/async")
-    following = await submit(replica, "following")
+    replica, slow, following = await held_with_one_behind(start, board, "slow", "/async")
 
     assert await replica.front.cancel(slow.request_id) == (State.IN_PROGRESS, True)
     assert await replica.front.cancel(slow.request_id) == (State.COMPLETED, False), "cancelling twice changes nothing"
     await finished(following)
 
     assert await status(slow) == (grpc.StatusCode.CANCELLED, "CANCELLED")
-    assert timeline.index("handler slow cancelled") < timeline.index("handler following")
-    assert (await output(following))["name"] == "following"
+    await assert_following_ran_after("handler slow cancelled", following, timeline)
 
 
 async def test_a_request_cancelled_through_another_replica_stops_its_handler_on_the_replica_running_it(
     start: Start, open_queue: OpenQueue, board: Board, timeline: list[str]
 ) -> None:
-    replica = await start(OneSlot)
-    slow = await hold_running(replica, board, "slow", "/async")
-    following = await submit(replica, "following")
+    _, slow, following = await held_with_one_behind(start, board, "slow", "/async")
     other = Requests(await open_queue(), {})  # another replica's front, on its own queue object
 
     assert await other.cancel(slow.request_id) == (State.IN_PROGRESS, True)
@@ -523,16 +532,13 @@ async def test_a_request_cancelled_through_another_replica_stops_its_handler_on_
     await board.reached("handler slow cancelled")
     await finished(following)
     assert await status(slow) == (grpc.StatusCode.CANCELLED, "CANCELLED")
-    assert timeline.index("handler slow cancelled") < timeline.index("handler following")
-    assert (await output(following))["name"] == "following"
+    await assert_following_ran_after("handler slow cancelled", following, timeline)
 
 
 async def test_a_cancelled_sync_handler_is_told_through_its_context_and_holds_its_slot_until_its_thread_returns(
     start: Start, board: Board, timeline: list[str]
 ) -> None:
-    replica = await start(OneSlot)
-    stubborn = await hold_running(replica, board, "stubborn", "/uninterruptible")
-    following = await submit(replica, "following")
+    replica, stubborn, following = await held_with_one_behind(start, board, "stubborn", "/uninterruptible")
 
     assert await replica.front.cancel(stubborn.request_id) == (State.IN_PROGRESS, True)
     assert await status(stubborn) == (grpc.StatusCode.CANCELLED, "CANCELLED"), "the caller hears at once"
@@ -542,8 +548,7 @@ async def test_a_cancelled_sync_handler_is_told_through_its_context_and_holds_it
     board.release("stubborn")
     await finished(following)
 
-    assert timeline.index("handler stubborn stopped") < timeline.index("handler following")
-    assert (await output(following))["name"] == "following"
+    await assert_following_ran_after("handler stubborn stopped", following, timeline)
 
 
 async def test_a_finished_request_cannot_be_cancelled(start: Start) -> None:
