@@ -210,14 +210,19 @@ async def a_waiting_take(queue: RedisQueue, raw: redis.asyncio.Redis) -> asyncio
     return waiting
 
 
+async def assert_it_takes_the_next_request(waiting: asyncio.Task[Claim | None], queue: RedisQueue) -> None:
+    """A request submitted now is the one the waiting take hands out."""
+    request_id = await queue.submit(job())
+    claim = await waiting
+    assert claim is not None and claim.request_id == request_id
+
+
 async def test_a_waiting_take_outlives_its_stream_vanishing_and_hands_out_what_comes_next(
     raw: redis.asyncio.Redis, queue: RedisQueue
 ) -> None:
     waiting = await a_waiting_take(queue, raw)  # blocked on the stream
     await raw.flushall()  # an operator's FLUSHALL; a restart without persistence does the same to a blocked read
-    request_id = await queue.submit(job())
-    claim = await waiting
-    assert claim is not None and claim.request_id == request_id
+    await assert_it_takes_the_next_request(waiting, queue)
 
 
 async def test_a_request_whose_record_redis_evicted_is_dropped_not_handed_out(
@@ -258,9 +263,7 @@ async def test_a_ring_for_a_request_cancelled_meanwhile_keeps_the_take_waiting_f
         await submit_and_cancel.execute()
     await wait_until_a_take_is_blocked(raw)  # woken for nothing, it waits again
     assert not waiting.done()
-    request_id = await queue.submit(job())
-    claim = await waiting
-    assert claim is not None and claim.request_id == request_id
+    await assert_it_takes_the_next_request(waiting, queue)
 
 
 async def test_requests_taken_without_waiting_leave_no_rings_to_wake_takers_for_nothing(
