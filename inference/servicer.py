@@ -39,6 +39,7 @@ from ferry.services.downloader.guard import NetworkGuard
 from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
 from ferry.services.metrics import StackMetrics
+from ferry.services.rpc_context import RpcContext
 from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import inference_pb2, inference_pb2_grpc
 
@@ -65,11 +66,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, requests: Requests) -> None:
         self.requests = requests
 
-    async def Run(  # noqa: N802
-        self,
-        request: inference_pb2.RunRequest,
-        context: grpc.aio.ServicerContext[inference_pb2.RunRequest, inference_pb2.RunResponse],
-    ) -> inference_pb2.RunResponse:
+    async def Run(self, request: inference_pb2.RunRequest, context: RpcContext) -> inference_pb2.RunResponse:
         lifetime = expires_in(request.lifecycle, context)
         request_id = await self.requests.submit(NewRequest(request.app_id, request.path, request.input_json, lifetime))
         try:
@@ -79,10 +76,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise
         return inference_pb2.RunResponse(request_id=request_id, output_json=output_of(status))
 
-    async def Stream(  # noqa: N802
-        self,
-        request: inference_pb2.StreamRequest,
-        context: grpc.aio.ServicerContext[inference_pb2.StreamRequest, inference_pb2.StreamResponse],
+    async def Stream(
+        self, request: inference_pb2.StreamRequest, context: RpcContext
     ) -> AsyncIterator[inference_pb2.StreamResponse]:
         following = bool(request.request_id)
         if following:
@@ -100,11 +95,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if not ended and not following:  # the caller of its own request disconnected mid-stream
                 await asyncio.shield(self.requests.cancel(request_id))
 
-    async def Submit(  # noqa: N802
-        self,
-        request: inference_pb2.SubmitRequest,
-        context: grpc.aio.ServicerContext[inference_pb2.SubmitRequest, inference_pb2.SubmitResponse],
-    ) -> inference_pb2.SubmitResponse:
+    async def Submit(self, request: inference_pb2.SubmitRequest, context: RpcContext) -> inference_pb2.SubmitResponse:
         lifetime = expires_in(request.lifecycle, context)
         queued = NewRequest(
             request.app_id,
@@ -123,10 +114,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         )
         return inference_pb2.SubmitResponse(request_id=request_id)
 
-    async def GetStatus(  # noqa: N802
-        self,
-        request: inference_pb2.GetStatusRequest,
-        context: grpc.aio.ServicerContext[inference_pb2.GetStatusRequest, inference_pb2.GetStatusResponse],
+    async def GetStatus(
+        self, request: inference_pb2.GetStatusRequest, context: RpcContext
     ) -> inference_pb2.GetStatusResponse:
         report = await self.requests.report(request.request_id)
         status = report.status
@@ -150,26 +139,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             )
         return response
 
-    async def GetResult(  # noqa: N802
-        self,
-        request: inference_pb2.GetResultRequest,
-        context: grpc.aio.ServicerContext[inference_pb2.GetResultRequest, inference_pb2.GetResultResponse],
+    async def GetResult(
+        self, request: inference_pb2.GetResultRequest, context: RpcContext
     ) -> inference_pb2.GetResultResponse:
         output_json = await self.requests.result(request.request_id, request.wait)
         return inference_pb2.GetResultResponse(request_id=request.request_id, output_json=output_json)
 
-    async def Cancel(  # noqa: N802
-        self,
-        request: inference_pb2.CancelRequest,
-        context: grpc.aio.ServicerContext[inference_pb2.CancelRequest, inference_pb2.CancelResponse],
-    ) -> inference_pb2.CancelResponse:
+    async def Cancel(self, request: inference_pb2.CancelRequest, context: RpcContext) -> inference_pb2.CancelResponse:
         previous, cancelled = await self.requests.cancel(request.request_id)
         return inference_pb2.CancelResponse(previous_state=STATES[previous], cancelled=cancelled)
 
-    async def Realtime(  # noqa: N802
-        self,
-        request_iterator: AsyncIterator[inference_pb2.RealtimeRequest],
-        context: grpc.aio.ServicerContext[inference_pb2.RealtimeRequest, inference_pb2.RealtimeResponse],
+    async def Realtime(
+        self, request_iterator: AsyncIterator[inference_pb2.RealtimeRequest], context: RpcContext
     ) -> AsyncIterator[inference_pb2.RealtimeResponse]:
         session = RealtimeSession.open(
             await anext(request_iterator, None),
@@ -182,10 +163,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             async for response in responses:
                 yield response
 
-    async def ListEndpoints(  # noqa: N802
-        self,
-        request: inference_pb2.ListEndpointsRequest,
-        context: grpc.aio.ServicerContext[inference_pb2.ListEndpointsRequest, inference_pb2.ListEndpointsResponse],
+    async def ListEndpoints(
+        self, request: inference_pb2.ListEndpointsRequest, context: RpcContext
     ) -> inference_pb2.ListEndpointsResponse:
         runners = [self.requests.runner(request.app_id)] if request.app_id else list(self.requests.runners.values())
         apps = []

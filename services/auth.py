@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ferry.services.errors import to_status
 from ferry.services.interceptors import HandlerInterceptor, handler_like
+from ferry.services.rpc_context import RpcContext
 
 OPEN_METHOD_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -33,7 +34,7 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
     """A handler of the same streaming kind as `handler` that answers UNAUTHENTICATED."""
     status = to_status(grpc.StatusCode.UNAUTHENTICATED, "BAD_TOKEN", "missing or wrong bearer token")
 
-    async def reject(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def reject(_request: Any, context: RpcContext) -> None:
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     return handler_like(handler, reject)

@@ -7,7 +7,7 @@ runner, the services and clients all share.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ferry.errors import ERROR_DOMAIN, FerryError
+from ferry.services.rpc_context import RpcContext
 
 # A status travels in HTTP/2 trailers, which clients cap (8 KiB by default): a message echoing a
 # 1 MiB URL would arrive as the transport's RESOURCE_EXHAUSTED instead of ferry's own code.
@@ -30,13 +31,11 @@ def to_status(code: grpc.StatusCode, reason: str, message: str) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[detail]))
 
 
-async def abort(
-    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, reason: str, message: str
-) -> NoReturn:
+async def abort(context: RpcContext, code: grpc.StatusCode, reason: str, message: str) -> NoReturn:
     status = to_status(code, reason, message)
     await context.abort(status.code, status.details, status.trailing_metadata)
     raise AssertionError("context.abort returned")  # it always raises
 
 
-async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: FerryError) -> NoReturn:
+async def abort_with(context: RpcContext, error: FerryError) -> NoReturn:
     await abort(context, error.code, error.reason, error.message)

@@ -8,10 +8,11 @@ every status set, for clients that cannot guess the names.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ferry.services.rpc_context import RpcContext
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -22,10 +23,10 @@ class HealthServicer(health.aio.HealthServicer):
 
     # The type: ignores: typeshed's grpc_health stubs (types-grpcio-health-checking) know neither the List messages
     # nor the servicer's `_server_status`; grpcio-health-checking itself has both.
-    async def List(  # noqa: N802 (generated name)
+    async def List(
         self,
         request: health_pb2.HealthListRequest,  # type: ignore[name-defined]
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: RpcContext,
     ) -> health_pb2.HealthListResponse:  # type: ignore[name-defined]
         # `_server_status` is the base class's declared store of what `set` was told.
         statuses = {

@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 
 from ferry.errors import FerryError, InvalidArgument
 from ferry.services.errors import abort, abort_with
+from ferry.services.rpc_context import RpcContext
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _parsed(request: Any, streaming_requests: bool) -> Any:
     return request
 
 
-async def _answer(context: grpc.aio.ServicerContext[Any, Any], error: Exception, method: str) -> None:
+async def _answer(context: RpcContext, error: Exception, method: str) -> None:
     if isinstance(error, FerryError):
         await abort_with(context, error)
     log.error("%s failed unexpectedly", method, exc_info=error)
@@ -80,7 +81,7 @@ async def _answer(context: grpc.aio.ServicerContext[Any, Any], error: Exception,
 
 
 def _unary_response(behavior: Behavior, method: str, streaming_requests: bool) -> Behavior:
-    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def handle(request: Any, context: RpcContext) -> Any:
         try:
             result = behavior(_parsed(request, streaming_requests), context)
             return await result if inspect.isawaitable(result) else result
@@ -93,7 +94,7 @@ def _unary_response(behavior: Behavior, method: str, streaming_requests: bool) -
 
 
 def _streamed_response(behavior: Behavior, method: str, streaming_requests: bool) -> Behavior:
-    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def handle(request: Any, context: RpcContext) -> AsyncIterator[Any]:
         try:
             result = behavior(_parsed(request, streaming_requests), context)
             if inspect.isawaitable(result):  # a handler that writes with context.write()
@@ -139,7 +140,7 @@ def mapped_handler(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grp
     return handler_like(handler, behavior, _tolerant(handler.request_deserializer))
 
 
-CallScope = Callable[[grpc.aio.ServicerContext[Any, Any]], AbstractContextManager[object]]
+CallScope = Callable[[RpcContext], AbstractContextManager[object]]
 
 
 def scoped_handler(handler: grpc.RpcMethodHandler[Any, Any], scope: CallScope) -> grpc.RpcMethodHandler[Any, Any]:
@@ -148,12 +149,12 @@ def scoped_handler(handler: grpc.RpcMethodHandler[Any, Any], scope: CallScope) -
     _, attribute = KINDS[(handler.request_streaming, handler.response_streaming)]
     behavior = getattr(handler, attribute)
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def unary(request: Any, context: RpcContext) -> Any:
         with scope(context):
             result = behavior(request, context)
             return await result if inspect.isawaitable(result) else result
 
-    async def streamed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def streamed(request: Any, context: RpcContext) -> AsyncIterator[Any]:
         # grpc.aio reads a response stream from the one task that serves the call: a context the scope
         # attaches (a span made current) is detached by the same task after the last message.
         with scope(context):

@@ -12,11 +12,9 @@ whole number is INVALID_ARGUMENT (`BAD_LIFECYCLE`).
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import grpc
 
 from ferry.errors import InvalidArgument
+from ferry.services.rpc_context import RpcContext
 from ferry.services.storage.base import check_expires_in
 from ferry.v1 import common_pb2
 
@@ -25,7 +23,7 @@ LIFECYCLE_HEADER = "x-ferry-object-lifecycle-preference"
 MAX_HEADER_CHARS = 256
 
 
-def expires_in(lifecycle: common_pb2.Lifecycle, context: grpc.aio.ServicerContext[Any, Any]) -> int | None:
+def expires_in(lifecycle: common_pb2.Lifecycle, context: RpcContext) -> int | None:
     """The request's field, else the lifecycle metadata header, else no expiry."""
     if lifecycle.HasField("expiration_seconds"):
         return check_expires_in(lifecycle.expiration_seconds)

@@ -18,6 +18,7 @@ import grpc
 
 from ferry.services.interceptors import HandlerInterceptor, scoped_handler
 from ferry.services.metrics import StackMetrics
+from ferry.services.rpc_context import RpcContext
 
 
 class MetricsInterceptor(HandlerInterceptor):
@@ -33,7 +34,7 @@ class MetricsInterceptor(HandlerInterceptor):
         return scoped_handler(handler, functools.partial(self._measured, service, method))
 
     @contextlib.contextmanager
-    def _measured(self, service: str, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
+    def _measured(self, service: str, method: str, context: RpcContext) -> Iterator[None]:
         in_flight = self._metrics.rpc_in_flight.labels(service, method)
         in_flight.inc()
         began = time.perf_counter()

@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from ferry.services import tracing
 from ferry.services.interceptors import HandlerInterceptor, scoped_handler
+from ferry.services.rpc_context import RpcContext
 
 
 class TracingInterceptor(HandlerInterceptor):
@@ -29,7 +30,7 @@ class TracingInterceptor(HandlerInterceptor):
 
 
 @contextlib.contextmanager
-def _server_span(name: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
+def _server_span(name: str, context: RpcContext) -> Iterator[None]:
     """`name` (ferry.v1.InferenceService/Run: the semantic conventions' span name), a child of the caller's span."""
     service, _, method = name.partition("/")
     metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
@@ -47,7 +48,7 @@ def _server_span(name: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iter
             _ended(context)
 
 
-def _ended(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+def _ended(context: RpcContext) -> None:
     code: Any = context.code()  # None until something sets it: an answered call is OK
     status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
     span = trace.get_current_span()

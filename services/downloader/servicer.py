@@ -13,6 +13,7 @@ from ferry.services.config import StackConfig
 from ferry.services.downloader.engine import Completed, Downloader, DownloadJob, Event, Progress, Started
 from ferry.services.downloader.own_storage import OwnStorage
 from ferry.services.downloader.reads import ReadHeader
+from ferry.services.rpc_context import RpcContext
 from ferry.services.runtime import Hosted, Runtime
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
 
@@ -70,18 +71,14 @@ class DownloaderServicer(downloader_pb2_grpc.DownloaderServiceServicer):
     def __init__(self, downloader: Downloader) -> None:
         self.downloader = downloader
 
-    async def Download(  # noqa: N802 (generated name)
-        self,
-        request: downloader_pb2.DownloadRequest,
-        context: grpc.aio.ServicerContext[downloader_pb2.DownloadRequest, downloader_pb2.DownloadResponse],
+    async def Download(
+        self, request: downloader_pb2.DownloadRequest, context: RpcContext
     ) -> AsyncIterator[downloader_pb2.DownloadResponse]:
         async for event in self.downloader.download(_job(request)):
             yield _message(event)
 
-    async def Read(  # noqa: N802
-        self,
-        request: downloader_pb2.ReadRequest,
-        context: grpc.aio.ServicerContext[downloader_pb2.ReadRequest, downloader_pb2.ReadResponse],
+    async def Read(
+        self, request: downloader_pb2.ReadRequest, context: RpcContext
     ) -> AsyncIterator[downloader_pb2.ReadResponse]:
         length = request.length if request.HasField("length") else None
         # aclosing: a caller that leaves early closes the read now, and its reader lock goes with it.

@@ -34,6 +34,7 @@ from ferry.services.encoder.request import (
 from ferry.services.encoder.uploads import UploadHeader, Uploads
 from ferry.services.health import NOT_SERVING, SERVING
 from ferry.services.lifecycle import expires_in
+from ferry.services.rpc_context import RpcContext
 from ferry.services.runtime import Hosted, Runtime
 from ferry.services.storage.base import StoredObject
 from ferry.services.storage.chain import StorageChain
@@ -171,10 +172,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self.encoder = encoder
         self.uploads = uploads
 
-    async def Encode(  # noqa: N802 (generated name)
-        self,
-        request_iterator: AsyncIterator[encoder_pb2.EncodeRequest],
-        context: grpc.aio.ServicerContext[encoder_pb2.EncodeRequest, encoder_pb2.EncodeResponse],
+    async def Encode(
+        self, request_iterator: AsyncIterator[encoder_pb2.EncodeRequest], context: RpcContext
     ) -> encoder_pb2.EncodeResponse:
         header = await _first_header(request_iterator, "the header")
         spec = self.encoder.spec(_encode_header(header))
@@ -182,10 +181,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         files = await self.encoder.encode(spec, (_chunk(request) async for request in request_iterator), lifetime)
         return encoder_pb2.EncodeResponse(files=[_encoded_file(encoded) for encoded in files])
 
-    async def Upload(  # noqa: N802
-        self,
-        request_iterator: AsyncIterator[encoder_pb2.UploadRequest],
-        context: grpc.aio.ServicerContext[encoder_pb2.UploadRequest, encoder_pb2.UploadResponse],
+    async def Upload(
+        self, request_iterator: AsyncIterator[encoder_pb2.UploadRequest], context: RpcContext
     ) -> encoder_pb2.UploadResponse:
         header = await _first_header(request_iterator, "the header")
         declared = header.file_size if header.HasField("file_size") else None
@@ -194,37 +191,29 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         stored = await self.uploads.upload(upload, _bytes(request_iterator), lifetime)
         return encoder_pb2.UploadResponse(file=_file(stored))
 
-    async def CreateUpload(  # noqa: N802
-        self,
-        request: encoder_pb2.CreateUploadRequest,
-        context: grpc.aio.ServicerContext[encoder_pb2.CreateUploadRequest, encoder_pb2.CreateUploadResponse],
+    async def CreateUpload(
+        self, request: encoder_pb2.CreateUploadRequest, context: RpcContext
     ) -> encoder_pb2.CreateUploadResponse:
         lifetime = expires_in(request.lifecycle, context)
         upload_id = await self.uploads.create(request.file_name, request.content_type, lifetime)
         return encoder_pb2.CreateUploadResponse(upload_id=upload_id)
 
-    async def UploadPart(  # noqa: N802
-        self,
-        request_iterator: AsyncIterator[encoder_pb2.UploadPartRequest],
-        context: grpc.aio.ServicerContext[encoder_pb2.UploadPartRequest, encoder_pb2.UploadPartResponse],
+    async def UploadPart(
+        self, request_iterator: AsyncIterator[encoder_pb2.UploadPartRequest], context: RpcContext
     ) -> encoder_pb2.UploadPartResponse:
         header = await _first_header(request_iterator, "the part header")
         part = await self.uploads.put_part(header.upload_id, header.part_number, _bytes(request_iterator))
         return encoder_pb2.UploadPartResponse(part_number=part.part_number, etag=part.etag, part_size=part.size)
 
-    async def CompleteUpload(  # noqa: N802
-        self,
-        request: encoder_pb2.CompleteUploadRequest,
-        context: grpc.aio.ServicerContext[encoder_pb2.CompleteUploadRequest, encoder_pb2.CompleteUploadResponse],
+    async def CompleteUpload(
+        self, request: encoder_pb2.CompleteUploadRequest, context: RpcContext
     ) -> encoder_pb2.CompleteUploadResponse:
         parts = [(part.part_number, part.etag) for part in request.parts]
         stored = await self.uploads.complete(request.upload_id, parts)
         return encoder_pb2.CompleteUploadResponse(file=_file(stored))
 
-    async def AbortUpload(  # noqa: N802
-        self,
-        request: encoder_pb2.AbortUploadRequest,
-        context: grpc.aio.ServicerContext[encoder_pb2.AbortUploadRequest, encoder_pb2.AbortUploadResponse],
+    async def AbortUpload(
+        self, request: encoder_pb2.AbortUploadRequest, context: RpcContext
     ) -> encoder_pb2.AbortUploadResponse:
         await self.uploads.abort(request.upload_id)
         return encoder_pb2.AbortUploadResponse()
