@@ -43,6 +43,15 @@ def completed(responses) -> downloader_pb2.DownloadCompleted:
     return responses[-1].completed
 
 
+async def start_body(request, declared: int, sent: bytes, headers=None) -> web.StreamResponse:
+    """A source's response that declares `declared` bytes and has sent `sent` so far; the handler says what follows."""
+    response = web.StreamResponse(headers=headers)
+    response.content_length = declared
+    await response.prepare(request)
+    await response.write(sent)
+    return response
+
+
 class TestStreaming:
     def test_events_are_started_progress_then_completed(self, grpc_stub, http_server, data_dir):
         url = http_server.add_file("weights.bin", BODY)
@@ -299,10 +308,8 @@ class TestFaults:
             if cut["done"] or "Range" in request.headers:
                 return web.FileResponse(http_server.root / "resumable.bin")
             cut["done"] = True
-            response = web.StreamResponse(headers={"Accept-Ranges": "bytes", "ETag": '"v1"'})
-            response.content_length = len(BODY)
-            await response.prepare(request)
-            await response.write(BODY[: len(BODY) // 2])
+            resumable = {"Accept-Ranges": "bytes", "ETag": '"v1"'}
+            response = await start_body(request, declared=len(BODY), sent=BODY[: len(BODY) // 2], headers=resumable)
             request.transport.close()  # the connection drops mid-body
             return response
 
@@ -317,14 +324,11 @@ class TestFaults:
 
         async def cut_once_no_ranges(request):
             attempts.append(dict(request.headers))
-            response = web.StreamResponse()  # no Accept-Ranges, no validator: resuming is not safe
-            response.content_length = len(BODY)
-            await response.prepare(request)
-            if len(attempts) == 1:
-                await response.write(BODY[:1000])
-                request.transport.close()
-                return response
-            await response.write(BODY)
+            # No Accept-Ranges, no validator: resuming is not safe.
+            if len(attempts) > 1:
+                return await start_body(request, declared=len(BODY), sent=BODY)
+            response = await start_body(request, declared=len(BODY), sent=BODY[:1000])
+            request.transport.close()
             return response
 
         done = completed(
@@ -335,10 +339,7 @@ class TestFaults:
 
     def test_a_body_always_shorter_than_declared_is_an_error(self, grpc_stub, http_server, data_dir):
         async def liar(request):
-            response = web.StreamResponse()
-            response.content_length = 1000
-            await response.prepare(request)
-            await response.write(b"a" * 500)
+            response = await start_body(request, declared=1000, sent=b"a" * 500)
             request.transport.close()
             return response
 
@@ -360,10 +361,7 @@ class TestFaults:
 
     def test_a_stalled_source_fails_unavailable_after_retries(self, grpc_stub, http_server, data_dir):
         async def stall(request):
-            response = web.StreamResponse()
-            response.content_length = 100
-            await response.prepare(request)
-            await response.write(b"s" * 10)
+            response = await start_body(request, declared=100, sent=b"s" * 10)
             await asyncio.sleep(30)
             return response
 
