@@ -47,20 +47,10 @@ class ImagePipeline:
         tensor = self._arriving.tensor()  # refuses a tensor still short of bytes
         if self._streamed is not None:
             return [await self._streamed.finish()]
-        image, options = self._image, self._image.options
+        image = self._image
         return await self._run(
             lambda: encode_images(
-                tensor,
-                image.format,
-                channel_order=self._spec.channel_order,
-                value_range=image.value_range,
-                quality=options.quality,
-                lossless=options.lossless,
-                png_compress_level=options.png_compress_level,
-                animate=options.animate,
-                frame_duration_ms=options.frame_duration_ms,
-                loop=options.loop,
-                max_pixels=self._max_pixels,
+                tensor, image.format, image.options, channel_order=self._spec.channel_order, max_pixels=self._max_pixels
             )
         )
 

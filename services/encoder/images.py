@@ -17,6 +17,7 @@ from PIL import Image
 
 from ferry.errors import InvalidArgument
 from ferry.services.encoder.jpeg import encode_strip
+from ferry.services.encoder.request import ImageOptions
 from ferry.services.encoder.tensors import DEFAULT_MAX_PIXELS, image_batch, to_image_pixels
 
 IMAGE_FORMATS = ("png", "jpeg", "webp", "gif")
@@ -50,18 +51,12 @@ class EncodedImage:
 def encode_images(
     array: np.ndarray,
     fmt: str,
+    options: ImageOptions,
     *,
     channel_order: int = 0,
-    value_range: int = 0,
-    quality: int | None = None,
-    lossless: bool = False,
-    png_compress_level: int | None = None,
-    animate: bool = False,
-    frame_duration_ms: int = 0,
-    loop: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[EncodedImage]:
-    """One file per image of the batch, or a single animated gif/webp when `animate`.
+    """One file per image of the batch, or a single animated gif/webp when `options.animate`.
 
     png keeps uint16 input at 16 bits for single-channel images only: Pillow
     cannot write 16-bit RGB(A) png, so those are reduced to 8 bits. jpeg has no
@@ -72,33 +67,26 @@ def encode_images(
     `quality` applies to jpeg and lossy webp (libwebp's effort when lossless);
     `frame_duration_ms` 0 means 100 ms; `loop` 0 means forever.
     """
-    check_image_options(
-        fmt,
-        quality=quality,
-        png_compress_level=png_compress_level,
-        animate=animate,
-        frame_duration_ms=frame_duration_ms,
-        loop=loop,
-    )
+    check_image_options(fmt, options)
     batch = image_batch(array, channel_order, max_pixels=max_pixels)
     if fmt == "jpeg":  # libjpeg-turbo without Pillow: the same path striped encodes take (see jpeg.py)
-        settings = jpeg_settings(quality)
-        return [_jpeg(to_image_pixels(image, value_range, False), *settings) for image in batch]
+        settings = jpeg_settings(options.quality)
+        return [_jpeg(to_image_pixels(image, options.value_range, False), *settings) for image in batch]
     keep_16_bit = fmt == "png" and batch.shape[3] == 1
-    frames = [_pil_image(to_image_pixels(image, value_range, keep_16_bit)) for image in batch]
-    options = _save_options(fmt, quality, lossless, png_compress_level)
+    frames = [_pil_image(to_image_pixels(image, options.value_range, keep_16_bit)) for image in batch]
+    save = _save_options(fmt, options)
     if fmt == "gif" and batch.shape[3] == 4:
         frames = [_gif_with_transparency(frame) for frame in frames]
-        options["disposal"] = 2  # clear each frame before the next: else old frames show through its holes
-    if animate:
-        options |= {
+        save["disposal"] = 2  # clear each frame before the next: else old frames show through its holes
+    if options.animate:
+        save |= {
             "save_all": True,
             "append_images": frames[1:],
-            "duration": frame_duration_ms or FRAME_DURATION_MS,
-            "loop": loop,
+            "duration": options.frame_duration_ms or FRAME_DURATION_MS,
+            "loop": options.loop,
         }
-        return [_encoded(frames[0], fmt, options)]
-    return [_encoded(frame, fmt, options) for frame in frames]
+        return [_encoded(frames[0], fmt, save)]
+    return [_encoded(frame, fmt, save) for frame in frames]
 
 
 def check_quality(quality: int | None) -> None:
@@ -106,24 +94,23 @@ def check_quality(quality: int | None) -> None:
         raise InvalidArgument(f"quality {quality} is outside 1..100", reason="BAD_QUALITY")
 
 
-def check_image_options(
-    fmt: str, *, quality: int | None, png_compress_level: int | None, animate: bool, frame_duration_ms: int, loop: int
-) -> None:
+def check_image_options(fmt: str, options: ImageOptions) -> None:
     """The options' rules, which read no pixel: a request is checked against them before its tensor arrives."""
     if fmt not in IMAGE_FORMATS:
         known = ", ".join(IMAGE_FORMATS)
         raise InvalidArgument(f"unknown image format {fmt!r}; use one of {known}", reason="BAD_FORMAT")
-    if animate and fmt not in ANIMATED_FORMATS:
+    if options.animate and fmt not in ANIMATED_FORMATS:
         raise InvalidArgument(f"{fmt} cannot be animated; use gif or webp", reason="ANIMATION_UNSUPPORTED")
-    check_quality(quality)
-    if png_compress_level is not None and not 0 <= png_compress_level <= 9:
-        raise InvalidArgument(f"png_compress_level {png_compress_level} is outside 0..9", reason="BAD_COMPRESS_LEVEL")
-    if not 0 <= frame_duration_ms <= MAX_FRAME_DURATION_MS:
+    check_quality(options.quality)
+    if (level := options.png_compress_level) is not None and not 0 <= level <= 9:
+        raise InvalidArgument(f"png_compress_level {level} is outside 0..9", reason="BAD_COMPRESS_LEVEL")
+    if not 0 <= options.frame_duration_ms <= MAX_FRAME_DURATION_MS:
         raise InvalidArgument(
-            f"frame_duration_ms {frame_duration_ms} is outside 0..{MAX_FRAME_DURATION_MS}", reason="BAD_FRAME_DURATION"
+            f"frame_duration_ms {options.frame_duration_ms} is outside 0..{MAX_FRAME_DURATION_MS}",
+            reason="BAD_FRAME_DURATION",
         )
-    if not 0 <= loop <= MAX_LOOP:
-        raise InvalidArgument(f"loop {loop} is outside 0..{MAX_LOOP}", reason="BAD_LOOP")
+    if not 0 <= options.loop <= MAX_LOOP:
+        raise InvalidArgument(f"loop {options.loop} is outside 0..{MAX_LOOP}", reason="BAD_LOOP")
 
 
 def _pil_image(pixels: np.ndarray) -> Image.Image:
@@ -144,13 +131,14 @@ def _gif_with_transparency(rgba: Image.Image) -> Image.Image:
     return paletted
 
 
-def _save_options(fmt: str, quality: int | None, lossless: bool, png_compress_level: int | None) -> dict[str, Any]:
+def _save_options(fmt: str, options: ImageOptions) -> dict[str, Any]:
     if fmt == "png":
-        return {"compress_level": PNG_COMPRESS_LEVEL if png_compress_level is None else png_compress_level}
+        level = options.png_compress_level
+        return {"compress_level": PNG_COMPRESS_LEVEL if level is None else level}
     if fmt == "webp":
         # exact: a lossless file keeps the colour under fully transparent pixels too.
-        webp_quality = WEBP_QUALITY if quality is None else quality
-        return {"quality": webp_quality, "lossless": lossless, "exact": lossless, "method": WEBP_METHOD}
+        webp_quality = WEBP_QUALITY if options.quality is None else options.quality
+        return {"quality": webp_quality, "lossless": options.lossless, "exact": options.lossless, "method": WEBP_METHOD}
     return {}  # gif: Pillow picks an adaptive palette per frame
 
 

@@ -138,14 +138,7 @@ def _tensor(header: TensorHeader) -> Tensor:
 
 
 def _image(fmt: str, tensor: Tensor, order: ChannelOrder, options: ImageOptions, limits: EncodeLimits) -> ImageSpec:
-    check_image_options(
-        fmt,
-        quality=options.quality,
-        png_compress_level=options.png_compress_level,
-        animate=options.animate,
-        frame_duration_ms=options.frame_duration_ms,
-        loop=options.loop,
-    )
+    check_image_options(fmt, options)
     image_batch(shape_only(tensor.shape), order, max_pixels=limits.max_pixels)
     value_range = choice(ValueRange, options.value_range, field="value_range", reason="BAD_VALUE_RANGE")
     return ImageSpec(fmt, value_range, options)
