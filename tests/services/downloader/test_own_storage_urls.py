@@ -84,10 +84,16 @@ def store(cdn: Cdn, background_loop, data: bytes, name: str = "photo.png", expir
     )
 
 
-def refusal(stub, **fields) -> ferry.FerryError:
+def refusal(stub, **fields) -> tuple[grpc.StatusCode, str]:
+    """The status code and ErrorInfo reason a Download ends with (the test fails if it succeeds)."""
     with pytest.raises(grpc.RpcError) as caught:
         events(stub, **fields)
-    return ferry.FerryError.from_rpc_error(caught.value)
+    error = ferry.FerryError.from_rpc_error(caught.value)
+    return error.code, error.reason
+
+
+NO_STORED_FILE = (grpc.StatusCode.NOT_FOUND, "OBJECT_NOT_FOUND")  # a CDN URL that names no live stored file
+GUARDED = (grpc.StatusCode.PERMISSION_DENIED, "ADDRESS_BLOCKED")  # not the CDN's own URL: the guard refused it
 
 
 # -- the stack's own files ------------------------------------------------------------------
@@ -127,8 +133,8 @@ def test_a_stored_file_lands_in_a_fresh_folder_and_the_weights_store_too(grpc_st
 
 def test_filesize_limit_holds_for_stored_files(grpc_stub, cdn, background_loop, data_dir):
     stored = store(cdn, background_loop, b"x" * 2000)
-    error = refusal(grpc_stub, url=stored.url, target_dir="limited", filesize_limit_bytes=1999)
-    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "FILE_TOO_LARGE")
+    refused = refusal(grpc_stub, url=stored.url, target_dir="limited", filesize_limit_bytes=1999)
+    assert refused == (grpc.StatusCode.RESOURCE_EXHAUSTED, "FILE_TOO_LARGE")
     assert not (data_dir / "limited" / "photo.png").exists() and leftovers(data_dir) == []
 
 
@@ -189,22 +195,19 @@ def test_across_filesystems_a_stored_file_is_copied_whole(cdn, background_loop, 
     ],
 )
 def test_a_cdn_url_naming_no_stored_file_is_not_found_and_reads_nothing(grpc_stub, cdn, data_dir, path):
-    error = refusal(grpc_stub, url=cdn.base_url + path, target_dir="hostile")
-    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "OBJECT_NOT_FOUND")
+    assert refusal(grpc_stub, url=cdn.base_url + path, target_dir="hostile") == NO_STORED_FILE
     assert not (data_dir / "hostile").exists() or list((data_dir / "hostile").iterdir()) == []
     assert cdn.requests == []
 
 
 def test_a_cdn_url_with_an_encoded_separator_is_nobodys_own_and_meets_the_guard(grpc_stub, cdn):
-    error = refusal(grpc_stub, url=cdn.base_url + "/files/..%2F..%2F..%2Fetc/passwd")
-    assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADDRESS_BLOCKED")
+    assert refusal(grpc_stub, url=cdn.base_url + "/files/..%2F..%2F..%2Fetc/passwd") == GUARDED
     assert cdn.requests == []
 
 
 def test_a_stored_files_id_with_another_name_is_not_found(grpc_stub, cdn, background_loop):
     stored = store(cdn, background_loop, b"named")
-    error = refusal(grpc_stub, url=stored.url.replace("photo.png", "other.png"))
-    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "OBJECT_NOT_FOUND")
+    assert refusal(grpc_stub, url=stored.url.replace("photo.png", "other.png")) == NO_STORED_FILE
 
 
 def test_an_expired_stored_file_is_not_found_even_before_the_sweep(grpc_stub, cdn, background_loop):
@@ -212,23 +215,20 @@ def test_an_expired_stored_file_is_not_found_even_before_the_sweep(grpc_stub, cd
     while datetime.now(UTC) <= stored.expires_at:
         time.sleep(0.05)
     assert cdn.storage.path_of(stored).exists(), "not swept yet"
-    error = refusal(grpc_stub, url=stored.url, target_dir="expired")
-    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "OBJECT_NOT_FOUND")
+    assert refusal(grpc_stub, url=stored.url, target_dir="expired") == NO_STORED_FILE
 
 
 def test_the_cdns_host_on_another_port_meets_the_guard(grpc_stub, cdn, background_loop, http_server):
     stored = store(cdn, background_loop, b"port")
     http_server.add_file(f"files/{stored.key}/photo.png", b"port")  # another server on the same host
     other_port = stored.url.replace(cdn.base_url, http_server.base_url)
-    error = refusal(grpc_stub, url=other_port)
-    assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADDRESS_BLOCKED")
+    assert refusal(grpc_stub, url=other_port) == GUARDED
     assert http_server.requests == []
 
 
 def test_the_cdns_url_with_credentials_in_it_meets_the_guard(grpc_stub, cdn, background_loop):
     stored = store(cdn, background_loop, b"creds")
-    error = refusal(grpc_stub, url=stored.url.replace("http://", "http://user:secret@"))
-    assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADDRESS_BLOCKED")
+    assert refusal(grpc_stub, url=stored.url.replace("http://", "http://user:secret@")) == GUARDED
 
 
 def test_a_redirect_from_an_outside_url_to_the_cdn_is_still_guarded(grpc_stub, cdn, background_loop, http_server):
@@ -238,8 +238,7 @@ def test_a_redirect_from_an_outside_url_to_the_cdn_is_still_guarded(grpc_stub, c
         raise web.HTTPFound(stored.url)
 
     outside = http_server.route("/innocent", to_the_cdn).replace("127.0.0.1", "localhost")
-    error = refusal(grpc_stub, url=outside, target_dir="redirected")
-    assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADDRESS_BLOCKED")
+    assert refusal(grpc_stub, url=outside, target_dir="redirected") == GUARDED
     assert http_server.hits.get("/innocent") == 1 and cdn.requests == []
 
 
