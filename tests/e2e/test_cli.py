@@ -102,13 +102,6 @@ def test_every_client_command_takes_a_token_and_says_where_the_defaults_come_fro
 
 
 @pytest.fixture
-def a_directory(tmp_path: Path) -> Path:
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def a_file(tmp_path: Path) -> Path:
     path = tmp_path / "note.txt"
     path.write_text("hello")
@@ -132,8 +125,8 @@ def a_file(tmp_path: Path) -> Path:
         (("upload", "/dev/null"), "is not a regular file"),
     ],
 )
-def test_a_bad_flag_value_is_one_line_and_exit_2_before_any_call(args, complaint, a_directory, a_file, dead_address):
-    argv = [arg.format(directory=a_directory, file=a_file) for arg in args]
+def test_a_bad_flag_value_is_one_line_and_exit_2_before_any_call(args, complaint, tmp_path, a_file, dead_address):
+    argv = [arg.format(directory=tmp_path, file=a_file) for arg in args]
     result = ferry_cli(*argv, "--address", dead_address)
 
     assert result.returncode == 2, result.stderr
