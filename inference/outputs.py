@@ -31,7 +31,6 @@ encoder's reason. The encoder being down stays UNAVAILABLE.
 
 from __future__ import annotations
 
-import inspect
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from pydantic.fields import FieldInfo
 from ferry.errors import FerryError, Internal
 from ferry.inference.services import Upstream
 from ferry.toolkit import File
-from ferry.uploads import FORMATS, build_encode
+from ferry.uploads import FORMATS, EncodeOptions
 
 __all__ = ["Encode", "OutputEncodingFailed", "check_encode_markers", "encode_outputs", "is_tensor"]
 
@@ -53,7 +52,7 @@ _DEFAULT_FORMATS = {"image": "png", "video": "mp4", "audio": "wav"}
 # Per format, the option without which a tensor cannot be encoded at all.
 _REQUIRED_OPTIONS = {"mp4": "fps", "wav": "sample_rate"}
 # What an Encode marker may say besides its format: the SDK's encode options.
-_OPTIONS = frozenset(name for name, p in inspect.signature(build_encode).parameters.items() if p.kind is p.KEYWORD_ONLY)
+_OPTIONS = frozenset(EncodeOptions.__annotations__)
 
 
 class Encode:

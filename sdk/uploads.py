@@ -8,10 +8,11 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Generic, TypedDict, TypeVar
+from typing import Any, BinaryIO, Generic, TypedDict, TypeVar, Unpack
 
 import grpc
 
+from ferry.keywords import check_keywords
 from ferry.request_scope import current_scope
 from ferry.retry import call_with_retries, call_with_retries_async
 from ferry.sizes import MESSAGE_BYTES, MIB
@@ -352,63 +353,55 @@ def _choice(table: Mapping[Any, Choice], value: Any, what: str) -> Choice:
 
 
 def encode_header(
-    payload: TensorPayload,
-    format: str,
-    *,
-    file_name: str,
-    expires_in: int | None,
-    channel_order: str | None,
-    value_range: str | None,
-    audio_payload: TensorPayload | None,
-    options: dict[str, Any],
+    payload: TensorPayload, format: str, options: EncodeOptions, audio_payload: TensorPayload | None
 ) -> encoder_pb2.EncodeHeader:
+    """The Encode stream's header: each option read once, with its default where it is read."""
     media = _choice(FORMATS, format.lower(), "format")
     header = encoder_pb2.EncodeHeader(
         tensor=payload.header,
         format=media,
-        channel_order=_choice(CHANNEL_ORDERS, channel_order, "channel order"),
-        file_name=file_name,
-        lifecycle=lifecycle(expires_in),
+        channel_order=_choice(CHANNEL_ORDERS, options.get("channel_order"), "channel order"),
+        file_name=options.get("file_name", ""),
+        lifecycle=lifecycle(options.get("expires_in")),
+        output_key=options.get("output_key", ""),
     )
-    value = _choice(VALUE_RANGES, value_range, "value range")
+    value = _choice(VALUE_RANGES, options.get("value_range"), "value range")
     if media == encoder_pb2.MEDIA_FORMAT_MP4:
         video = encoder_pb2.VideoOptions(
-            fps=options["fps"] or 24.0,
-            preset=options["preset"],
+            fps=options.get("fps") or 24.0,
+            preset=options.get("preset", ""),
             value_range=value,
             # Allowed: h264_nvenc when the server has a CUDA device, else libx264.
             codec_preference=(
                 encoder_pb2.VIDEO_CODEC_PREFERENCE_GPU_IF_AVAILABLE
-                if options["allow_gpu"]
+                if options.get("allow_gpu", True)
                 else encoder_pb2.VIDEO_CODEC_PREFERENCE_CPU
             ),
         )
-        if options["crf"] is not None:
-            video.crf = options["crf"]
-        if audio_payload is not None:
-            video.audio_track.CopyFrom(
-                encoder_pb2.AudioTrack(tensor=audio_payload.header, sample_rate=options["audio_rate"])
-            )
+        if (crf := options.get("crf")) is not None:
+            video.crf = crf
+        if (audio := options.get("audio")) is not None and audio_payload is not None:
+            video.audio_track.CopyFrom(encoder_pb2.AudioTrack(tensor=audio_payload.header, sample_rate=audio[1]))
         header.video.CopyFrom(video)
     elif media == encoder_pb2.MEDIA_FORMAT_WAV:
         header.audio.CopyFrom(
             encoder_pb2.AudioOptions(
-                sample_rate=options["sample_rate"],
-                sample_format=_choice(SAMPLE_FORMATS, options["sample_format"], "sample format"),
+                sample_rate=options.get("sample_rate", 0),
+                sample_format=_choice(SAMPLE_FORMATS, options.get("sample_format", "pcm16"), "sample format"),
             )
         )
     else:
         image = encoder_pb2.ImageOptions(
-            lossless=options["lossless"],
+            lossless=options.get("lossless", False),
             value_range=value,
-            animate=options["animate"],
-            frame_duration_ms=options["frame_duration_ms"],
-            loop=options["loop"],
+            animate=options.get("animate", False),
+            frame_duration_ms=options.get("frame_duration_ms", 0),
+            loop=options.get("loop", 0),
         )
-        if options["quality"] is not None:
-            image.quality = options["quality"]
-        if options["png_compress_level"] is not None:
-            image.png_compress_level = options["png_compress_level"]
+        if (quality := options.get("quality")) is not None:
+            image.quality = quality
+        if (png_compress_level := options.get("png_compress_level")) is not None:
+            image.png_compress_level = png_compress_level
         header.image.CopyFrom(image)
     return header
 
@@ -424,7 +417,7 @@ class UploadOptions(TypedDict, total=False):
 
 
 class EncodeOptions(TypedDict, total=False):
-    """The keywords `encode_tensor` (and `Image.from_tensor`, …) take; `build_encode` gives their defaults."""
+    """The keywords `encode_tensor` (and `Image.from_tensor`, …) take; `encode_header` reads each with its default."""
 
     file_name: str
     expires_in: int | None
@@ -449,54 +442,11 @@ class EncodeOptions(TypedDict, total=False):
 
 
 def build_encode(
-    tensor: Any,
-    format: str,
-    *,
-    file_name: str = "",
-    expires_in: int | None = None,
-    channel_order: str | None = None,
-    value_range: str | None = None,
-    quality: int | None = None,
-    lossless: bool = False,
-    png_compress_level: int | None = None,
-    animate: bool = False,
-    frame_duration_ms: int = 0,
-    loop: int = 0,
-    fps: float = 0,
-    crf: int | None = None,
-    preset: str = "",
-    allow_gpu: bool = True,
-    audio: tuple[Any, int] | None = None,
-    sample_rate: int = 0,
-    sample_format: str = "pcm16",
-    output_key: str = "",
+    tensor: Any, format: str, **options: Unpack[EncodeOptions]
 ) -> tuple[encoder_pb2.EncodeHeader, TensorPayload, TensorPayload | None]:
     """The Encode stream's header and payloads: the one place encode options are understood."""
+    check_keywords("encode_tensor", options, EncodeOptions)
     payload = tensor_payload(tensor)
+    audio = options.get("audio")
     audio_payload = tensor_payload(audio[0]) if audio is not None else None
-    header = encode_header(
-        payload,
-        format,
-        file_name=file_name,
-        expires_in=expires_in,
-        channel_order=channel_order,
-        value_range=value_range,
-        audio_payload=audio_payload,
-        options={
-            "quality": quality,
-            "lossless": lossless,
-            "png_compress_level": png_compress_level,
-            "animate": animate,
-            "frame_duration_ms": frame_duration_ms,
-            "loop": loop,
-            "fps": fps,
-            "crf": crf,
-            "preset": preset,
-            "allow_gpu": allow_gpu,
-            "audio_rate": audio[1] if audio is not None else 0,
-            "sample_rate": sample_rate,
-            "sample_format": sample_format,
-        },
-    )
-    header.output_key = output_key
-    return header, payload, audio_payload
+    return encode_header(payload, format, options, audio_payload), payload, audio_payload
