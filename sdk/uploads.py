@@ -7,6 +7,7 @@ import mimetypes
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypedDict, TypeVar, Unpack
 
@@ -197,22 +198,26 @@ class PartProgress:
         return count
 
 
+@dataclass(eq=False)
 class _Parts:
     """One multipart upload's parts: where each lies in the file, and the progress summed over them."""
 
-    def __init__(
-        self,
-        stub: encoder_pb2_grpc.EncoderServiceStub,
-        upload_id: str,
-        path: Path,
-        size: int,
-        on_progress: UploadProgress | None,
-    ) -> None:
-        self.stub, self.upload_id, self.path = stub, upload_id, path
-        self.ranges = part_ranges(size)
-        self.progress = PartProgress(size, on_progress)
+    stub: encoder_pb2_grpc.EncoderServiceStub
+    upload_id: str
+    path: Path
+    size: int
+    on_progress: UploadProgress | None
+
+    def __post_init__(self) -> None:
+        self.ranges = part_ranges(self.size)
+        self.progress = PartProgress(self.size, self.on_progress)
 
 
+def _part_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(PARALLEL_PARTS, thread_name_prefix="ferry-part")
+
+
+@dataclass(eq=False)
 class PartSender(_Parts):
     """Sends a file's parts, up to PARALLEL_PARTS at once, each retried; `cancel` stops every call in flight.
 
@@ -220,19 +225,10 @@ class PartSender(_Parts):
     blocking call on a worker thread could not be interrupted.
     """
 
-    def __init__(
-        self,
-        stub: encoder_pb2_grpc.EncoderServiceStub,
-        upload_id: str,
-        path: Path,
-        size: int,
-        on_progress: UploadProgress | None,
-    ) -> None:
-        super().__init__(stub, upload_id, path, size, on_progress)
-        self._calls: set[grpc.Future[encoder_pb2.UploadPartResponse]] = set()
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._pool = ThreadPoolExecutor(PARALLEL_PARTS, thread_name_prefix="ferry-part")
+    _calls: set[grpc.Future[encoder_pb2.UploadPartResponse]] = field(default_factory=set, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _stopped: threading.Event = field(default_factory=threading.Event, init=False)
+    _pool: ThreadPoolExecutor = field(default_factory=_part_pool, init=False)
 
     def _attempt(
         self, stub: encoder_pb2_grpc.EncoderServiceStub, number: int, offset: int, length: int
