@@ -12,7 +12,7 @@ range, too few bytes) is found as it arrives.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ferry.errors import InvalidArgument, ResourceExhausted
 from ferry.services.encoder.audio import audio_layout, check_wav_options
@@ -21,16 +21,14 @@ from ferry.services.encoder.choices import (
     ChannelOrder,
     DataType,
     MediaFormat,
-    OddSizePolicy,
     ValueRange,
-    VideoCodecPreference,
     choice,
 )
 from ferry.services.encoder.file_names import base_name
 from ferry.services.encoder.images import check_image_options
 from ferry.services.encoder.request import AudioOptions, EncodeHeader, ImageOptions, TensorHeader, VideoOptions
 from ferry.services.encoder.tensors import expected_bytes, image_batch, shape_only
-from ferry.services.encoder.video import check_audio_options, check_video_options
+from ferry.services.encoder.video import AudioTrackFormat, Mp4Format, check_audio_options, check_video_options
 from ferry.services.storage.base import keyed_object_id
 
 # An output key is hashed into object ids, so its length only bounds what a header may carry.
@@ -58,26 +56,21 @@ class ImageSpec:
     options: ImageOptions  # checked
 
 
-@dataclass(frozen=True)
-class AudioTrackSpec:
+@dataclass(frozen=True, kw_only=True)
+class AudioTrackSpec(AudioTrackFormat):
+    """A video's audio track: its format, and the tensor its samples arrive as."""
+
     tensor: Tensor
-    sample_rate: int
-    channels: int  # 1 or 2
 
 
-@dataclass(frozen=True)
-class VideoSpec:
+@dataclass(frozen=True, kw_only=True)
+class VideoSpec(Mp4Format):
+    """The mp4 the frames make (checked, so the writer opens it as it is), and how they arrive."""
+
     frame_count: int
     frame_bytes: int
-    width: int
-    height: int
     value_range: ValueRange
-    fps: float
-    crf: int | None  # None: the writer's default
-    preset: str  # "": the writer's default
-    codec_preference: VideoCodecPreference
-    odd_size_policy: OddSizePolicy
-    audio: AudioTrackSpec | None
+    audio: AudioTrackSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -151,29 +144,26 @@ def _video(
         raise InvalidArgument(f"video tensors are THWC or TCHW, got shape {list(tensor.shape)}", reason="BAD_SHAPE")
     frame_count, height, width, _ = image_batch(shape_only(tensor.shape), order, max_pixels=limits.max_pixels).shape
     value_range = choice(ValueRange, options.value_range, field="value_range", reason="BAD_VALUE_RANGE")
-    check_video_options(
-        width, height, options.fps, options.crf, options.preset, options.codec_preference, options.odd_size_policy
-    )
-    audio = None
-    if track is not None:
-        assert options.audio_track is not None  # `track` is its tensor, checked
-        sample_rate = options.audio_track.sample_rate
-        channels = audio_layout(track.shape, order).channels
-        check_audio_options(sample_rate, channels)
-        audio = AudioTrackSpec(track, sample_rate, channels)
-    return VideoSpec(
-        frame_count=frame_count,
-        frame_bytes=tensor.size // frame_count,
+    video = VideoSpec(
         width=width,
         height=height,
-        value_range=value_range,
         fps=options.fps,
         crf=options.crf,
         preset=options.preset,
-        codec_preference=VideoCodecPreference(options.codec_preference),
-        odd_size_policy=OddSizePolicy(options.odd_size_policy),
-        audio=audio,
+        codec_preference=options.codec_preference,
+        odd_size_policy=options.odd_size_policy,
+        frame_count=frame_count,
+        frame_bytes=tensor.size // frame_count,
+        value_range=value_range,
     )
+    check_video_options(video)
+    if track is None:
+        return video
+    assert options.audio_track is not None  # `track` is its tensor, checked
+    channels = audio_layout(track.shape, order).channels
+    audio = AudioTrackSpec(sample_rate=options.audio_track.sample_rate, channels=channels, tensor=track)
+    check_audio_options(audio)
+    return replace(video, audio=audio)
 
 
 def _wav(tensor: Tensor, order: ChannelOrder, options: ImageOptions | VideoOptions | AudioOptions | None) -> WavSpec:

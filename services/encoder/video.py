@@ -74,45 +74,59 @@ def video_frames(
     return np.ascontiguousarray(to_uint8(image_batch(array, channel_order, max_pixels=max_pixels), value_range))
 
 
+@dataclass(frozen=True)
+class Mp4Format:
+    """What an mp4 is made as: its frames' size and rate, and the encoder's settings.
+
+    None and "" are the writer's defaults (CRF, PRESET); the numbers are the
+    contract's VideoCodecPreference and OddSizePolicy.
+    """
+
+    width: int
+    height: int
+    fps: float
+    crf: int | None = None
+    preset: str = ""
+    codec_preference: int = 0
+    odd_size_policy: int = 0
+
+
+@dataclass(frozen=True)
+class AudioTrackFormat:
+    """A video's audio track: AAC at `sample_rate` (or the next rate AAC carries), mono or stereo."""
+
+    sample_rate: int
+    channels: int
+
+
 class Mp4Writer:
     """An mp4 at `path` (H.264 yuv420p, optional AAC track), written as frames arrive.
 
     Odd sizes cannot be yuv420p: PAD (the default) repeats the last row or
-    column, REJECT refuses them. Audio is optional: give both its sample rate
-    and channel count to add the track, then `write_audio` any time before `close`.
+    column, REJECT refuses them. Audio is optional: give its format to add the
+    track, then `write_audio` any time before `close`.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        width: int,
-        height: int,
-        fps: float,
-        crf: int | None = None,
-        preset: str = "",
-        codec_preference: int = 0,
-        odd_size_policy: int = 0,
-        audio_sample_rate: int | None = None,
-        audio_channels: int | None = None,
-    ) -> None:
-        check_video_options(width, height, fps, crf, preset, codec_preference, odd_size_policy)
-        with_audio = check_audio_options(audio_sample_rate, audio_channels)
-        crf = CRF if crf is None else crf
-        preset = preset or PRESET
+    def __init__(self, path: Path, mp4: Mp4Format, audio: AudioTrackFormat | None = None) -> None:
+        check_video_options(mp4)
+        if audio is not None:
+            check_audio_options(audio)
+        crf = CRF if mp4.crf is None else mp4.crf
+        preset = mp4.preset or PRESET
+        width, height = mp4.width, mp4.height
         self._path = path
         self._width, self._height = width, height
         self._encoded_width, self._encoded_height = width + width % 2, height + height % 2
-        self._rate = Fraction(fps).limit_denominator(1001)  # 29.97 → 2997/100, 30000/1001 stays exact
+        self._rate = Fraction(mp4.fps).limit_denominator(1001)  # 29.97 → 2997/100, 30000/1001 stays exact
         self._frame_count = 0
-        self._audio_rate = audio_sample_rate or 0
-        self._audio_channels = audio_channels or 0
+        self._audio_rate = 0 if audio is None else audio.sample_rate
+        self._audio_channels = 0 if audio is None else audio.channels
         self._audio_layout = "mono" if self._audio_channels == 1 else "stereo"
         self._audio_samples = 0
         self._closed = False
         nvenc_options = _codec_options("h264_nvenc", crf, preset)
         self._codec = _video_codec(
-            codec_preference, self._encoded_width, self._encoded_height, self._rate, nvenc_options
+            mp4.codec_preference, self._encoded_width, self._encoded_height, self._rate, nvenc_options
         )
         logger.info(
             "encoding %dx%d at %s fps with %s", self._encoded_width, self._encoded_height, self._rate, self._codec
@@ -129,7 +143,7 @@ class Mp4Writer:
             context.colorspace = context.color_primaries = context.color_trc = _BT601
             context.color_range = _TV_RANGE
             self._audio: av.AudioStream | None = None
-            if with_audio:
+            if audio is not None:
                 self._audio = self._container.add_stream("aac", rate=_aac_rate(self._audio_rate))
                 self._audio.layout = self._audio_layout
         except BaseException:
@@ -210,34 +224,31 @@ class Mp4Writer:
         self._path.unlink(missing_ok=True)
 
 
-def check_video_options(
-    width: int, height: int, fps: float, crf: int | None, preset: str, codec_preference: int, odd_size_policy: int
-) -> None:
-    """A writer's rules, which read no frame (None and "" are the defaults): a request is checked before its frames."""
+def check_video_options(video: Mp4Format) -> None:
+    """A writer's rules, which read no frame: a request is checked against them before its frames arrive."""
+    width, height, fps = video.width, video.height, video.fps
     if width <= 0 or height <= 0:
         raise InvalidArgument(f"video size {width}×{height} must be positive", reason="BAD_SHAPE")
     if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
         raise InvalidArgument(f"fps {fps} must be above 0 and at most {MAX_FPS:g}", reason="BAD_FPS")
-    if crf is not None and not 0 <= crf <= 51:
-        raise InvalidArgument(f"crf {crf} is outside 0..51", reason="BAD_CRF")
-    if preset and preset not in X264_PRESETS:
-        raise InvalidArgument(f"unknown preset {preset!r}; use one of {', '.join(X264_PRESETS)}", reason="BAD_PRESET")
-    choice(VideoCodecPreference, codec_preference, field="codec_preference", reason="BAD_CODEC_PREFERENCE")
-    policy = choice(OddSizePolicy, odd_size_policy, field="odd_size_policy", reason="BAD_ODD_SIZE_POLICY")
+    if video.crf is not None and not 0 <= video.crf <= 51:
+        raise InvalidArgument(f"crf {video.crf} is outside 0..51", reason="BAD_CRF")
+    if video.preset and video.preset not in X264_PRESETS:
+        known = ", ".join(X264_PRESETS)
+        raise InvalidArgument(f"unknown preset {video.preset!r}; use one of {known}", reason="BAD_PRESET")
+    choice(VideoCodecPreference, video.codec_preference, field="codec_preference", reason="BAD_CODEC_PREFERENCE")
+    policy = choice(OddSizePolicy, video.odd_size_policy, field="odd_size_policy", reason="BAD_ODD_SIZE_POLICY")
     if policy == OddSizePolicy.REJECT and (width % 2 or height % 2):
         raise InvalidArgument(f"{width}×{height} is odd; yuv420p video needs even sizes", reason="ODD_SIZE")
 
 
-def check_audio_options(sample_rate: int | None, channels: int | None) -> bool:
-    """Whether the video gets an audio track (neither given: no track); INVALID_ARGUMENT for a track it cannot carry."""
-    if sample_rate is None and channels is None:
-        return False
-    if not sample_rate:
+def check_audio_options(audio: AudioTrackFormat) -> None:
+    """INVALID_ARGUMENT for a track the writer cannot carry."""
+    if not audio.sample_rate:
         raise InvalidArgument("the audio track needs a sample rate", reason="MISSING_SAMPLE_RATE")
-    check_sample_rate(sample_rate)
-    if channels is None or not 1 <= channels <= MAX_AUDIO_CHANNELS:
-        raise InvalidArgument(f"a video's audio track has 1 or 2 channels, not {channels}", reason="BAD_CHANNELS")
-    return True
+    check_sample_rate(audio.sample_rate)
+    if not 1 <= audio.channels <= MAX_AUDIO_CHANNELS:
+        raise InvalidArgument(f"a video's audio track has 1 or 2 channels, not {audio.channels}", reason="BAD_CHANNELS")
 
 
 def _video_codec(codec_preference: int, width: int, height: int, rate: Fraction, nvenc_options: dict[str, str]) -> str:

@@ -60,19 +60,7 @@ class SharedMp4Writer:
             self._writer.write_frames(frames)
 
     def _open(self) -> Mp4Writer:
-        video = self._video
-        return Mp4Writer(
-            self._path,
-            width=video.width,
-            height=video.height,
-            fps=video.fps,
-            crf=video.crf,
-            preset=video.preset,
-            codec_preference=video.codec_preference,
-            odd_size_policy=video.odd_size_policy,
-            audio_sample_rate=None if video.audio is None else video.audio.sample_rate,
-            audio_channels=None if video.audio is None else video.audio.channels,
-        )
+        return Mp4Writer(self._path, self._video, self._video.audio)
 
     def write_audio(self, samples: np.ndarray) -> None:
         with self._lock:

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from ferry.errors import InvalidArgument
-from ferry.services.encoder.video import Mp4Writer, VideoInfo, video_frames
+from ferry.services.encoder.video import AudioTrackFormat, Mp4Format, Mp4Writer, VideoInfo, video_frames
 from ferry.v1 import encoder_pb2
 
 FIRST = encoder_pb2.CHANNEL_ORDER_FIRST
 CPU = encoder_pb2.VIDEO_CODEC_PREFERENCE_CPU
 MINUS_ONE_TO_ONE = encoder_pb2.VALUE_RANGE_MINUS_ONE_TO_ONE
+SCENE = Mp4Format(width=64, height=48, fps=30)  # moving_scene()'s frames at 30 fps, the writer's default settings
 
 
 def moving_scene(count: int = 30, height: int = 48, width: int = 64) -> np.ndarray:
@@ -64,7 +65,7 @@ def decode(path: Path) -> Decoded:
 def encode(path: Path, frames: np.ndarray, **options: Any) -> VideoInfo:
     """Frames at 30 fps with libx264 unless told otherwise, so quality checks mean the same on a GPU host."""
     options.setdefault("codec_preference", CPU)
-    writer = Mp4Writer(path, width=frames.shape[2], height=frames.shape[1], fps=30, **options)
+    writer = Mp4Writer(path, Mp4Format(width=frames.shape[2], height=frames.shape[1], fps=30, **options))
     writer.write_frames(frames)
     return writer.close()
 
@@ -122,7 +123,7 @@ def test_lower_crf_means_higher_quality_and_a_larger_file(tmp_path: Path) -> Non
 
 def test_fractional_frame_rates_are_kept_exactly(tmp_path: Path) -> None:
     path = tmp_path / "ntsc.mp4"
-    writer = Mp4Writer(path, width=64, height=48, fps=30000 / 1001)
+    writer = Mp4Writer(path, Mp4Format(width=64, height=48, fps=30000 / 1001))
     writer.write_frames(moving_scene(10))
     info = writer.close()
     assert decode(path).fps == Fraction(30000, 1001)
@@ -139,7 +140,7 @@ def test_the_moov_atom_comes_first_so_players_start_before_the_download_ends(tmp
 def test_several_write_frames_calls_make_the_same_video_as_one(tmp_path: Path) -> None:
     # libx264's threads make its bytes vary from run to run, so "the same" is: every frame, in order, as good.
     sent = moving_scene()
-    writer = Mp4Writer(tmp_path / "chunks.mp4", width=64, height=48, fps=30, codec_preference=CPU)
+    writer = Mp4Writer(tmp_path / "chunks.mp4", Mp4Format(width=64, height=48, fps=30, codec_preference=CPU))
     for chunk in np.array_split(sent, [1, 8, 9, 20]):
         writer.write_frames(chunk)
     assert writer.close() == encode(tmp_path / "whole.mp4", sent)
@@ -196,8 +197,9 @@ def test_odd_sizes_are_padded_by_repeating_the_last_row_and_column(tmp_path: Pat
 
 
 def test_odd_sizes_are_refused_when_the_policy_says_reject(tmp_path: Path) -> None:
+    odd = Mp4Format(width=63, height=48, fps=30, odd_size_policy=encoder_pb2.ODD_SIZE_POLICY_REJECT)
     with pytest.raises(InvalidArgument) as error:
-        Mp4Writer(tmp_path / "odd.mp4", width=63, height=48, fps=30, odd_size_policy=encoder_pb2.ODD_SIZE_POLICY_REJECT)
+        Mp4Writer(tmp_path / "odd.mp4", odd)
     assert error.value.reason == "ODD_SIZE"
     assert not (tmp_path / "odd.mp4").exists()
     info = encode(tmp_path / "even.mp4", moving_scene(2), odd_size_policy=encoder_pb2.ODD_SIZE_POLICY_REJECT)
@@ -229,7 +231,7 @@ def dominant_hertz(samples: np.ndarray, rate: int) -> float:
 @pytest.mark.parametrize("channels", [1, 2])
 def test_an_audio_track_is_muxed_in_and_decodes_to_the_tone_sent(tmp_path: Path, channels: int) -> None:
     path = tmp_path / "talkie.mp4"
-    writer = Mp4Writer(path, width=64, height=48, fps=30, audio_sample_rate=44100, audio_channels=channels)
+    writer = Mp4Writer(path, SCENE, AudioTrackFormat(sample_rate=44100, channels=channels))
     writer.write_frames(moving_scene())
     sent = tone(1.0, 44100, channels)
     writer.write_audio(sent[:, :30000])  # in pieces, as the servicer may
@@ -244,7 +246,7 @@ def test_an_audio_track_is_muxed_in_and_decodes_to_the_tone_sent(tmp_path: Path,
 
 def test_audio_at_a_rate_aac_cannot_carry_is_resampled_to_the_next_one_up(tmp_path: Path) -> None:
     path = tmp_path / "odd_rate.mp4"
-    writer = Mp4Writer(path, width=64, height=48, fps=30, audio_sample_rate=22000, audio_channels=1)
+    writer = Mp4Writer(path, SCENE, AudioTrackFormat(sample_rate=22000, channels=1))
     writer.write_frames(moving_scene())
     writer.write_audio(tone(1.0, 22000, 1))
     writer.close()
@@ -258,27 +260,27 @@ def test_audio_at_a_rate_aac_cannot_carry_is_resampled_to_the_next_one_up(tmp_pa
     ("rate", "channels", "reason"),
     [
         (0, 1, "MISSING_SAMPLE_RATE"),
-        (None, 1, "MISSING_SAMPLE_RATE"),
         (800_000, 1, "BAD_SAMPLE_RATE"),
         (44100, 3, "BAD_CHANNELS"),
-        (44100, None, "BAD_CHANNELS"),
+        (44100, 0, "BAD_CHANNELS"),
     ],
 )
 def test_an_audio_track_needs_a_sample_rate_and_one_or_two_channels(
-    tmp_path: Path, rate: int | None, channels: int | None, reason: str
+    tmp_path: Path, rate: int, channels: int, reason: str
 ) -> None:
     with pytest.raises(InvalidArgument) as error:
-        Mp4Writer(tmp_path / "a.mp4", width=64, height=48, fps=30, audio_sample_rate=rate, audio_channels=channels)
+        Mp4Writer(tmp_path / "a.mp4", SCENE, AudioTrackFormat(sample_rate=rate, channels=channels))
     assert error.value.reason == reason
+    assert not (tmp_path / "a.mp4").exists()
 
 
 def test_audio_without_a_declared_track_or_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
-    silent = Mp4Writer(tmp_path / "silent.mp4", width=64, height=48, fps=30)
+    silent = Mp4Writer(tmp_path / "silent.mp4", SCENE)
     with pytest.raises(InvalidArgument) as error:
         silent.write_audio(tone(0.1, 44100, 1))
     assert error.value.reason == "NO_AUDIO_TRACK"
     silent.abort()
-    stereo = Mp4Writer(tmp_path / "stereo.mp4", width=64, height=48, fps=30, audio_sample_rate=44100, audio_channels=2)
+    stereo = Mp4Writer(tmp_path / "stereo.mp4", SCENE, AudioTrackFormat(sample_rate=44100, channels=2))
     with pytest.raises(InvalidArgument) as error:
         stereo.write_audio(tone(0.1, 44100, 1))
     assert error.value.reason == "BAD_SHAPE"
@@ -290,7 +292,7 @@ def test_audio_without_a_declared_track_or_of_the_wrong_shape_is_refused(tmp_pat
 
 def test_abort_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "cancelled.mp4"
-    writer = Mp4Writer(path, width=64, height=48, fps=30, audio_sample_rate=48000, audio_channels=2)
+    writer = Mp4Writer(path, SCENE, AudioTrackFormat(sample_rate=48000, channels=2))
     writer.write_frames(moving_scene(10))
     writer.abort()
     writer.abort()  # the servicer's cleanup may run after the encoder's own
@@ -299,7 +301,7 @@ def test_abort_leaves_no_file(tmp_path: Path) -> None:
 
 
 def test_a_video_without_frames_is_refused_and_removed(tmp_path: Path) -> None:
-    writer = Mp4Writer(tmp_path / "empty.mp4", width=64, height=48, fps=30)
+    writer = Mp4Writer(tmp_path / "empty.mp4", SCENE)
     with pytest.raises(InvalidArgument) as error:
         writer.close()
     assert error.value.reason == "NO_FRAMES"
@@ -326,7 +328,7 @@ def test_a_video_without_frames_is_refused_and_removed(tmp_path: Path) -> None:
 def test_bad_options_are_refused_before_a_file_is_made(tmp_path: Path, options: dict[str, object], reason: str) -> None:
     arguments: dict[str, Any] = {"width": 64, "height": 48, "fps": 30} | options
     with pytest.raises(InvalidArgument) as error:
-        Mp4Writer(tmp_path / "bad.mp4", **arguments)
+        Mp4Writer(tmp_path / "bad.mp4", Mp4Format(**arguments))
     assert error.value.reason == reason
     assert not (tmp_path / "bad.mp4").exists()
 
@@ -337,7 +339,7 @@ def test_every_x264_preset_name_is_accepted(tmp_path: Path, preset: str) -> None
 
 
 def test_frames_of_another_size_or_type_are_refused(tmp_path: Path) -> None:
-    writer = Mp4Writer(tmp_path / "v.mp4", width=64, height=48, fps=30)
+    writer = Mp4Writer(tmp_path / "v.mp4", SCENE)
     with pytest.raises(InvalidArgument) as error:
         writer.write_frames(moving_scene(2, height=48, width=62))
     assert error.value.reason == "FRAME_SIZE_MISMATCH"
