@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -67,7 +66,7 @@ class LocalObjects:
         return self._storage.claims(url)
 
     async def find(self, url: str) -> OwnFile:
-        stored = await self._storage.find_url(url, datetime.now(UTC))
+        stored = await self._storage.find_url(url, self._storage.clock())
         if stored is None:
             raise _not_found()
         return OwnFile(stored.file_name, stored.content_type, stored.size, path=self._storage.path_of(stored))
@@ -80,14 +79,14 @@ class BucketObjects:
         self._storage = storage
 
     def claims(self, url: str) -> bool:
-        return self._storage.key_of(url, datetime.now(UTC)) is not None
+        return self._storage.key_of(url, self._storage.clock()) is not None
 
     async def find(self, url: str) -> OwnFile:
-        key = self._storage.key_of(url, datetime.now(UTC))
+        key = self._storage.key_of(url, self._storage.clock())
         if key is None:
             raise _not_found()
         try:
-            stored = await self._storage.find(key, datetime.now(UTC))
+            stored = await self._storage.find(key, self._storage.clock())
         except TransientStorageError as error:
             raise _storage_down(error) from error
         if stored is None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -30,6 +28,7 @@ from ferry.services.storage.local import LocalStorage
 from ferry.v1 import downloader_pb2, downloader_pb2_grpc
 from tests.harness import serve_on_loopback
 from tests.services.downloader.helpers import events, leftovers
+from tests.services.storage_fixtures import TurnedClock
 
 CONFIG = DownloaderConfig(allow_hosts="localhost", retries=0)
 
@@ -39,7 +38,8 @@ class Cdn:
 
     def __init__(self, root: Path) -> None:
         self.base_url = ""
-        self.storage = LocalStorage(root, lambda: self.base_url)
+        self.clock = TurnedClock()
+        self.storage = LocalStorage(root, lambda: self.base_url, clock=self.clock)
         self.requests: list[str] = []
         self._runner: web.AppRunner | None = None
 
@@ -212,8 +212,7 @@ def test_a_stored_files_id_with_another_name_is_not_found(grpc_stub, cdn, backgr
 
 def test_an_expired_stored_file_is_not_found_even_before_the_sweep(grpc_stub, cdn, background_loop):
     stored = store(cdn, background_loop, b"short-lived", expires_in=1)
-    while datetime.now(UTC) <= stored.expires_at:
-        time.sleep(0.05)
+    cdn.clock.turn(2)
     assert cdn.storage.path_of(stored).exists(), "not swept yet"
     assert refusal(grpc_stub, url=stored.url, target_dir="expired") == NO_STORED_FILE
 
