@@ -61,4 +61,6 @@ def test_every_option_given_reaches_its_header_field() -> None:
     assert png.image.png_compress_level == 9
     assert (mp4.video.fps, mp4.video.crf, mp4.video.preset) == (30.0, 18, "fast")
     assert mp4.video.codec_preference == encoder_pb2.VIDEO_CODEC_PREFERENCE_CPU
-    assert audio is not None and mp4.video.audio_track == encoder_pb2.AudioTrack(tensor=audio.header, sample_rate=16_000)
+    assert audio is not None and mp4.video.audio_track == encoder_pb2.AudioTrack(
+        tensor=audio.header, sample_rate=16_000
+    )
