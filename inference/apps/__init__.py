@@ -14,7 +14,8 @@ and return media through the toolkit types.
 | `text_to_audio` | `TextToAudio` | `text-to-audio` | additive synth, one note per character → `Audio` (wav) |
 
 Each module keeps its generator a pure function of its inputs (plus a
-`GenerationContext` for progress and cancellation) beside the App that wraps it.
+`GenerationContext` for progress and cancellation) beside the App that wraps it;
+the apps share `TorchApp`, which picks their device.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Protocol
 
 import torch
 
+from ferry.inference.app import App
+
 
 class GenerationContext(Protocol):
     """What a generator needs from a request: `ferry.inference.context.RequestContext` is one."""
@@ -31,6 +34,16 @@ class GenerationContext(Protocol):
     def progress(self, current: int, total: int = 0, message: str = "") -> None: ...
 
     def raise_if_cancelled(self) -> None: ...
+
+
+class TorchApp(App):
+    """A GPU app whose `setup` picks `self.device`: `cuda` when the machine has one, else the CPU, so every
+    example also runs where there is no GPU (CI, `make demo` on a laptop)."""
+
+    machine_type = "GPU"
+
+    def setup(self) -> None:
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def prompt_seed(prompt: str, salt: int = 0) -> int:

@@ -14,8 +14,8 @@ import math
 import torch
 from pydantic import BaseModel, Field
 
-from ferry.inference.app import App, endpoint
-from ferry.inference.apps import GenerationContext, prompt_seed
+from ferry.inference.app import endpoint
+from ferry.inference.apps import GenerationContext, TorchApp, prompt_seed
 from ferry.inference.context import RequestContext
 from ferry.toolkit import Audio
 
@@ -101,12 +101,8 @@ def synthesize(
     return samples * (PEAK / peak) if peak > 0 else samples
 
 
-class TextToAudio(App):
+class TextToAudio(TorchApp):
     app_id = "text-to-audio"
-    machine_type = "GPU"
-
-    def setup(self) -> None:
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     @endpoint("/")
     def run(self, input: TextToAudioInput, context: RequestContext) -> AudioOutput:

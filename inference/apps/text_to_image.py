@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (PyTorch's own spelling)
 from pydantic import BaseModel, Field
 
-from ferry.inference.app import App, endpoint
-from ferry.inference.apps import GenerationContext, prompt_seed, to_pixels
+from ferry.inference.app import endpoint
+from ferry.inference.apps import GenerationContext, TorchApp, prompt_seed, to_pixels
 from ferry.inference.context import RequestContext
 from ferry.toolkit import Image
 
@@ -111,12 +111,8 @@ def generate_image(
     return latent.add(1.0).div(2.0).clamp(0.0, 1.0)
 
 
-class TextToImage(App):
+class TextToImage(TorchApp):
     app_id = "text-to-image"
-    machine_type = "GPU"
-
-    def setup(self) -> None:
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     @endpoint("/")
     def run(self, input: TextToImageInput, context: RequestContext) -> ImageOutput:

@@ -16,8 +16,8 @@ import math
 import torch
 from pydantic import BaseModel, Field, model_validator
 
-from ferry.inference.app import App, endpoint
-from ferry.inference.apps import GenerationContext, prompt_seed, to_pixels
+from ferry.inference.app import endpoint
+from ferry.inference.apps import GenerationContext, TorchApp, prompt_seed, to_pixels
 from ferry.inference.context import RequestContext
 from ferry.toolkit import Video
 
@@ -106,12 +106,8 @@ def generate_video(
     return clip
 
 
-class TextToVideo(App):
+class TextToVideo(TorchApp):
     app_id = "text-to-video"
-    machine_type = "GPU"
-
-    def setup(self) -> None:
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     @endpoint("/")
     def run(self, input: TextToVideoInput, context: RequestContext) -> VideoOutput:

@@ -20,8 +20,8 @@ from pydantic import BaseModel, Field
 
 import ferry
 from ferry.errors import InvalidArgument, ResourceExhausted
-from ferry.inference.app import App, endpoint
-from ferry.inference.apps import to_pixels
+from ferry.inference.app import endpoint
+from ferry.inference.apps import TorchApp, to_pixels
 from ferry.inference.context import RequestContext
 from ferry.inference.outputs import Encode
 from ferry.services.config import EncoderConfig
@@ -94,12 +94,8 @@ def load_image(path: str | Path, device: torch.device | str = "cpu", max_pixels:
     return torch.from_numpy(pixels).to(device).permute(2, 0, 1).float().div_(255.0)
 
 
-class Upscaler(App):
+class Upscaler(TorchApp):
     app_id = "upscaler"
-    machine_type = "GPU"
-
-    def setup(self) -> None:
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     @endpoint("/")
     def run(self, input: UpscaleInput, context: RequestContext) -> UpscaleOutput:
