@@ -140,13 +140,17 @@ local function described(id, attempt)
 end
 """
 
+
+def _script(body: str) -> str:
+    """A script: the common functions above, then `body`."""
+    return _COMMON + body
+
+
 # ARGV: prefix, id, app, path, input_json, expires_in ('' for none), priority ('0' NORMAL, '1' LOW),
 # start_timeout (seconds as given; '' for none), start timeout in ms ('' for no deadline), output_salt,
 # trace_parent ('' for none).
 # 1, or 0 for a retried submit.
-SUBMIT = (
-    _COMMON
-    + """
+SUBMIT = _script("""
 local id, app, priority = ARGV[2], ARGV[3], ARGV[7]
 local request = key('request', id)
 if redis.call('EXISTS', request) == 1 then return 0 end
@@ -164,8 +168,7 @@ redis.call('ZADD', queued_of(app, priority), order, id)
 if start_by ~= '' then redis.call('ZADD', key('start-by', app), start_by, id) end
 ring(app)
 return 1
-"""
-)
+""")
 
 # ARGV: prefix, app, consumer, lease_ms, lease, max_attempts, ttl_ms, max_events, rang ('1': the taker was
 # woken by a ring of the doorbell; '0': it took one of the rings left for waiting takers, if any).
@@ -173,9 +176,7 @@ return 1
 # start_timeout}; {'none'} if there is none; {'more'} if it stopped after HANDLED_PER_CALL dead entries.
 # Lapsed requests past max_attempts are failed MAX_ATTEMPTS, queued ones past their start timeout
 # START_TIMEOUT, entries of completed (or evicted) requests dropped.
-TAKE = (
-    _COMMON
-    + f"""
+TAKE = _script(f"""
 local app, consumer, lease_ms, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_attempts, ttl_ms, max_events, rang = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9] == '1'
 local receipt = key('taken', lease)
@@ -256,15 +257,12 @@ for _, priority in ipairs({{'0', '1'}}) do
   end
 end
 return {{'none'}}
-"""
-)
+""")
 
 # ARGV: prefix, id, ttl_ms, max_events. {position in its app's queue (0 unless queued), the record as
 # HGETALL gives it}; nil for an unknown (or expired) id; {'more'} if it stopped after failing
 # HANDLED_PER_CALL of the app's requests past their start timeout (the id's own, or ones ahead of it).
-STATUS = (
-    _COMMON
-    + """
+STATUS = _script("""
 local id = ARGV[2]
 local app = redis.call('HGET', key('request', id), 'app_id')
 if not app then return nil end
@@ -277,16 +275,13 @@ if state == 'queued' then
   if priority == '1' then position = position + redis.call('ZCARD', queued_of(app, '0')) end
 end
 return {position, record}
-"""
-)
+""")
 
 # ARGV: prefix, app, ttl_ms, max_events. The app's next queued request (NORMAL before LOW) as
 # {id, attempt, path, input_json, expires_in, priority, start_timeout}; nil if none; {'more'} if it stopped
 # after HANDLED_PER_CALL dead ones. Those it finds past their start timeout are failed (START_TIMEOUT) on
 # the way, as TAKE would fail them; ids whose record was evicted are dropped.
-PEEK = (
-    _COMMON
-    + f"""
+PEEK = _script(f"""
 local app, ttl_ms, max_events = ARGV[2], ARGV[3], ARGV[4]
 local handled = 0
 for _, priority in ipairs({{'0', '1'}}) do
@@ -304,39 +299,30 @@ for _, priority in ipairs({{'0', '1'}}) do
   end
 end
 return nil
-"""
-)
+""")
 
 # ARGV: prefix, app, ttl_ms, max_events. How many of the app's requests are queued, once those past their
 # start timeout are failed; -1 if it stopped after failing HANDLED_PER_CALL of them.
-DEPTH = (
-    _COMMON
-    + """
+DEPTH = _script("""
 local app = ARGV[2]
 if expire_late(app, ARGV[3], ARGV[4]) then return -1 end
 return redis.call('ZCARD', queued_of(app, '0')) + redis.call('ZCARD', queued_of(app, '1'))
-"""
-)
+""")
 
 # ARGV: prefix, id, lease, consumer. 1 if the lease is still the request's (its idle clock restarts), else 0.
-RENEW = (
-    _COMMON
-    + """
+RENEW = _script("""
 local request = key('request', ARGV[2])
 local state, held, app, entry, priority = unpack(redis.call('HMGET', request, 'state', 'lease', 'app_id', 'entry',
   'priority'))
 if state ~= 'in_progress' or held ~= ARGV[3] then return 0 end
 redis.call('XCLAIM', stream_of(app, priority), GROUP, ARGV[4], 0, entry, 'JUSTID')
 return 1
-"""
-)
+""")
 
 # ARGV: prefix, id, lease, consumer, lease_ms. 1 if released: queued again in its place (its submission order; 0, the
 # front, for a record written before the order was kept), its attempt not counted, its entry claimable by the
 # next TAKE at once (idle as long as a lapsed lease), a waiting taker woken.
-RELEASE = (
-    _COMMON
-    + """
+RELEASE = _script("""
 local id = ARGV[2]
 local request = key('request', id)
 local state, held, app, entry, priority, attempt, order = unpack(redis.call('HMGET', request, 'state', 'lease',
@@ -347,24 +333,18 @@ redis.call('ZADD', queued_of(app, priority), tonumber(order) or 0, id)
 redis.call('XCLAIM', stream_of(app, priority), GROUP, ARGV[4], 0, entry, 'IDLE', tonumber(ARGV[5]) * 2, 'JUSTID')
 ring(app)
 return 1
-"""
-)
+""")
 
 # ARGV: prefix, id, lease, output_json, failure code, message, reason, ttl_ms, max_events. 1 if finished.
-FINISH = (
-    _COMMON
-    + """
+FINISH = _script("""
 local state, held = unpack(redis.call('HMGET', key('request', ARGV[2]), 'state', 'lease'))
 if state ~= 'in_progress' or held ~= ARGV[3] then return 0 end
 complete(ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 return 1
-"""
-)
+""")
 
 # ARGV: prefix, id, ttl_ms, max_events. {previous state, 1 if this cancelled it}; nil for an unknown id.
-CANCEL = (
-    _COMMON
-    + """
+CANCEL = _script("""
 local id = ARGV[2]
 local state = redis.call('HGET', key('request', id), 'state')
 if not state then return nil end
@@ -372,24 +352,18 @@ if state == 'completed' then return {state, 0} end
 complete(id, '', 'CANCELLED', 'cancelled by the caller', '', ARGV[3], ARGV[4])
 if state == 'in_progress' then redis.call('PUBLISH', prefix .. ':cancelled', id) end
 return {state, 1}
-"""
-)
+""")
 
 # ARGV: prefix, id, kind, data, max_events. Nothing follows FINISHED, and an unknown request has no log.
-APPEND = (
-    _COMMON
-    + """
+APPEND = _script("""
 local state = redis.call('HGET', key('request', ARGV[2]), 'state')
 if state and state ~= 'completed' then append(ARGV[2], ARGV[3], ARGV[4], ARGV[5]) end
 return 0
-"""
-)
+""")
 
 # ARGV: prefix, app, consumer. Forgets a closing replica's consumer unless it still holds requests
 # (deleting it then would drop them from the pending list, where XAUTOCLAIM finds them).
-FORGET_CONSUMER = (
-    _COMMON
-    + """
+FORGET_CONSUMER = _script("""
 for _, priority in ipairs({'0', '1'}) do
   local stream = stream_of(ARGV[2], priority)
   if redis.call('EXISTS', stream) == 1
@@ -398,8 +372,7 @@ for _, priority in ipairs({'0', '1'}) do
   end
 end
 return 0
-"""
-)
+""")
 
 
 def request_key(prefix: str, request_id: str) -> str:
