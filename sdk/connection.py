@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from ferry import tracing
+from ferry import request_scope, tracing
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -65,11 +65,16 @@ class Connection:
         return grpc.ssl_channel_credentials(root_certificates=root)
 
     def _call_metadata(self) -> CallMetadata | None:
-        """What each call adds to its metadata: the bearer token, and the caller's trace context where the process
-        uses OpenTelemetry (tracing.py); None: nothing, and the channel needs no interceptor."""
+        """What each call adds to its metadata: the bearer token; the caller's trace context where the process
+        uses OpenTelemetry (tracing.py); the request a call is made for where the process runs requests
+        (request_scope.py). None: nothing, and the channel needs no interceptor (~0.1 ms a call)."""
         token = self.metadata
-        if tracing.in_use():
-            return lambda: (*token, *tracing.trace_metadata())
+        read_now = [
+            *([tracing.trace_metadata] if tracing.in_use() else []),
+            *([request_scope.scope_metadata] if request_scope.in_use() else []),
+        ]
+        if read_now:
+            return lambda: (*token, *(pair for read in read_now for pair in read()))
         return (lambda: token) if token else None
 
     def channel(self) -> grpc.Channel:

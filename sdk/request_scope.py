@@ -9,7 +9,9 @@ even a handler that never polls its context stops at the next media call. The
 runner opens a `request_scope` around each handler call; the SDK reads it in
 `lifecycle()` and `download_file`. Outside a handler the scope is empty and
 changes nothing. The server's log reads the request's id and app from it, so
-every line emitted while a request runs names the request.
+every line emitted while a request runs names the request; the SDK's calls made
+inside it carry the two as metadata (`scope_metadata`), so the downloader's and
+the encoder's lines for those calls name it too.
 
 It is a context variable, so it follows the handler into `asyncio` tasks and
 into worker threads started with a copied context (the runner runs sync
@@ -24,11 +26,18 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ferry.connection import StackTarget
 from ferry.errors import Cancelled
 
-__all__ = ["RequestScope", "current_scope", "request_scope"]
+if TYPE_CHECKING:  # connection.py reads this module: at run time the name is only an annotation here
+    from ferry.connection import StackTarget
+
+__all__ = ["APP_KEY", "REQUEST_ID_KEY", "RequestScope", "current_scope", "in_use", "request_scope", "scope_metadata"]
+
+# The metadata a call made inside a request carries: which request, of which app.
+REQUEST_ID_KEY = "x-ferry-request-id"
+APP_KEY = "x-ferry-app"
 
 
 @dataclass(frozen=True)
@@ -63,13 +72,32 @@ _scope: contextvars.ContextVar[RequestScope] = contextvars.ContextVar(
 )
 
 
+_in_use = False
+
+
 def current_scope() -> RequestScope:
     return _scope.get()
+
+
+def in_use() -> bool:
+    """Whether this process has run anything in a request scope (it hosts a runner): a channel opened now
+    passes the current request's id on. A runner opens one around its apps' setup(), before any channel."""
+    return _in_use
+
+
+def scope_metadata() -> tuple[tuple[str, str], ...]:
+    """The current request's id and app as gRPC metadata; () outside a request."""
+    scope = _scope.get()
+    if scope.request_id is None:
+        return ()
+    return ((REQUEST_ID_KEY, scope.request_id),) + (((APP_KEY, scope.app),) if scope.app else ())
 
 
 @contextmanager
 def request_scope(scope: RequestScope) -> Iterator[RequestScope]:
     """For runners: SDK calls inside the block follow `scope`."""
+    global _in_use
+    _in_use = True
     token = _scope.set(scope)
     try:
         yield scope

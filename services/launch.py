@@ -46,6 +46,7 @@ from ferry.services.logs import configure_logging
 from ferry.services.memory import keep_freed_memory
 from ferry.services.metrics import StackMetrics, metrics_route
 from ferry.services.rpc_metrics import MetricsInterceptor
+from ferry.services.rpc_request_scope import RequestScopeInterceptor
 from ferry.services.runtime import Closer, Hosted, Runtime
 from ferry.services.storage.assembly import build_storage
 from ferry.services.storage.cdn import create_cdn_app
@@ -169,10 +170,13 @@ class Stack:
         # The token check first: an unauthenticated call learns nothing, not even that its request was malformed.
         # Metrics outermost: a call the token check refuses is counted too.
         # Tracing, when on, outermost of all: its span covers the rest, and is the parent of what the call does.
+        # A call made for a request runs in its scope inside the token check and outside the status interceptor,
+        # so even a bug's logged traceback names the request.
         interceptors = [
             *_tracing_interceptors(),
             *([] if cfg.no_metrics else [MetricsInterceptor(self.metrics)]),
             *([BearerTokenInterceptor(cfg.token)] if cfg.token else []),
+            *([RequestScopeInterceptor()] if self._serves_requests_upstream() else []),
             StatusInterceptor(),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.config))
@@ -211,6 +215,10 @@ class Stack:
         """This server's gRPC address as a process on this machine reaches it."""
         cfg = self.config.server
         return _hostport("127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host, self.grpc_port)
+
+    def _serves_requests_upstream(self) -> bool:
+        """Whether runners call this server for their requests (it hosts the downloader or the encoder)."""
+        return SERVICES["downloader"] in self.hosted or SERVICES["encoder"] in self.hosted
 
     def _upstream(self) -> StackTarget:
         """Where hosted apps' downloads and encodes go: this server, unless --downloader / --encoder say otherwise."""

@@ -21,11 +21,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
+import grpc
 import pytest
 from aiohttp import web
 
 import ferry
 from ferry.testing import StackProcess
+from ferry.v1 import downloader_pb2, downloader_pb2_grpc
 from tests.conftest import AWS_TEST_CREDENTIALS
 from tests.harness import HttpFileServer
 
@@ -111,9 +113,16 @@ def test_a_json_log_names_each_request_and_holds_no_token_header_signature_or_ur
     said = {(record["logger"], record["message"].split(" http")[0]) for record in ours}
     assert ("ferry.inference.apps.logs", "handler stored") in said  # context.log
     assert ("log_app", "plain logging stored") in said  # the handler's plain logging
-    # The downloader did log the sources it retried: by scheme, host, port and path.
-    retries = [record["message"] for record in records if record["message"].startswith("retrying ")]
-    assert any(re.match(r"retrying http://127\.0\.0\.1:\d+/in\.png in ", message) for message in retries), retries
+    # The downloader did log the sources it retried: by scheme, host, port and path, each naming the request it
+    # downloaded for (the runner's input download, and the handler's own).
+    retries = {
+        record["message"].split(" in ")[0]: record for record in records if record["message"].startswith("retrying ")
+    }
+    assert {re.sub(r":\d+/", ":PORT/", retried) for retried in retries} == {
+        "retrying http://127.0.0.1:PORT/in.png",
+        "retrying http://127.0.0.1:PORT/page.bin",
+    }, retries
+    assert [(record["request_id"], record.get("app")) for record in retries.values()] == [(request_id, "logs")] * 2
     written = "\n".join(lines)
     secrets = {TOKEN, WRONG_TOKEN, HEADER_VALUE.split()[1], QUERY_SECRET, PASSWORD, signature}
     assert not [secret for secret in secrets if secret in written], written
@@ -129,3 +138,23 @@ def test_the_default_text_log_names_the_request_of_a_handler_s_lines(start_ferry
     assert handler_lines and all(line.endswith(f" [request={request_id} app=logs]") for line in handler_lines), lines
     with pytest.raises(json.JSONDecodeError):
         json.loads(lines[0])
+
+
+def test_a_download_names_the_request_its_caller_gave_only_in_the_shape_the_runner_makes(start_ferry, http_server):
+    stack = start_ferry("--log-format", "json", "--allow-private-networks", "--retry-backoff-seconds", "0.01")
+    named = http_server.route("/named.bin", failing_once(b"named"))
+    forged = http_server.route("/forged.bin", failing_once(b"forged"))
+    with grpc.insecure_channel(stack.grpc_address) as channel:
+        stub = downloader_pb2_grpc.DownloaderServiceStub(channel)
+        for url, request_id in ((named, "req-7f3a"), (forged, 'req-1 {"level": "ERROR"} ' + "x" * 4000)):
+            metadata = (("x-ferry-request-id", request_id), ("x-ferry-app", "painter"))
+            list(stub.Download(downloader_pb2.DownloadRequest(url=url, target_dir="named"), metadata=metadata))
+
+    records = [json.loads(line) for line in lines_of(stack)]
+    retried = {
+        record["message"].split(" in ")[0].rsplit("/", 1)[1]: record
+        for record in records
+        if "retrying" in record["message"]
+    }
+    assert (retried["named.bin"]["request_id"], retried["named.bin"]["app"]) == ("req-7f3a", "painter")
+    assert retried["forged.bin"]["request_id"] is None, "a value the runner would not make is ignored"
