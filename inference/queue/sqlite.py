@@ -9,7 +9,8 @@ noticed by one `PRAGMA data_version` every POLL_SECONDS while anyone waits
 (it changes whenever another connection committed), which then wakes every
 waiter as a commit in this process would: so a request submitted elsewhere
 starts, and a cancel made elsewhere arrives, within POLL_SECONDS, while an
-idle replica runs no query but that one.
+idle replica's event loop sleeps but for what the clock alone changes (leases
+lapsing, start timeouts passing: CLOCK_CHECK_SECONDS).
 """
 
 from __future__ import annotations
