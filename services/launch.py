@@ -297,6 +297,10 @@ class Stack:
         app.on_response_prepare.append(close_after_an_unreadable_body)
         if cfg.cors_origin:
             enable_cors(app, cfg.cors_origin)
+        if tracing.ENABLED:  # outermost: the span covers the answer every other middleware makes
+            from ferry.services.gateway.http_tracing import tracing_middleware
+
+            app.middlewares.insert(0, tracing_middleware)
         self._gateway = StackChannel(self._gateway_connection)
         add_gateway_routes(app, self._gateway, max_body_bytes)
         if not cfg.no_metrics:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
+import secrets
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from ferry.testing import StackProcess
 from tests.harness import serve_on_loopback, wait_for
 
 UPSCALER = "ferry.inference.apps.upscale:Upscaler"
+SAMPLE_APP = f"{Path(__file__).parents[1] / 'inference' / 'sample_app.py'}:SampleApp"
 # A signature-like query string: no span may carry it (nor the URL's path).
 SECRET_QUERY = "X-Amz-Signature=not-for-traces"
 
@@ -208,3 +212,40 @@ def test_one_run_of_the_upscaler_is_one_trace_parented_across_the_three_processe
     exported = b"".join(receiver.bodies)
     for leak in (SECRET_QUERY.encode(), b"in.png", b"://"):
         assert leak not in exported, f"{leak!r} was exported"
+
+
+def test_a_request_through_the_http_face_is_one_trace_with_the_rpc_and_the_run_it_started(tmp_path, receiver):
+    stack = StackProcess(["--data-dir", str(tmp_path / "s"), "--app", SAMPLE_APP], env=otel_env(receiver)).start()
+    trace_id, caller_id = secrets.token_hex(16), secrets.token_hex(8)
+    try:
+        answer = urllib.request.urlopen(
+            urllib.request.Request(
+                f"{stack.cdn_url}/run/local/sample?{SECRET_QUERY}",
+                data=json.dumps({"text": "hi", "times": 2}).encode(),
+                headers={"Content-Type": "application/json", "traceparent": f"00-{trace_id}-{caller_id}-01"},
+            ),
+            timeout=30,
+        )
+        assert json.loads(answer.read()) == {"text": "hihi"}
+        with urllib.request.urlopen(f"{stack.cdn_url}/metrics", timeout=30) as scrape:
+            scrape.read()
+        wait_for(
+            lambda: {"ferry.run", "POST /run/{owner}/{app}"} <= {s.name for s in receiver.spans},
+            "the stack's spans at the receiver",
+            timeout=30,
+        )
+    finally:
+        stack.stop()
+
+    http = receiver.named("POST /run/{owner}/{app}", trace_id)
+    assert (http.service, http.parent_id) == ("ferry", caller_id), "the HTTP caller's span is the parent"
+    assert http.attributes == {
+        "http.request.method": "POST",
+        "http.route": "/run/{owner}/{app}",
+        "http.response.status_code": 200,
+    }
+    run_rpc = receiver.named("ferry.v1.InferenceService/Run", trace_id)
+    assert run_rpc.parent_id == http.span_id, "the gateway's gRPC call is the HTTP span's child"
+    assert receiver.named("ferry.run", trace_id).parent_id == run_rpc.span_id
+    assert not [s for s in receiver.spans if "metrics" in s.name], "scrapes are not traced"
+    assert SECRET_QUERY.encode() not in b"".join(receiver.bodies)
