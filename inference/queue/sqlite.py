@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ferry.backoff import backoff_seconds
 from ferry.errors import NotFound
 from ferry.inference.queue.base import (
     DEFAULT_LEASE_SECONDS,
@@ -330,13 +331,21 @@ class SqliteQueue:
     async def _claim_for(self, app_id: str) -> None:
         """While anyone waits to take from `app_id`: claim one request per waiter, oldest waiter first."""
         waiters, wakeup = self._takers[app_id], self._work[app_id]
+        failures = 0
         try:
             while waiters:
                 wakeup.clear()
                 wanted = len(waiters)
-                claims, finished = await self._run(
-                    self._transaction(partial(self._claim, app_id=app_id, wanted=wanted))
-                )
+                try:
+                    claims, finished = await self._run(
+                        self._transaction(partial(self._claim, app_id=app_id, wanted=wanted))
+                    )
+                except sqlite3.Error as error:  # the disk, or a lock held past busy_timeout: the takers keep waiting
+                    delay, failures = backoff_seconds(failures, 0.1, 2.0), failures + 1
+                    log.warning("cannot claim requests of %s (%s); again in %.1f s", app_id, error, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                failures = 0
                 for request_id in finished:
                     self._notify(request_id)
                 for claim in claims:
