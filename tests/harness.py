@@ -37,6 +37,15 @@ def wait_for(condition: Callable[[], T], what: str, timeout: float = 20) -> T:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def until(condition: Callable[[], object], what: str, timeout: float = 10) -> None:
+    """`wait_for` for a test on the event loop: awaits (polling every millisecond) instead of blocking it."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        await asyncio.sleep(0.001)
+
+
 class BackgroundLoop:
     """An asyncio loop on its own thread, so sync tests can host grpc.aio and aiohttp servers."""
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ferry.backoff import backoff_seconds
-from ferry.errors import NotFound
+from ferry.errors import NotFound, Unavailable
 from ferry.inference.queue.base import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
@@ -163,7 +163,14 @@ class SqliteQueue:
         self._db = db
 
     async def _run(self, work: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+        """`work` on the queue's thread. The database failing (the disk, a lock held past busy_timeout) is
+        Unavailable (QUEUE_UNAVAILABLE), as Redis being down is: callers retry it, health reports it."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+        except sqlite3.OperationalError as error:
+            raise Unavailable(
+                f"the request queue ({self.path.name}) is unavailable: {str(error)[:200]}", reason="QUEUE_UNAVAILABLE"
+            ) from error
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """In a thread of its own, so that an idle replica's event loop sleeps: every POLL_SECONDS while anyone
@@ -340,7 +347,7 @@ class SqliteQueue:
                     claims, finished = await self._run(
                         self._transaction(partial(self._claim, app_id=app_id, wanted=wanted))
                     )
-                except sqlite3.Error as error:  # the disk, or a lock held past busy_timeout: the takers keep waiting
+                except Unavailable as error:  # the takers keep waiting
                     delay, failures = backoff_seconds(failures, 0.1, 2.0), failures + 1
                     log.warning("cannot claim requests of %s (%s); again in %.1f s", app_id, error, delay)
                     await asyncio.sleep(delay)

@@ -40,6 +40,7 @@ from ferry.inference.servicer import stream_response
 from ferry.request_scope import current_scope
 from ferry.toolkit import Image
 from ferry.v1 import inference_pb2
+from tests.harness import until
 from tests.inference.fake_services import Encode as EncodeCall
 from tests.inference.fake_services import FakeServices
 
@@ -73,14 +74,6 @@ class Board:
 
     async def reached(self, entry: str) -> None:
         await until(lambda: entry in self.timeline, f"{entry!r} in the timeline {self.timeline}")
-
-
-async def until(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {WAIT_SECONDS:g} s for {what}")
-        await asyncio.sleep(0.001)
 
 
 # -- the app under test ---------------------------------------------------------------
