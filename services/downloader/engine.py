@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -525,7 +525,7 @@ class Downloader:
         """Remove temp files a killed process left behind (their lock is free); returns how many."""
         removed = 0
         for root in self.roots.roots:
-            for part in root.rglob(f".*{PART_SUFFIX}"):
+            for part in _abandoned_parts(root):
                 key = part.name[1:].split(".", 1)[0]
                 fd = self.locks.try_exclusive(key)
                 if fd is None:
@@ -536,6 +536,15 @@ class Downloader:
                 finally:
                     os.close(fd)
         return removed
+
+
+def _abandoned_parts(root: Path) -> Iterator[Path]:
+    """Temp files under `root` (`.<key>.<random><PART_SUFFIX>`). os.walk, not rglob: the storage's sweeper shares
+    the data dir and removes expired objects' folders meanwhile, which rglob raises on and os.walk passes over."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if name.startswith(".") and name.endswith(PART_SUFFIX):
+                yield Path(folder) / name
 
 
 def _disk_error(error: OSError) -> FerryError:

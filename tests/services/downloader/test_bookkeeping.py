@@ -8,6 +8,7 @@ a lock held elsewhere (a real second process) survives.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import grpc
 import pytest
 from aiohttp import web
 
+from ferry.atomic_files import PART_SUFFIX
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.engine import Downloader, DownloadJob
 from ferry.services.downloader.locks import LockFiles, path_lock_key
@@ -201,6 +203,32 @@ def test_stale_records_are_swept_at_start_and_then_periodically(tmp_path, backgr
     finally:
         tidying.cancel()
         background_loop.run(restarted.close())
+
+
+def test_the_sweep_of_abandoned_parts_passes_over_a_folder_removed_while_it_walks(tmp_path, background_loop):
+    """The storage's sweeper shares the data dir and removes expired objects' folders meanwhile: a stack with
+    expired files in it failed to start when the walk met a folder gone."""
+    data = tmp_path / "data"
+    for folder in ("a", "b"):
+        (data / folder).mkdir(parents=True)
+        (data / folder / f".{folder}key.0123{PART_SUFFIX}").write_bytes(b"left by a killed process")
+    downloader = Downloader(CONFIG, data)
+    lock_first_part = downloader.locks.try_exclusive
+    removed_meanwhile: list[str] = []
+
+    def sweeper_removes_the_other_folder(key: str) -> int | None:
+        if not removed_meanwhile:
+            other = "b" if key == "akey" else "a"
+            shutil.rmtree(data / other)
+            removed_meanwhile.append(other)
+        return lock_first_part(key)
+
+    downloader.locks.try_exclusive = sweeper_removes_the_other_folder  # type: ignore[method-assign]
+    try:
+        assert downloader.sweep_abandoned_parts() == 1
+        assert not list(data.rglob(f"*{PART_SUFFIX}"))
+    finally:
+        background_loop.run(downloader.close())
 
 
 # -- removing a lock file never lets two holders in -------------------------------------------
