@@ -38,6 +38,8 @@ MAX_REDIRECTS = 5
 MAX_RETRY_AFTER_SECONDS = 60.0
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 TRANSIENT_STATUSES = {408, 429, 500, 502, 503, 504}
+# What a body being read raises when its connection drops or stalls: the bytes so far are kept, to resume from.
+BODY_CUT = (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
 CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization"}
 
 
@@ -94,7 +96,7 @@ class FetchJob:
     on_progress: ProgressCallback
 
 
-def retry_after_seconds(value: str | None) -> float | None:
+def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     if value.strip().isdigit():
@@ -104,6 +106,13 @@ def retry_after_seconds(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def raise_if_transient(response: aiohttp.ClientResponse) -> None:
+    """Transient (with the source's Retry-After) for a status worth retrying."""
+    if response.status in TRANSIENT_STATUSES:
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        raise Transient(f"source answered {response.status}", f"http_{response.status}", retry_after)
 
 
 def refusal(status: int, url: URL) -> FerryError:
@@ -266,9 +275,7 @@ class HttpSource:
             await self._restart(out)
         response = await self._open("GET", job.url, request)
         async with response:
-            if response.status in TRANSIENT_STATUSES:
-                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                raise Transient(f"source answered {response.status}", f"http_{response.status}", retry_after)
+            raise_if_transient(response)
             if response.status == 206 and resuming:
                 assert known is not None
                 content_range = response.headers.get("Content-Range", "")
@@ -297,7 +304,7 @@ class HttpSource:
                     if limit is not None and out.size > limit:
                         raise ResourceExhausted(f"body grew past the {limit}-byte limit", reason="FILE_TOO_LARGE")
                     job.on_progress(out.size)
-            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as error:
+            except BODY_CUT as error:
                 # Keep what arrived: the next attempt resumes from it if it can.
                 raise _CutShort(remote, f"body cut short at {out.size} bytes: {type(error).__name__}") from error
             if remote.size is not None and out.size != remote.size:

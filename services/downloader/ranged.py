@@ -23,19 +23,18 @@ import asyncio
 import logging
 from dataclasses import dataclass, replace
 
-import aiohttp
 from multidict import CIMultiDictProxy
 
 from ferry.services.config import DownloaderConfig
 from ferry.services.downloader.fetch import (
-    TRANSIENT_STATUSES,
+    BODY_CUT,
     FetchJob,
     HttpSource,
     ProgressCallback,
     RemoteFile,
     Transient,
+    raise_if_transient,
     refusal,
-    retry_after_seconds,
 )
 from ferry.services.downloader.writer import AtomicFile, Span
 from ferry.services.logs import url_for_log
@@ -171,9 +170,7 @@ class RangedSource:
         }
         response = await self._source.get(shared.job.url, request)
         async with response:
-            if response.status in TRANSIENT_STATUSES:
-                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                raise Transient(f"source answered {response.status}", f"http_{response.status}", retry_after)
+            raise_if_transient(response)
             if response.status == 200:
                 raise _NotOneVersion("the source answered a range request with the whole file")
             if response.status != 206:
@@ -192,7 +189,7 @@ class RangedSource:
                         raise Transient("the source sent more than the range asked", "bad_range")
                     await span.write(piece)
                     shared.received.add(len(piece))
-            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as error:
+            except BODY_CUT as error:
                 cut = f"range cut short at byte {byte_range.start + span.size}: {type(error).__name__}"
                 raise Transient(cut, "cut_short") from error
             if span.size != byte_range.size:
