@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from ferry.services import tracing
 from ferry.services.interceptors import HandlerInterceptor, scoped_handler
 from ferry.services.rpc_context import RpcContext
+from ferry.services.tracing import Attributes
 
 
 class TracingInterceptor(HandlerInterceptor):
@@ -29,19 +31,27 @@ class TracingInterceptor(HandlerInterceptor):
         return scoped_handler(handler, functools.partial(_server_span, details.method.lstrip("/")))
 
 
+def server_span(name: str, carrier: Mapping[str, str], attributes: Attributes) -> AbstractContextManager[Span]:
+    """The current span while a call is served: a child of the caller's span, whose W3C context `carrier` (the
+    call's metadata, an HTTP request's headers) holds. Its status is the server's to set from the answer, not
+    from an exception escaping it (a FerryError raised is an answer)."""
+    span: AbstractContextManager[Span] = tracing._tracer.start_as_current_span(
+        name,
+        context=propagate.extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    return span
+
+
 @contextlib.contextmanager
 def _server_span(name: str, context: RpcContext) -> Iterator[None]:
     """`name` (ferry.v1.InferenceService/Run: the semantic conventions' span name), a child of the caller's span."""
     service, _, method = name.partition("/")
     metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-    with tracing._tracer.start_as_current_span(
-        name,
-        context=propagate.extract(metadata),
-        kind=SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
-        record_exception=False,
-        set_status_on_exception=False,
-    ):
+    with server_span(name, metadata, {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}):
         try:
             yield
         finally:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from opentelemetry import propagate
-from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.trace import Span, StatusCode
 
-from ferry.services import tracing
+from ferry.services.rpc_tracing import server_span
 
 UNTRACED_ROUTES = frozenset({"/metrics"})
 
@@ -30,14 +29,8 @@ async def tracing_middleware(request: web.Request, handler: Handler) -> web.Stre
     route = resource.canonical if resource is not None else "unmatched"
     if route in UNTRACED_ROUTES:
         return await handler(request)
-    with tracing._tracer.start_as_current_span(
-        f"{request.method} {route}",
-        context=propagate.extract(dict(request.headers)),
-        kind=SpanKind.SERVER,
-        attributes={"http.request.method": request.method, "http.route": route},
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
+    attributes = {"http.request.method": request.method, "http.route": route}
+    with server_span(f"{request.method} {route}", dict(request.headers), attributes) as span:
         try:
             response = await handler(request)
         except web.HTTPException as answer:  # an answer raised, not a failure of ours
