@@ -5,9 +5,16 @@ parsed and validated as it arrives: a bad input is answered with a
 `RequestError` and the call goes on. What the handler yields is validated
 against its output model and sent back in order. The handler raising ends the
 call (INTERNAL, "ExcType: message"); the handler returning ends it cleanly; the
-caller half-closing ends the handler's input iterator; the caller vanishing
+caller's `end` message ends the handler's input iterator; the caller vanishing
 sets `context.cancelled` and closes the handler's generator, so its `finally`
 runs.
+
+grpc-python reads a caller's cancel as the end of its stream, like a half-close
+(a failed read and a clean end are one EOF), and the call's cancellation may
+reach the server a moment later. So a caller that declares `sends_end` in its
+`open` (Ferry's SDKs do) ends its inputs with an `end` message, and its stream
+ending without one means it is gone; a caller that does not declare it ends
+its inputs by half-closing, as before.
 
 Sessions run beside the runner's queue, not in a `max_concurrency` slot: a call
 that stays open for minutes would otherwise starve every queued request. Both
@@ -25,6 +32,7 @@ import logging
 import threading
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +65,7 @@ class _Ended:
 
 
 class _Inputs:
-    """The handler's `AsyncIterator[Input]`: the caller's valid inputs, ending when the caller stops writing."""
+    """The handler's `AsyncIterator[Input]`: the caller's valid inputs, ending when the caller is done sending."""
 
     def __init__(self, queue: asyncio.Queue[BaseModel | None]) -> None:
         self._queue = queue
@@ -79,7 +87,7 @@ class _Inputs:
 class RealtimeSession:
     """One Realtime call to one realtime endpoint of a hosted app."""
 
-    def __init__(self, runner: AppRunner, path: str, expires_in: int | None = None) -> None:
+    def __init__(self, runner: AppRunner, path: str, expires_in: int | None = None, *, sends_end: bool = False) -> None:
         endpoint = runner.spec.endpoints.get(path or "/")
         if endpoint is None:
             raise NotFound(f"app {runner.spec.app_id!r} has no endpoint {path or '/'!r}", reason="UNKNOWN_ENDPOINT")
@@ -93,8 +101,13 @@ class RealtimeSession:
         # The caller's lifecycle preference for the media the session produces.
         self.expires_in = expires_in
         self.request_id = uuid.uuid4().hex
+        # The caller ends its inputs with `end`, so its stream ending without one means it is gone.
+        self.sends_end = sends_end
         # Set when the caller vanishes; the handler's context exposes it.
         self.cancelled = threading.Event()
+        self._inputs: asyncio.Queue[BaseModel | None] = asyncio.Queue(_BUFFERED)
+        self._outbox: asyncio.Queue[inference_pb2.RealtimeResponse | _Ended] = asyncio.Queue(_BUFFERED)
+        self._finished = False  # the handler returned or failed, and the call says so
 
     @classmethod
     def open(
@@ -114,72 +127,78 @@ class RealtimeSession:
                 "a Realtime call starts with an `open` message naming the app and the endpoint path",
                 reason="OPEN_FIRST",
             )
-        return cls(runner_for(first.open.app_id), first.open.path, lifetime(first.open.lifecycle))
+        opening = first.open
+        return cls(runner_for(opening.app_id), opening.path, lifetime(opening.lifecycle), sends_end=opening.sends_end)
 
-    async def run(
-        self, requests: AsyncIterator[inference_pb2.RealtimeRequest]
-    ) -> AsyncGenerator[inference_pb2.RealtimeResponse, None]:
-        """The call's responses, from the messages after `open`; raises the handler's failure as a FerryError.
+    @asynccontextmanager
+    async def running(self, requests: AsyncIterator[inference_pb2.RealtimeRequest]) -> AsyncIterator[None]:
+        """The handler runs on the messages after `open` while this is entered: read `next_response` meanwhile.
 
-        Closing this generator early (the caller vanished) cancels the session.
+        The handler has started once this is entered, so a caller that goes at once still finds it to
+        close. Leaving before the handler finished (the caller vanished) cancels the session.
         """
-        inputs: asyncio.Queue[BaseModel | None] = asyncio.Queue(_BUFFERED)
-        outbox: asyncio.Queue[inference_pb2.RealtimeResponse | _Ended] = asyncio.Queue(_BUFFERED)
         context = self._context()
-        reader = asyncio.create_task(self._read(requests, inputs, outbox))
-        handler = asyncio.create_task(self._handle(context, inputs, outbox))
-        ended = False
+        tasks = (asyncio.create_task(self._read(requests)), asyncio.create_task(self._handle(context)))
         try:
-            while True:
-                item = await outbox.get()
-                if isinstance(item, _Ended):
-                    ended = True
-                    if item.error is not None:
-                        raise item.error
-                    return
-                yield item
+            yield
         finally:
-            if not ended:
+            if not self._finished:
                 self.cancelled.set()
-            reader.cancel()
-            handler.cancel()
-            await asyncio.gather(reader, handler, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             context.close()
 
-    async def _read(
-        self,
-        requests: AsyncIterator[inference_pb2.RealtimeRequest],
-        inputs: asyncio.Queue[BaseModel | None],
-        outbox: asyncio.Queue[inference_pb2.RealtimeResponse | _Ended],
-    ) -> None:
+    async def next_response(self) -> inference_pb2.RealtimeResponse | None:
+        """The call's next response; None once the handler returned; raises its failure as a FerryError."""
+        item = await self._outbox.get()
+        if not isinstance(item, _Ended):
+            return item
+        self._finished = True
+        if item.error is not None:
+            raise item.error
+        return None
+
+    async def _read(self, requests: AsyncIterator[inference_pb2.RealtimeRequest]) -> None:
+        ended = False  # the caller sent `end`
         try:
             async for request in requests:
                 try:
-                    if request.WhichOneof("message") != "input_json":
-                        raise InvalidArgument(
-                            "after `open`, each message carries one input_json", reason="NOT_AN_INPUT"
-                        )
-                    model = parse_input(self.endpoint.input_model, request.input_json)
+                    model = self._input_of(request, ended)
                 except InvalidArgument as rejected:
-                    await outbox.put(inference_pb2.RealtimeResponse(error=request_error(failure_of(rejected))))
-                else:
-                    await inputs.put(model)
+                    await self._outbox.put(inference_pb2.RealtimeResponse(error=request_error(failure_of(rejected))))
+                    continue
+                if model is None:
+                    ended = True
+                await self._inputs.put(model)  # None: the handler's input iterator ends
         except Exception as error:  # noqa: BLE001 (the call itself broke: nothing more will come, and no one may be listening)
             log.warning("realtime session %s: reading the caller's messages failed: %s", self.request_id, error)
-            # A caller that cancels breaks its stream too, and this can be seen before the session itself is
-            # cancelled: the handler must see `cancelled` whichever comes first (a loaded CI run saw this one).
-            self.cancelled.set()
-            await outbox.put(_Ended(Cancelled(f"the caller's stream broke: {error}")))
+            await self._caller_gone(f"the caller's stream broke: {error}")
             return
-        await inputs.put(None)  # the caller is done writing: the handler's input iterator ends
+        if self.sends_end and not ended:
+            await self._caller_gone("the caller's stream stopped without `end`: it cancelled or vanished")
+        elif not ended:
+            await self._inputs.put(None)  # a caller that half-closes is done writing
 
-    async def _handle(
-        self,
-        context: RequestContext,
-        inputs: asyncio.Queue[BaseModel | None],
-        outbox: asyncio.Queue[inference_pb2.RealtimeResponse | _Ended],
-    ) -> None:
-        stream = _Inputs(inputs)
+    def _input_of(self, request: inference_pb2.RealtimeRequest, ended: bool) -> BaseModel | None:
+        """The input a message carries, None for `end`; InvalidArgument for a message that is not one."""
+        if ended:
+            raise InvalidArgument("the caller already sent `end`: nothing may follow it", reason="AFTER_END")
+        kind = request.WhichOneof("message")
+        if kind == "end":
+            return None
+        if kind != "input_json":
+            raise InvalidArgument("after `open`, each message carries one input_json, or `end`", reason="NOT_AN_INPUT")
+        return parse_input(self.endpoint.input_model, request.input_json)
+
+    async def _caller_gone(self, why: str) -> None:
+        # Set before the call ends, so the handler sees `cancelled` whether this or the call's own
+        # cancellation reaches the session first.
+        self.cancelled.set()
+        await self._outbox.put(_Ended(Cancelled(why)))
+
+    async def _handle(self, context: RequestContext) -> None:
+        stream = _Inputs(self._inputs)
         handler = getattr(self.runner.app, self.endpoint.handler_name)
         with (
             using_context(context),
@@ -196,19 +215,17 @@ class RealtimeSession:
             args, kwargs = self.endpoint.arguments(stream, context)
             generator: AsyncGenerator[Any, None] = handler(*args, **kwargs)
             try:
-                await self._drive(generator, outbox)
+                await self._drive(generator)
             except Exception as error:  # noqa: BLE001 (whatever the handler raised ends the call with a status)
                 where = f"{self.runner.spec.app_id}{self.endpoint.path} (realtime)"
-                await outbox.put(_Ended(request_failure(where, error)))
+                await self._outbox.put(_Ended(request_failure(where, error)))
                 return
-        await outbox.put(_Ended())
+        await self._outbox.put(_Ended())
 
-    async def _drive(
-        self, generator: AsyncGenerator[Any, None], outbox: asyncio.Queue[inference_pb2.RealtimeResponse | _Ended]
-    ) -> None:
+    async def _drive(self, generator: AsyncGenerator[Any, None]) -> None:
         try:
             async for result in generator:
-                await outbox.put(inference_pb2.RealtimeResponse(output_json=await self._output_json(result)))
+                await self._outbox.put(inference_pb2.RealtimeResponse(output_json=await self._output_json(result)))
         finally:
             # Cancelled while waiting on the outbox, or an output that failed its model: the generator
             # is suspended at a `yield`, and only closing it runs its `finally`.

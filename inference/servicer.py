@@ -15,7 +15,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
 
 import grpc
 from grpc_health.v1.health import aio as health_aio
@@ -157,10 +156,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             self.requests.runner,
             lambda lifecycle: expires_in(lifecycle, context),
         )
-        # Headers now, not with the first output: the caller learns at once that the call is open.
-        await context.send_initial_metadata(((SESSION_KEY, session.request_id),))
-        async with aclosing(session.run(request_iterator)) as responses:
-            async for response in responses:
+        async with session.running(request_iterator):
+            # Headers once the handler runs, not with its first output: the caller learns at once that the
+            # call is open, and one that goes at once still finds a handler to close.
+            await context.send_initial_metadata(((SESSION_KEY, session.request_id),))
+            while (response := await session.next_response()) is not None:
                 yield response
 
     async def ListEndpoints(

@@ -203,7 +203,8 @@ class _ClientBase(Generic[ChannelT]):
 
     @staticmethod
     def _realtime_opening(app: str, path: str, expires_in: int | None) -> inference_pb2.RealtimeOpen:
-        return inference_pb2.RealtimeOpen(app_id=app, path=path, lifecycle=lifecycle(expires_in))
+        # `sends_end`: the connections end their inputs with `end`, so the server can tell a cancel from a close.
+        return inference_pb2.RealtimeOpen(app_id=app, path=path, lifecycle=lifecycle(expires_in), sends_end=True)
 
 
 class Client(_ClientBase[grpc.Channel]):

@@ -36,6 +36,7 @@ arrive before the outputs of earlier inputs the handler is still working on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import threading
@@ -56,6 +57,8 @@ RealtimeInput: TypeAlias = Mapping[str, Any] | BaseModel
 
 # The initial-metadata key the server answers `open` with: the session's request id.
 SESSION_KEY = "ferry-request-id"
+# Done sending. The connections open with `sends_end`, so a stream that stops without this is a cancel.
+_END = inference_pb2.RealtimeRequest(end=inference_pb2.RealtimeEnd())
 # A received response, or how the call ended (EOFError, FerryError).
 _Received: TypeAlias = inference_pb2.RealtimeResponse | BaseException
 
@@ -93,7 +96,7 @@ class RealtimeConnection:
     """
 
     def __init__(self, stub: Any, opening: inference_pb2.RealtimeOpen) -> None:
-        # What the call sends, in order; None ends the request stream (half-close).
+        # What the call sends, in order; None stops writing (after `end`, or after a cancel).
         self._outgoing: queue.SimpleQueue[inference_pb2.RealtimeRequest | None] = queue.SimpleQueue()
         self._outgoing.put(inference_pb2.RealtimeRequest(open=opening))
         # What it received; the end, once there, is put back so every later `recv` sees it.
@@ -138,13 +141,15 @@ class RealtimeConnection:
 
     def close(self) -> None:
         """Done sending: the handler's input iterator ends; its remaining outputs still arrive."""
+        if self._writing:
+            self._outgoing.put(_END)
         self._stop_writing()
 
     def cancel(self) -> None:
         """Abandon the call: the server closes the handler; `recv` raises CANCELLED once queued outputs are read."""
         if self._call.cancel():
             self._end = _cancelled()
-        self._stop_writing()  # after cancelling, so the server never mistakes this for a half-close
+        self._stop_writing()  # after cancelling; without `end` first, the server reads it as a cancel anyway
 
     def _stop_writing(self) -> None:
         if self._writing:
@@ -265,7 +270,10 @@ class AsyncRealtimeConnection:
         call = self._opened()
         if self._writing:
             self._writing = False
-            await call.done_writing()
+            # A call that ended meanwhile needs no `end`: `recv` says how it ended.
+            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
+                await call.write(_END)
+                await call.done_writing()
 
     def cancel(self) -> None:
         """Abandon the call: the server closes the handler; `recv` raises CANCELLED from then on."""

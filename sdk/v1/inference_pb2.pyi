@@ -668,8 +668,16 @@ class RealtimeOpen(_message.Message):
     APP_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     LIFECYCLE_FIELD_NUMBER: _builtins.int
+    SENDS_END_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     path: _builtins.str
+    sends_end: _builtins.bool
+    """The caller promises to send `end` before it stops writing (Ferry's SDKs do).
+    A stream that then stops without `end` means the caller is gone: the handler
+    sees `cancelled` and is closed. Without the promise a stream's end is the
+    end of inputs, as gRPC servers cannot tell a caller's half-close from its
+    cancel by the stream alone.
+    """
     @_builtins.property
     def lifecycle(self) -> _common_pb2.Lifecycle: ...
     def __init__(
@@ -678,14 +686,32 @@ class RealtimeOpen(_message.Message):
         app_id: _builtins.str = ...,
         path: _builtins.str = ...,
         lifecycle: _common_pb2.Lifecycle | None = ...,
+        sends_end: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lifecycle", b"lifecycle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "lifecycle", b"lifecycle", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "lifecycle", b"lifecycle", "path", b"path", "sends_end", b"sends_end"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RealtimeOpen: _TypeAlias = RealtimeOpen  # noqa: Y015
+
+@_typing.final
+class RealtimeEnd(_message.Message):
+    """Done sending: the handler's input iterator ends; its remaining outputs still arrive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RealtimeEnd: _TypeAlias = RealtimeEnd  # noqa: Y015
 
 @_typing.final
 class RealtimeRequest(_message.Message):
@@ -693,22 +719,26 @@ class RealtimeRequest(_message.Message):
 
     OPEN_FIELD_NUMBER: _builtins.int
     INPUT_JSON_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     input_json: _builtins.str
     @_builtins.property
     def open(self) -> Global___RealtimeOpen:
         """First message only."""
 
+    @_builtins.property
+    def end(self) -> Global___RealtimeEnd: ...
     def __init__(
         self,
         *,
         open: Global___RealtimeOpen | None = ...,
         input_json: _builtins.str = ...,
+        end: Global___RealtimeEnd | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input_json", b"input_json", "message", b"message", "open", b"open"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "input_json", b"input_json", "message", b"message", "open", b"open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_json", b"input_json", "message", b"message", "open", b"open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "input_json", b"input_json", "message", b"message", "open", b"open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["open", "input_json"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["open", "input_json", "end"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 import ferry
+from ferry.realtime_connection import SESSION_KEY
 from ferry.testing import StackProcess
 from ferry.v1 import inference_pb2
 
@@ -67,8 +68,11 @@ def raw_call(
         return error
 
 
-def open_message(path: str, app: str = "live") -> inference_pb2.RealtimeRequest:
-    return inference_pb2.RealtimeRequest(open=inference_pb2.RealtimeOpen(app_id=app, path=path))
+def open_message(path: str, app: str = "live", sends_end: bool = False) -> inference_pb2.RealtimeRequest:
+    return inference_pb2.RealtimeRequest(open=inference_pb2.RealtimeOpen(app_id=app, path=path, sends_end=sends_end))
+
+
+END = inference_pb2.RealtimeRequest(end=inference_pb2.RealtimeEnd())
 
 
 def input_message(input_json: str) -> inference_pb2.RealtimeRequest:
@@ -105,7 +109,7 @@ def test_inputs_may_be_models_and_outputs_may_be_dicts_validated_against_the_out
         ]
 
 
-def test_half_closing_ends_the_handlers_input_iterator(client):
+def test_closing_ends_the_handlers_input_iterator(client):
     with client.realtime("live", "/sum") as live:
         for values in ([1, 2], [3], [4.5]):
             live.send({"values": values})
@@ -170,6 +174,40 @@ def test_invalid_json_wrong_types_and_stray_messages_each_get_an_error_response(
     assert [e.reason for e in errors] == ["INVALID_JSON", "INVALID_INPUT", "NOT_AN_INPUT"]
     assert {e.code for e in errors} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
     assert "values.0" in errors[1].message
+
+
+def test_a_caller_that_does_not_promise_end_ends_its_inputs_by_half_closing(client):
+    responses = raw_call(client, [open_message("/sum"), input_message('{"values": [1, 2]}')])
+    assert isinstance(responses, list)
+    assert [r.output_json for r in responses] == ['{"total":3.0,"inputs":1}']
+
+
+def test_nothing_may_follow_end(client, closed_log):
+    messages = [
+        open_message("/echo", sends_end=True),
+        input_message('{"text": "slow", "delay_seconds": 30}'),  # the handler is busy while the rest arrives
+        END,
+        input_message('{"text": "late"}'),
+    ]
+    call = client.inference.Realtime(iter(messages), timeout=10)
+    try:
+        rejected = next(call)  # the only answer while the handler sleeps
+    finally:
+        call.cancel()
+    assert rejected.WhichOneof("message") == "error" and rejected.error.reason == "AFTER_END"
+    assert rejected.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    request_id = dict(call.initial_metadata())[SESSION_KEY]
+    assert wait_until_closed(closed_log, request_id).endswith("cancelled=True")
+
+
+def test_a_caller_that_promised_end_and_stopped_without_it_is_gone_and_its_handler_sees_cancelled(client, closed_log):
+    # grpc-python reads a cancel as the stream's end, like a half-close: the promise tells them apart.
+    call = client.inference.Realtime(iter([open_message("/echo", sends_end=True), input_message('{"text": "a"}')]))
+    with pytest.raises(grpc.RpcError) as ended:
+        list(call)
+    assert ended.value.code() == grpc.StatusCode.CANCELLED
+    request_id = dict(call.initial_metadata())[SESSION_KEY]
+    assert wait_until_closed(closed_log, request_id).endswith("cancelled=True")
 
 
 def test_a_call_must_open_first_and_name_a_hosted_realtime_endpoint(client):
@@ -331,6 +369,7 @@ async def test_the_async_twin_refuses_at_open_reports_failures_and_cancels(stack
             with pytest.raises(ferry.FerryError) as failed:
                 await live.recv(timeout=10)
             assert failed.value.code == grpc.StatusCode.INTERNAL
+            await live.close()  # the call has ended: closing it raises nothing
         live = await client.realtime("live", "/echo")
         await live.send({"text": "slow", "delay_seconds": 30})
         live.cancel()
