@@ -41,7 +41,7 @@ from ferry.inference.context import RequestCancelled, RequestContext, using_cont
 from ferry.inference.input_parsing import parse_input
 from ferry.inference.inputs import InputFiles, discard, download_inputs, input_urls
 from ferry.inference.outputs import encode_outputs
-from ferry.inference.queue.base import Claim, Failure, RequestQueue
+from ferry.inference.queue.base import Claim, Failure, RequestQueue, State
 from ferry.inference.queue.leases import keep_lease
 from ferry.inference.request_events import LogLine, PartialOutput, Progress, RequestEvent, Started, encode
 from ferry.inference.services import ServiceClients
@@ -313,13 +313,19 @@ class AppRunner:
             await asyncio.sleep(PEEK_SECONDS)
             if self._busy < self.spec.max_concurrency:
                 # A free slot takes the next request, with what was prefetched for it (`_take_prefetched`). Not
-                # polled: an idle replica does not wake for it.
-                await self._all_busy.wait()
+                # polled: an idle replica does not wake for it; but a prefetch held meanwhile is dropped once its
+                # request has ended (cancelled while queued, or run by a slot that fetched its inputs itself).
+                if self._prefetched is None:
+                    await self._all_busy.wait()
+                else:
+                    await self._drop_prefetch_if_ended(self._prefetched[0])
                 continue
             try:
                 head = await self.queue.peek(self.app_id)
             except FerryError:
                 continue
+            if self._busy < self.spec.max_concurrency:
+                continue  # a slot freed while peeking: it may be taking that very request, inputs and all
             if head is None or (self._prefetched is not None and self._prefetched[0] != head[0]):
                 self._drop_prefetch()  # taken elsewhere, or cancelled
             if head is None or self._prefetched is not None:
@@ -334,6 +340,16 @@ class AppRunner:
                 with self._naming(request_id), tracing.continued(tracing.remote_parent(request.trace_parent)):
                     downloads = asyncio.create_task(download_inputs(self.services.client, model))
                 self._prefetched = (request_id, downloads)
+
+    async def _drop_prefetch_if_ended(self, request_id: str) -> None:
+        try:
+            ended = (await self.queue.status(request_id)).state == State.COMPLETED
+        except NotFound:
+            ended = True  # completed and expired
+        except FerryError:
+            return
+        if ended and self._prefetched is not None and self._prefetched[0] == request_id:
+            self._drop_prefetch()
 
     def _take_prefetched(self, request_id: str) -> Downloads | None:
         """The inputs prefetched for `request_id`. A prefetch for another request is dropped: a slot takes the
