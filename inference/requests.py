@@ -123,9 +123,16 @@ class Requests:
         return await self.queue.cancel(request_id)
 
     async def events(self, request_id: str) -> AsyncIterator[StreamEvent]:
-        """Where the request stands, each move up the queue while it waits, what it reports, then its end."""
+        """Where the request stands, each move up the queue while it waits, what it reports, then its end.
+
+        A request already completed gives what it reported, then its end."""
         status = await self.queue.status(request_id)
         if status.state == State.COMPLETED:
+            # What it reported first (logs, partial outputs), as a caller that began following sooner saw it:
+            # a quick request often ends before its caller's Stream arrives (the playground's did, under load).
+            for entry in await self.queue.events(request_id):
+                if entry.kind != FINISHED and (event := decode(entry)) is not None:
+                    yield event
             yield Finished(status)
             return
         merged: asyncio.Queue[StreamEvent | FerryError | None] = asyncio.Queue()

@@ -869,6 +869,29 @@ async def test_a_listener_hears_where_the_request_stands_its_progress_logs_and_p
     assert {response.request_id for response in heard} == {handle.request_id}
 
 
+async def test_a_listener_that_comes_after_the_end_hears_what_the_request_reported_then_its_output(
+    start: Start,
+) -> None:
+    replica = await start(OneSlot)
+    handle = await submit(replica, "chatty", "/chatty")
+    await finished(handle)
+
+    listener = Listener(handle)
+    await listener.to_the_end()
+
+    assert listener.kinds() == [
+        "in_progress",
+        "in_progress",
+        "in_progress",
+        "partial_output",
+        "in_progress",
+        "completed",
+    ]
+    assert [(line.level, line.message) for line in listener.heard[2].in_progress.logs] == [("INFO", "halfway")]
+    assert json.loads(listener.heard[3].partial_output.output_json) == {"step": 1}
+    assert json.loads(listener.heard[5].completed.output_json)["name"] == "chatty"
+
+
 async def test_setup_and_handlers_reach_the_stack_hosting_the_app_and_handlers_the_requests_lifetime(
     start: Start, services: FakeServices
 ) -> None:
