@@ -131,8 +131,8 @@ class Requests:
             # What it reported first (logs, partial outputs), as a caller that began following sooner saw it:
             # a quick request often ends before its caller's Stream arrives (the playground's did, under load).
             for entry in await self.queue.events(request_id):
-                if entry.kind != FINISHED and (event := decode(entry)) is not None:
-                    yield event
+                if entry.kind != FINISHED and (reported := decode(entry)) is not None:
+                    yield reported
             yield Finished(status)
             return
         merged: asyncio.Queue[StreamEvent | FerryError | None] = asyncio.Queue()
