@@ -448,15 +448,22 @@ class AsyncClient(_ClientBase[grpc.aio.Channel]):
         if plan.held is not None:
             return plan.held
         reader = EventReader(options.get("on_progress"))
-        with map_rpc_errors():
-            async for response in self.downloader.Download(plan.request):
-                reader.feed(response)
-            completed = reader.result()
-            # Placing the file may copy it across filesystems: in a thread, off the event loop.
-            if (path := await asyncio.to_thread(plan.finish, completed)) is not None:
-                return path
-            read = self.downloader.Read(plan.read_request(completed))
-            return await write_read_stream_async(read, await asyncio.to_thread(plan.destination, completed))
+        try:
+            with map_rpc_errors():
+                async for response in self.downloader.Download(plan.request):
+                    reader.feed(response)
+                completed = reader.result()
+                # Placing the file may copy it across filesystems: in a thread, off the event loop.
+                if (path := await asyncio.to_thread(plan.finish, completed)) is not None:
+                    return path
+                read = self.downloader.Read(plan.read_request(completed))
+                return await write_read_stream_async(read, await asyncio.to_thread(plan.destination, completed))
+        except asyncio.CancelledError:
+            # Cancelled after the service answered (a dropped prefetch of the runner's did): its file is lost
+            # to the caller, so it goes now rather than staying in the data dir.
+            if reader.completed is not None:
+                plan.abandon(reader.completed)
+            raise
 
     # -- uploads and encodes -------------------------------------------------------------
 

@@ -191,6 +191,15 @@ class DownloadPlan:
             return destination  # the service's copy is current and this one is the same size (the reference's rule)
         return None
 
+    def abandon(self, completed: downloader_pb2.DownloadCompleted) -> None:
+        """Remove the file the service made for this call alone (a plain download, no folder named) once the
+        call is cancelled after it came: the caller never gets its path, so nobody else would."""
+        if self.request.kind != downloader_pb2.DOWNLOAD_KIND_FILE or self.request.target_dir:
+            return
+        served = Path(completed.path)
+        if served.is_file():  # on this machine: the service shares its data dir
+            shutil.rmtree(served.parent, ignore_errors=True)
+
     def destination(self, completed: downloader_pb2.DownloadCompleted) -> Path:
         """Where the file lands on this machine when it is placed or fetched through `Read`."""
         if self.local_dir is not None:
