@@ -6,9 +6,9 @@ One `ferry serve` with a token and a 1 MiB upload cap; what the cap refuses leav
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from ferry.testing import StackProcess
+from tests.harness import wait_for
 
 TOKEN = "upload-test-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,9 +54,9 @@ def stored_files(data_dir: Path) -> list[str]:
 def assert_nothing_left(data_dir: Path, before: list[str]) -> None:
     """The data dir comes back to `before`: an unreadable body cancels the Upload call, and the encoder removes
     its temp file as the call ends (a loaded CI run once took over 5 s to, hence the generous wait)."""
-    deadline = time.monotonic() + 30
-    while (now := stored_files(data_dir)) != before and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(AssertionError):  # still not back: the assert below names what was left or gone
+        wait_for(lambda: stored_files(data_dir) == before, "the data dir to come back", timeout=30)
+    now = stored_files(data_dir)
     assert now == before, f"left: {sorted(set(now) - set(before))}; gone: {sorted(set(before) - set(now))}"
 
 
