@@ -431,7 +431,8 @@ class AsyncClient(_ClientBase[grpc.aio.Channel]):
 
     async def wait_until_serving(self, timeout: float = 10.0) -> None:
         """Wait until the channel is connected (`TimeoutError` after `timeout` seconds)."""
-        await asyncio.wait_for(self.channel.channel_ready(), timeout)
+        async with asyncio.timeout(timeout):
+            await self.channel.channel_ready()
 
     # -- downloads -----------------------------------------------------------------------
 

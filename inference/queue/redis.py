@@ -49,7 +49,7 @@ from ferry.inference.queue.base import (
     State,
     Status,
 )
-from ferry.inference.queue.redis_connection import REDIS_DOWN, open_client, reachable
+from ferry.inference.queue.redis_connection import REDIS_DOWN, cancels_kept, open_client, reachable
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,8 @@ class RedisQueue:
     async def _subscribe(self) -> PubSub:
         subscription = self._client.pubsub(ignore_subscribe_messages=True)
         try:
-            await subscription.subscribe(scripts.cancelled_channel(self.key_prefix))
+            with cancels_kept():
+                await subscription.subscribe(scripts.cancelled_channel(self.key_prefix))
         except BaseException:
             await _close_quietly(subscription)
             raise
@@ -296,7 +297,8 @@ class RedisQueue:
                         log.info("subscribed to cancels again (%s)", self._where)
                     pause = RESUBSCRIBE_FIRST_SECONDS
                     while True:
-                        message = await subscription.get_message(timeout=FOLLOW_POLL_SECONDS)
+                        with cancels_kept():  # close() cancels this loop and waits for it to end
+                            message = await subscription.get_message(timeout=FOLLOW_POLL_SECONDS)
                         if message is not None and message["type"] == "message":
                             for listener in self._listeners:
                                 listener.put_nowait(message["data"].decode())

@@ -1,4 +1,5 @@
-"""Opening the Redis client from a queue URL, and Redis being down reported as ferry's Unavailable.
+"""Opening the Redis client from a queue URL; Redis being down reported as ferry's Unavailable, and a
+cancel redis-py swallowed raised again.
 
 `redis://[:PASSWORD@]HOST:PORT/DB` or `rediss://…` (TLS; the system's CAs are trusted unless the URL's
 `?ssl_ca_certs=/path/ca.pem` names another). A password given apart from the URL (FERRY_QUEUE_PASSWORD)
@@ -7,6 +8,7 @@ wins over one inside it, so a secret need not sit in a URL that is logged or sho
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -66,10 +68,28 @@ def open_client(url: str, password: str | None = None) -> tuple[redis.asyncio.Re
 
 @contextmanager
 def reachable(where: str) -> Iterator[None]:
-    """Turns Redis being down into Unavailable (reason QUEUE_UNAVAILABLE), never a raw redis exception."""
+    """Turns Redis being down into Unavailable (reason QUEUE_UNAVAILABLE), never a raw redis exception; and
+    keeps the cancels of the commands it wraps (`cancels_kept`)."""
     try:
-        yield
+        with cancels_kept():
+            yield
     except REDIS_DOWN as error:
         raise Unavailable(
             f"the request queue ({where}) is unavailable: {str(error)[:200]}", reason="QUEUE_UNAVAILABLE"
         ) from error
+
+
+@contextmanager
+def cancels_kept() -> Iterator[None]:
+    """Raise CancelledError where a cancel asked for during the block did not end it.
+
+    redis-py (6.4) sends each command under `asyncio.wait_for` when socket_timeout is set, and on Python 3.11
+    wait_for returns normally when a cancel arrives in the tick its send completes: the cancel is lost and
+    the caller's loop runs on (a follower whose Stream caller had left kept its request running to the end).
+    A cancel delivered as usual raises inside the block and passes through; this adds only the lost ones.
+    """
+    task = asyncio.current_task()
+    asked = 0 if task is None else task.cancelling()
+    yield
+    if task is not None and task.cancelling() > asked:
+        raise asyncio.CancelledError

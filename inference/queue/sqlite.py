@@ -16,7 +16,6 @@ lapsing, start timeouts passing: CLOCK_CHECK_SECONDS).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -324,7 +323,8 @@ class SqliteQueue:
         if app_id not in self._claimers:
             self._claimers[app_id] = asyncio.create_task(self._claim_for(app_id))
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(waiter)
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():
                 return waiter.result()  # handed over as the time ran out: not lost
@@ -363,8 +363,7 @@ class SqliteQueue:
                     waiters.pop(0).set_result(claim)
                 await self._sweep_now_and_then()
                 if not claims and waiters:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wakeup.wait(), self._clock_check)
+                    await _woken(wakeup, self._clock_check)
         finally:
             del self._claimers[app_id]
 
@@ -548,11 +547,8 @@ class SqliteQueue:
                     yield Event(seq, kind, bytes(data))
                     if kind == FINISHED:
                         return
-                if not rows:
-                    try:
-                        await asyncio.wait_for(news.wait(), self._clock_check)
-                    except TimeoutError:
-                        await self.status(request_id)  # ends the loop (NotFound) once the record expired
+                if not rows and not await _woken(news, self._clock_check):
+                    await self.status(request_id)  # ends the loop (NotFound) once the record expired
         finally:
             self._unlisten(request_id)
 
@@ -642,3 +638,15 @@ def _request_of(app_id: str, row: tuple[Any, ...]) -> tuple[int, str, NewRequest
 def _data_version(db: sqlite3.Connection) -> int:
     """Changes whenever another connection (another process, or another queue object) committed."""
     return int(db.execute("PRAGMA data_version").fetchone()[0])
+
+
+async def _woken(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `event`; whether it was set. Not `asyncio.wait_for`: on Python 3.11 it returns
+    when what it awaited finished in the tick a cancel arrived, dropping the cancel — a follower then followed
+    its request to the end after its caller left (a Stream's client gone, the request run on for 20 s)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

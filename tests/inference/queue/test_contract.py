@@ -311,6 +311,21 @@ async def test_a_follower_on_any_replica_sees_the_history_then_live_events_then_
     assert await runner.events(request_id) == events
 
 
+@pytest.mark.parametrize("ticks", [0, 1, 2, 3])
+async def test_a_follower_cancelled_as_an_event_arrives_stops(queue: RequestQueue, ticks: int) -> None:
+    # Its caller left (a Stream's client gone): following on would keep the request running for nobody. The
+    # cancel lands `ticks` loop turns after the event's news, when a timed wait may already have finished.
+    request_id = await queue.submit(job())
+    following = asyncio.create_task(collect(queue.follow(request_id)))
+    await asyncio.sleep(0.2)  # waiting for news
+    await queue.append(request_id, "log", b"news")
+    for _ in range(ticks):
+        await asyncio.sleep(0)
+    following.cancel()
+    done, _ = await asyncio.wait([following], timeout=5)
+    assert following in done and following.cancelled()
+
+
 async def test_the_log_as_it_stands_is_read_without_waiting(queue: RequestQueue) -> None:
     request_id = await queue.submit(job())
     assert await queue.events(request_id) == []
